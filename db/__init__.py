@@ -1,0 +1,1 @@
+"""Persistence and domain writes: models, engine, unit of work, the aggregate, queries."""

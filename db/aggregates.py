@@ -1,0 +1,194 @@
+"""The aggregate: the only code that writes `organization_stats`.
+
+Every session of the app is an `AggregateSession`. Its hooks turn each flushed
+insert, status change and delete of a Load or Invoice into counter deltas, and
+just before commit apply them with one atomic upsert per organization
+(`SET n = n + :d, version = version + 1`), in the same transaction. Writes
+therefore cannot forget the counters: changing an ORM object is the only way
+to change a status, and bulk SQL on the counted tables is refused.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import event, inspect
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
+
+from db.models import Invoice, Load, OrganizationStats, utcnow
+
+LOAD_STATUS_COUNTERS = {
+    "OPEN": "loads_open",
+    "ASSIGNED": "loads_assigned",
+    "COMPLETED": "loads_completed",
+    "CANCELED": "loads_canceled",
+}
+LOAD_TYPE_COUNTERS = {
+    "CONTRACT": "type_contract",
+    "SPOT": "type_spot",
+    "UNMAPPED": "type_unmapped",
+}
+INVOICE_STATUS_COUNTERS = {
+    "MISSING_DATA": "invoices_missing_data",
+    "DRAFT": "invoices_draft",
+    "BILLED": "invoices_billed",
+    "PENDING_PAYMENT": "invoices_pending_payment",
+    "PAID": "invoices_paid",
+    "VOID": "invoices_void",
+}
+COUNTERS: tuple[str, ...] = (
+    *LOAD_STATUS_COUNTERS.values(),
+    *LOAD_TYPE_COUNTERS.values(),
+    *INVOICE_STATUS_COUNTERS.values(),
+)
+# Which attribute of which model feeds which counters.
+TRACKED: dict[type, tuple[tuple[str, dict[str, str]], ...]] = {
+    Load: (("status", LOAD_STATUS_COUNTERS), ("load_type", LOAD_TYPE_COUNTERS)),
+    Invoice: (("status", INVOICE_STATUS_COUNTERS),),
+}
+COUNTED_TABLES = {"loads", "invoices", "organization_stats"}
+
+# Keys in Session.info and execution options.
+PENDING = "tally.pending_deltas"
+COMMITTED = "tally.committed_snapshots"
+LOCKED = "tally.locked_rows"
+AGGREGATE_WRITE = "tally_aggregate_write"
+
+
+@dataclass(frozen=True)
+class StatsSnapshot:
+    """The aggregate row of one org at one version."""
+
+    org_id: str
+    counts: dict[str, int]
+    version: int
+    updated_at: datetime | None
+    last_recalculated_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> StatsSnapshot:
+        return cls(
+            org_id=row.org_id,
+            counts={c: int(getattr(row, c)) for c in COUNTERS},
+            version=int(row.version),
+            updated_at=row.updated_at,
+            last_recalculated_at=row.last_recalculated_at,
+        )
+
+    @classmethod
+    def empty(cls, org_id: str) -> StatsSnapshot:
+        return cls(org_id, dict.fromkeys(COUNTERS, 0), 0, None, None)
+
+
+class AggregateSession(Session):
+    """A Session whose transactions keep organization_stats exact."""
+
+
+def mark_locked(session: Session, rows: list[Any]) -> None:
+    """Record rows read with SELECT ... FOR UPDATE; only those may be changed."""
+    locked: set[Any] = session.info.setdefault(LOCKED, set())
+    locked.update(inspect(row).identity_key for row in rows)
+
+
+def _old_value(obj: object, attr: str) -> Any:
+    history = inspect(obj).attrs[attr].history
+    values = (*history.deleted, *history.unchanged)
+    if not values:
+        raise RuntimeError(f"{type(obj).__name__}.{attr} was not loaded before the change")
+    return values[0]
+
+
+def _require_locked(session: Session, obj: object) -> None:
+    if inspect(obj).identity_key not in session.info.get(LOCKED, ()):
+        raise RuntimeError(f"{type(obj).__name__} changed without being locked first")
+
+
+@event.listens_for(AggregateSession, "before_flush")
+def _collect_deltas(session: Session, _flush: UOWTransaction, _instances: object) -> None:
+    pending: dict[str, Counter[str]] = session.info.setdefault(PENDING, {})
+
+    def add(org_id: str, counter: str, amount: int) -> None:
+        pending.setdefault(org_id, Counter())[counter] += amount
+
+    for obj in session.new:
+        for attr, counters in TRACKED.get(type(obj), ()):
+            add(obj.org_id, counters[getattr(obj, attr)], +1)  # type: ignore[attr-defined]
+    for obj in session.deleted:
+        if type(obj) in TRACKED:
+            _require_locked(session, obj)
+        for attr, counters in TRACKED.get(type(obj), ()):
+            add(obj.org_id, counters[_old_value(obj, attr)], -1)  # type: ignore[attr-defined]
+    for obj in session.dirty:
+        if type(obj) not in TRACKED or not session.is_modified(obj):
+            continue
+        _require_locked(session, obj)
+        if inspect(obj).attrs["org_id"].history.has_changes():
+            raise RuntimeError("a row cannot move to another organization")
+        for attr, counters in TRACKED[type(obj)]:
+            history = inspect(obj).attrs[attr].history
+            if history.has_changes() and history.added[0] != _old_value(obj, attr):
+                add(obj.org_id, counters[_old_value(obj, attr)], -1)  # type: ignore[attr-defined]
+                add(obj.org_id, counters[history.added[0]], +1)  # type: ignore[attr-defined]
+
+
+@event.listens_for(AggregateSession, "before_commit")
+def _apply_deltas(session: Session) -> None:
+    session.flush()
+    pending: dict[str, Counter[str]] = session.info.pop(PENDING, {})
+    snapshots = []
+    for org_id in sorted(pending):  # a fixed order: concurrent writers never deadlock here
+        delta = {counter: d for counter, d in pending[org_id].items() if d}
+        if delta:
+            snapshots.append(apply_delta(session, org_id, delta))
+    session.info[COMMITTED] = snapshots
+
+
+def apply_delta(
+    session: Session, org_id: str, delta: dict[str, int], *, recalculated: bool = False
+) -> StatsSnapshot:
+    """One statement: create the org's row or add `delta` to it, bumping `version`."""
+    table = OrganizationStats.__table__
+    now = utcnow()
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    changes: dict[str, Any] = {c: table.c[c] + d for c, d in delta.items()}
+    if delta:
+        changes.update(version=table.c.version + 1, updated_at=now)
+    if recalculated:
+        changes["last_recalculated_at"] = now
+    stmt = (
+        insert(table)
+        .values(
+            org_id=org_id,
+            version=1 if delta else 0,
+            updated_at=now,
+            last_recalculated_at=now if recalculated else None,
+            **delta,
+        )
+        .on_conflict_do_update(index_elements=[table.c.org_id], set_=changes)
+        .returning(*table.c)
+    )
+    row = session.execute(stmt, execution_options={AGGREGATE_WRITE: True}).one()
+    return StatsSnapshot.from_row(row)
+
+
+@event.listens_for(AggregateSession, "after_rollback")
+def _drop_deltas(session: Session) -> None:
+    session.info.pop(PENDING, None)
+    session.info.pop(COMMITTED, None)
+
+
+@event.listens_for(AggregateSession, "do_orm_execute")
+def _refuse_bulk_writes(state: ORMExecuteState) -> None:
+    if not (state.is_insert or state.is_update or state.is_delete):
+        return
+    table = getattr(state.statement, "table", None)
+    if getattr(table, "name", None) in COUNTED_TABLES and not state.execution_options.get(
+        AGGREGATE_WRITE
+    ):
+        raise RuntimeError(
+            f"bulk {table.name} writes bypass the aggregate: change ORM objects instead"  # type: ignore[union-attr]
+        )

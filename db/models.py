@@ -1,0 +1,144 @@
+"""SQLAlchemy models. Statuses are stored as the GraphQL enum names (e.g. 'OPEN')."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets BIGINT identities.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+
+    org_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.org_id"))
+    name: Mapped[str] = mapped_column(String(200))
+
+
+class Lane(Base):
+    __tablename__ = "lanes"
+    __table_args__ = (UniqueConstraint("org_id", "hcr", "trip_number"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.org_id"))
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
+    hcr: Mapped[str] = mapped_column(String(200))
+    trip_number: Mapped[str] = mapped_column(String(200))
+    rate: Mapped[float | None] = mapped_column(Float)
+    rate_type: Mapped[str | None] = mapped_column(String(50))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    customer: Mapped[Customer | None] = relationship(lazy="raise")
+
+    @property
+    def is_wildcard(self) -> bool:
+        return self.trip_number == "*"
+
+
+class Load(Base):
+    __tablename__ = "loads"
+    __table_args__ = (
+        UniqueConstraint("org_id", "external_source", "external_id"),
+        Index("ix_loads_org_status", "org_id", "status", "id"),
+        Index("ix_loads_org_type", "org_id", "load_type", "id"),
+        Index("ix_loads_org_hcr", "org_id", "hcr"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.org_id"))
+    status: Mapped[str] = mapped_column(String(20))
+    load_type: Mapped[str] = mapped_column(String(20))
+    requires_manual_review: Mapped[bool] = mapped_column(Boolean, default=False)
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
+    lane_id: Mapped[int | None] = mapped_column(ForeignKey("lanes.id"))
+    external_source: Mapped[str | None] = mapped_column(String(50))
+    external_id: Mapped[str | None] = mapped_column(String(200))
+    external_updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    load_number: Mapped[str | None] = mapped_column(String(200))
+    hcr: Mapped[str | None] = mapped_column(String(200))
+    trip_number: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    customer: Mapped[Customer | None] = relationship(lazy="raise")
+    lane: Mapped[Lane | None] = relationship(lazy="raise")
+    invoice: Mapped[Invoice | None] = relationship(
+        lazy="raise", back_populates="load", passive_deletes="all"
+    )
+
+
+class Invoice(Base):
+    __tablename__ = "invoices"
+    __table_args__ = (Index("ix_invoices_org_status", "org_id", "status", "id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.org_id"))
+    load_id: Mapped[int] = mapped_column(ForeignKey("loads.id"), unique=True)
+    status: Mapped[str] = mapped_column(String(20))
+    missing_data_reason: Mapped[str | None] = mapped_column(String(1000))
+    void_reason: Mapped[str | None] = mapped_column(String(1000))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    load: Mapped[Load] = relationship(lazy="raise", back_populates="invoice")
+
+
+class OrganizationStats(Base):
+    """The aggregate row. Written only by db/aggregates.py."""
+
+    __tablename__ = "organization_stats"
+
+    org_id: Mapped[str] = mapped_column(
+        ForeignKey("organizations.org_id"), primary_key=True
+    )
+    loads_open: Mapped[int] = mapped_column(BigInteger, default=0)
+    loads_assigned: Mapped[int] = mapped_column(BigInteger, default=0)
+    loads_completed: Mapped[int] = mapped_column(BigInteger, default=0)
+    loads_canceled: Mapped[int] = mapped_column(BigInteger, default=0)
+    type_contract: Mapped[int] = mapped_column(BigInteger, default=0)
+    type_spot: Mapped[int] = mapped_column(BigInteger, default=0)
+    type_unmapped: Mapped[int] = mapped_column(BigInteger, default=0)
+    invoices_missing_data: Mapped[int] = mapped_column(BigInteger, default=0)
+    invoices_draft: Mapped[int] = mapped_column(BigInteger, default=0)
+    invoices_billed: Mapped[int] = mapped_column(BigInteger, default=0)
+    invoices_pending_payment: Mapped[int] = mapped_column(BigInteger, default=0)
+    invoices_paid: Mapped[int] = mapped_column(BigInteger, default=0)
+    invoices_void: Mapped[int] = mapped_column(BigInteger, default=0)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_recalculated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

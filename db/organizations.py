@@ -1,0 +1,62 @@
+"""Organizations and customers."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.errors import Conflict
+from db.models import Customer, Organization, utcnow
+from db.rules import check_text
+
+
+async def ensure_organization(session: AsyncSession, org_id: str, name: str | None = None) -> None:
+    """Create the org on its first write (named after its id unless a name is given)."""
+    check_text(org_id, "orgId", required=True)
+    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    await session.execute(
+        insert(Organization)
+        .values(org_id=org_id, name=name or org_id, created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["org_id"])
+    )
+
+
+async def create_organization(session: AsyncSession, org_id: str, name: str) -> Organization:
+    """Idempotent: an existing org is returned as it is."""
+    check_text(name, "name", required=True)
+    await ensure_organization(session, org_id, name)
+    return (await session.scalars(select(Organization).where(Organization.org_id == org_id))).one()
+
+
+async def create_customer(session: AsyncSession, org_id: str, name: str) -> Customer:
+    check_text(name, "name", required=True)
+    await ensure_organization(session, org_id)
+    existing = await session.scalar(
+        select(Customer.id).where(Customer.org_id == org_id, Customer.name == name)
+    )
+    if existing is not None:
+        raise Conflict(f"Customer {name!r} already exists in {org_id}", ids=[existing])
+    customer = Customer(org_id=org_id, name=name)
+    session.add(customer)
+    await session.flush()
+    return customer
+
+
+async def customers_by_name(
+    session: AsyncSession, org_id: str, names: set[str]
+) -> dict[str, Customer]:
+    """Find, or create, the org's customers with these names."""
+    if not names:
+        return {}
+    found = {
+        c.name: c
+        for c in await session.scalars(
+            select(Customer).where(Customer.org_id == org_id, Customer.name.in_(names))
+        )
+    }
+    for name in sorted(names - found.keys()):
+        found[name] = Customer(org_id=org_id, name=name)
+        session.add(found[name])
+    await session.flush()
+    return found

@@ -1,0 +1,95 @@
+"""The one place that opens, commits and retries transactions.
+
+Domain functions receive a session and never commit. `Database.write` runs one
+in a transaction, commits (the aggregate hooks apply counter deltas just
+before), and only after a successful commit hands the changed stats snapshots
+to the after-commit hooks (publishing). A rolled-back transaction hands nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from db.aggregates import COMMITTED, AggregateSession, StatsSnapshot
+from db.engine import WRITE, create_engine
+from db.queries import get_stats
+
+T = TypeVar("T")
+Work = Callable[[AsyncSession], Awaitable[T]]
+AfterCommit = Callable[[list[StatsSnapshot]], Awaitable[None]]
+
+log = logging.getLogger("tally.db")
+
+# PostgreSQL: serialization_failure, deadlock_detected; SQLite: database is locked.
+RETRYABLE_SQLSTATES = {"40001", "40P01"}
+MAX_ATTEMPTS = 5
+
+
+def _retryable(error: DBAPIError) -> bool:
+    if isinstance(error, IntegrityError):
+        return True  # a concurrent insert won a unique race; re-running sees it
+    sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    return sqlstate in RETRYABLE_SQLSTATES or "database is locked" in str(error.orig)
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_engine(url, pool_size=pool_size)
+        self.sessions = async_sessionmaker(
+            self.engine, sync_session_class=AggregateSession, expire_on_commit=False
+        )
+        self.after_commit: list[AfterCommit] = []
+
+    async def read(self, work: Work[T]) -> T:
+        async with self.sessions() as session:
+            return await work(session)
+
+    async def write(self, work: Work[T]) -> T:
+        result, _ = await self.write_with_snapshots(work)
+        return result
+
+    async def write_with_stats(self, work: Work[T], org_of: Callable[[T], str]) -> tuple[T, StatsSnapshot]:
+        """Like write, also returning the org's stats as of that commit (or later)."""
+        result, snapshots = await self.write_with_snapshots(work)
+        org_id = org_of(result)
+        for snapshot in snapshots:
+            if snapshot.org_id == org_id:
+                return result, snapshot
+        return result, await self.read(lambda session: get_stats(session, org_id))
+
+    async def write_with_snapshots(self, work: Work[T]) -> tuple[T, list[StatsSnapshot]]:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                async with self.sessions() as session:
+                    await session.connection(execution_options={WRITE: True})
+                    result = await work(session)
+                    await session.commit()
+                    snapshots: list[StatsSnapshot] = session.info.pop(COMMITTED, [])
+                break
+            except DBAPIError as error:
+                if attempt == MAX_ATTEMPTS or not _retryable(error):
+                    raise
+                log.info("retrying transaction (attempt %d): %s", attempt, type(error.orig))
+                await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+        await self._run_after_commit(snapshots)
+        return result, snapshots
+
+    async def _run_after_commit(self, snapshots: list[StatsSnapshot]) -> None:
+        if not snapshots:
+            return
+        for hook in self.after_commit:
+            try:
+                await hook(snapshots)
+            except Exception:  # the commit stands whatever a hook does
+                log.exception("after-commit hook failed")
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

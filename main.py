@@ -1,0 +1,140 @@
+"""Tally: settings, the app factory and the command line. `python main.py --help`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+
+from db.unit_of_work import Database
+from schema.auth import ROLES, TokenVerifier
+from schema.context import Context
+from schema.root import build_schema
+
+DEV_SECRET = "tally-dev-secret-not-for-production"
+log = logging.getLogger("tally")
+
+
+class Settings(BaseSettings):
+    """Every setting comes from a TALLY_* environment variable (or a .env file)."""
+
+    model_config = SettingsConfigDict(env_prefix="TALLY_", env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./tally.db"
+    broadcast_url: str = "memory://"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    jwt_secret: str = DEV_SECRET
+    jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    recalc_interval_seconds: int = 86400
+    query_stats: bool = False
+    db_pool_size: int = 10
+    log_level: str = "INFO"
+
+
+class TallyGraphQL(GraphQL[Context, None]):
+    def __init__(self, db: Database, verifier: TokenVerifier, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.db = db
+        self.verifier = verifier
+
+    async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
+        return Context(
+            db=self.db,
+            verifier=self.verifier,
+            authorization=request.headers.get("authorization"),
+        )
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings()
+    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    verifier = TokenVerifier(settings.jwt_secret, settings.jwt_issuer)
+    graphql = TallyGraphQL(
+        db, verifier, schema=build_schema(query_stats=settings.query_stats), graphql_ide="graphiql"
+    )
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if settings.jwt_secret == DEV_SECRET:
+            log.warning("TALLY_JWT_SECRET is not set: using the development secret")
+        try:
+            yield
+        finally:
+            await db.dispose()
+
+    app = Starlette(
+        routes=[
+            Route("/graphql", graphql, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql),
+            Route("/healthz", healthz),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.db = db
+    app.state.settings = settings
+    return app
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from db.migrate import upgrade
+
+    upgrade(settings.database_url)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        ws_ping_interval=20,
+        ws_ping_timeout=20,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="main.py", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="migrate the database, then serve /graphql (the default)")
+    commands.add_parser("migrate", help="upgrade the database to the newest schema")
+    token = commands.add_parser("token", help="print a token signed with TALLY_JWT_SECRET")
+    token.add_argument("--org", help="the org_id claim (omit for a service token)")
+    token.add_argument("--role", choices=ROLES, default="admin")
+    token.add_argument("--sub", default="cli")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    if args.command == "token":
+        if args.role != "service" and not args.org:
+            parser.error("--org is required unless --role service")
+        verifier = TokenVerifier(settings.jwt_secret, settings.jwt_issuer)
+        print(verifier.issue(org_id=args.org, role=args.role, subject=args.sub, ttl_seconds=args.ttl))
+    elif args.command == "migrate":
+        from db.migrate import upgrade
+
+        upgrade(settings.database_url)
+        print("database is at the newest revision")
+    else:
+        serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Operations behind each GraphQL field: authorize rows, validate, call db/, shape the result."""

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import strawberry
+
+from db import invoices, models, queries
+from schema.context import Info
+from schema.enums import InvoiceStatus
+from schema.inputs import CreateInvoiceInput
+from schema.types import (
+    BulkResult,
+    DeleteResult,
+    Invoice,
+    InvoiceConnection,
+    OrganizationStats,
+    PageInfo,
+)
+
+
+async def invoice(info: Info, id: strawberry.ID) -> Invoice | None:
+    scope = info.context.principal.scope
+    row = await info.context.db.read(lambda s: queries.find(s, models.Invoice, id, scope))
+    return Invoice.of(row) if row else None
+
+
+async def invoices_page(
+    info: Info,
+    org_id: strawberry.ID,
+    status: InvoiceStatus | None = None,
+    first: int | None = 50,
+    after: str | None = None,
+) -> InvoiceConnection:
+    filters = {"status": status.value if status else None}
+    rows, has_next = await info.context.db.read(
+        lambda s: queries.page(s, models.Invoice, org_id, filters, 50 if first is None else first, after)
+    )
+    end = queries.encode_cursor(rows[-1].id) if rows else None
+    return InvoiceConnection(
+        nodes=[Invoice.of(r) for r in rows], page_info=PageInfo(has_next_page=has_next, end_cursor=end)
+    )
+
+
+async def create_invoice(info: Info, input: CreateInvoiceInput) -> Invoice:
+    scope = info.context.principal.scope
+    status = (input.status or InvoiceStatus.DRAFT).value
+    row = await info.context.db.write(
+        lambda s: invoices.create_invoice(s, input.load_id, status, input.missing_data_reason, scope)
+    )
+    return Invoice.of(row)
+
+
+async def update_invoice_status(info: Info, id: strawberry.ID, status: InvoiceStatus) -> Invoice:
+    scope = info.context.principal.scope
+    row = await info.context.db.write(lambda s: invoices.set_invoice_status(s, id, status.value, scope))
+    return Invoice.of(row)
+
+
+async def _bulk(info: Info, ids: list[strawberry.ID], status: str, reason: str | None) -> BulkResult:
+    scope = info.context.principal.scope
+    outcome, stats = await info.context.db.write_with_stats(
+        lambda s: invoices.bulk_set_invoice_status(s, list(ids), status, scope, void_reason=reason),
+        lambda outcome: outcome.org_id,
+    )
+    return BulkResult(updated=outcome.updated, unchanged=outcome.unchanged, stats=OrganizationStats.of(stats))
+
+
+async def bulk_update_invoice_status(
+    info: Info, ids: list[strawberry.ID], status: InvoiceStatus
+) -> BulkResult:
+    return await _bulk(info, ids, status.value, None)
+
+
+async def bulk_void_invoices(info: Info, ids: list[strawberry.ID], reason: str | None = None) -> BulkResult:
+    return await _bulk(info, ids, "VOID", reason)
+
+
+async def delete_invoice(info: Info, id: strawberry.ID) -> DeleteResult:
+    scope = info.context.principal.scope
+    row, stats = await info.context.db.write_with_stats(
+        lambda s: invoices.delete_invoice(s, id, scope), lambda row: row.org_id
+    )
+    return DeleteResult(id=strawberry.ID(str(row.id)), stats=OrganizationStats.of(stats))

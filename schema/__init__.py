@@ -1,0 +1,1 @@
+"""The GraphQL surface: types, inputs, enums, errors, permissions, context, the schema."""

@@ -1,0 +1,136 @@
+"""The schema: every field of contract.graphql, its resolver and who may call it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import strawberry
+from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.schema.config import StrawberryConfig
+
+from resolvers import imports, invoices, lanes, loads, organizations, stats
+from schema.auth import AdminOnly, Authenticated, ServiceOnly
+from schema.extensions import ErrorCodes, QueryStats
+from schema.types import (
+    BulkResult,
+    Customer,
+    DeleteResult,
+    ImportResult,
+    Invoice,
+    InvoiceConnection,
+    InvoiceStatusCounts,
+    Lane,
+    LaneBackfillResult,
+    Load,
+    LoadConnection,
+    LoadStatusCounts,
+    Organization,
+    OrganizationStats,
+    PromotionResult,
+)
+
+member = [Authenticated]
+admin = [AdminOnly]
+service = [ServiceOnly]
+ONE_STATEMENT = "Exactly one SQL statement."
+
+
+@strawberry.type
+class Query:
+    organization_stats: OrganizationStats = strawberry.field(
+        resolver=stats.organization_stats,
+        permission_classes=member,
+        description="The whole aggregate row: exactly one SQL statement.",
+    )
+    count_loads_by_status: LoadStatusCounts = strawberry.field(
+        resolver=stats.count_loads_by_status, permission_classes=member, description=ONE_STATEMENT
+    )
+    count_invoices_by_status: InvoiceStatusCounts = strawberry.field(
+        resolver=stats.count_invoices_by_status, permission_classes=member, description=ONE_STATEMENT
+    )
+    organizations: list[Organization] = strawberry.field(
+        resolver=organizations.organizations, permission_classes=service
+    )
+    load: Load | None = strawberry.field(resolver=loads.load, permission_classes=member)
+    loads: LoadConnection = strawberry.field(resolver=loads.loads_page, permission_classes=member)
+    invoice: Invoice | None = strawberry.field(resolver=invoices.invoice, permission_classes=member)
+    invoices: InvoiceConnection = strawberry.field(
+        resolver=invoices.invoices_page, permission_classes=member
+    )
+    lanes: list[Lane] = strawberry.field(resolver=lanes.lanes_of, permission_classes=member)
+
+
+@strawberry.type
+class Mutation:
+    create_organization: Organization = strawberry.mutation(
+        resolver=organizations.create_organization,
+        permission_classes=admin,
+        description="Idempotent: returns the existing organization when orgId is known.",
+    )
+    create_customer: Customer = strawberry.mutation(
+        resolver=organizations.create_customer, permission_classes=member
+    )
+    create_load: Load = strawberry.mutation(resolver=loads.create_load, permission_classes=member)
+    update_load_status: Load = strawberry.mutation(
+        resolver=loads.update_load_status, permission_classes=member
+    )
+    delete_load: DeleteResult = strawberry.mutation(
+        resolver=loads.delete_load, permission_classes=admin, description="Deletes the load and its invoice."
+    )
+    import_shipment: ImportResult = strawberry.mutation(
+        resolver=imports.import_shipment, permission_classes=member
+    )
+    import_shipments: list[ImportResult] = strawberry.mutation(
+        resolver=imports.import_shipments,
+        permission_classes=member,
+        description="One transaction; one stats change event for the whole batch.",
+    )
+    create_lane: LaneBackfillResult = strawberry.mutation(
+        resolver=lanes.create_lane,
+        permission_classes=member,
+        description="Creates the lane and backfills matching UNMAPPED (and, for an exact lane, SPOT) loads.",
+    )
+    promote_spot_loads: PromotionResult = strawberry.mutation(
+        resolver=lanes.promote_spot_loads,
+        permission_classes=member,
+        description="Promotes SPOT loads that now have an exact lane to CONTRACT (the periodic cleanup).",
+    )
+    create_invoice: Invoice = strawberry.mutation(
+        resolver=invoices.create_invoice, permission_classes=member
+    )
+    update_invoice_status: Invoice = strawberry.mutation(
+        resolver=invoices.update_invoice_status, permission_classes=member
+    )
+    bulk_update_invoice_status: BulkResult = strawberry.mutation(
+        resolver=invoices.bulk_update_invoice_status, permission_classes=member
+    )
+    bulk_void_invoices: BulkResult = strawberry.mutation(
+        resolver=invoices.bulk_void_invoices, permission_classes=member
+    )
+    delete_invoice: DeleteResult = strawberry.mutation(
+        resolver=invoices.delete_invoice, permission_classes=admin
+    )
+
+
+class TallySchema(strawberry.Schema):
+    def process_errors(self, errors: Any, execution_context: Any = None) -> None:
+        """Errors are logged (once, with a request id) by the ErrorCodes extension."""
+
+
+def build_schema(*, query_stats: bool = False) -> strawberry.Schema:
+    extensions: list[Any] = [
+        ErrorCodes,
+        lambda: ParserCache(maxsize=256),
+        lambda: ValidationCache(maxsize=256),
+    ]
+    if query_stats:
+        extensions.append(QueryStats)
+    return TallySchema(
+        query=Query,
+        mutation=Mutation,
+        extensions=extensions,
+        config=StrawberryConfig(auto_camel_case=True),
+    )
+
+
+schema = build_schema()

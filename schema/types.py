@@ -1,0 +1,321 @@
+"""GraphQL object types, each built from a row or a stats snapshot."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Self
+
+import strawberry
+
+from db import models
+from db.aggregates import (
+    INVOICE_STATUS_COUNTERS,
+    LOAD_STATUS_COUNTERS,
+    LOAD_TYPE_COUNTERS,
+    StatsSnapshot,
+)
+from schema.enums import InvoiceStatus, LoadStatus, LoadType
+
+# Field resolvers take the plain `strawberry.Info`: schema.context imports this module.
+Info = strawberry.Info
+
+
+def as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def maybe_utc(value: datetime | None) -> datetime | None:
+    return as_utc(value) if value else None
+
+
+@strawberry.type
+class LoadStatusCounts:
+    open: int
+    assigned: int
+    completed: int
+    canceled: int
+    total: int
+
+    @classmethod
+    def of(cls, s: StatsSnapshot) -> Self:
+        c = s.counts
+        return cls(
+            open=c["loads_open"],
+            assigned=c["loads_assigned"],
+            completed=c["loads_completed"],
+            canceled=c["loads_canceled"],
+            total=sum(c[k] for k in LOAD_STATUS_COUNTERS.values()),
+        )
+
+
+@strawberry.type
+class LoadTypeCounts:
+    contract: int
+    spot: int
+    unmapped: int
+    total: int
+
+    @classmethod
+    def of(cls, s: StatsSnapshot) -> Self:
+        c = s.counts
+        return cls(
+            contract=c["type_contract"],
+            spot=c["type_spot"],
+            unmapped=c["type_unmapped"],
+            total=sum(c[k] for k in LOAD_TYPE_COUNTERS.values()),
+        )
+
+
+@strawberry.type
+class InvoiceStatusCounts:
+    missing_data: int
+    draft: int
+    billed: int
+    pending_payment: int
+    paid: int
+    void: int
+    total: int
+
+    @classmethod
+    def of(cls, s: StatsSnapshot) -> Self:
+        c = s.counts
+        return cls(
+            missing_data=c["invoices_missing_data"],
+            draft=c["invoices_draft"],
+            billed=c["invoices_billed"],
+            pending_payment=c["invoices_pending_payment"],
+            paid=c["invoices_paid"],
+            void=c["invoices_void"],
+            total=sum(c[k] for k in INVOICE_STATUS_COUNTERS.values()),
+        )
+
+
+@strawberry.type(description="One row per organization, maintained in the same transaction as every write.")
+class OrganizationStats:
+    org_id: strawberry.ID
+    loads: LoadStatusCounts
+    load_types: LoadTypeCounts
+    invoices: InvoiceStatusCounts
+    version: int = strawberry.field(
+        description="Increases by exactly 1 for every committed transaction that changed any count of this org."
+    )
+    updated_at: datetime
+    last_recalculated_at: datetime | None
+
+    @classmethod
+    def of(cls, s: StatsSnapshot) -> Self:
+        return cls(
+            org_id=strawberry.ID(s.org_id),
+            loads=LoadStatusCounts.of(s),
+            load_types=LoadTypeCounts.of(s),
+            invoices=InvoiceStatusCounts.of(s),
+            version=s.version,
+            updated_at=maybe_utc(s.updated_at) or datetime(1970, 1, 1, tzinfo=UTC),
+            last_recalculated_at=maybe_utc(s.last_recalculated_at),
+        )
+
+
+@strawberry.type
+class Organization:
+    org_id: strawberry.ID
+    name: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: models.Organization) -> Self:
+        return cls(org_id=strawberry.ID(row.org_id), name=row.name, created_at=as_utc(row.created_at))
+
+
+@strawberry.type
+class Customer:
+    id: strawberry.ID
+    org_id: strawberry.ID
+    name: str
+
+    @classmethod
+    def of(cls, row: models.Customer) -> Self:
+        return cls(id=strawberry.ID(str(row.id)), org_id=strawberry.ID(row.org_id), name=row.name)
+
+
+@strawberry.type
+class Lane:
+    id: strawberry.ID
+    org_id: strawberry.ID
+    hcr: str
+    trip_number: str = strawberry.field(
+        description="'*' marks a wildcard lane (any trip on this route): loads matched by it are SPOT."
+    )
+    rate: float | None
+    rate_type: str | None
+    is_wildcard: bool
+    customer_id: strawberry.Private[int | None]
+
+    @strawberry.field
+    async def customer(self, info: Info) -> Customer | None:
+        return await info.context.loaders.customer(self.customer_id)
+
+    @classmethod
+    def of(cls, row: models.Lane) -> Self:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            org_id=strawberry.ID(row.org_id),
+            hcr=row.hcr,
+            trip_number=row.trip_number,
+            rate=row.rate,
+            rate_type=row.rate_type,
+            is_wildcard=row.is_wildcard,
+            customer_id=row.customer_id,
+        )
+
+
+@strawberry.type
+class Load:
+    id: strawberry.ID
+    org_id: strawberry.ID
+    status: LoadStatus
+    load_type: LoadType
+    requires_manual_review: bool
+    external_id: str | None = strawberry.field(description="the FourKites shipment id, when imported")
+    load_number: str | None
+    hcr: str | None
+    trip_number: str | None
+    created_at: datetime
+    updated_at: datetime
+    row_id: strawberry.Private[int]
+    customer_id: strawberry.Private[int | None]
+    lane_id: strawberry.Private[int | None]
+
+    @strawberry.field
+    async def customer(self, info: Info) -> Customer | None:
+        return await info.context.loaders.customer(self.customer_id)
+
+    @strawberry.field
+    async def lane(self, info: Info) -> Lane | None:
+        return await info.context.loaders.lane(self.lane_id)
+
+    @strawberry.field
+    async def invoice(self, info: Info) -> Invoice | None:
+        return await info.context.loaders.invoice_of_load(self.row_id)
+
+    @classmethod
+    def of(cls, row: models.Load) -> Self:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            org_id=strawberry.ID(row.org_id),
+            status=LoadStatus(row.status),
+            load_type=LoadType(row.load_type),
+            requires_manual_review=row.requires_manual_review,
+            external_id=row.external_id,
+            load_number=row.load_number,
+            hcr=row.hcr,
+            trip_number=row.trip_number,
+            created_at=as_utc(row.created_at),
+            updated_at=as_utc(row.updated_at),
+            row_id=row.id,
+            customer_id=row.customer_id,
+            lane_id=row.lane_id,
+        )
+
+
+@strawberry.type
+class Invoice:
+    id: strawberry.ID
+    org_id: strawberry.ID
+    status: InvoiceStatus
+    missing_data_reason: str | None
+    void_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    load_id: strawberry.Private[int]
+
+    @strawberry.field
+    async def load(self, info: Info) -> Load:
+        load = await info.context.loaders.load(self.load_id)
+        assert load is not None  # an invoice always has its load (foreign key)
+        return load
+
+    @classmethod
+    def of(cls, row: models.Invoice) -> Self:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            org_id=strawberry.ID(row.org_id),
+            status=InvoiceStatus(row.status),
+            missing_data_reason=row.missing_data_reason,
+            void_reason=row.void_reason,
+            created_at=as_utc(row.created_at),
+            updated_at=as_utc(row.updated_at),
+            load_id=row.load_id,
+        )
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type
+class LoadConnection:
+    nodes: list[Load]
+    page_info: PageInfo
+
+
+@strawberry.type
+class InvoiceConnection:
+    nodes: list[Invoice]
+    page_info: PageInfo
+
+
+@strawberry.type
+class CounterDrift:
+    counter: str
+    stored: int
+    actual: int
+
+
+@strawberry.type
+class DriftReport:
+    org_id: strawberry.ID
+    ok: bool
+    drift: list[CounterDrift]
+    checked_at: datetime
+
+
+@strawberry.type
+class RecalculationResult:
+    org_id: strawberry.ID
+    corrected: list[CounterDrift]
+    stats: OrganizationStats
+
+
+@strawberry.type
+class ImportResult:
+    shipment_id: strawberry.ID
+    outcome: str = strawberry.field(description="CREATED, UPDATED, UNCHANGED or REJECTED")
+    load: Load | None
+    error: str | None
+
+
+@strawberry.type
+class LaneBackfillResult:
+    lane: Lane
+    promoted_loads: int
+    promoted_invoices: int
+
+
+@strawberry.type
+class PromotionResult:
+    promoted_loads: int
+
+
+@strawberry.type
+class BulkResult:
+    updated: int
+    unchanged: int
+    stats: OrganizationStats
+
+
+@strawberry.type
+class DeleteResult:
+    id: strawberry.ID
+    stats: OrganizationStats
