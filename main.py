@@ -112,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="migrate the database, then serve /graphql (the default)")
     commands.add_parser("migrate", help="upgrade the database to the newest schema")
+    commands.add_parser("schema", help="print the GraphQL schema (what schema.graphql holds)")
     token = commands.add_parser("token", help="print a token signed with TALLY_JWT_SECRET")
     token.add_argument("--org", help="the org_id claim (omit for a service token)")
     token.add_argument("--role", choices=ROLES, default="admin")
@@ -126,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--org is required unless --role service")
         verifier = TokenVerifier(settings.jwt_secret, settings.jwt_issuer)
         print(verifier.issue(org_id=args.org, role=args.role, subject=args.sub, ttl_seconds=args.ttl))
+    elif args.command == "schema":
+        print(build_schema().as_str())
     elif args.command == "migrate":
         from db.migrate import upgrade
 

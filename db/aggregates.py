@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import event, inspect
+from sqlalchemy import Table, event, inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
@@ -116,12 +116,12 @@ def _collect_deltas(session: Session, _flush: UOWTransaction, _instances: object
 
     for obj in session.new:
         for attr, counters in TRACKED.get(type(obj), ()):
-            add(obj.org_id, counters[getattr(obj, attr)], +1)  # type: ignore[attr-defined]
+            add(obj.org_id, counters[getattr(obj, attr)], +1)
     for obj in session.deleted:
         if type(obj) in TRACKED:
             _require_locked(session, obj)
         for attr, counters in TRACKED.get(type(obj), ()):
-            add(obj.org_id, counters[_old_value(obj, attr)], -1)  # type: ignore[attr-defined]
+            add(obj.org_id, counters[_old_value(obj, attr)], -1)
     for obj in session.dirty:
         if type(obj) not in TRACKED or not session.is_modified(obj):
             continue
@@ -131,8 +131,8 @@ def _collect_deltas(session: Session, _flush: UOWTransaction, _instances: object
         for attr, counters in TRACKED[type(obj)]:
             history = inspect(obj).attrs[attr].history
             if history.has_changes() and history.added[0] != _old_value(obj, attr):
-                add(obj.org_id, counters[_old_value(obj, attr)], -1)  # type: ignore[attr-defined]
-                add(obj.org_id, counters[history.added[0]], +1)  # type: ignore[attr-defined]
+                add(obj.org_id, counters[_old_value(obj, attr)], -1)
+                add(obj.org_id, counters[history.added[0]], +1)
 
 
 @event.listens_for(AggregateSession, "before_commit")
@@ -151,7 +151,7 @@ def apply_delta(
     session: Session, org_id: str, delta: dict[str, int], *, recalculated: bool = False
 ) -> StatsSnapshot:
     """One statement: create the org's row or add `delta` to it, bumping `version`."""
-    table = OrganizationStats.__table__
+    table = cast(Table, OrganizationStats.__table__)
     now = utcnow()
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     changes: dict[str, Any] = {c: table.c[c] + d for c, d in delta.items()}
@@ -186,9 +186,7 @@ def _refuse_bulk_writes(state: ORMExecuteState) -> None:
     if not (state.is_insert or state.is_update or state.is_delete):
         return
     table = getattr(state.statement, "table", None)
-    if getattr(table, "name", None) in COUNTED_TABLES and not state.execution_options.get(
-        AGGREGATE_WRITE
-    ):
+    if getattr(table, "name", None) in COUNTED_TABLES and not state.execution_options.get(AGGREGATE_WRITE):
         raise RuntimeError(
             f"bulk {table.name} writes bypass the aggregate: change ORM objects instead"  # type: ignore[union-attr]
         )

@@ -19,9 +19,7 @@ class StatementCounter:
     statements: int = 0
 
 
-statement_counter: ContextVar[StatementCounter | None] = ContextVar(
-    "statement_counter", default=None
-)
+statement_counter: ContextVar[StatementCounter | None] = ContextVar("statement_counter", default=None)
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:

@@ -37,9 +37,7 @@ async def create_lane(
     await ensure_organization(session, org_id)
     customer = await customer_in_org(session, customer_id, org_id)
     existing = await session.scalar(
-        select(Lane.id).where(
-            Lane.org_id == org_id, Lane.hcr == hcr, Lane.trip_number == trip_number
-        )
+        select(Lane.id).where(Lane.org_id == org_id, Lane.hcr == hcr, Lane.trip_number == trip_number)
     )
     if existing is not None:
         raise Conflict(f"Lane {hcr}/{trip_number} already exists in {org_id}", ids=[existing])
@@ -66,7 +64,8 @@ async def promote_spot_loads(session: AsyncSession, org_id: str) -> Promotion:
 async def rematch_loads(session: AsyncSession, org_id: str, *where: object) -> Promotion:
     """Match the selected loads against the org's lanes; load types only move up."""
     loads: Sequence[Load] = await lock_where(
-        session, select(Load).where(Load.org_id == org_id, *where).order_by(Load.id)  # type: ignore[arg-type]
+        session,
+        select(Load).where(Load.org_id == org_id, *where).order_by(Load.id),  # type: ignore[arg-type]
     )
     if not loads:
         return Promotion(0, 0)

@@ -89,15 +89,11 @@ class Load(Base):
     hcr: Mapped[str | None] = mapped_column(String(200))
     trip_number: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
     customer: Mapped[Customer | None] = relationship(lazy="raise")
     lane: Mapped[Lane | None] = relationship(lazy="raise")
-    invoice: Mapped[Invoice | None] = relationship(
-        lazy="raise", back_populates="load", passive_deletes="all"
-    )
+    invoice: Mapped[Invoice | None] = relationship(lazy="raise", back_populates="load", passive_deletes="all")
 
 
 class Invoice(Base):
@@ -111,9 +107,7 @@ class Invoice(Base):
     missing_data_reason: Mapped[str | None] = mapped_column(String(1000))
     void_reason: Mapped[str | None] = mapped_column(String(1000))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
     load: Mapped[Load] = relationship(lazy="raise", back_populates="invoice")
 
@@ -123,9 +117,7 @@ class OrganizationStats(Base):
 
     __tablename__ = "organization_stats"
 
-    org_id: Mapped[str] = mapped_column(
-        ForeignKey("organizations.org_id"), primary_key=True
-    )
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.org_id"), primary_key=True)
     loads_open: Mapped[int] = mapped_column(BigInteger, default=0)
     loads_assigned: Mapped[int] = mapped_column(BigInteger, default=0)
     loads_completed: Mapped[int] = mapped_column(BigInteger, default=0)

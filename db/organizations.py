@@ -14,7 +14,7 @@ from db.rules import check_text
 async def ensure_organization(session: AsyncSession, org_id: str, name: str | None = None) -> None:
     """Create the org on its first write (named after its id unless a name is given)."""
     check_text(org_id, "orgId", required=True)
-    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     await session.execute(
         insert(Organization)
         .values(org_id=org_id, name=name or org_id, created_at=utcnow())
@@ -43,9 +43,7 @@ async def create_customer(session: AsyncSession, org_id: str, name: str) -> Cust
     return customer
 
 
-async def customers_by_name(
-    session: AsyncSession, org_id: str, names: set[str]
-) -> dict[str, Customer]:
+async def customers_by_name(session: AsyncSession, org_id: str, names: set[str]) -> dict[str, Customer]:
     """Find, or create, the org's customers with these names."""
     if not names:
         return {}

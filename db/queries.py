@@ -25,9 +25,7 @@ def parse_id(value: str) -> int | None:
 async def get_stats(session: AsyncSession, org_id: str) -> StatsSnapshot:
     """The whole aggregate row in one statement (zeros, version 0 for an unknown org)."""
     row = (
-        await session.execute(
-            select(OrganizationStats.__table__).where(OrganizationStats.org_id == org_id)
-        )
+        await session.execute(select(OrganizationStats.__table__).where(OrganizationStats.org_id == org_id))
     ).one_or_none()
     return StatsSnapshot.from_row(row) if row else StatsSnapshot.empty(org_id)
 
@@ -36,9 +34,7 @@ def _scoped(stmt: Select[Any], model: type, scope: str | None) -> Select[Any]:
     return stmt if scope is None else stmt.where(model.org_id == scope)  # type: ignore[attr-defined]
 
 
-async def lock_rows(
-    session: AsyncSession, model: type[M], ids: Iterable[str], scope: str | None
-) -> list[M]:
+async def lock_rows(session: AsyncSession, model: type[M], ids: Iterable[str], scope: str | None) -> list[M]:
     """SELECT ... FOR UPDATE the rows (in id order, so writers never deadlock).
 
     Unknown ids and ids outside `scope` are reported alike, as NOT_FOUND.

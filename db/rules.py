@@ -38,9 +38,7 @@ def check_transition(
     entity: str, transitions: dict[str, frozenset[str]], current: str, target: str, id_: object
 ) -> None:
     if not can_move(transitions, current, target):
-        raise InvalidTransition(
-            f"{entity} {id_} cannot move from {current} to {target}", ids=[id_]
-        )
+        raise InvalidTransition(f"{entity} {id_} cannot move from {current} to {target}", ids=[id_])
 
 
 def is_upgrade(current: str, candidate: str) -> bool:
@@ -77,7 +75,9 @@ def tracking_target(tracking_status: str | None) -> str | None:
 MAX_TEXT = 200
 
 
-def check_text(value: str | None, field: str, *, required: bool = False, max_len: int = MAX_TEXT) -> str | None:
+def check_text(
+    value: str | None, field: str, *, required: bool = False, max_len: int = MAX_TEXT
+) -> str | None:
     """Refuse blank required strings and strings over `max_len` characters."""
     if value is None or not value.strip():
         if required:

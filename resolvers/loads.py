@@ -31,7 +31,9 @@ async def loads_page(
         lambda s: queries.page(s, models.Load, org_id, filters, 50 if first is None else first, after)
     )
     end = queries.encode_cursor(rows[-1].id) if rows else None
-    return LoadConnection(nodes=[Load.of(r) for r in rows], page_info=PageInfo(has_next_page=has_next, end_cursor=end))
+    return LoadConnection(
+        nodes=[Load.of(r) for r in rows], page_info=PageInfo(has_next_page=has_next, end_cursor=end)
+    )
 
 
 async def create_load(info: Info, input: CreateLoadInput) -> Load:

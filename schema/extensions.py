@@ -23,12 +23,21 @@ def to_client_error(error: GraphQLError) -> GraphQLError:
         extensions: dict[str, Any] = {"code": original.code}
         if original.ids is not None:
             extensions["ids"] = original.ids
-        return GraphQLError(original.message, error.nodes, error.source, error.positions, error.path, extensions=extensions)
+        return GraphQLError(
+            original.message, error.nodes, error.source, error.positions, error.path, extensions=extensions
+        )
     if original is None or isinstance(original, GraphQLError):
         # Parse, validation and variable-coercion errors: the request itself is wrong.
         if error.extensions and "code" in error.extensions:
             return error
-        return GraphQLError(error.message, error.nodes, error.source, error.positions, error.path, extensions={"code": "BAD_USER_INPUT"})
+        return GraphQLError(
+            error.message,
+            error.nodes,
+            error.source,
+            error.positions,
+            error.path,
+            extensions={"code": "BAD_USER_INPUT"},
+        )
     request_id = uuid.uuid4().hex
     log.error("internal error (request %s) at %s", request_id, error.path, exc_info=original)
     return GraphQLError(

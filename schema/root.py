@@ -6,6 +6,7 @@ from typing import Any
 
 import strawberry
 from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.permission import BasePermission
 from strawberry.schema.config import StrawberryConfig
 
 from resolvers import imports, invoices, lanes, loads, organizations, stats
@@ -29,9 +30,9 @@ from schema.types import (
     PromotionResult,
 )
 
-member = [Authenticated]
-admin = [AdminOnly]
-service = [ServiceOnly]
+member: list[type[BasePermission]] = [Authenticated]
+admin: list[type[BasePermission]] = [AdminOnly]
+service: list[type[BasePermission]] = [ServiceOnly]
 ONE_STATEMENT = "Exactly one SQL statement."
 
 
@@ -54,9 +55,7 @@ class Query:
     load: Load | None = strawberry.field(resolver=loads.load, permission_classes=member)
     loads: LoadConnection = strawberry.field(resolver=loads.loads_page, permission_classes=member)
     invoice: Invoice | None = strawberry.field(resolver=invoices.invoice, permission_classes=member)
-    invoices: InvoiceConnection = strawberry.field(
-        resolver=invoices.invoices_page, permission_classes=member
-    )
+    invoices: InvoiceConnection = strawberry.field(resolver=invoices.invoices_page, permission_classes=member)
     lanes: list[Lane] = strawberry.field(resolver=lanes.lanes_of, permission_classes=member)
 
 
@@ -95,9 +94,7 @@ class Mutation:
         permission_classes=member,
         description="Promotes SPOT loads that now have an exact lane to CONTRACT (the periodic cleanup).",
     )
-    create_invoice: Invoice = strawberry.mutation(
-        resolver=invoices.create_invoice, permission_classes=member
-    )
+    create_invoice: Invoice = strawberry.mutation(resolver=invoices.create_invoice, permission_classes=member)
     update_invoice_status: Invoice = strawberry.mutation(
         resolver=invoices.update_invoice_status, permission_classes=member
     )

@@ -7,7 +7,12 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from db.aggregates import COUNTERS, INVOICE_STATUS_COUNTERS, LOAD_STATUS_COUNTERS, LOAD_TYPE_COUNTERS
+from db.aggregates import (
+    COUNTERS,
+    INVOICE_STATUS_COUNTERS,
+    LOAD_STATUS_COUNTERS,
+    LOAD_TYPE_COUNTERS,
+)
 from db.models import Invoice, Load
 from db.queries import get_stats
 from db.unit_of_work import Database
