@@ -16,7 +16,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
 
+from db.broadcast import StatsHub
+from db.errors import TallyError
+from db.queries import get_stats
 from db.unit_of_work import Database
 from schema.auth import ROLES, TokenVerifier
 from schema.context import Context
@@ -45,37 +49,55 @@ class Settings(BaseSettings):
 
 
 class TallyGraphQL(GraphQL[Context, None]):
-    def __init__(self, db: Database, verifier: TokenVerifier, **kwargs: Any) -> None:
+    def __init__(self, db: Database, verifier: TokenVerifier, hub: StatsHub, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.db = db
         self.verifier = verifier
+        self.hub = hub
 
     async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
         return Context(
             db=self.db,
             verifier=self.verifier,
+            hub=self.hub,
             authorization=request.headers.get("authorization"),
         )
+
+    async def on_ws_connect(self, context: Context) -> None:
+        """No WebSocket without a valid token in the connection_init payload."""
+        try:
+            context.principal  # noqa: B018 (verifies the token)
+        except TallyError as error:
+            raise ConnectionRejectionError({"code": error.code, "message": error.message}) from error
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     verifier = TokenVerifier(settings.jwt_secret, settings.jwt_issuer)
+    hub = StatsHub(settings.broadcast_url, lambda org_id: db.read(lambda s: get_stats(s, org_id)))
+    db.after_commit.append(hub.publish)
     graphql = TallyGraphQL(
-        db, verifier, schema=build_schema(query_stats=settings.query_stats), graphql_ide="graphiql"
+        db,
+        verifier,
+        hub,
+        schema=build_schema(query_stats=settings.query_stats),
+        graphql_ide="graphiql",
+        keep_alive=True,
     )
 
     async def healthz(_request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "live": hub.snapshot_metrics()})
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         if settings.jwt_secret == DEV_SECRET:
             log.warning("TALLY_JWT_SECRET is not set: using the development secret")
+        await hub.start()
         try:
             yield
         finally:
+            await hub.stop()
             await db.dispose()
 
     app = Starlette(
@@ -87,6 +109,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.db = db
+    app.state.hub = hub
     app.state.settings = settings
     return app
 

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+
 import strawberry
 
+from db.aggregates import StatsSnapshot
 from db.queries import get_stats
 from schema.context import Info
 from schema.types import InvoiceStatusCounts, LoadStatusCounts, OrganizationStats
 
 
-async def _stats(info: Info, org_id: str):  # type: ignore[no-untyped-def]
+async def _stats(info: Info, org_id: str) -> StatsSnapshot:
     return await info.context.db.read(lambda session: get_stats(session, org_id))
 
 
@@ -21,3 +24,22 @@ async def count_loads_by_status(info: Info, org_id: strawberry.ID) -> LoadStatus
 
 async def count_invoices_by_status(info: Info, org_id: strawberry.ID) -> InvoiceStatusCounts:
     return InvoiceStatusCounts.of(await _stats(info, org_id))
+
+
+async def organization_stats_changed(
+    info: Info, org_id: strawberry.ID, since_version: int | None = None
+) -> AsyncGenerator[OrganizationStats, None]:
+    """Current stats at once (unless already at sinceVersion), then every newer version.
+
+    The channel is joined before the snapshot is read, so no commit falls between.
+    """
+    async with info.context.hub.subscribe(org_id) as mailbox:
+        mailbox.offer(await _stats(info, org_id))
+        current = await mailbox.newer_than(None)
+        last = current.version
+        if current.version != since_version:
+            yield OrganizationStats.of(current)
+        while True:
+            snapshot = await mailbox.newer_than(last)
+            last = snapshot.version
+            yield OrganizationStats.of(snapshot)

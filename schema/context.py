@@ -10,6 +10,7 @@ import strawberry
 from strawberry.dataloader import DataLoader
 
 from db import models
+from db.broadcast import StatsHub
 from db.errors import TallyError
 from db.queries import get_many
 from db.unit_of_work import Database
@@ -53,6 +54,7 @@ class Loaders:
 class Context:
     db: Database
     verifier: TokenVerifier
+    hub: StatsHub
     authorization: str | None = None
     # Set by Strawberry from a WebSocket's connection_init payload.
     connection_params: dict[str, Any] | None = None

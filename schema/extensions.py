@@ -52,10 +52,18 @@ def to_client_error(error: GraphQLError) -> GraphQLError:
 
 class ErrorCodes(SchemaExtension):
     def on_operation(self) -> Iterator[None]:
+        self._streamed = False
         yield
         result = self.execution_context.result
-        if result is not None and result.errors:
+        if not self._streamed and result is not None and result.errors:
             result.errors = [to_client_error(error) for error in result.errors]
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        """Subscriptions: each result, before it reaches the client."""
+        self._streamed = True
+        if getattr(result, "errors", None):
+            result.errors = [to_client_error(error) for error in result.errors]
+        yield
 
 
 class QueryStats(SchemaExtension):

@@ -109,6 +109,19 @@ class Mutation:
     )
 
 
+@strawberry.type
+class Subscription:
+    organization_stats_changed: OrganizationStats = strawberry.subscription(  # type: ignore[assignment]
+        resolver=stats.organization_stats_changed,
+        permission_classes=member,
+        description=(
+            "Emits the current stats at once (unless sinceVersion equals the current version), "
+            "then the full stats after every committed change of this org. Never emits a "
+            "version lower than or equal to one it already emitted."
+        ),
+    )
+
+
 class TallySchema(strawberry.Schema):
     def process_errors(self, errors: Any, execution_context: Any = None) -> None:
         """Errors are logged (once, with a request id) by the ErrorCodes extension."""
@@ -125,6 +138,7 @@ def build_schema(*, query_stats: bool = False) -> strawberry.Schema:
     return TallySchema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         extensions=extensions,
         config=StrawberryConfig(auto_camel_case=True),
     )

@@ -37,8 +37,10 @@ def settings(database_url: str) -> Settings:
 async def app_client(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Database]]:
     app = create_app(settings)
     transport = httpx.ASGITransport(app=app)
+    await app.state.hub.start()
     async with httpx.AsyncClient(transport=transport, base_url="http://tally") as client:
         yield client, app.state.db
+    await app.state.hub.stop()
     await app.state.db.dispose()
 
 

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,19 +28,16 @@ def running_server(env: dict[str, str], *, port: int | None = None, timeout: flo
     """Start a server with these TALLY_* settings; yield its base URL; stop it."""
     port = port or free_port()
     full_env = {**os.environ, "TALLY_HOST": "127.0.0.1", "TALLY_PORT": str(port), **env}
+    log = tempfile.NamedTemporaryFile(prefix=f"tally-{port}-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, "main.py", "serve"],
-        cwd=ROOT,
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        [sys.executable, "main.py", "serve"], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
     )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                output = process.stdout.read().decode() if process.stdout else ""
+                output = Path(log.name).read_text()
                 raise RuntimeError(f"server exited early:\n{output}")
             try:
                 if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
@@ -57,3 +55,4 @@ def running_server(env: dict[str, str], *, port: int | None = None, timeout: flo
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        log.close()

@@ -17,7 +17,6 @@ PENDING = {
     "Query.driftReport",
     "Mutation.recalculateOrgStats",
     "Mutation.recalculateAllOrgStats",
-    "Subscription",
     "CounterDrift",
     "DriftReport",
     "RecalculationResult",

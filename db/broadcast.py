@@ -1,0 +1,298 @@
+"""Live stats: publish committed snapshots, fan them out to local subscribers.
+
+broadcaster carries snapshots between processes (memory://, redis://,
+postgres://). Around its known gaps:
+- a supervisor sends a heartbeat through the channel every second; when it
+  does not come back (backend dropped, listener dead) the broadcaster is
+  rebuilt with backoff and every local subscriber is offered a fresh snapshot
+  read from the database;
+- each org has one channel reader per process, and each local subscriber keeps
+  only the newest snapshot (`LatestSnapshot`), so a slow client costs O(1);
+- a failed publish never fails the commit that caused it: it is logged and
+  counted, delivered locally, and triggers the reconnect.
+Every event is a full snapshot with a version, so a missed one is repaired by
+the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from broadcaster import Broadcast
+
+from db.aggregates import StatsSnapshot
+
+log = logging.getLogger("tally.broadcast")
+
+ReadSnapshot = Callable[[str], Awaitable[StatsSnapshot]]
+HEARTBEAT = "\0heartbeat"  # key of the heartbeat reader among the per-org readers
+
+
+def channel_of(org_id: str) -> str:
+    # Hashed: PostgreSQL channel names are identifiers of at most 63 bytes.
+    return "tally_stats_" + hashlib.sha256(org_id.encode()).hexdigest()[:32]
+
+
+def encode(snapshot: StatsSnapshot) -> str:
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return json.dumps(
+        {
+            "orgId": snapshot.org_id,
+            "version": snapshot.version,
+            "counts": snapshot.counts,
+            "updatedAt": iso(snapshot.updated_at),
+            "lastRecalculatedAt": iso(snapshot.last_recalculated_at),
+        }
+    )
+
+
+def decode(message: str) -> StatsSnapshot:
+    data = json.loads(message)
+
+    def when(value: str | None) -> datetime | None:
+        return datetime.fromisoformat(value) if value else None
+
+    return StatsSnapshot(
+        org_id=data["orgId"],
+        counts={k: int(v) for k, v in data["counts"].items()},
+        version=int(data["version"]),
+        updated_at=when(data["updatedAt"]),
+        last_recalculated_at=when(data["lastRecalculatedAt"]),
+    )
+
+
+class LatestSnapshot:
+    """One subscriber's mailbox: only the newest snapshot is kept."""
+
+    def __init__(self) -> None:
+        self._latest: StatsSnapshot | None = None
+        self._changed = asyncio.Event()
+
+    def offer(self, snapshot: StatsSnapshot) -> None:
+        if self._latest is None or snapshot.version > self._latest.version:
+            self._latest = snapshot
+            self._changed.set()
+
+    async def newer_than(self, version: int | None) -> StatsSnapshot:
+        while True:
+            latest = self._latest
+            if latest is not None and (version is None or latest.version > version):
+                return latest
+            self._changed.clear()
+            await self._changed.wait()
+
+
+@dataclass
+class HubMetrics:
+    subscribers: int = 0
+    channels: int = 0
+    published: int = 0
+    publish_failures: int = 0
+    reconnects: int = 0
+    connected: bool = False
+
+
+class StatsHub:
+    def __init__(
+        self,
+        url: str,
+        read_snapshot: ReadSnapshot,
+        *,
+        heartbeat_seconds: float = 1.0,
+        publish_timeout: float = 2.0,
+    ) -> None:
+        self.url = url
+        self.read_snapshot = read_snapshot
+        self.heartbeat_seconds = heartbeat_seconds
+        self.publish_timeout = publish_timeout
+        self.metrics = HubMetrics()
+        self._subscribers: dict[str, set[LatestSnapshot]] = {}
+        self._readers: dict[str, asyncio.Task[None]] = {}
+        self._reader_ready: dict[str, asyncio.Event] = {}
+        self._broadcast: Broadcast | None = None
+        self._connected = asyncio.Event()
+        self._unhealthy = asyncio.Event()
+        self._heartbeat_channel = f"tally_heartbeat_{uuid.uuid4().hex}"
+        self._heartbeat_seen = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+
+    # Lifecycle -----------------------------------------------------------
+
+    async def start(self, *, wait_seconds: float = 5.0) -> None:
+        self._supervisor = asyncio.create_task(self._supervise(), name="tally-broadcast-supervisor")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), wait_seconds)
+
+    async def stop(self) -> None:
+        if self._supervisor:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await self._teardown()
+
+    # Publishing (the unit of work's after-commit hook) --------------------
+
+    async def publish(self, snapshots: list[StatsSnapshot]) -> None:
+        for snapshot in snapshots:
+            self.metrics.published += 1
+            broadcast = self._broadcast
+            try:
+                if broadcast is None:
+                    raise ConnectionError("broadcast is not connected")
+                await asyncio.wait_for(
+                    broadcast.publish(channel_of(snapshot.org_id), encode(snapshot)), self.publish_timeout
+                )
+            except Exception as error:
+                self.metrics.publish_failures += 1
+                log.warning("publish of %s v%d failed: %r", snapshot.org_id, snapshot.version, error)
+                self._deliver(snapshot)  # local subscribers still hear of it
+                self._unhealthy.set()
+
+    # Subscribing ----------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, org_id: str) -> AsyncIterator[LatestSnapshot]:
+        """A mailbox that receives every snapshot of the org published from now on."""
+        mailbox = LatestSnapshot()
+        self._subscribers.setdefault(org_id, set()).add(mailbox)
+        self._count()
+        try:
+            if org_id not in self._readers and self._broadcast is not None:
+                self._start_reader(org_id, self._broadcast)
+            ready = self._reader_ready.get(org_id)
+            if ready is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ready.wait(), self.publish_timeout)
+            yield mailbox
+        finally:
+            mailboxes = self._subscribers.get(org_id, set())
+            mailboxes.discard(mailbox)
+            if not mailboxes:
+                self._subscribers.pop(org_id, None)
+                self._stop_reader(org_id)
+            self._count()
+
+    def _count(self) -> None:
+        self.metrics.subscribers = sum(len(m) for m in self._subscribers.values())
+        self.metrics.channels = len(self._readers.keys() - {HEARTBEAT})
+
+    def _deliver(self, snapshot: StatsSnapshot) -> None:
+        for mailbox in list(self._subscribers.get(snapshot.org_id, ())):
+            mailbox.offer(snapshot)
+
+    def _start_reader(self, org_id: str, broadcast: Broadcast) -> None:
+        if org_id in self._readers:
+            return
+        ready = asyncio.Event()
+        self._reader_ready[org_id] = ready
+        self._readers[org_id] = asyncio.create_task(self._read(broadcast, channel_of(org_id), ready))
+        self._count()
+
+    def _stop_reader(self, org_id: str) -> None:
+        task = self._readers.pop(org_id, None)
+        self._reader_ready.pop(org_id, None)
+        if task is not None:
+            task.cancel()
+        self._count()
+
+    async def _read(self, broadcast: Broadcast, channel: str, ready: asyncio.Event) -> None:
+        try:
+            async with broadcast.subscribe(channel) as subscriber:
+                ready.set()
+                async for event in subscriber:  # type: ignore[union-attr]
+                    if event is None:
+                        break
+                    if channel == self._heartbeat_channel:
+                        self._heartbeat_seen.set()
+                    else:
+                        self._deliver(decode(event.message))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.warning("channel reader failed: %r", error)
+            self._unhealthy.set()
+
+    # Supervision ----------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._connect()
+                backoff = 0.1
+                await self._watch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("broadcast %s unhealthy (%r); reconnecting", self.url, error)
+            self.metrics.connected = False
+            self._connected.clear()
+            await self._teardown()
+            self.metrics.reconnects += 1
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, 2.0)
+
+    async def _connect(self) -> None:
+        broadcast = Broadcast(self.url)
+        await asyncio.wait_for(broadcast.connect(), 5)
+        self._broadcast = broadcast
+        self._unhealthy.clear()
+        heartbeat_ready = asyncio.Event()
+        self._readers[HEARTBEAT] = asyncio.create_task(
+            self._read(broadcast, self._heartbeat_channel, heartbeat_ready)
+        )
+        await asyncio.wait_for(heartbeat_ready.wait(), 5)
+        for org_id in list(self._subscribers):
+            self._start_reader(org_id, broadcast)
+        await asyncio.gather(*(event.wait() for event in self._reader_ready.values()))
+        self.metrics.connected = True
+        self._connected.set()
+        await self._resync()
+
+    async def _resync(self) -> None:
+        """After any (re)connect: offer every local subscriber a fresh snapshot."""
+        for org_id in list(self._subscribers):
+            try:
+                self._deliver(await self.read_snapshot(org_id))
+            except Exception as error:
+                log.warning("resync of %s failed: %r", org_id, error)
+
+    async def _watch(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._unhealthy.wait(), self.heartbeat_seconds)
+            if self._unhealthy.is_set():
+                raise ConnectionError("a publish or a channel reader failed")
+            assert self._broadcast is not None
+            self._heartbeat_seen.clear()
+            await asyncio.wait_for(
+                self._broadcast.publish(self._heartbeat_channel, "1"), self.publish_timeout
+            )
+            await asyncio.wait_for(self._heartbeat_seen.wait(), self.publish_timeout)
+
+    async def _teardown(self) -> None:
+        for org_id in list(self._readers):
+            task = self._readers.pop(org_id)
+            task.cancel()
+        self._reader_ready.clear()
+        broadcast, self._broadcast = self._broadcast, None
+        if broadcast is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(broadcast.disconnect(), 2)
+        self._count()
+
+    def snapshot_metrics(self) -> dict[str, Any]:
+        self._count()
+        return dict(self.metrics.__dict__)

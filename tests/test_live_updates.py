@@ -1,0 +1,151 @@
+"""organizationStatsChanged through real uvicorn processes and real WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from gql.transport.exceptions import TransportQueryError
+
+from tests.helpers import token
+from tests.live import RedisServer, redis_server, subscription, wait_live_subscribers
+from tests.server import running_server
+
+__all__ = ["redis_server"]  # the fixture, re-exported for pytest
+
+ORG = "org_live"
+TOKEN = token(ORG, "admin")
+
+
+async def call(base: str, query: str, **variables: Any) -> dict[str, Any]:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{base}/graphql",
+            json={"query": query, "variables": variables},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+    return response.json()
+
+
+async def create_load(base: str, status: str = "OPEN") -> str:
+    body = await call(base, "mutation($o: ID!, $s: LoadStatus) { createLoad(input: {orgId: $o, status: $s}) { id } }", o=ORG, s=status)
+    return str(body["data"]["createLoad"]["id"])
+
+
+def sqlite_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {"TALLY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'live.db'}", **extra}
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    with running_server(sqlite_env(tmp_path)) as base:
+        yield base
+
+
+async def test_snapshot_then_one_event_per_commit(server: str) -> None:
+    async with subscription(server, TOKEN, ORG) as sub:
+        first = await sub.next()
+        assert first["version"] == 0 and first["loads"]["total"] == 0
+        await create_load(server)
+        assert (await sub.next())["version"] == 1
+        load_id = await create_load(server)
+        event = await sub.next()
+        assert event["version"] == 2 and event["loads"]["open"] == 2
+        await call(server, "mutation($id: ID!) { updateLoadStatus(id: $id, status: ASSIGNED) { id } }", id=load_id)
+        event = await sub.next()
+        assert event["version"] == 3 and event["loads"] == {"open": 1, "assigned": 1, "completed": 0, "canceled": 0, "total": 2}
+
+
+async def test_since_version_resumes_without_repeating(server: str) -> None:
+    await create_load(server)
+    await create_load(server)
+    async with subscription(server, TOKEN, ORG, since=2) as current:
+        assert await current.nothing_within(0.5)
+        async with subscription(server, TOKEN, ORG, since=1) as behind:
+            assert (await behind.next())["version"] == 2
+            await create_load(server)
+            assert (await behind.next())["version"] == 3
+            assert (await current.next())["version"] == 3
+
+
+async def test_bulk_void_is_one_event_and_a_refusal_is_none(server: str) -> None:
+    ids = []
+    for _ in range(5):
+        load_id = await create_load(server)
+        body = await call(server, "mutation($id: ID!) { createInvoice(input: {loadId: $id}) { id } }", id=load_id)
+        ids.append(body["data"]["createInvoice"]["id"])
+    async with subscription(server, TOKEN, ORG) as sub:
+        assert (await sub.next())["version"] == 10
+        result = await call(server, "mutation($ids: [ID!]!) { bulkVoidInvoices(ids: $ids) { updated } }", ids=ids)
+        assert result["data"]["bulkVoidInvoices"]["updated"] == 5
+        event = await sub.next()
+        assert event["version"] == 11 and event["invoices"]["void"] == 5
+        assert await sub.nothing_within(0.5)
+        refused = await call(server, "mutation($id: ID!) { updateInvoiceStatus(id: $id, status: PAID) { id } }", id=ids[0])
+        assert refused["errors"][0]["extensions"]["code"] == "INVALID_TRANSITION"
+        assert await sub.nothing_within(0.5)
+
+
+async def test_legacy_graphql_ws_protocol(server: str) -> None:
+    async with subscription(server, TOKEN, ORG, protocol="graphql-ws") as sub:
+        assert (await sub.next())["version"] == 0
+        await create_load(server)
+        assert (await sub.next())["version"] == 1
+
+
+async def test_foreign_org_gets_an_error_and_nothing_else(server: str) -> None:
+    async with subscription(server, token("org_other", "admin"), ORG) as sub:
+        with pytest.raises(TransportQueryError) as refused:
+            await sub.next(timeout=3)
+        assert refused.value.errors and refused.value.errors[0]["extensions"]["code"] == "FORBIDDEN"
+        assert await sub.nothing_within(0.3)
+    assert await wait_live_subscribers(server, 0) == 0
+
+
+async def test_subscribers_leave_nothing_behind(server: str) -> None:
+    """1,000 subscribe/disconnect cycles: live subscribers back at zero."""
+    semaphore = asyncio.Semaphore(20)
+
+    async def cycle() -> None:
+        async with semaphore, subscription(server, TOKEN, ORG) as sub:
+            await sub.next()
+
+    await asyncio.gather(*(cycle() for _ in range(1000)))
+    assert await wait_live_subscribers(server, 0) == 0
+    async with httpx.AsyncClient() as client:
+        live = (await client.get(f"{server}/healthz")).json()["live"]
+    assert live["channels"] == 0
+
+
+async def test_two_processes_share_one_redis_channel(tmp_path: Path, redis_server: RedisServer) -> None:
+    env = sqlite_env(tmp_path, TALLY_BROADCAST_URL=redis_server.url)
+    with running_server(env) as first, running_server(env) as second:
+        async with subscription(second, TOKEN, ORG) as sub:
+            assert (await sub.next())["version"] == 0
+            await create_load(first)
+            event = await sub.next()
+            assert event["version"] == 1 and event["loads"]["open"] == 1
+
+
+async def test_subscriber_converges_after_redis_restarts(tmp_path: Path, redis_server: RedisServer) -> None:
+    env = sqlite_env(tmp_path, TALLY_BROADCAST_URL=redis_server.url)
+    with running_server(env) as writer, running_server(env) as reader:
+        async with subscription(reader, TOKEN, ORG) as sub:
+            assert (await sub.next())["version"] == 0
+            redis_server.stop()
+            await create_load(writer)  # its publish fails: the reader misses it
+            await create_load(writer)
+            redis_server.start()
+            event = await sub.next(timeout=5)
+            while event["version"] < 2:
+                event = await sub.next(timeout=5)
+            assert event["version"] == 2 and event["loads"]["open"] == 2
+            await create_load(writer)
+            assert (await sub.next(timeout=5))["version"] == 3
+
+
