@@ -138,8 +138,10 @@ async def test_subscriber_converges_after_redis_restarts(tmp_path: Path, redis_s
         async with subscription(reader, TOKEN, ORG) as sub:
             assert (await sub.next())["version"] == 0
             redis_server.stop()
-            await create_load(writer)  # its publish fails: the reader misses it
-            await create_load(writer)
+            # The writer's publishes fail, yet its mutations commit; the reader misses them.
+            assert await create_load(writer) and await create_load(writer)
+            async with httpx.AsyncClient() as client:
+                assert (await client.get(f"{writer}/healthz")).json()["live"]["publish_failures"] >= 1
             redis_server.start()
             event = await sub.next(timeout=5)
             while event["version"] < 2:

@@ -1,0 +1,44 @@
+"""StatsHub in-process: bounded mailboxes, event encoding, clean unsubscribe."""
+
+from __future__ import annotations
+
+import asyncio
+
+from db.aggregates import COUNTERS, StatsSnapshot
+from db.broadcast import LatestSnapshot, StatsHub, decode, encode
+
+
+def snapshot(version: int, org: str = "org_a") -> StatsSnapshot:
+    return StatsSnapshot(org, dict.fromkeys(COUNTERS, version), version, None, None)
+
+
+async def test_a_slow_subscriber_holds_only_the_newest_snapshot() -> None:
+    mailbox = LatestSnapshot()
+    for version in range(1, 10_001):
+        mailbox.offer(snapshot(version))
+    mailbox.offer(snapshot(5))  # an older one arriving late is ignored
+    assert (await mailbox.newer_than(None)).version == 10_000
+    assert len(vars(mailbox)) == 2  # one snapshot and one event: O(1) whatever the backlog
+
+
+async def test_events_round_trip_as_json() -> None:
+    original = snapshot(7)
+    assert decode(encode(original)) == original
+
+
+async def test_unsubscribing_leaves_no_channel_reader() -> None:
+    async def read(org: str) -> StatsSnapshot:
+        return snapshot(0, org)
+
+    hub = StatsHub("memory://", read)
+    await hub.start()
+    try:
+        async with hub.subscribe("org_a") as first, hub.subscribe("org_a"):
+            assert hub.snapshot_metrics()["subscribers"] == 2
+            assert hub.snapshot_metrics()["channels"] == 1
+            await hub.publish([snapshot(3)])
+            assert (await asyncio.wait_for(first.newer_than(None), 2)).version == 3
+        metrics = hub.snapshot_metrics()
+        assert metrics["subscribers"] == 0 and metrics["channels"] == 0
+    finally:
+        await hub.stop()
