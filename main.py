@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import logging
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -18,9 +20,11 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 
+from db import recalculation as recalc
 from db.broadcast import StatsHub
 from db.errors import TallyError
 from db.queries import get_stats
+from db.scheduler import RecalculationScheduler
 from db.unit_of_work import Database
 from schema.auth import ROLES, TokenVerifier
 from schema.context import Context
@@ -77,6 +81,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     verifier = TokenVerifier(settings.jwt_secret, settings.jwt_issuer)
     hub = StatsHub(settings.broadcast_url, lambda org_id: db.read(lambda s: get_stats(s, org_id)))
     db.after_commit.append(hub.publish)
+    scheduler = RecalculationScheduler(db, settings.recalc_interval_seconds)
     graphql = TallyGraphQL(
         db,
         verifier,
@@ -94,9 +99,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if settings.jwt_secret == DEV_SECRET:
             log.warning("TALLY_JWT_SECRET is not set: using the development secret")
         await hub.start()
+        scheduler.start()
         try:
             yield
         finally:
+            await scheduler.stop()
             await hub.stop()
             await db.dispose()
 
@@ -110,6 +117,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.db = db
     app.state.hub = hub
+    app.state.scheduler = scheduler
     app.state.settings = settings
     return app
 
@@ -141,6 +149,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--role", choices=ROLES, default="admin")
     token.add_argument("--sub", default="cli")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    for name, text in (
+        ("recalc", "recalculate stats (every org, or --org) and record the run"),
+        ("check-drift", "report stored counters that differ from a recount; exit 1 on drift"),
+        ("runs", "list the newest recalculation runs"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--json", action="store_true", help="machine-readable output")
+        if name != "runs":
+            command.add_argument("--org", help="only this organization")
     args = parser.parse_args(argv)
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -157,9 +174,63 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         upgrade(settings.database_url)
         print("database is at the newest revision")
+    elif args.command in ("recalc", "check-drift", "runs"):
+        return asyncio.run(operate(settings, args.command, getattr(args, "org", None), args.json))
     else:
         serve(settings)
     return 0
+
+
+async def operate(settings: Settings, command: str, org: str | None, as_json: bool) -> int:
+    """The operator commands: rows out as a table (or JSON); 1 when drift was found."""
+    db = Database(settings.database_url)
+    hub = StatsHub(settings.broadcast_url, lambda org_id: db.read(lambda s: get_stats(s, org_id)))
+    db.after_commit.append(hub.publish)  # corrections reach live subscribers (redis/postgres)
+    await hub.start()
+    try:
+        orgs = [org] if org else None
+        if command == "recalc":
+            results = await recalc.recalculate(db, orgs, "cli")
+            rows = [
+                {"org": r.org_id, "counter": d.counter, "stored": d.stored, "actual": d.actual}
+                for r in results
+                for d in r.corrected
+            ]
+            summary = f"{len(results)} org(s) recalculated, {len(rows)} correction(s)"
+        elif command == "check-drift":
+            checked = orgs if orgs is not None else await db.read(recalc.all_org_ids)
+            drifts = [await recalc.drift_report(db, o) for o in checked]
+            rows = [
+                {"org": d.org_id, "counter": c.counter, "stored": c.stored, "actual": c.actual}
+                for d in drifts
+                for c in d.counters
+            ]
+            summary = f"{len(drifts)} org(s) checked, {len(rows)} drifting counter(s)"
+        else:
+            rows = [
+                {k: str(v) if v is not None else "" for k, v in run.items()}
+                for run in await recalc.recent_runs(db, limit=20)
+            ]
+            summary = f"{len(rows)} run(s)"
+    finally:
+        await hub.stop()
+        await db.dispose()
+    if as_json:
+        print(json.dumps({"summary": summary, "rows": rows}, indent=2, default=str))
+    else:
+        print(format_table(rows))
+        print(summary)
+    return 1 if command == "check-drift" and rows else 0
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(none)"
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

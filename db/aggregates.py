@@ -139,40 +139,72 @@ def _collect_deltas(session: Session, _flush: UOWTransaction, _instances: object
 def _apply_deltas(session: Session) -> None:
     session.flush()
     pending: dict[str, Counter[str]] = session.info.pop(PENDING, {})
-    snapshots = []
+    committed: list[StatsSnapshot] = session.info.setdefault(COMMITTED, [])
     for org_id in sorted(pending):  # a fixed order: concurrent writers never deadlock here
         delta = {counter: d for counter, d in pending[org_id].items() if d}
         if delta:
-            snapshots.append(apply_delta(session, org_id, delta))
-    session.info[COMMITTED] = snapshots
+            snapshot = _upsert(session, org_id, delta)
+            assert snapshot is not None
+            committed.append(snapshot)
 
 
-def apply_delta(
-    session: Session, org_id: str, delta: dict[str, int], *, recalculated: bool = False
-) -> StatsSnapshot:
+def correct(session: Session, org_id: str, delta: dict[str, int], epoch: int) -> StatsSnapshot | None:
+    """Apply a recalculation's correction (actual - stored, both read in one snapshot).
+
+    Sets last_recalculated_at; with a non-zero delta also bumps version and
+    `corrections`. `epoch` is the `corrections` value seen in that snapshot: if
+    another recalculation corrected the row since, nothing is written and None
+    is returned (recount again), so two recalculations never correct twice.
+    """
+    table = _table()
+    now = utcnow()
+    changes: dict[str, Any] = {"last_recalculated_at": now}
+    if delta:
+        changes["corrections"] = table.c.corrections + 1
+    snapshot = _upsert(
+        session, org_id, delta, changes, where=table.c.corrections == epoch, recalculated_at=now
+    )
+    if snapshot is not None and delta:
+        session.info.setdefault(COMMITTED, []).append(snapshot)
+    return snapshot
+
+
+def _table() -> Table:
+    return cast(Table, OrganizationStats.__table__)
+
+
+def _upsert(
+    session: Session,
+    org_id: str,
+    delta: dict[str, int],
+    extra: dict[str, Any] | None = None,
+    *,
+    where: Any = None,
+    recalculated_at: datetime | None = None,
+) -> StatsSnapshot | None:
     """One statement: create the org's row or add `delta` to it, bumping `version`."""
-    table = cast(Table, OrganizationStats.__table__)
+    table = _table()
     now = utcnow()
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     changes: dict[str, Any] = {c: table.c[c] + d for c, d in delta.items()}
     if delta:
         changes.update(version=table.c.version + 1, updated_at=now)
-    if recalculated:
-        changes["last_recalculated_at"] = now
+    changes.update(extra or {})
     stmt = (
         insert(table)
         .values(
             org_id=org_id,
             version=1 if delta else 0,
             updated_at=now,
-            last_recalculated_at=now if recalculated else None,
+            last_recalculated_at=recalculated_at,
+            corrections=1 if delta and recalculated_at else 0,
             **delta,
         )
-        .on_conflict_do_update(index_elements=[table.c.org_id], set_=changes)
+        .on_conflict_do_update(index_elements=[table.c.org_id], set_=changes, where=where)
         .returning(*table.c)
     )
-    row = session.execute(stmt, execution_options={AGGREGATE_WRITE: True}).one()
-    return StatsSnapshot.from_row(row)
+    row = session.execute(stmt, execution_options={AGGREGATE_WRITE: True}).one_or_none()
+    return StatsSnapshot.from_row(row) if row else None
 
 
 @event.listens_for(AggregateSession, "after_rollback")

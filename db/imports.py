@@ -79,38 +79,48 @@ async def import_shipments(
     if len(shipments) > MAX_BATCH:
         raise BadInput(f"At most {MAX_BATCH} shipments per batch")
     await ensure_organization(session, org_id)
-    outcomes: list[ImportOutcome] = []
-    valid: list[Shipment] = []
-    for shipment in shipments:
+    # One slot per request entry: results follow the request even when an id repeats.
+    outcomes: list[ImportOutcome | None] = [None] * len(shipments)
+    valid: list[tuple[int, Shipment]] = []
+    for index, shipment in enumerate(shipments):
         try:
             validate(shipment)
-            valid.append(shipment)
+            valid.append((index, shipment))
         except BadInput as error:
-            outcomes.append(ImportOutcome(shipment.shipment_id, "REJECTED", error=error.message))
-    known = await _known_loads(session, org_id, {s.shipment_id for s in valid})
-    lanes = await _lanes(session, org_id, {s.hcr for s in valid if s.hcr})
-    customers = await customers_by_name(
-        session, org_id, {s.shipper_name for s in valid if s.shipper_name and s.shipper_name.strip()}
-    )
-    for shipment in valid:
+            outcomes[index] = ImportOutcome(shipment.shipment_id, "REJECTED", error=error.message)
+    known = await _known_loads(session, org_id, {s.shipment_id for _, s in valid})
+    lanes = await _lanes(session, org_id, {s.hcr for _, s in valid if s.hcr})
+    customers = await customers_by_name(session, org_id, _shipper_names(valid, known, lanes))
+    for index, shipment in valid:
         load = known.get(shipment.shipment_id)
         if load is None:
             load = _create(org_id, shipment, lanes, customers)
             session.add(load)
             known[shipment.shipment_id] = load
-            outcomes.append(ImportOutcome(shipment.shipment_id, "CREATED", load))
+            outcomes[index] = ImportOutcome(shipment.shipment_id, "CREATED", load)
         else:
             outcome = "UPDATED" if _reimport(load, shipment) else "UNCHANGED"
-            outcomes.append(ImportOutcome(shipment.shipment_id, outcome, load))
+            outcomes[index] = ImportOutcome(shipment.shipment_id, outcome, load)
     await session.flush()
-    return _in_request_order(shipments, outcomes)
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
-def _in_request_order(shipments: list[Shipment], outcomes: list[ImportOutcome]) -> list[ImportOutcome]:
-    pending: dict[str, list[ImportOutcome]] = {}
-    for outcome in outcomes:
-        pending.setdefault(outcome.shipment_id, []).append(outcome)
-    return [pending[s.shipment_id].pop(0) for s in shipments]
+def _shipper_names(
+    valid: list[tuple[int, Shipment]], known: dict[str, Load], lanes: dict[LaneKey, Lane]
+) -> set[str]:
+    """Shippers of the shipments that create a load whose lane gives it no customer."""
+    names: set[str] = set()
+    creating: set[str] = set()
+    for _, shipment in valid:
+        if shipment.shipment_id in known or shipment.shipment_id in creating:
+            continue  # re-imports never re-match, so never need a customer
+        creating.add(shipment.shipment_id)
+        if not (shipment.shipper_name and shipment.shipper_name.strip()):
+            continue
+        _, key = match_lane_type(shipment.hcr, shipment.trip_number, set(lanes))
+        if key is None or lanes[key].customer_id is None:
+            names.add(shipment.shipper_name)
+    return names
 
 
 async def _known_loads(session: AsyncSession, org_id: str, ids: set[str]) -> dict[str, Load]:

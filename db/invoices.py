@@ -41,7 +41,7 @@ async def create_invoice(
     scope: str | None,
 ) -> Invoice:
     reason = check_text(missing_data_reason, "missingDataReason", max_len=MAX_REASON)
-    if status == "MISSING_DATA" and not reason:
+    if status == "MISSING_DATA" and not (reason and reason.strip()):
         raise BadInput("missingDataReason is required for a MISSING_DATA invoice")
     load = await lock_one(session, Load, load_id, scope)
     existing = await session.scalar(select(Invoice.id).where(Invoice.load_id == load.id))

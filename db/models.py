@@ -132,5 +132,45 @@ class OrganizationStats(Base):
     invoices_paid: Mapped[int] = mapped_column(BigInteger, default=0)
     invoices_void: Mapped[int] = mapped_column(BigInteger, default=0)
     version: Mapped[int] = mapped_column(BigInteger, default=0)
+    corrections: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_recalculated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RecalculationRun(Base):
+    """One recalculation of one or every org: by the scheduler, the API or the CLI."""
+
+    __tablename__ = "recalculation_runs"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    trigger: Mapped[str] = mapped_column(String(20))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    orgs_checked: Mapped[int] = mapped_column(Integer, default=0)
+    corrections: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(String(2000))
+
+
+class StatsCorrection(Base):
+    """A counter that a recalculation found wrong: evidence of a bug, kept."""
+
+    __tablename__ = "stats_corrections"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("recalculation_runs.id"), index=True)
+    org_id: Mapped[str] = mapped_column(String(200), index=True)
+    counter: Mapped[str] = mapped_column(String(50))
+    stored: Mapped[int] = mapped_column(BigInteger)
+    actual: Mapped[int] = mapped_column(BigInteger)
+    corrected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SchedulerLease(Base):
+    """Who may run a periodic job now, and when it is next due (one row per job)."""
+
+    __tablename__ = "scheduler_leases"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(100))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

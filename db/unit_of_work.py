@@ -48,8 +48,13 @@ class Database:
         )
         self.after_commit: list[AfterCommit] = []
 
-    async def read(self, work: Work[T]) -> T:
+    async def read(self, work: Work[T], *, snapshot: bool = False) -> T:
+        """Run `work` in a read transaction; with snapshot=True all its reads see one
+        consistent snapshot (SQLite WAL transactions always do; PostgreSQL needs
+        REPEATABLE READ)."""
         async with self.sessions() as session:
+            if snapshot and self.engine.dialect.name == "postgresql":
+                await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             return await work(session)
 
     async def write(self, work: Work[T]) -> T:

@@ -9,13 +9,14 @@ from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.permission import BasePermission
 from strawberry.schema.config import StrawberryConfig
 
-from resolvers import imports, invoices, lanes, loads, organizations, stats
+from resolvers import imports, invoices, lanes, loads, organizations, recalculation, stats
 from schema.auth import AdminOnly, Authenticated, ServiceOnly
 from schema.extensions import ErrorCodes, QueryStats
 from schema.types import (
     BulkResult,
     Customer,
     DeleteResult,
+    DriftReport,
     ImportResult,
     Invoice,
     InvoiceConnection,
@@ -28,6 +29,8 @@ from schema.types import (
     Organization,
     OrganizationStats,
     PromotionResult,
+    RecalculationResult,
+    RecalculationRun,
 )
 
 member: list[type[BasePermission]] = [Authenticated]
@@ -57,6 +60,16 @@ class Query:
     invoice: Invoice | None = strawberry.field(resolver=invoices.invoice, permission_classes=member)
     invoices: InvoiceConnection = strawberry.field(resolver=invoices.invoices_page, permission_classes=member)
     lanes: list[Lane] = strawberry.field(resolver=lanes.lanes_of, permission_classes=member)
+    drift_report: DriftReport = strawberry.field(
+        resolver=recalculation.drift_report,
+        permission_classes=admin,
+        description="Recounts from source rows and compares; changes nothing.",
+    )
+    recalculation_runs: list[RecalculationRun] = strawberry.field(
+        resolver=recalculation.recalculation_runs,
+        permission_classes=admin,
+        description="The newest recalculation runs first (at most 100).",
+    )
 
 
 @strawberry.type
@@ -106,6 +119,12 @@ class Mutation:
     )
     delete_invoice: DeleteResult = strawberry.mutation(
         resolver=invoices.delete_invoice, permission_classes=admin
+    )
+    recalculate_org_stats: RecalculationResult = strawberry.mutation(
+        resolver=recalculation.recalculate_org_stats, permission_classes=admin
+    )
+    recalculate_all_org_stats: list[RecalculationResult] = strawberry.mutation(
+        resolver=recalculation.recalculate_all_org_stats, permission_classes=service
     )
 
 

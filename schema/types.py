@@ -291,6 +291,39 @@ class RecalculationResult:
 
 
 @strawberry.type
+class StatsCorrection:
+    org_id: strawberry.ID
+    counter: str
+    stored: int
+    actual: int
+    corrected_at: datetime
+
+    @classmethod
+    def of(cls, row: models.StatsCorrection) -> Self:
+        return cls(
+            org_id=strawberry.ID(row.org_id),
+            counter=row.counter,
+            stored=row.stored,
+            actual=row.actual,
+            corrected_at=as_utc(row.corrected_at),
+        )
+
+
+@strawberry.type(description="One recalculation run: by the scheduler, the API or the CLI.")
+class RecalculationRun:
+    id: strawberry.ID
+    trigger: str
+    started_at: datetime
+    finished_at: datetime | None
+    orgs_checked: int
+    corrections: int
+    error: str | None
+    details: list[StatsCorrection] = strawberry.field(
+        description="The corrections of this run (for an admin: of the admin's org only)."
+    )
+
+
+@strawberry.type
 class ImportResult:
     shipment_id: strawberry.ID
     outcome: str = strawberry.field(description="CREATED, UPDATED, UNCHANGED or REJECTED")

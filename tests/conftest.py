@@ -30,7 +30,7 @@ def database_url(migrated_template: Path, tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, query_stats=True)
+    return Settings(database_url=database_url, query_stats=True, recalc_interval_seconds=0)
 
 
 @pytest.fixture

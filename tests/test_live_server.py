@@ -13,7 +13,12 @@ from tests.server import ROOT, running_server
 
 def cli_token(env: dict[str, str], *args: str) -> str:
     out = subprocess.run(
-        [sys.executable, "main.py", "token", *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+        [sys.executable, "main.py", "token", *args],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return out.stdout.strip().splitlines()[-1]
 
@@ -21,13 +26,19 @@ def cli_token(env: dict[str, str], *args: str) -> str:
 def test_serve_migrates_and_answers_a_token_holder(tmp_path: Path) -> None:
     import os
 
-    env = {**os.environ, "TALLY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'live.db'}", "TALLY_QUERY_STATS": "1"}
+    env = {
+        **os.environ,
+        "TALLY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'live.db'}",
+        "TALLY_QUERY_STATS": "1",
+    }
     token = cli_token(env, "--org", "org_live", "--role", "admin")
     with running_server(env) as base:
         headers = {"Authorization": f"Bearer {token}"}
         create = httpx.post(
             f"{base}/graphql",
-            json={"query": 'mutation { createLoad(input: {orgId: "org_live", status: ASSIGNED}) { id status } }'},
+            json={
+                "query": 'mutation { createLoad(input: {orgId: "org_live", status: ASSIGNED}) { id status } }'
+            },
             headers=headers,
         ).json()
         assert create["data"]["createLoad"]["status"] == "ASSIGNED"

@@ -33,7 +33,12 @@ async def call(base: str, query: str, **variables: Any) -> dict[str, Any]:
 
 
 async def create_load(base: str, status: str = "OPEN") -> str:
-    body = await call(base, "mutation($o: ID!, $s: LoadStatus) { createLoad(input: {orgId: $o, status: $s}) { id } }", o=ORG, s=status)
+    body = await call(
+        base,
+        "mutation($o: ID!, $s: LoadStatus) { createLoad(input: {orgId: $o, status: $s}) { id } }",
+        o=ORG,
+        s=status,
+    )
     return str(body["data"]["createLoad"]["id"])
 
 
@@ -56,9 +61,17 @@ async def test_snapshot_then_one_event_per_commit(server: str) -> None:
         load_id = await create_load(server)
         event = await sub.next()
         assert event["version"] == 2 and event["loads"]["open"] == 2
-        await call(server, "mutation($id: ID!) { updateLoadStatus(id: $id, status: ASSIGNED) { id } }", id=load_id)
+        await call(
+            server, "mutation($id: ID!) { updateLoadStatus(id: $id, status: ASSIGNED) { id } }", id=load_id
+        )
         event = await sub.next()
-        assert event["version"] == 3 and event["loads"] == {"open": 1, "assigned": 1, "completed": 0, "canceled": 0, "total": 2}
+        assert event["version"] == 3 and event["loads"] == {
+            "open": 1,
+            "assigned": 1,
+            "completed": 0,
+            "canceled": 0,
+            "total": 2,
+        }
 
 
 async def test_since_version_resumes_without_repeating(server: str) -> None:
@@ -77,16 +90,22 @@ async def test_bulk_void_is_one_event_and_a_refusal_is_none(server: str) -> None
     ids = []
     for _ in range(5):
         load_id = await create_load(server)
-        body = await call(server, "mutation($id: ID!) { createInvoice(input: {loadId: $id}) { id } }", id=load_id)
+        body = await call(
+            server, "mutation($id: ID!) { createInvoice(input: {loadId: $id}) { id } }", id=load_id
+        )
         ids.append(body["data"]["createInvoice"]["id"])
     async with subscription(server, TOKEN, ORG) as sub:
         assert (await sub.next())["version"] == 10
-        result = await call(server, "mutation($ids: [ID!]!) { bulkVoidInvoices(ids: $ids) { updated } }", ids=ids)
+        result = await call(
+            server, "mutation($ids: [ID!]!) { bulkVoidInvoices(ids: $ids) { updated } }", ids=ids
+        )
         assert result["data"]["bulkVoidInvoices"]["updated"] == 5
         event = await sub.next()
         assert event["version"] == 11 and event["invoices"]["void"] == 5
         assert await sub.nothing_within(0.5)
-        refused = await call(server, "mutation($id: ID!) { updateInvoiceStatus(id: $id, status: PAID) { id } }", id=ids[0])
+        refused = await call(
+            server, "mutation($id: ID!) { updateInvoiceStatus(id: $id, status: PAID) { id } }", id=ids[0]
+        )
         assert refused["errors"][0]["extensions"]["code"] == "INVALID_TRANSITION"
         assert await sub.nothing_within(0.5)
 
@@ -149,5 +168,3 @@ async def test_subscriber_converges_after_redis_restarts(tmp_path: Path, redis_s
             assert event["version"] == 2 and event["loads"]["open"] == 2
             await create_load(writer)
             assert (await sub.next(timeout=5))["version"] == 3
-
-

@@ -1,0 +1,211 @@
+"""Drift detection and online recalculation of organization_stats.
+
+A recalculation reads the stored row and a recount of the source rows in ONE
+consistent snapshot (a read transaction: WAL snapshot on SQLite, REPEATABLE
+READ on PostgreSQL), so their difference is real drift, whatever writers do
+meanwhile. It then applies that difference as a delta in a short write
+transaction (one single-row upsert, `db.aggregates.correct`). Writers are never
+blocked longer than by any other single-row update, and writes that commit in
+between are kept: their own deltas already moved both sides alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.aggregates import (
+    COUNTERS,
+    INVOICE_STATUS_COUNTERS,
+    LOAD_STATUS_COUNTERS,
+    LOAD_TYPE_COUNTERS,
+    StatsSnapshot,
+    correct,
+)
+from db.models import (
+    Invoice,
+    Load,
+    Organization,
+    OrganizationStats,
+    RecalculationRun,
+    StatsCorrection,
+    utcnow,
+)
+from db.unit_of_work import Database
+
+log = logging.getLogger("tally.recalculation")
+MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class CounterDrift:
+    counter: str
+    stored: int
+    actual: int
+
+
+@dataclass(frozen=True)
+class Drift:
+    org_id: str
+    stored: StatsSnapshot
+    epoch: int
+    actual: dict[str, int]
+    checked_at: datetime
+
+    @property
+    def counters(self) -> list[CounterDrift]:
+        return [
+            CounterDrift(c, self.stored.counts[c], self.actual[c])
+            for c in COUNTERS
+            if self.stored.counts[c] != self.actual[c]
+        ]
+
+    @property
+    def delta(self) -> dict[str, int]:
+        return {d.counter: d.actual - d.stored for d in self.counters}
+
+
+@dataclass(frozen=True)
+class Recalculation:
+    org_id: str
+    corrected: list[CounterDrift]
+    stats: StatsSnapshot
+
+
+def _counting(column: Any, counters: dict[str, str]) -> list[Any]:
+    return [
+        func.coalesce(func.sum(case((column == value, 1), else_=0)), 0).label(name)
+        for value, name in counters.items()
+    ]
+
+
+async def measure_drift(session: AsyncSession, org_id: str) -> Drift:
+    """Stored row and recount; call inside one snapshot (`Database.read(snapshot=True)`)."""
+    row = (
+        await session.execute(select(OrganizationStats.__table__).where(OrganizationStats.org_id == org_id))
+    ).one_or_none()
+    loads = (
+        await session.execute(
+            select(
+                *_counting(Load.status, LOAD_STATUS_COUNTERS), *_counting(Load.load_type, LOAD_TYPE_COUNTERS)
+            ).where(Load.org_id == org_id)
+        )
+    ).one()
+    invoices = (
+        await session.execute(
+            select(*_counting(Invoice.status, INVOICE_STATUS_COUNTERS)).where(Invoice.org_id == org_id)
+        )
+    ).one()
+    actual = {**loads._asdict(), **invoices._asdict()}
+    stored = StatsSnapshot.from_row(row) if row else StatsSnapshot.empty(org_id)
+    return Drift(
+        org_id=org_id,
+        stored=stored,
+        epoch=int(row.corrections) if row else 0,
+        actual={k: int(v) for k, v in actual.items()},
+        checked_at=utcnow(),
+    )
+
+
+async def drift_report(db: Database, org_id: str) -> Drift:
+    return await db.read(lambda s: measure_drift(s, org_id), snapshot=True)
+
+
+async def recalculate_org(db: Database, org_id: str, run_id: int) -> Recalculation:
+    """Correct one org's row to its recount, recording and logging each correction."""
+    for _ in range(MAX_ATTEMPTS):
+        drift = await drift_report(db, org_id)
+
+        async def apply(session: AsyncSession, drift: Drift = drift) -> StatsSnapshot | None:
+            snapshot = await session.run_sync(lambda sync: correct(sync, org_id, drift.delta, drift.epoch))
+            if snapshot is not None:
+                for d in drift.counters:
+                    session.add(
+                        StatsCorrection(
+                            run_id=run_id, org_id=org_id, counter=d.counter, stored=d.stored, actual=d.actual
+                        )
+                    )
+            return snapshot
+
+        snapshot = await db.write(apply)
+        if snapshot is not None:
+            for d in drift.counters:
+                log.warning(
+                    "drift corrected: org=%s counter=%s stored=%d actual=%d run=%d",
+                    org_id,
+                    d.counter,
+                    d.stored,
+                    d.actual,
+                    run_id,
+                )
+            return Recalculation(org_id, drift.counters, snapshot)
+    raise RuntimeError(f"recalculation of {org_id} kept racing another recalculation")
+
+
+async def start_run(db: Database, trigger: str) -> int:
+    async def work(session: AsyncSession) -> int:
+        run = RecalculationRun(trigger=trigger, started_at=utcnow(), orgs_checked=0, corrections=0)
+        session.add(run)
+        await session.flush()
+        return run.id
+
+    return await db.write(work)
+
+
+async def finish_run(
+    db: Database, run_id: int, results: list[Recalculation], error: str | None = None
+) -> None:
+    async def work(session: AsyncSession) -> None:
+        run = await session.get_one(RecalculationRun, run_id)
+        run.finished_at = utcnow()
+        run.orgs_checked = len(results)
+        run.corrections = sum(len(r.corrected) for r in results)
+        run.error = error[:2000] if error else None
+
+    await db.write(work)
+
+
+async def recalculate(db: Database, org_ids: list[str] | None, trigger: str) -> list[Recalculation]:
+    """One recorded run over these orgs (None: every org)."""
+    run_id = await start_run(db, trigger)
+    results: list[Recalculation] = []
+    try:
+        if org_ids is None:
+            org_ids = await db.read(all_org_ids)
+        for org_id in org_ids:
+            results.append(await recalculate_org(db, org_id, run_id))
+    except Exception as error:
+        await finish_run(db, run_id, results, error=repr(error))
+        raise
+    await finish_run(db, run_id, results)
+    return results
+
+
+async def all_org_ids(session: AsyncSession) -> list[str]:
+    return list((await session.scalars(select(Organization.org_id).order_by(Organization.org_id))).all())
+
+
+async def recent_runs(db: Database, limit: int) -> list[dict[str, Any]]:
+    async def work(session: AsyncSession) -> list[dict[str, Any]]:
+        runs = await session.scalars(
+            select(RecalculationRun).order_by(RecalculationRun.id.desc()).limit(limit)
+        )
+        return [
+            {
+                "id": r.id,
+                "trigger": r.trigger,
+                "started_at": r.started_at,
+                "finished_at": r.finished_at,
+                "orgs_checked": r.orgs_checked,
+                "corrections": r.corrections,
+                "error": r.error,
+            }
+            for r in runs
+        ]
+
+    return await db.read(work)

@@ -1,0 +1,167 @@
+"""Drift: reported, corrected online, recorded, published; the scheduler runs alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from db.unit_of_work import Database
+from main import Settings, create_app
+from tests.helpers import Api, assert_exact, recount, stored, token
+from tests.server import ROOT
+
+LOADS = 'mutation($s: LoadStatus) { createLoad(input: {orgId: "org_a", status: $s}) { id } }'
+DRIFT = 'query { driftReport(orgId: "org_a") { ok drift { counter stored actual } } }'
+RECALC = 'mutation { recalculateOrgStats(orgId: "org_a") { corrected { counter stored actual } stats { version loads { open } } } }'
+
+
+async def inject_drift(db: Database, sql: str) -> None:
+    """Corrupt the stats row behind the aggregate's back, as a bug would."""
+    async with db.engine.begin() as conn:
+        await conn.execute(text(sql))
+
+
+def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TALLY_DATABASE_URL": database_url}
+    return subprocess.run(
+        [sys.executable, "main.py", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+
+
+async def test_injected_drift_is_reported_corrected_recorded_and_published(
+    api: Api, db: Database, app_client: tuple[httpx.AsyncClient, Database], database_url: str
+) -> None:
+    for _ in range(4):
+        await api.ok(LOADS)
+    assert (await api.ok(DRIFT))["driftReport"] == {"ok": True, "drift": []}
+    await inject_drift(db, "UPDATE organization_stats SET loads_open = loads_open + 3, invoices_paid = 7")
+    _, version_before = await stored(db, "org_a")
+
+    report = (await api.ok(DRIFT))["driftReport"]
+    assert report["ok"] is False
+    assert {(d["counter"], d["stored"], d["actual"]) for d in report["drift"]} == {
+        ("loads_open", 7, 4),
+        ("invoices_paid", 7, 0),
+    }
+    checked = cli(database_url, "check-drift", "--json")
+    assert checked.returncode == 1, checked.stderr
+    assert {r["counter"] for r in json.loads(checked.stdout)["rows"]} == {"loads_open", "invoices_paid"}
+    assert "loads_open" in cli(database_url, "check-drift").stdout
+
+    hub = app_client[0]._transport.app.state.hub  # type: ignore[attr-defined]
+    async with hub.subscribe("org_a") as mailbox:
+        result = (await api.ok(RECALC))["recalculateOrgStats"]
+        assert {c["counter"] for c in result["corrected"]} == {"loads_open", "invoices_paid"}
+        assert result["stats"] == {"version": version_before + 1, "loads": {"open": 4}}
+        published = await asyncio.wait_for(mailbox.newer_than(version_before), 2)
+        assert published.counts["loads_open"] == 4 and published.counts["invoices_paid"] == 0
+
+    await assert_exact(db, "org_a")
+    assert (await api.ok(DRIFT))["driftReport"]["ok"] is True
+    assert cli(database_url, "check-drift", "--org", "org_a").returncode == 0
+    runs = await api.ok("{ recalculationRuns { trigger corrections details { counter stored actual } } }")
+    newest = runs["recalculationRuns"][0]
+    assert newest["trigger"] == "api" and newest["corrections"] == 2
+    assert {(d["counter"], d["stored"], d["actual"]) for d in newest["details"]} == {
+        ("loads_open", 7, 4),
+        ("invoices_paid", 7, 0),
+    }
+    # A recalculation without drift changes nothing but lastRecalculatedAt.
+    again = (await api.ok(RECALC))["recalculateOrgStats"]
+    assert again["corrected"] == [] and again["stats"]["version"] == version_before + 1
+
+
+async def test_cli_recalc_fixes_drift_and_lists_the_run(api: Api, db: Database, database_url: str) -> None:
+    await api.ok(LOADS)
+    await inject_drift(db, "UPDATE organization_stats SET type_unmapped = 0")
+    fixed = cli(database_url, "recalc", "--json")
+    assert fixed.returncode == 0, fixed.stderr
+    assert json.loads(fixed.stdout)["rows"] == [
+        {"org": "org_a", "counter": "type_unmapped", "stored": 0, "actual": 1}
+    ]
+    await assert_exact(db, "org_a")
+    runs = cli(database_url, "runs")
+    assert runs.returncode == 0 and "cli" in runs.stdout
+
+
+async def test_recalculation_beside_concurrent_writers_corrects_nothing(api: Api, db: Database) -> None:
+    """No real drift: recalculations in a loop during concurrent writes find none."""
+    stop = asyncio.Event()
+
+    async def writer(n: int) -> None:
+        for i in range(25):
+            load = (await api.ok(LOADS, s="OPEN"))["createLoad"]["id"]
+            await api.ok("mutation($id: ID!) { createInvoice(input: {loadId: $id}) { id } }", id=load)
+            await api.ok("mutation($id: ID!) { updateLoadStatus(id: $id, status: ASSIGNED) { id } }", id=load)
+            if (n + i) % 3 == 0:
+                await api.ok("mutation($id: ID!) { deleteLoad(id: $id) { id } }", id=load)
+
+    async def recalculator() -> list[Any]:
+        corrections: list[Any] = []
+        while not stop.is_set():
+            corrections += (await api.ok(RECALC))["recalculateOrgStats"]["corrected"]
+        return corrections
+
+    recalcs = asyncio.create_task(recalculator())
+    await asyncio.gather(*(writer(n) for n in range(4)))
+    stop.set()
+    assert await recalcs == []
+    runs = (await api.ok("{ recalculationRuns(limit: 100) { corrections } }"))["recalculationRuns"]
+    assert len(runs) > 3 and all(r["corrections"] == 0 for r in runs)
+    counts, _ = await stored(db, "org_a")
+    assert counts == await recount(db, "org_a")
+
+
+async def test_scheduler_runs_alone_across_two_instances_and_survives_a_dead_holder(
+    database_url: str,
+) -> None:
+    first = create_app(Settings(database_url=database_url, recalc_interval_seconds=1))
+    second = create_app(Settings(database_url=database_url, recalc_interval_seconds=1))
+    db: Database = first.state.db
+    # A runner that crashed holding the lease: expired, due.
+    await inject_drift(
+        db,
+        "UPDATE scheduler_leases SET holder = 'crashed', expires_at = '2000-01-01 00:00:00' WHERE name = 'recalculate'",
+    )
+    async with first.router.lifespan_context(first), second.router.lifespan_context(second):
+        await asyncio.sleep(4.5)
+    async with db.engine.connect() as conn:
+        runs = (
+            await conn.execute(
+                text("SELECT started_at, finished_at, trigger FROM recalculation_runs ORDER BY id")
+            )
+        ).all()
+    await db.dispose()
+    assert 3 <= len(runs) <= 6, runs
+    assert all(r.trigger == "schedule" and r.finished_at is not None for r in runs)
+    for earlier, later in zip(runs, runs[1:], strict=False):
+        assert earlier.finished_at <= later.started_at  # never two at once
+
+
+async def test_scheduled_job_is_off_at_zero(database_url: str) -> None:
+    app = create_app(Settings(database_url=database_url, recalc_interval_seconds=0))
+    async with app.router.lifespan_context(app):
+        await asyncio.sleep(0.5)
+    async with app.state.db.engine.connect() as conn:
+        assert (await conn.execute(text("SELECT COUNT(*) FROM recalculation_runs"))).scalar() == 0
+    await app.state.db.dispose()
+
+
+async def test_admin_only_and_service_only(api: Api) -> None:
+    member = api.as_(token("org_a", "member"))
+    assert (await member.error(DRIFT))["extensions"]["code"] == "FORBIDDEN"
+    assert (await member.error(RECALC))["extensions"]["code"] == "FORBIDDEN"
+    everything = "mutation { recalculateAllOrgStats { orgId } }"
+    assert (await api.error(everything))["extensions"]["code"] == "FORBIDDEN"
+    await api.ok(LOADS)
+    service = api.as_(token(None, "service"))
+    assert (await service.ok(everything))["recalculateAllOrgStats"] == [{"orgId": "org_a"}]
+    other = api.as_(token("org_b", "admin"))
+    assert (await other.error(DRIFT))["extensions"]["code"] == "FORBIDDEN"

@@ -1,0 +1,55 @@
+"""The revision that introduces organization_stats backfills it from existing rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import text
+
+from db.migrate import upgrade_async
+from db.unit_of_work import Database
+from tests.helpers import recount, stored
+
+
+async def test_backfill_counts_rows_that_existed_before_the_stats_table(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    await upgrade_async(url, "0001")
+    db = Database(url)
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO organizations VALUES ('org_a', 'A', CURRENT_TIMESTAMP), ('org_b', 'B', CURRENT_TIMESTAMP), ('org_c', 'C', CURRENT_TIMESTAMP)"
+            )
+        )
+        statuses = ["OPEN", "ASSIGNED", "COMPLETED", "CANCELED"]
+        types = ["CONTRACT", "SPOT", "UNMAPPED"]
+        invoice_statuses = ["MISSING_DATA", "DRAFT", "BILLED", "PENDING_PAYMENT", "PAID", "VOID"]
+        for i in range(60):
+            org = "org_a" if i % 3 else "org_b"
+            await conn.execute(
+                text(
+                    "INSERT INTO loads (id, org_id, status, load_type, requires_manual_review, created_at, updated_at) VALUES (:i, :o, :s, :t, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                ),
+                {"i": i + 1, "o": org, "s": statuses[i % 4], "t": types[i % 3]},
+            )
+            if i % 2:
+                await conn.execute(
+                    text(
+                        "INSERT INTO invoices (org_id, load_id, status, created_at, updated_at) VALUES (:o, :l, :s, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                    ),
+                    {"o": org, "l": i + 1, "s": invoice_statuses[i % 6]},
+                )
+    await db.dispose()
+
+    await upgrade_async(url)
+
+    db = Database(url)
+    try:
+        for org in ("org_a", "org_b"):
+            counts, version = await stored(db, org)
+            assert counts == await recount(db, org)
+            assert sum(counts.values()) > 0 and version == 1
+        counts, version = await stored(db, "org_c")
+        assert set(counts.values()) == {0} and version == 0
+    finally:
+        await db.dispose()
