@@ -1,31 +1,30 @@
 from __future__ import annotations
 
-import shutil
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
-from db.migrate import upgrade
 from db.unit_of_work import Database
 from main import Settings, create_app
+from tests.databases import BACKENDS, Databases, make_databases
 from tests.helpers import Api, token
 
 
-@pytest.fixture(scope="session")
-def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "tally.db"
-    upgrade(f"sqlite+aiosqlite:///{path}")
-    return path
+@pytest.fixture(scope="session", params=BACKENDS)
+def databases(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Databases]:
+    """Every database test runs on SQLite and on PostgreSQL."""
+    made = make_databases(request.param, tmp_path_factory.mktemp(request.param))
+    yield made
+    made.drop_all()
 
 
 @pytest.fixture
-def database_url(migrated_template: Path, tmp_path: Path) -> str:
-    """A fresh, migrated SQLite file per test."""
-    path = tmp_path / "tally.db"
-    shutil.copy(migrated_template, path)
-    return f"sqlite+aiosqlite:///{path}"
+def database_url(databases: Databases) -> str:
+    """A fresh, migrated database per test."""
+    return databases.migrated()
 
 
 @pytest.fixture

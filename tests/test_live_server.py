@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import os
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 
+from tests.databases import Databases
+from tests.databases import Databases
 from tests.server import ROOT, running_server
 
 
@@ -23,14 +26,8 @@ def cli_token(env: dict[str, str], *args: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def test_serve_migrates_and_answers_a_token_holder(tmp_path: Path) -> None:
-    import os
-
-    env = {
-        **os.environ,
-        "TALLY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'live.db'}",
-        "TALLY_QUERY_STATS": "1",
-    }
+def test_serve_migrates_and_answers_a_token_holder(databases: Databases) -> None:
+    env = {**os.environ, "TALLY_DATABASE_URL": databases.empty(), "TALLY_QUERY_STATS": "1"}
     token = cli_token(env, "--org", "org_live", "--role", "admin")
     with running_server(env) as base:
         headers = {"Authorization": f"Bearer {token}"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -42,13 +41,13 @@ async def create_load(base: str, status: str = "OPEN") -> str:
     return str(body["data"]["createLoad"]["id"])
 
 
-def sqlite_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {"TALLY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'live.db'}", **extra}
+def env_for(database_url: str, **extra: str) -> dict[str, str]:
+    return {"TALLY_DATABASE_URL": database_url, **extra}
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[str]:
-    with running_server(sqlite_env(tmp_path)) as base:
+def server(database_url: str) -> Iterator[str]:
+    with running_server(env_for(database_url)) as base:
         yield base
 
 
@@ -141,8 +140,8 @@ async def test_subscribers_leave_nothing_behind(server: str) -> None:
     assert live["channels"] == 0
 
 
-async def test_two_processes_share_one_redis_channel(tmp_path: Path, redis_server: RedisServer) -> None:
-    env = sqlite_env(tmp_path, TALLY_BROADCAST_URL=redis_server.url)
+async def test_two_processes_share_one_redis_channel(database_url: str, redis_server: RedisServer) -> None:
+    env = env_for(database_url, TALLY_BROADCAST_URL=redis_server.url)
     with running_server(env) as first, running_server(env) as second:
         async with subscription(second, TOKEN, ORG) as sub:
             assert (await sub.next())["version"] == 0
@@ -151,8 +150,10 @@ async def test_two_processes_share_one_redis_channel(tmp_path: Path, redis_serve
             assert event["version"] == 1 and event["loads"]["open"] == 1
 
 
-async def test_subscriber_converges_after_redis_restarts(tmp_path: Path, redis_server: RedisServer) -> None:
-    env = sqlite_env(tmp_path, TALLY_BROADCAST_URL=redis_server.url)
+async def test_subscriber_converges_after_redis_restarts(
+    database_url: str, redis_server: RedisServer
+) -> None:
+    env = env_for(database_url, TALLY_BROADCAST_URL=redis_server.url)
     with running_server(env) as writer, running_server(env) as reader:
         async with subscription(reader, TOKEN, ORG) as sub:
             assert (await sub.next())["version"] == 0

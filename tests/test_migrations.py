@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from sqlalchemy import text
 
 from db.migrate import upgrade_async
 from db.unit_of_work import Database
+from tests.databases import Databases
 from tests.helpers import recount, stored
 
 
-async def test_backfill_counts_rows_that_existed_before_the_stats_table(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+async def test_backfill_counts_rows_that_existed_before_the_stats_table(databases: Databases) -> None:
+    url = databases.empty()
     await upgrade_async(url, "0001")
     db = Database(url)
     async with db.engine.begin() as conn:
@@ -28,7 +27,7 @@ async def test_backfill_counts_rows_that_existed_before_the_stats_table(tmp_path
             org = "org_a" if i % 3 else "org_b"
             await conn.execute(
                 text(
-                    "INSERT INTO loads (id, org_id, status, load_type, requires_manual_review, created_at, updated_at) VALUES (:i, :o, :s, :t, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                    "INSERT INTO loads (id, org_id, status, load_type, requires_manual_review, created_at, updated_at) VALUES (:i, :o, :s, :t, false, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
                 ),
                 {"i": i + 1, "o": org, "s": statuses[i % 4], "t": types[i % 3]},
             )
