@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -141,7 +142,7 @@ async def test_scheduler_runs_alone_across_two_instances_and_survives_a_dead_hol
     await db.dispose()
     assert 3 <= len(runs) <= 6, runs
     assert all(r.trigger == "schedule" and r.finished_at is not None for r in runs)
-    for earlier, later in zip(runs, runs[1:], strict=False):
+    for earlier, later in itertools.pairwise(runs):
         assert earlier.finished_at <= later.started_at  # never two at once
 
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import os
 import subprocess
 import sys
 
 import httpx
 
-from tests.databases import Databases
 from tests.databases import Databases
 from tests.server import ROOT, running_server
 
