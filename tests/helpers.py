@@ -77,3 +77,110 @@ async def stored(db: Database, org_id: str) -> tuple[dict[str, int], int]:
 async def assert_exact(db: Database, org_id: str) -> None:
     counts, _ = await stored(db, org_id)
     assert counts == await recount(db, org_id)
+
+
+# --- Added for the write-path and access tests --------------------------------
+
+LOAD_FIELDS = (
+    "id orgId status loadType requiresManualReview externalId loadNumber hcr tripNumber "
+    "customer { id name } lane { id hcr tripNumber isWildcard } "
+    "invoice { id status missingDataReason voidReason }"
+)
+INVOICE_FIELDS = "id orgId status missingDataReason voidReason load { id status loadType }"
+STATS_FIELDS = (
+    "orgId version loads { open assigned completed canceled total } "
+    "loadTypes { contract spot unmapped total } "
+    "invoices { missingData draft billed pendingPayment paid void total }"
+)
+
+
+def counter_diff(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The counters that moved, and by how much."""
+    return {k: after[k] - before[k] for k in before if after[k] != before[k]}
+
+
+def counters_of(stats: dict[str, Any]) -> dict[str, int]:
+    """A GraphQL OrganizationStats (queried with STATS_FIELDS) as the stored counter dict."""
+    loads, types, invoices = stats["loads"], stats["loadTypes"], stats["invoices"]
+    return {
+        "loads_open": loads["open"],
+        "loads_assigned": loads["assigned"],
+        "loads_completed": loads["completed"],
+        "loads_canceled": loads["canceled"],
+        "type_contract": types["contract"],
+        "type_spot": types["spot"],
+        "type_unmapped": types["unmapped"],
+        "invoices_missing_data": invoices["missingData"],
+        "invoices_draft": invoices["draft"],
+        "invoices_billed": invoices["billed"],
+        "invoices_pending_payment": invoices["pendingPayment"],
+        "invoices_paid": invoices["paid"],
+        "invoices_void": invoices["void"],
+    }
+
+
+async def dump_tables(db: Database) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every application table, in primary-key order."""
+    from db.models import Base
+
+    async def work(session: Any) -> dict[str, list[tuple[Any, ...]]]:
+        out: dict[str, list[tuple[Any, ...]]] = {}
+        for table in Base.metadata.sorted_tables:
+            rows = await session.execute(select(table).order_by(*table.primary_key.columns))
+            out[table.name] = [tuple(row) for row in rows]
+        return out
+
+    return await db.read(work)
+
+
+async def create_load(api: Api, org: str = "org_a", **fields: Any) -> dict[str, Any]:
+    data = await api.ok(
+        f"mutation($i: CreateLoadInput!) {{ createLoad(input: $i) {{ {LOAD_FIELDS} }} }}",
+        i={"orgId": org, **fields},
+    )
+    return data["createLoad"]
+
+
+async def create_invoice(
+    api: Api, load_id: str, status: str = "DRAFT", reason: str | None = None
+) -> dict[str, Any]:
+    if status == "MISSING_DATA" and reason is None:
+        reason = "test reason"
+    data = await api.ok(
+        f"mutation($i: CreateInvoiceInput!) {{ createInvoice(input: $i) {{ {INVOICE_FIELDS} }} }}",
+        i={"loadId": load_id, "status": status, "missingDataReason": reason},
+    )
+    return data["createInvoice"]
+
+
+async def create_lane(
+    api: Api, hcr: str, trip: str, org: str = "org_a", customer_id: str | None = None
+) -> dict[str, Any]:
+    data = await api.ok(
+        "mutation($i: CreateLaneInput!) { createLane(input: $i) { promotedLoads promotedInvoices "
+        "lane { id orgId hcr tripNumber isWildcard customer { id name } } } }",
+        i={"orgId": org, "hcr": hcr, "tripNumber": trip, "customerId": customer_id, "rate": 100.0},
+    )
+    return data["createLane"]
+
+
+async def import_shipments(
+    api: Api, shipments: list[dict[str, Any]], org: str = "org_a"
+) -> list[dict[str, Any]]:
+    data = await api.ok(
+        "mutation($o: ID!, $s: [ShipmentInput!]!) { importShipments(orgId: $o, shipments: $s) "
+        f"{{ shipmentId outcome error load {{ {LOAD_FIELDS} }} }} }}",
+        o=org,
+        s=shipments,
+    )
+    return data["importShipments"]
+
+
+async def import_shipment(api: Api, shipment: dict[str, Any], org: str = "org_a") -> dict[str, Any]:
+    data = await api.ok(
+        "mutation($o: ID!, $s: ShipmentInput!) { importShipment(orgId: $o, shipment: $s) "
+        f"{{ shipmentId outcome error load {{ {LOAD_FIELDS} }} }} }}",
+        o=org,
+        s=shipment,
+    )
+    return data["importShipment"]
