@@ -13,22 +13,21 @@ from typing import Any
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
-from strawberry.exceptions import ConnectionRejectionError
 
+import web
 from db import recalculation as recalc
 from db.broadcast import StatsHub
-from db.errors import TallyError
 from db.queries import get_stats
 from db.scheduler import RecalculationScheduler
 from db.unit_of_work import Database
-from schema.auth import ROLES, TokenVerifier
-from schema.context import Context
+from schema.auth import ROLES, JwksKeys, TokenVerifier
+from schema.limits import BodySizeLimit, Limits
 from schema.root import build_schema
+from schema.view import TallyGraphQL
 
 DEV_SECRET = "tally-dev-secret-not-for-production"
 log = logging.getLogger("tally")
@@ -43,50 +42,63 @@ class Settings(BaseSettings):
     broadcast_url: str = "memory://"
     host: str = "127.0.0.1"
     port: int = 8000
-    jwt_secret: str = DEV_SECRET
+    jwt_secret: str | None = None
     jwks_url: str | None = None
+    jwks_min_refresh_seconds: float = 30
     jwt_issuer: str | None = None
     recalc_interval_seconds: int = 86400
     query_stats: bool = False
     db_pool_size: int = 10
     log_level: str = "INFO"
+    dev_login: bool = False  # TALLY_DEV_LOGIN=1: the dashboard's one-click sign-in (SQLite only)
+    max_query_depth: int = Limits.query_depth
+    max_query_tokens: int = Limits.query_tokens
+    max_aliases: int = Limits.aliases
+    max_bulk_ids: int = Limits.bulk_ids
+    max_batch_shipments: int = Limits.batch_shipments
+    max_body_bytes: int = Limits.body_bytes
+    max_subscriptions_per_connection: int = Limits.subscriptions_per_connection
+    max_connections_per_token: int = Limits.connections_per_token
 
+    @property
+    def signing_secret(self) -> str | None:
+        """The HS256 secret; the development one only while no JWKS is configured."""
+        return self.jwt_secret or (None if self.jwks_url else DEV_SECRET)
 
-class TallyGraphQL(GraphQL[Context, None]):
-    def __init__(self, db: Database, verifier: TokenVerifier, hub: StatsHub, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.db = db
-        self.verifier = verifier
-        self.hub = hub
-
-    async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
-        return Context(
-            db=self.db,
-            verifier=self.verifier,
-            hub=self.hub,
-            authorization=request.headers.get("authorization"),
+    def verifier(self) -> TokenVerifier:
+        jwks = (
+            JwksKeys(self.jwks_url, min_refresh_seconds=self.jwks_min_refresh_seconds)
+            if self.jwks_url
+            else None
         )
+        return TokenVerifier(self.signing_secret, self.jwt_issuer, jwks)
 
-    async def on_ws_connect(self, context: Context) -> None:
-        """No WebSocket without a valid token in the connection_init payload."""
-        try:
-            context.principal  # noqa: B018 (verifies the token)
-        except TallyError as error:
-            raise ConnectionRejectionError({"code": error.code, "message": error.message}) from error
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            query_depth=self.max_query_depth,
+            query_tokens=self.max_query_tokens,
+            aliases=self.max_aliases,
+            bulk_ids=self.max_bulk_ids,
+            batch_shipments=self.max_batch_shipments,
+            body_bytes=self.max_body_bytes,
+            subscriptions_per_connection=self.max_subscriptions_per_connection,
+            connections_per_token=self.max_connections_per_token,
+        )
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
-    verifier = TokenVerifier(settings.jwt_secret, settings.jwt_issuer)
     hub = StatsHub(settings.broadcast_url, lambda org_id: db.read(lambda s: get_stats(s, org_id)))
     db.after_commit.append(hub.publish)
     scheduler = RecalculationScheduler(db, settings.recalc_interval_seconds)
     graphql = TallyGraphQL(
         db,
-        verifier,
+        settings.verifier(),
         hub,
-        schema=build_schema(query_stats=settings.query_stats),
+        settings.limits,
+        schema=build_schema(settings.limits, query_stats=settings.query_stats),
         graphql_ide="graphiql",
         keep_alive=True,
     )
@@ -96,7 +108,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        if settings.jwt_secret == DEV_SECRET:
+        if settings.signing_secret == DEV_SECRET:
             log.warning("TALLY_JWT_SECRET is not set: using the development secret")
         await hub.start()
         scheduler.start()
@@ -112,8 +124,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Route("/healthz", healthz),
+            *web.routes(settings),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(BodySizeLimit, limit=settings.max_body_bytes)],
     )
     app.state.db = db
     app.state.hub = hub
@@ -165,10 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "token":
         if args.role != "service" and not args.org:
             parser.error("--org is required unless --role service")
-        verifier = TokenVerifier(settings.jwt_secret, settings.jwt_issuer)
-        print(verifier.issue(org_id=args.org, role=args.role, subject=args.sub, ttl_seconds=args.ttl))
+        print(
+            settings.verifier().issue(org_id=args.org, role=args.role, subject=args.sub, ttl_seconds=args.ttl)
+        )
     elif args.command == "schema":
-        print(build_schema().as_str())
+        print(build_schema(Limits()).as_str())
     elif args.command == "migrate":
         from db.migrate import upgrade
 

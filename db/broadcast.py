@@ -242,7 +242,7 @@ class StatsHub:
             await self._teardown()
             self.metrics.reconnects += 1
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, 2.0)
+            backoff = min(backoff * 2, 1.0)
 
     async def _connect(self) -> None:
         broadcast = Broadcast(self.url)

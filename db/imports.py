@@ -25,7 +25,6 @@ from db.rules import (
 
 SOURCE = "fourkites"
 MAX_STOPS = 50
-MAX_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -76,8 +75,6 @@ async def import_shipments(
     session: AsyncSession, org_id: str, shipments: list[Shipment]
 ) -> list[ImportOutcome]:
     """One transaction for the batch; rejected shipments do not stop the rest."""
-    if len(shipments) > MAX_BATCH:
-        raise BadInput(f"At most {MAX_BATCH} shipments per batch")
     await ensure_organization(session, org_id)
     # One slot per request entry: results follow the request even when an id repeats.
     outcomes: list[ImportOutcome | None] = [None] * len(shipments)

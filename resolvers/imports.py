@@ -3,6 +3,7 @@ from __future__ import annotations
 import strawberry
 
 from db import imports
+from db.errors import BadInput
 from schema.context import Info
 from schema.inputs import ShipmentInput
 from schema.types import ImportResult, Load
@@ -34,6 +35,8 @@ def _shipment(raw: ShipmentInput) -> imports.Shipment:
 async def import_shipments(
     info: Info, org_id: strawberry.ID, shipments: list[ShipmentInput]
 ) -> list[ImportResult]:
+    if len(shipments) > info.context.limits.batch_shipments:
+        raise BadInput(f"At most {info.context.limits.batch_shipments} shipments per batch")
     batch = [_shipment(raw) for raw in shipments]
     outcomes = await info.context.db.write(lambda s: imports.import_shipments(s, org_id, batch))
     return [

@@ -3,6 +3,7 @@ from __future__ import annotations
 import strawberry
 
 from db import invoices, models, queries
+from db.errors import BadInput
 from schema.context import Info
 from schema.enums import InvoiceStatus
 from schema.inputs import CreateInvoiceInput
@@ -56,6 +57,8 @@ async def update_invoice_status(info: Info, id: strawberry.ID, status: InvoiceSt
 
 async def _bulk(info: Info, ids: list[strawberry.ID], status: str, reason: str | None) -> BulkResult:
     scope = info.context.principal.scope
+    if len(ids) > info.context.limits.bulk_ids:
+        raise BadInput(f"At most {info.context.limits.bulk_ids} ids per request")
     outcome, stats = await info.context.db.write_with_stats(
         lambda s: invoices.bulk_set_invoice_status(s, list(ids), status, scope, void_reason=reason),
         lambda outcome: outcome.org_id,

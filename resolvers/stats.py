@@ -5,6 +5,7 @@ from collections.abc import AsyncGenerator
 import strawberry
 
 from db.aggregates import StatsSnapshot
+from db.errors import BadInput
 from db.queries import get_stats
 from schema.context import Info
 from schema.types import InvoiceStatusCounts, LoadStatusCounts, OrganizationStats
@@ -33,13 +34,20 @@ async def organization_stats_changed(
 
     The channel is joined before the snapshot is read, so no commit falls between.
     """
-    async with info.context.hub.subscribe(org_id) as mailbox:
-        mailbox.offer(await _stats(info, org_id))
-        current = await mailbox.newer_than(None)
-        last = current.version
-        if current.version != since_version:
-            yield OrganizationStats.of(current)
-        while True:
-            snapshot = await mailbox.newer_than(last)
-            last = snapshot.version
-            yield OrganizationStats.of(snapshot)
+    context = info.context
+    if context.active_subscriptions >= context.limits.subscriptions_per_connection:
+        raise BadInput(f"At most {context.limits.subscriptions_per_connection} subscriptions per connection")
+    context.active_subscriptions += 1
+    try:
+        async with context.hub.subscribe(org_id) as mailbox:
+            mailbox.offer(await _stats(info, org_id))
+            current = await mailbox.newer_than(None)
+            last = current.version
+            if current.version != since_version:
+                yield OrganizationStats.of(current)
+            while True:
+                snapshot = await mailbox.newer_than(last)
+                last = snapshot.version
+                yield OrganizationStats.of(snapshot)
+    finally:
+        context.active_subscriptions -= 1

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import strawberry
+from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 
 from db import models
 from db.broadcast import StatsHub
-from db.errors import TallyError
+from db.errors import TallyError, Unauthenticated
 from db.queries import get_many
 from db.unit_of_work import Database
 from schema import types
-from schema.auth import Principal, TokenVerifier
+from schema.auth import Principal
+from schema.limits import Limits
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -53,31 +56,28 @@ class Loaders:
 @dataclass
 class Context:
     db: Database
-    verifier: TokenVerifier
     hub: StatsHub
-    authorization: str | None = None
+    # The caller, or why there is none; set before any resolver runs (HTTP: per
+    # request; WebSocket: at connection_init).
+    auth: Principal | TallyError
     # Set by Strawberry from a WebSocket's connection_init payload.
     connection_params: dict[str, Any] | None = None
+    limits: Limits = field(default_factory=Limits)
+    websocket: WebSocket | None = None
+    active_subscriptions: int = 0
     loaders: Loaders = field(init=False)
-    _principal: Principal | TallyError | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.loaders = Loaders(self.db)
 
     @property
     def principal(self) -> Principal:
-        """The verified caller; raises UNAUTHENTICATED (the same error every time)."""
-        if self._principal is None:
-            header = self.authorization
-            if self.connection_params is not None:
-                header = self.connection_params.get("Authorization") or header
-            try:
-                self._principal = self.verifier.from_header(header)
-            except TallyError as error:
-                self._principal = error
-        if isinstance(self._principal, TallyError):
-            raise self._principal
-        return self._principal
+        """The verified caller; raises UNAUTHENTICATED otherwise."""
+        if isinstance(self.auth, TallyError):
+            raise self.auth
+        if self.auth.expires_at <= time.time():
+            raise Unauthenticated("Token expired")
+        return self.auth
 
 
 Info = strawberry.Info[Context, None]

@@ -5,13 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 import strawberry
-from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.extensions import (
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
 from strawberry.permission import BasePermission
 from strawberry.schema.config import StrawberryConfig
 
 from resolvers import imports, invoices, lanes, loads, organizations, recalculation, stats
 from schema.auth import AdminOnly, Authenticated, ServiceOnly
 from schema.extensions import ErrorCodes, QueryStats
+from schema.limits import Limits
 from schema.types import (
     BulkResult,
     Customer,
@@ -146,10 +153,13 @@ class TallySchema(strawberry.Schema):
         """Errors are logged (once, with a request id) by the ErrorCodes extension."""
 
 
-def build_schema(*, query_stats: bool = False) -> strawberry.Schema:
+def build_schema(limits: Limits, *, query_stats: bool = False) -> strawberry.Schema:
     extensions: list[Any] = [
         ErrorCodes,
+        lambda: MaxTokensLimiter(max_token_count=limits.query_tokens),
         lambda: ParserCache(maxsize=256),
+        lambda: QueryDepthLimiter(max_depth=limits.query_depth),
+        lambda: MaxAliasesLimiter(max_alias_count=limits.aliases),
         lambda: ValidationCache(maxsize=256),
     ]
     if query_stats:
@@ -163,4 +173,4 @@ def build_schema(*, query_stats: bool = False) -> strawberry.Schema:
     )
 
 
-schema = build_schema()
+schema = build_schema(Limits())

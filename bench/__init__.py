@@ -1,0 +1,1 @@
+"""Tally benchmarks: `uv run python -m bench` (see docs/benchmarks.md)."""

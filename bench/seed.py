@@ -1,0 +1,161 @@
+"""Seeding: one SQLite file, migrated by Tally's own migrations, filled in bulk.
+
+Bench-only code: rows go in through sqlite3 directly (no ORM, no aggregate
+hooks), then each organization's `organization_stats` row is written from a
+recount, exactly as migration 0002 backfills it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from db.aggregates import LOAD_STATUS_COUNTERS, LOAD_TYPE_COUNTERS
+from db.migrate import upgrade
+
+# Status of load number x (1-based) within its org: 40% OPEN, 30% ASSIGNED,
+# 20% COMPLETED, 10% CANCELED. Type: 50% CONTRACT, 30% SPOT, 20% UNMAPPED.
+STATUS_SQL = (
+    "CASE WHEN x % 10 < 4 THEN 'OPEN' WHEN x % 10 < 7 THEN 'ASSIGNED' "
+    "WHEN x % 10 < 9 THEN 'COMPLETED' ELSE 'CANCELED' END"
+)
+TYPE_SQL = "CASE WHEN (x / 10) % 10 < 5 THEN 'CONTRACT' WHEN (x / 10) % 10 < 8 THEN 'SPOT' ELSE 'UNMAPPED' END"
+STAMP = "2026-01-01 00:00:00.000000"
+MUTATION_ORG = "org_mut"
+MUTATION_ORG_LOADS = 20_000
+
+
+@dataclass(frozen=True)
+class Seeded:
+    path: Path
+    url: str
+    orgs: dict[str, int]  # org_id -> number of loads
+    seconds: float
+    file_bytes: int
+
+
+def org_name(size: int) -> str:
+    return f"org_{human(size)}"
+
+
+def human(n: int) -> str:
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}m"
+    if n >= 1_000 and n % 1_000 == 0:
+        return f"{n // 1_000}k"
+    return str(n)
+
+
+def seed(path: Path, sizes: list[int]) -> Seeded:
+    """A fresh database at `path` holding one org per size, plus the mutation org."""
+    started = time.perf_counter()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    url = f"sqlite+aiosqlite:///{path}"
+    upgrade(url)
+    orgs = {org_name(size): size for size in sizes}
+    orgs[MUTATION_ORG] = MUTATION_ORG_LOADS
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("PRAGMA cache_size=-262144")  # 256 MiB while building indexes
+        conn.execute("BEGIN")
+        # Indexes are rebuilt after the bulk insert (much faster than maintaining them row by row).
+        indexes = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type='index' AND tbl_name='loads' AND sql IS NOT NULL"
+        ).fetchall()
+        for name, _sql in indexes:
+            conn.execute(f"DROP INDEX {name}")
+        for org_id, size in orgs.items():
+            conn.execute(
+                "INSERT INTO organizations (org_id, name, created_at) VALUES (?, ?, ?)",
+                (org_id, f"Bench {org_id}", STAMP),
+            )
+            conn.execute(
+                f"""
+                WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < ?)
+                INSERT INTO loads (org_id, status, load_type, requires_manual_review, load_number,
+                                   hcr, trip_number, created_at, updated_at)
+                SELECT ?, {STATUS_SQL}, {TYPE_SQL}, 0, 'L' || x, 'HCR' || (x % 997), 'T' || (x % 31),
+                       ?, ?
+                FROM n
+                """,
+                (size, org_id, STAMP, STAMP),
+            )
+        for _name, sql in indexes:
+            conn.execute(sql)
+        conn.execute("DELETE FROM organization_stats")
+        status_cols = {v: k for k, v in LOAD_STATUS_COUNTERS.items()}
+        type_cols = {v: k for k, v in LOAD_TYPE_COUNTERS.items()}
+        selects = [
+            f"(SELECT count(*) FROM loads l WHERE l.org_id = o.org_id AND l.status = '{status}')"
+            for status in status_cols.values()
+        ] + [
+            f"(SELECT count(*) FROM loads l WHERE l.org_id = o.org_id AND l.load_type = '{t}')"
+            for t in type_cols.values()
+        ]
+        conn.execute(
+            f"INSERT INTO organization_stats (org_id, {', '.join([*status_cols, *type_cols])}, version, "
+            f"updated_at, last_recalculated_at) SELECT o.org_id, {', '.join(selects)}, 1, ?, ? "
+            "FROM organizations o",
+            (STAMP, STAMP),
+        )
+        conn.execute("COMMIT")
+        conn.execute("ANALYZE")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    return Seeded(
+        path=path,
+        url=url,
+        orgs=orgs,
+        seconds=time.perf_counter() - started,
+        file_bytes=path.stat().st_size,
+    )
+
+
+def open_loads(path: Path, org_id: str, count: int, skip: int = 0) -> list[int]:
+    """Ids of `count` OPEN loads of the org (after skipping `skip` of them)."""
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(
+            "SELECT id FROM loads WHERE org_id = ? AND status = 'OPEN' ORDER BY id LIMIT ? OFFSET ?",
+            (org_id, count, skip),
+        ).fetchall()
+    finally:
+        conn.close()
+    if len(rows) < count:
+        raise RuntimeError(f"only {len(rows)} OPEN loads in {org_id}")
+    return [row[0] for row in rows]
+
+
+def recount(path: Path, org_id: str) -> dict[str, int]:
+    """The load counters of one org counted from the loads table (GROUP BY)."""
+    conn = sqlite3.connect(path)
+    try:
+        counts = dict.fromkeys([*LOAD_STATUS_COUNTERS.values(), *LOAD_TYPE_COUNTERS.values()], 0)
+        for status, n in conn.execute("SELECT status, count(*) FROM loads WHERE org_id = ? GROUP BY status", (org_id,)):
+            counts[LOAD_STATUS_COUNTERS[status]] = n
+        for load_type, n in conn.execute(
+            "SELECT load_type, count(*) FROM loads WHERE org_id = ? GROUP BY load_type", (org_id,)
+        ):
+            counts[LOAD_TYPE_COUNTERS[load_type]] = n
+        return counts
+    finally:
+        conn.close()
+
+
+def stored(path: Path, org_id: str) -> tuple[dict[str, int], int]:
+    """The load counters and version in the org's organization_stats row."""
+    columns = [*LOAD_STATUS_COUNTERS.values(), *LOAD_TYPE_COUNTERS.values()]
+    conn = sqlite3.connect(path)
+    try:
+        row = conn.execute(
+            f"SELECT {', '.join(columns)}, version FROM organization_stats WHERE org_id = ?", (org_id,)
+        ).fetchone()
+    finally:
+        conn.close()
+    return dict(zip(columns, row[:-1], strict=True)), int(row[-1])

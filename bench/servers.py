@@ -1,0 +1,160 @@
+"""The servers under test, as uvicorn app factories (`uvicorn --factory bench.servers:NAME`).
+
+- `tally_app`: Tally itself, `main.create_app(Settings(...))`, untouched.
+- `naive_app`: the same app built by the same `main.create_app` (same Starlette,
+  Strawberry, TallyGraphQL, Context, TokenVerifier, permission classes, schema
+  extensions, Database, StatsHub), only with a bench schema: Tally's Query and
+  Mutation, where `countLoadsByStatus` counts with `SELECT status, count(*) ...
+  GROUP BY status` over the loads table, plus one bench-only mutation,
+  `updateLoadStatusWithoutAggregate`, which runs Tally's own `set_load_status`
+  in the same kind of transaction (BEGIN IMMEDIATE, commit) but through a plain
+  SQLAlchemy session: no AggregateSession hooks, so no counter deltas, no
+  upsert of organization_stats and no after-commit publish.
+- `floor_app`: bare Starlette, one POST route per org returning a constant,
+  pre-encoded JSON body: the exact bytes Tally answers for that org.
+
+Settings come from BENCH_* environment variables set by bench/run.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import strawberry
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+import main
+from db import loads
+from db.aggregates import COUNTERS, LOAD_STATUS_COUNTERS, StatsSnapshot
+from db.engine import WRITE
+from db.models import Load as LoadRow
+from db.unit_of_work import Database
+from schema.auth import Authenticated
+from schema.context import Info
+from schema.enums import LoadStatus
+from schema.root import Mutation, Query, Subscription, TallySchema
+from schema.types import Load, LoadStatusCounts
+
+T = TypeVar("T")
+
+
+def settings() -> main.Settings:
+    # Explicit values: no TALLY_* variable or .env file changes what is measured.
+    return main.Settings(
+        database_url=os.environ["BENCH_DATABASE_URL"],
+        broadcast_url="memory://",
+        query_stats=False,
+        db_pool_size=10,
+        log_level="WARNING",
+        recalc_interval_seconds=0,  # no scheduled recount competing with the measurements
+    )
+
+
+def tally_app() -> Starlette:
+    return main.create_app(settings())
+
+
+# --- the naive resolver and the mutation without aggregate maintenance -------------------
+
+
+async def naive_count_loads_by_status(info: Info, org_id: strawberry.ID) -> LoadStatusCounts:
+    """Counts from the source rows on every request (what the aggregate replaces)."""
+
+    async def work(session: AsyncSession) -> dict[str, int]:
+        stmt = select(LoadRow.status, func.count()).where(LoadRow.org_id == org_id).group_by(LoadRow.status)
+        return {status: n for status, n in (await session.execute(stmt)).all()}
+
+    by_status = await info.context.db.read(work)
+    counts = dict.fromkeys(COUNTERS, 0)
+    for status, n in by_status.items():
+        counts[LOAD_STATUS_COUNTERS[status]] = n
+    # Shaped by the very code Tally's resolver uses.
+    return LoadStatusCounts.of(StatsSnapshot(org_id, counts, 0, None, None))
+
+
+_plain_sessions: dict[int, async_sessionmaker[AsyncSession]] = {}
+
+
+async def write_without_aggregate(db: Database, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """`Database.write` minus the aggregate: same engine, pool, BEGIN IMMEDIATE and commit,
+    but a plain Session (no AggregateSession hooks) and therefore no snapshots to publish."""
+    sessions = _plain_sessions.get(id(db))
+    if sessions is None:
+        sessions = _plain_sessions[id(db)] = async_sessionmaker(db.engine, expire_on_commit=False)
+    async with sessions() as session:
+        await session.connection(execution_options={WRITE: True})
+        result = await work(session)
+        await session.commit()
+    return result
+
+
+async def update_load_status_without_aggregate(info: Info, id: strawberry.ID, status: LoadStatus) -> Load:
+    """resolvers.loads.update_load_status with `write_without_aggregate` for `db.write`."""
+    scope = info.context.principal.scope
+    row = await write_without_aggregate(info.context.db, lambda s: loads.set_load_status(s, id, status.value, scope))
+    return Load.of(row)
+
+
+@strawberry.type
+class NaiveQuery(Query):
+    count_loads_by_status: LoadStatusCounts = strawberry.field(
+        resolver=naive_count_loads_by_status, permission_classes=[Authenticated]
+    )
+
+
+@strawberry.type
+class BenchMutation(Mutation):
+    update_load_status_without_aggregate: Load = strawberry.mutation(
+        resolver=update_load_status_without_aggregate, permission_classes=[Authenticated]
+    )
+
+
+def naive_schema() -> strawberry.Schema:
+    tally = main.build_schema()  # the same extensions and config as Tally's schema
+    return TallySchema(
+        query=NaiveQuery,
+        mutation=BenchMutation,
+        subscription=Subscription,
+        extensions=list(tally.extensions),
+        config=tally.config,
+    )
+
+
+def naive_app() -> Starlette:
+    schema = naive_schema()
+    build_schema = main.build_schema
+    main.build_schema = lambda **_: schema  # type: ignore[assignment]
+    try:
+        return main.create_app(settings())
+    finally:
+        main.build_schema = build_schema
+
+
+# --- the floor ----------------------------------------------------------------------------
+
+
+def floor_app() -> Starlette:
+    """Constant JSON bodies, one route each: {path: body} from BENCH_FLOOR_BODIES (a file)."""
+    bodies: dict[str, str] = json.loads(Path(os.environ["BENCH_FLOOR_BODIES"]).read_text())
+
+    def constant(body: bytes) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(_request: Request) -> Response:
+            return Response(body, media_type="application/json")
+
+        return endpoint
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    routes: list[Any] = [Route(path, constant(body.encode()), methods=["POST"]) for path, body in bodies.items()]
+    routes.append(Route("/healthz", healthz))
+    return Starlette(routes=routes)

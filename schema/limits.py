@@ -1,0 +1,99 @@
+"""Request limits: each configurable (TALLY_MAX_*), each refused with a clear error."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+@dataclass(frozen=True)
+class Limits:
+    query_depth: int = 12
+    query_tokens: int = 2_000
+    aliases: int = 30
+    bulk_ids: int = 1_000
+    batch_shipments: int = 1_000
+    body_bytes: int = 1_000_000
+    subscriptions_per_connection: int = 20
+    connections_per_token: int = 10
+
+
+class ConnectionsPerToken:
+    """Open WebSocket connections per bearer token, in this process."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: Counter[str] = Counter()
+
+    def acquire(self, token: str) -> bool:
+        if self._open[token] >= self.limit:
+            return False
+        self._open[token] += 1
+        return True
+
+    def release(self, token: str) -> None:
+        self._open[token] -= 1
+        if self._open[token] <= 0:
+            del self._open[token]
+
+
+class BodySizeLimit:
+    """Refuses HTTP bodies over `limit` bytes with 413 and a coded GraphQL error."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except BodyTooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps(
+            {
+                "data": None,
+                "errors": [
+                    {
+                        "message": f"Request body is larger than {self.limit} bytes",
+                        "extensions": {"code": "BAD_USER_INPUT"},
+                    }
+                ],
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class BodyTooLarge(Exception):
+    pass

@@ -1,0 +1,89 @@
+"""The Strawberry ASGI view: authenticates each request or WebSocket, builds the context."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+
+from db.broadcast import StatsHub
+from db.errors import BadInput, TallyError, Unauthenticated
+from db.unit_of_work import Database
+from schema.auth import TokenVerifier
+from schema.context import Context
+from schema.limits import ConnectionsPerToken, Limits
+
+CLOSE_TOKEN_EXPIRED = 4403
+CONNECTION = "tally.connection"  # ASGI scope key: per-WebSocket bookkeeping
+
+
+class TallyGraphQL(GraphQL[Context, None]):
+    def __init__(
+        self, db: Database, verifier: TokenVerifier, hub: StatsHub, limits: Limits, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.db = db
+        self.verifier = verifier
+        self.hub = hub
+        self.limits = limits
+        self.connections = ConnectionsPerToken(limits.connections_per_token)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await super().__call__(scope, receive, send)
+            return
+        connection: dict[str, Any] = {}
+        scope[CONNECTION] = connection
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if "token" in connection:
+                self.connections.release(connection["token"])
+            if "expiry" in connection:
+                connection["expiry"].cancel()
+
+    async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
+        auth: Any
+        if isinstance(request, WebSocket):
+            auth = Unauthenticated("connection_init must carry {'Authorization': 'Bearer <token>'}")
+        else:
+            try:
+                auth = await self.verifier.authenticate(request.headers.get("authorization"))
+            except TallyError as error:
+                auth = error
+        context = Context(db=self.db, hub=self.hub, auth=auth, limits=self.limits)
+        if isinstance(request, WebSocket):
+            context.websocket = request
+        return context
+
+    async def on_ws_connect(self, context: Context) -> None:
+        """No WebSocket without a valid token in connection_init; closed when it expires."""
+        header = (context.connection_params or {}).get("Authorization")
+        try:
+            principal = await self.verifier.authenticate(header if isinstance(header, str) else None)
+        except TallyError as error:
+            raise ConnectionRejectionError({"code": error.code, "message": error.message}) from error
+        websocket = context.websocket
+        assert websocket is not None and isinstance(header, str)
+        connection = websocket.scope[CONNECTION]
+        if not self.connections.acquire(header):
+            refusal = BadInput(f"At most {self.limits.connections_per_token} connections per token")
+            raise ConnectionRejectionError({"code": refusal.code, "message": refusal.message})
+        connection["token"] = header
+        context.auth = principal
+        delay = max(0.0, principal.expires_at - time.time())
+        connection["expiry"] = asyncio.get_running_loop().call_later(
+            min(delay, 10**7), lambda: asyncio.ensure_future(_close_expired(websocket))
+        )
+
+
+async def _close_expired(websocket: WebSocket) -> None:
+    with contextlib.suppress(Exception):
+        await websocket.close(code=CLOSE_TOKEN_EXPIRED, reason="token expired")

@@ -1,0 +1,401 @@
+"""The live dashboard at `/`: its routes, and the page itself in headless Chromium.
+
+The browser tests drive Debian's chromium (`apt-get install -y chromium`) through
+Playwright with its executable path; no browser is downloaded. Without chromium
+they skip locally and fail in CI (CI=true). Screenshots go to artifacts/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+from starlette.testclient import TestClient
+
+from main import Settings, create_app
+from tests.databases import Databases
+from tests.helpers import token
+from tests.server import ROOT, free_port, running_server
+
+ORG = "org_demo"
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+GROUPS = {
+    "loads": ["open", "assigned", "completed", "canceled", "total"],
+    "loadTypes": ["contract", "spot", "unmapped", "total"],
+    "invoices": ["missingData", "draft", "billed", "pendingPayment", "paid", "void", "total"],
+}
+STATS = "query($o: ID!) { organizationStats(orgId: $o) { version %s } }" % " ".join(
+    f"{group} {{ {' '.join(fields)} }}" for group, fields in GROUPS.items()
+)
+# Records every text the version shows, to check it never goes back.
+RECORD_VERSIONS = """
+window.__versions = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const node = document.getElementById("version");
+  new MutationObserver(() => window.__versions.push(node.textContent))
+    .observe(node, { childList: true, characterData: true, subtree: true });
+});
+"""
+
+
+# ------------------------------------------------------------------ routes (no browser)
+
+
+def client_for(database_url: str, *, dev_login: bool) -> TestClient:
+    settings = Settings(database_url=database_url, dev_login=dev_login, jwt_secret="dashboard-test-secret")
+    return TestClient(create_app(settings))
+
+
+SQLITE = "sqlite+aiosqlite:///./dashboard-routes-never-opened.db"
+POSTGRES = "postgresql+asyncpg://nobody@127.0.0.1:1/never-opened"
+
+
+@pytest.mark.parametrize(
+    ("url", "flag", "exists"),
+    [(SQLITE, False, False), (POSTGRES, True, False), (POSTGRES, False, False), (SQLITE, True, True)],
+)
+def test_dev_login_exists_only_when_asked_for_on_sqlite(url: str, flag: bool, exists: bool) -> None:
+    client = client_for(url, dev_login=flag)
+    page = client.get("/")
+    assert page.status_code == 200
+    assert ('name="tally-dev-login"' in page.text) is exists
+    response = client.post("/dev-login", json={})
+    assert response.status_code == (200 if exists else 404)
+
+
+def test_dev_login_signs_a_short_lived_admin_token() -> None:
+    client = client_for(SQLITE, dev_login=True)
+    default = client.post("/dev-login", json={}).json()
+    claims = jwt.decode(default["token"], "dashboard-test-secret", algorithms=["HS256"])
+    assert (claims["org_id"], claims["role"], default["orgId"]) == ("org_demo", "admin", "org_demo")
+    assert 0 < claims["exp"] - time.time() <= 3600
+    other = client.post("/dev-login", data={"orgId": "org_other"})
+    assert other.headers["cache-control"] == "no-store"
+    assert jwt.decode(other.json()["token"], "dashboard-test-secret", algorithms=["HS256"])["org_id"] == "org_other"
+    for bad in ("../etc", "a" * 65, " ", "org demo"):
+        assert client.post("/dev-login", json={"orgId": bad}).status_code == 400, bad
+    assert client.post("/dev-login", content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
+
+
+def test_page_and_modules_are_served_from_the_package_only() -> None:
+    client = client_for(SQLITE, dev_login=False)
+    page = client.get("/")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp and "connect-src 'self'" in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert "/static/dashboard.js" in assets and "/static/dashboard.css" in assets
+    for asset in assets:
+        assert asset.startswith(("/static/", "#", "data:")), f"{asset} is not served by Tally"
+    for module in ("dashboard.js", "graphql-ws.js", "session.js"):
+        response = client.get(f"/static/{module}")
+        assert response.status_code == 200
+        assert "javascript" in response.headers["content-type"]
+        for imported in re.findall(r'from "([^"]+)"', response.text):
+            assert imported.startswith("./"), f"{module} imports {imported}"
+    assert client.get("/static/dashboard.css").status_code == 200
+    assert client.get("/graphql").status_code in (200, 400)  # GraphiQL is still there
+
+
+# ------------------------------------------------------------------ the page in Chromium
+
+
+def chromium_path() -> str:
+    for candidate in (os.environ.get("TALLY_TEST_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium"):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    message = "chromium is not installed (apt-get install -y chromium)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}: CI must run the dashboard tests", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = chromium_path()
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+class Watched:
+    """A page plus everything it logged, failed on and requested."""
+
+    def __init__(self, browser: Browser, base: str, name: str) -> None:
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(10_000)
+        self.name = name
+        self.console: list[str] = []
+        self.errors: list[str] = []
+        self.requests: list[str] = []
+        self.page.on("console", lambda message: self.console.append(message.text))
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on("request", lambda request: self.requests.append(request.url))
+        self.page.add_init_script(RECORD_VERSIONS)
+        self.page.goto(f"{base}/")
+
+    def close(self) -> None:
+        """The last screen, whatever happened: the artifact to look at when a test failed."""
+        ARTIFACTS.mkdir(exist_ok=True)
+        try:
+            self.page.screenshot(path=ARTIFACTS / f"{self.name}-last.png", full_page=True)
+        finally:
+            self.context.close()
+
+    def check_hygiene(self, base: str, secret: str) -> None:
+        """No script error; nothing fetched from elsewhere; the token in no URL and no log line."""
+        assert not self.errors, self.errors
+        ws = base.replace("http://", "ws://")
+        assert all(url.startswith((base, ws, "data:")) for url in self.requests), self.requests
+        assert not any(secret in url for url in self.requests)
+        assert not any(secret in line for line in self.console)
+        assert secret not in self.page.url
+
+
+@pytest.fixture
+def watch(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Any]:
+    opened: list[Watched] = []
+
+    def open_page(base: str) -> Page:
+        watched = Watched(browser, base, request.node.name.replace("[", "-").rstrip("]"))
+        opened.append(watched)
+        return watched.page
+
+    open_page.opened = opened  # type: ignore[attr-defined]
+    yield open_page
+    for watched in opened:
+        watched.close()
+
+
+def gql(base: str, bearer: str, query: str, **variables: Any) -> dict[str, Any]:
+    response = httpx.post(
+        f"{base}/graphql",
+        json={"query": query, "variables": variables},
+        headers={"Authorization": f"Bearer {bearer}"},
+        timeout=10,
+    )
+    body = response.json()
+    assert not body.get("errors"), body["errors"]
+    return dict(body["data"])
+
+
+def create_load(base: str, bearer: str, status: str = "OPEN", load_type: str = "UNMAPPED") -> str:
+    query = "mutation($o: ID!, $s: LoadStatus, $t: LoadType) { createLoad(input: {orgId: $o, status: $s, loadType: $t}) { id } }"
+    return str(gql(base, bearer, query, o=ORG, s=status, t=load_type)["createLoad"]["id"])
+
+
+def create_invoice(base: str, bearer: str, load_id: str, status: str) -> None:
+    query = "mutation($l: ID!, $s: InvoiceStatus, $r: String) { createInvoice(input: {loadId: $l, status: $s, missingDataReason: $r}) { id } }"
+    gql(base, bearer, query, l=load_id, s=status, r="no rate confirmation" if status == "MISSING_DATA" else None)
+
+
+def seed(base: str, bearer: str) -> None:
+    """A realistic mix, so every tile and bar has something to show."""
+    loads = [
+        ("OPEN", "CONTRACT", None), ("OPEN", "SPOT", None), ("OPEN", "UNMAPPED", None),
+        ("OPEN", "CONTRACT", None), ("ASSIGNED", "CONTRACT", "DRAFT"), ("ASSIGNED", "SPOT", "MISSING_DATA"),
+        ("ASSIGNED", "CONTRACT", "DRAFT"), ("COMPLETED", "CONTRACT", "BILLED"), ("COMPLETED", "CONTRACT", "PAID"),
+        ("COMPLETED", "SPOT", "PENDING_PAYMENT"), ("COMPLETED", "CONTRACT", "PAID"), ("COMPLETED", "UNMAPPED", "BILLED"),
+        ("COMPLETED", "CONTRACT", "PAID"), ("CANCELED", "SPOT", "VOID"), ("COMPLETED", "CONTRACT", "PENDING_PAYMENT"),
+    ]  # fmt: skip
+    for status, load_type, invoice in loads:
+        load_id = create_load(base, bearer, status, load_type)
+        if invoice:
+            create_invoice(base, bearer, load_id, invoice)
+
+
+def server_stats(base: str, bearer: str) -> dict[str, Any]:
+    return dict(gql(base, bearer, STATS, o=ORG)["organizationStats"])
+
+
+def page_stats(page: Page) -> dict[str, Any]:
+    """What the tiles and the version show, in the shape of organizationStats."""
+    shown: dict[str, Any] = page.evaluate(
+        """groups => {
+          const number = id => Number(document.querySelector(`#${id} .tile-value`).textContent.replace(/[^0-9]/g, ""));
+          const result = { version: Number(document.getElementById("version").textContent) };
+          for (const [group, fields] of Object.entries(groups)) {
+            result[group] = Object.fromEntries(fields.map(f => [f, number(`tile-${group}-${f}`)]));
+          }
+          return result;
+        }""",
+        GROUPS,
+    )
+    return shown
+
+
+def expect_page_shows(page: Page, expected: dict[str, Any], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while (shown := page_stats(page)) != expected:
+        if time.monotonic() > deadline:
+            assert shown == expected
+        page.wait_for_timeout(50)
+
+
+def shown_versions(page: Page) -> list[int]:
+    texts: list[str] = page.evaluate("window.__versions")
+    return [int(t) for t in texts if t.isdigit()]
+
+
+def run_sql(database_url: str, sql: str) -> None:
+    """Corrupt the stats row behind the aggregate's back, as a bug would (own thread and loop)."""
+
+    async def work() -> None:
+        engine = create_async_engine(database_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text(sql))
+        finally:
+            await engine.dispose()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, work()).result()
+
+
+def test_dashboard_signs_in_updates_live_and_survives_a_restart(
+    watch: Any, databases: Databases, database_url: str
+) -> None:
+    sqlite = databases.backend == "sqlite"
+    env = {"TALLY_DATABASE_URL": database_url, "TALLY_RECALC_INTERVAL_SECONDS": "0"}
+    if sqlite:
+        env["TALLY_DEV_LOGIN"] = "1"
+    port = free_port()
+    admin = token(ORG, "admin")
+
+    with running_server(env, port=port) as base:
+        seed(base, admin)
+        page = watch(base)
+        expect(page.locator("#sign-in")).to_be_visible()
+        expect(page.locator("#connection")).to_have_attribute("data-state", "signed-out")
+
+        # Sign in: one click in development (SQLite), else by pasting a token.
+        if sqlite:
+            expect(page.locator("#dev-form")).to_be_visible()
+            page.get_by_label("Organization", exact=True).fill(ORG)
+            page.get_by_role("button", name="Sign in as admin (development)").click()
+        else:
+            expect(page.locator("#dev-form")).to_be_hidden()
+            page.get_by_label("Bearer token").fill(admin)
+            page.get_by_role("button", name="Sign in", exact=True).click()
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        expect(page.locator("#org-name")).to_have_text(ORG)
+        expect_page_shows(page, server_stats(base, admin))
+        stored = page.evaluate("[sessionStorage.getItem('tally.token'), localStorage.length]")
+        assert stored[0] and stored[1] == 0  # the session's token, nothing kept beyond it
+        signed_in_with = str(stored[0])
+
+        # An admin sees the drift indicator; injected drift shows, and "Recalculate" repairs it.
+        expect(page.locator("#admin")).to_be_visible()
+        expect(page.locator("#drift")).to_have_attribute("data-state", "ok")
+        version = server_stats(base, admin)["version"]
+        run_sql(database_url, f"UPDATE organization_stats SET loads_open = loads_open + 3 WHERE org_id = '{ORG}'")
+        page.get_by_role("button", name="Check drift").click()
+        expect(page.locator("#drift")).to_have_attribute("data-state", "drift")
+        expect(page.locator("#drift-list")).to_contain_text("loads_open: stored 7, recount 4")
+        page.get_by_role("button", name="Recalculate").click()
+        expect(page.locator("#drift")).to_have_attribute("data-state", "ok")
+        expect(page.locator("#drift-text")).to_contain_text("1 counter corrected")
+        expect(page.locator("#version")).to_have_text(str(version + 1))
+        expect_page_shows(page, server_stats(base, admin))
+
+        # A change through the HTTP API reaches the tile within a second, highlighted.
+        tile = page.locator("#tile-loads-open")
+        before = page_stats(page)["loads"]["open"]
+        create_load(base, admin, "OPEN", "SPOT")
+        changed = time.monotonic()
+        expect(tile.locator(".tile-value")).to_have_text(str(before + 1), timeout=1000)
+        latency = time.monotonic() - changed
+        assert latency < 1, latency
+        expect(tile).to_have_class(re.compile(r"\bchanged\b"))
+        expect(tile.locator(".tile-delta")).to_have_text("+1")
+        expect(page.locator("#tile-loadTypes-spot")).to_have_class(re.compile(r"\bchanged\b"))
+        expect(page.locator("#tile-invoices-total")).not_to_have_class(re.compile(r"\bchanged\b"))
+        expect_page_shows(page, server_stats(base, admin))
+        ARTIFACTS.mkdir(exist_ok=True)
+        name = "dashboard" if sqlite else f"dashboard-{databases.backend}"
+        page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+
+    # The server is gone: the page says so and keeps the counts it had.
+    expect(page.locator("#connection")).to_have_attribute("data-state", "offline")
+    expect(page.locator("#connection-text")).to_contain_text("Offline")
+    shown_while_offline = page_stats(page)
+
+    with running_server(env, port=port) as base:
+        # A change right after the restart: seen whether it lands before or after the reconnection.
+        load_id = create_load(base, admin, "ASSIGNED", "CONTRACT")
+        create_invoice(base, admin, load_id, "DRAFT")
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=20_000)
+        expected = server_stats(base, admin)
+        assert expected["version"] == shown_while_offline["version"] + 2
+        expect_page_shows(page, expected)
+        page.screenshot(path=ARTIFACTS / f"{name}-reconnected.png", full_page=True)
+
+        versions = shown_versions(page)
+        assert versions == sorted(versions) and versions[-1] == expected["version"], versions
+        watch.opened[0].check_hygiene(base, signed_in_with)
+
+
+def test_member_sees_no_admin_tools_and_bad_tokens_are_refused(
+    watch: Any, databases: Databases, database_url: str
+) -> None:
+    if databases.backend != "sqlite":
+        pytest.skip("the sign-in forms do not depend on the database: SQLite covers them")
+    env = {"TALLY_DATABASE_URL": database_url, "TALLY_RECALC_INTERVAL_SECONDS": "0"}
+    with running_server(env) as base:
+        create_load(base, token(ORG, "admin"), "OPEN")
+        page = watch(base)
+        expect(page.locator("#dev-form")).to_be_hidden()  # no TALLY_DEV_LOGIN
+        field = page.get_by_label("Bearer token")
+        sign_in = page.get_by_role("button", name="Sign in", exact=True)
+
+        field.fill("not a token")
+        sign_in.click()
+        expect(page.get_by_role("alert")).to_have_text(re.compile("not a JWT"))
+        field.fill(token(ORG, "member", ttl=-10))
+        sign_in.click()
+        expect(page.get_by_role("alert")).to_have_text(re.compile("expired"))
+
+        member = token(ORG, "member")
+        field.fill(f"Bearer {member}")
+        sign_in.focus()  # the keyboard works: Enter on the focused button signs in
+        page.keyboard.press("Enter")
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        expect(page.locator("#role-name")).to_have_text("member")
+        expect(page.locator("#tile-loads-open .tile-value")).to_have_text("1")
+        expect(page.locator("#admin")).to_be_hidden()
+
+        # The session survives a reload of the tab, and signing out forgets it.
+        page.reload()
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        expect(page.locator("#tile-loads-open .tile-value")).to_have_text("1")
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.locator("#sign-in")).to_be_visible()
+        assert page.evaluate("sessionStorage.length") == 0
+        watch.opened[0].check_hygiene(base, member)

@@ -1,0 +1,419 @@
+// The live dashboard: sign-in, the organizationStatsChanged subscription with
+// reconnection, tiles and bar charts, and the admins' drift / recalculate panel.
+
+import { GraphQLWsConnection } from "./graphql-ws.js";
+import * as auth from "./session.js";
+
+const GROUPS = [
+  {
+    key: "loads",
+    title: "Load status",
+    fields: [["open", "Open"], ["assigned", "Assigned"], ["completed", "Completed"], ["canceled", "Canceled"]],
+  },
+  { key: "loadTypes", title: "Load type", fields: [["contract", "Contract"], ["spot", "Spot"], ["unmapped", "Unmapped"]] },
+  {
+    key: "invoices",
+    title: "Invoice status",
+    fields: [
+      ["missingData", "Missing data"], ["draft", "Draft"], ["billed", "Billed"],
+      ["pendingPayment", "Pending payment"], ["paid", "Paid"], ["void", "Void"],
+    ],
+  },
+];
+
+const selection = (group) => `${group.key} { ${group.fields.map(([field]) => field).join(" ")} total }`;
+const STATS_CHANGED = `subscription($orgId: ID!, $sinceVersion: Int) {
+  organizationStatsChanged(orgId: $orgId, sinceVersion: $sinceVersion) {
+    orgId version updatedAt lastRecalculatedAt ${GROUPS.map(selection).join(" ")}
+  }
+}`;
+const DRIFT_REPORT = `query($orgId: ID!) { driftReport(orgId: $orgId) { ok checkedAt drift { counter stored actual } } }`;
+const RECALCULATE = `mutation($orgId: ID!) {
+  recalculateOrgStats(orgId: $orgId) { corrected { counter stored actual } stats { version } }
+}`;
+
+const BACKOFF_FIRST_MS = 250;
+const BACKOFF_MAX_MS = 15000;
+const HIGHLIGHT_MS = 2000;
+const DRIFT_EVERY_MS = 60000;
+const FATAL_CODES = new Set(["FORBIDDEN", "UNAUTHENTICATED", "BAD_USER_INPUT"]);
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  session: null,
+  connection: null,
+  shown: null, // the newest stats shown; never replaced by an older version
+  attempt: 0,
+  retryTimer: null,
+  retryAt: 0,
+  countdown: null,
+  driftTimer: null,
+  stopped: true,
+};
+
+// ---------------------------------------------------------------- rendering
+
+function buildGroups() {
+  const root = $("groups");
+  for (const group of GROUPS) {
+    const section = element("section", { class: "card group", "aria-labelledby": `title-${group.key}` });
+    section.append(element("h2", { id: `title-${group.key}` }, group.title));
+    const tiles = element("ul", { class: "tiles" });
+    for (const [field, label] of [...group.fields, ["total", "Total"]]) {
+      const tile = element("li", { class: field === "total" ? "tile total" : "tile", id: `tile-${group.key}-${field}` });
+      tile.append(
+        element("span", { class: "tile-label" }, label),
+        element("span", { class: "tile-value" }, "–"),
+        element("span", { class: "tile-delta", "aria-hidden": "true" }),
+      );
+      tiles.append(tile);
+    }
+    const chart = element("figure", { class: "chart", id: `chart-${group.key}` });
+    const bars = element("div", { class: "bars", role: "img", id: `bars-${group.key}` });
+    for (const [field, label] of group.fields) {
+      const row = element("div", { class: "bar-row", "aria-hidden": "true" });
+      const track = element("span", { class: "bar-track" });
+      track.append(element("span", { class: `bar bar-${group.key}`, id: `bar-${group.key}-${field}` }));
+      row.append(element("span", { class: "bar-label" }, label), track, element("span", { class: "bar-value", id: `bar-value-${group.key}-${field}` }, "0"));
+      bars.append(row);
+    }
+    chart.append(bars, element("figcaption", {}, `${group.title}: share of each count`));
+    const body = element("div", { class: "group-body" });
+    body.append(tiles, chart);
+    section.append(body);
+    root.append(section);
+  }
+}
+
+function element(tag, attributes = {}, text) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function render(stats) {
+  const previous = state.shown;
+  if (previous && stats.version <= previous.version) return; // never go back, nor repeat
+  state.shown = stats;
+  const changes = [];
+  for (const group of GROUPS) {
+    const counts = stats[group.key];
+    const max = Math.max(1, ...group.fields.map(([field]) => counts[field]));
+    for (const [field, label] of [...group.fields, ["total", "Total"]]) {
+      const value = counts[field];
+      const tile = $(`tile-${group.key}-${field}`);
+      tile.querySelector(".tile-value").textContent = value.toLocaleString();
+      const before = previous?.[group.key][field];
+      if (before !== undefined && before !== value) {
+        const delta = value - before;
+        highlight(tile, `${delta > 0 ? "+" : "−"}${Math.abs(delta).toLocaleString()}`);
+        if (field !== "total") changes.push(`${group.title} ${label} ${before} to ${value}`);
+      }
+    }
+    for (const [field] of group.fields) {
+      $(`bar-${group.key}-${field}`).style.width = `${(100 * counts[field]) / max}%`;
+      $(`bar-value-${group.key}-${field}`).textContent = counts[field].toLocaleString();
+    }
+    const summary = group.fields.map(([field, label]) => `${label} ${counts[field]}`).join(", ");
+    $(`bars-${group.key}`).setAttribute("aria-label", `${group.title}: ${summary}; total ${counts.total}`);
+  }
+  $("version").textContent = String(stats.version);
+  $("last-change").replaceChildren(stats.version > 0 ? timeElement(stats.updatedAt) : "no change yet");
+  if (changes.length) $("changes").textContent = `Changed: ${changes.join("; ")}.`;
+  $("groups").hidden = false;
+}
+
+function highlight(tile, deltaText) {
+  tile.querySelector(".tile-delta").textContent = deltaText;
+  tile.classList.remove("changed");
+  void tile.offsetWidth; // restart the animation
+  tile.classList.add("changed");
+  clearTimeout(tile.highlightTimer);
+  tile.highlightTimer = setTimeout(() => {
+    tile.classList.remove("changed");
+    tile.querySelector(".tile-delta").textContent = "";
+  }, HIGHLIGHT_MS);
+}
+
+function timeElement(iso) {
+  const when = new Date(iso);
+  const node = element("time", { datetime: iso }, when.toLocaleTimeString());
+  node.title = when.toLocaleString();
+  return node;
+}
+
+function setConnection(kind, text) {
+  $("connection").dataset.state = kind;
+  $("connection-text").textContent = text;
+  $("reconnect").hidden = !(kind === "offline" || kind === "refused");
+}
+
+// ---------------------------------------------------------------- live connection
+
+function wsUrl() {
+  return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/graphql`;
+}
+
+function connect() {
+  clearTimeout(state.retryTimer);
+  clearInterval(state.countdown);
+  drop(1000, "replaced");
+  const session = state.session;
+  if (!session || state.stopped) return;
+  if (auth.isExpired(session)) return signOut("Your token has expired: sign in again.");
+  setConnection("connecting", state.attempt ? `Reconnecting (attempt ${state.attempt + 1})…` : "Connecting…");
+  const connection = new GraphQLWsConnection(wsUrl(), {
+    payload: { Authorization: `Bearer ${session.token}` },
+    onAck: () => {
+      state.attempt = 0;
+      setConnection("live", "Live");
+    },
+    onClose: ({ code }) => {
+      if (state.connection !== connection || state.stopped) return;
+      state.connection = null;
+      if (code === 4403) {
+        // Strawberry closes with 4403 when connection_init is refused or the token expires.
+        if (auth.isExpired(session)) return signOut("Your token has expired: sign in again.");
+        return refused("The server refused this token (invalid, or too many open connections).");
+      }
+      scheduleReconnect();
+    },
+  });
+  state.connection = connection;
+  connection.subscribe(STATS_CHANGED, { orgId: session.orgId, sinceVersion: state.shown?.version ?? null }, {
+    next: (result) => {
+      if (result.errors?.length) return subscriptionFailed(result.errors);
+      render(result.data.organizationStatsChanged);
+    },
+    error: (errors) => subscriptionFailed(errors),
+    complete: () => connection.terminate(1000, "completed"),
+  });
+}
+
+function subscriptionFailed(errors) {
+  const error = errors?.[0] ?? {};
+  const code = error.extensions?.code;
+  if (FATAL_CODES.has(code)) return refused(`${code}: ${error.message ?? "the subscription was refused"}`);
+  state.connection?.terminate(1000, "subscription error"); // its onClose schedules the reconnection
+}
+
+function refused(message) {
+  drop(1000, "refused");
+  setConnection("refused", message);
+}
+
+/** Close the connection without reconnecting (its onClose ignores a connection no longer current). */
+function drop(code, reason) {
+  const connection = state.connection;
+  state.connection = null;
+  connection?.terminate(code, reason);
+}
+
+function scheduleReconnect() {
+  clearTimeout(state.retryTimer);
+  clearInterval(state.countdown);
+  if (!navigator.onLine) {
+    setConnection("offline", "Offline: this browser has no network. Reconnecting when it is back.");
+    return;
+  }
+  const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** state.attempt);
+  const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+  state.attempt += 1;
+  state.retryAt = Date.now() + delay;
+  const tell = () => {
+    const seconds = Math.max(0, Math.ceil((state.retryAt - Date.now()) / 1000));
+    setConnection("offline", `Offline: reconnecting in ${seconds} s (attempt ${state.attempt})`);
+  };
+  tell();
+  state.countdown = setInterval(tell, 1000);
+  state.retryTimer = setTimeout(connect, delay);
+}
+
+function reconnectNow() {
+  state.attempt = 0;
+  state.stopped = false;
+  connect();
+}
+
+// ---------------------------------------------------------------- admin panel
+
+async function graphql(query, variables) {
+  const response = await fetch("/graphql", {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${state.session.token}` },
+    body: JSON.stringify({ query, variables }),
+  });
+  const body = await response.json().catch(() => ({ errors: [{ message: `HTTP ${response.status}` }] }));
+  if (body.errors?.length) {
+    const error = new Error(body.errors[0].message);
+    error.code = body.errors[0].extensions?.code;
+    throw error;
+  }
+  return body.data;
+}
+
+function setDrift(kind, badge, text) {
+  $("drift").dataset.state = kind;
+  $("drift-badge").textContent = badge;
+  $("drift-text").textContent = text;
+}
+
+function adminFailed(error) {
+  if (error.code === "FORBIDDEN") {
+    $("admin").hidden = true; // the token's role is not an admin's after all
+    return;
+  }
+  setDrift("error", "Unknown", `Could not check: ${error.message}`);
+}
+
+async function checkDrift() {
+  if (!state.session || $("admin").hidden) return;
+  $("check-drift").disabled = true;
+  try {
+    const { driftReport } = await graphql(DRIFT_REPORT, { orgId: state.session.orgId });
+    const list = $("drift-list");
+    list.replaceChildren(
+      ...driftReport.drift.map((d) => element("li", {}, `${d.counter}: stored ${d.stored}, recount ${d.actual}`)),
+    );
+    const checked = new Date(driftReport.checkedAt).toLocaleTimeString();
+    if (driftReport.ok) setDrift("ok", "No drift", `Every counter matches a recount (checked ${checked}).`);
+    else {
+      const n = driftReport.drift.length;
+      setDrift("drift", "Drift", `${n} counter${n === 1 ? "" : "s"} differ from a recount (checked ${checked}).`);
+    }
+  } catch (error) {
+    adminFailed(error);
+  } finally {
+    $("check-drift").disabled = false;
+  }
+}
+
+async function recalculate() {
+  const button = $("recalculate");
+  button.disabled = true;
+  button.setAttribute("aria-busy", "true");
+  setDrift($("drift").dataset.state, "Working", "Recalculating from the source rows…");
+  try {
+    const { recalculateOrgStats } = await graphql(RECALCULATE, { orgId: state.session.orgId });
+    const n = recalculateOrgStats.corrected.length;
+    await checkDrift();
+    $("drift-text").textContent += ` Recalculated: ${n} counter${n === 1 ? "" : "s"} corrected.`;
+  } catch (error) {
+    adminFailed(error);
+  } finally {
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+  }
+}
+
+// ---------------------------------------------------------------- sign-in
+
+function showSignIn(message = "") {
+  $("sign-in").hidden = false;
+  $("groups").hidden = true;
+  $("admin").hidden = true;
+  $("org-line").hidden = true;
+  $("sign-out").hidden = true;
+  $("version").textContent = "–";
+  $("last-change").textContent = "–";
+  const error = $("sign-in-error");
+  error.textContent = message;
+  error.hidden = !message;
+  setConnection("signed-out", "Signed out");
+}
+
+function start(session) {
+  state.session = session;
+  state.shown = null;
+  state.attempt = 0;
+  state.stopped = false;
+  $("sign-in").hidden = true;
+  $("sign-in-error").hidden = true;
+  $("org-name").textContent = session.orgId;
+  $("role-name").textContent = session.role;
+  $("org-line").hidden = false;
+  $("sign-out").hidden = false;
+  for (const tile of document.querySelectorAll(".tile-value")) tile.textContent = "–";
+  const admin = auth.isAdmin(session);
+  $("admin").hidden = !admin;
+  clearInterval(state.driftTimer);
+  if (admin) {
+    setDrift("unknown", "Not checked", "Checking…");
+    $("drift-list").replaceChildren();
+    checkDrift();
+    state.driftTimer = setInterval(checkDrift, DRIFT_EVERY_MS);
+  }
+  connect();
+}
+
+function signIn(session) {
+  auth.save(session);
+  start(session);
+  $("main").focus();
+}
+
+function signOut(message = "") {
+  state.stopped = true;
+  clearTimeout(state.retryTimer);
+  clearInterval(state.countdown);
+  clearInterval(state.driftTimer);
+  drop(1000, "signed out");
+  state.session = null;
+  state.shown = null;
+  auth.forget();
+  showSignIn(message);
+}
+
+async function devSignIn(event) {
+  event.preventDefault();
+  const button = $("dev-sign-in");
+  button.disabled = true;
+  try {
+    const response = await fetch("/dev-login", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ orgId: $("dev-org").value.trim() }),
+    });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok || !body.token) throw new Error(body.error ?? `HTTP ${response.status}`);
+    signIn(auth.makeSession(body.token));
+  } catch (error) {
+    showSignIn(`Development sign-in failed: ${error.message}`);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function tokenSignIn(event) {
+  event.preventDefault();
+  const input = $("token-input");
+  try {
+    const session = auth.makeSession(input.value, $("token-org").value);
+    input.value = "";
+    signIn(session);
+  } catch (error) {
+    showSignIn(error.message);
+    input.focus();
+  }
+}
+
+// ---------------------------------------------------------------- start-up
+
+function main() {
+  buildGroups();
+  $("dev-form").hidden = document.querySelector('meta[name="tally-dev-login"]') === null;
+  $("token-form").addEventListener("submit", tokenSignIn);
+  $("dev-form").addEventListener("submit", devSignIn);
+  $("sign-out").addEventListener("click", () => signOut());
+  $("reconnect").addEventListener("click", reconnectNow);
+  $("check-drift").addEventListener("click", checkDrift);
+  $("recalculate").addEventListener("click", recalculate);
+  window.addEventListener("online", () => state.session && !state.connection && reconnectNow());
+  window.addEventListener("offline", () => state.connection?.terminate(4000, "browser offline"));
+  const session = auth.restore();
+  if (session) start(session);
+  else showSignIn();
+}
+
+main();
