@@ -161,9 +161,7 @@ def correct(session: Session, org_id: str, delta: dict[str, int], epoch: int) ->
     changes: dict[str, Any] = {"last_recalculated_at": now}
     if delta:
         changes["corrections"] = table.c.corrections + 1
-    snapshot = _upsert(
-        session, org_id, delta, changes, where=table.c.corrections == epoch, recalculated_at=now
-    )
+    snapshot = _upsert(session, org_id, delta, changes, where=table.c.corrections == epoch, recalculated_at=now)
     if snapshot is not None and delta:
         session.info.setdefault(COMMITTED, []).append(snapshot)
     return snapshot

@@ -250,9 +250,7 @@ class StatsHub:
         self._broadcast = broadcast
         self._unhealthy.clear()
         heartbeat_ready = asyncio.Event()
-        self._readers[HEARTBEAT] = asyncio.create_task(
-            self._read(broadcast, self._heartbeat_channel, heartbeat_ready)
-        )
+        self._readers[HEARTBEAT] = asyncio.create_task(self._read(broadcast, self._heartbeat_channel, heartbeat_ready))
         await asyncio.wait_for(heartbeat_ready.wait(), 5)
         for org_id in list(self._subscribers):
             self._start_reader(org_id, broadcast)
@@ -277,9 +275,7 @@ class StatsHub:
                 raise ConnectionError("a publish or a channel reader failed")
             assert self._broadcast is not None
             self._heartbeat_seen.clear()
-            await asyncio.wait_for(
-                self._broadcast.publish(self._heartbeat_channel, "1"), self.publish_timeout
-            )
+            await asyncio.wait_for(self._broadcast.publish(self._heartbeat_channel, "1"), self.publish_timeout)
             await asyncio.wait_for(self._heartbeat_seen.wait(), self.publish_timeout)
 
     async def _teardown(self) -> None:

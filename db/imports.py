@@ -71,9 +71,7 @@ def validate(shipment: Shipment) -> None:
             check_text(getattr(stop, name), f"stops.{name}")
 
 
-async def import_shipments(
-    session: AsyncSession, org_id: str, shipments: list[Shipment]
-) -> list[ImportOutcome]:
+async def import_shipments(session: AsyncSession, org_id: str, shipments: list[Shipment]) -> list[ImportOutcome]:
     """One transaction for the batch; rejected shipments do not stop the rest."""
     await ensure_organization(session, org_id)
     # One slot per request entry: results follow the request even when an id repeats.
@@ -102,9 +100,7 @@ async def import_shipments(
     return [outcome for outcome in outcomes if outcome is not None]
 
 
-def _shipper_names(
-    valid: list[tuple[int, Shipment]], known: dict[str, Load], lanes: dict[LaneKey, Lane]
-) -> set[str]:
+def _shipper_names(valid: list[tuple[int, Shipment]], known: dict[str, Load], lanes: dict[LaneKey, Lane]) -> set[str]:
     """Shippers of the shipments that create a load whose lane gives it no customer."""
     names: set[str] = set()
     creating: set[str] = set()
@@ -139,9 +135,7 @@ async def _lanes(session: AsyncSession, org_id: str, hcrs: set[str]) -> dict[Lan
     return {LaneKey(lane.hcr, lane.trip_number): lane for lane in lanes}
 
 
-def _create(
-    org_id: str, shipment: Shipment, lanes: dict[LaneKey, Lane], customers: dict[str, Customer]
-) -> Load:
+def _create(org_id: str, shipment: Shipment, lanes: dict[LaneKey, Lane], customers: dict[str, Customer]) -> Load:
     load_type, key = match_lane_type(shipment.hcr, shipment.trip_number, set(lanes))
     lane = lanes[key] if key else None
     customer = customers.get(shipment.shipper_name or "")
@@ -155,7 +149,7 @@ def _create(
         customer_id=customer_id or (customer.id if customer else None),
         external_source=SOURCE,
         external_id=shipment.shipment_id,
-        external_updated_at=shipment.updated_at,
+        external_updated_at=_utc(shipment.updated_at) if shipment.updated_at else None,
         load_number=shipment.load_number,
         hcr=shipment.hcr,
         trip_number=shipment.trip_number,
@@ -174,7 +168,7 @@ def _reimport(load: Load, shipment: Shipment) -> bool:
     seen = load.external_updated_at
     if shipment.updated_at is None or (seen is not None and _utc(shipment.updated_at) <= _utc(seen)):
         return False
-    load.external_updated_at = shipment.updated_at
+    load.external_updated_at = _utc(shipment.updated_at)
     changed = False
     target = tracking_target(shipment.tracking_status)
     if target and target != load.status and can_move(LOAD_TRANSITIONS, load.status, target):
@@ -187,4 +181,5 @@ def _reimport(load: Load, shipment: Shipment) -> bool:
 
 
 def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    """In UTC (naive means UTC). Stored this way: SQLite keeps no offset, only the wall clock."""
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)

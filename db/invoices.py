@@ -57,9 +57,7 @@ async def create_invoice(
     return invoice
 
 
-async def set_invoice_status(
-    session: AsyncSession, invoice_id: str, status: str, scope: str | None
-) -> Invoice:
+async def set_invoice_status(session: AsyncSession, invoice_id: str, status: str, scope: str | None) -> Invoice:
     invoice = await lock_one(session, Invoice, invoice_id, scope)
     check_transition("Invoice", INVOICE_TRANSITIONS, invoice.status, status, invoice_id)
     _enter_status(invoice, status)
@@ -87,8 +85,7 @@ async def bulk_set_invoice_status(
     illegal = [i for i in invoices if not can_move(INVOICE_TRANSITIONS, i.status, status)]
     if illegal:
         raise InvalidTransition(
-            f"{len(illegal)} invoice(s) cannot move to {status}: "
-            + ", ".join(f"{i.id} ({i.status})" for i in illegal),
+            f"{len(illegal)} invoice(s) cannot move to {status}: " + ", ".join(f"{i.id} ({i.status})" for i in illegal),
             ids=[i.id for i in illegal],
         )
     changed = [i for i in invoices if i.status != status]

@@ -51,9 +51,7 @@ async def create_lane(
     )
     session.add(lane)
     await session.flush()
-    promotion = await rematch_loads(
-        session, org_id, Load.hcr == hcr, Load.load_type.in_(("UNMAPPED", "SPOT"))
-    )
+    promotion = await rematch_loads(session, org_id, Load.hcr == hcr, Load.load_type.in_(("UNMAPPED", "SPOT")))
     return lane, promotion
 
 
@@ -99,7 +97,5 @@ async def _missing_data_invoices(session: AsyncSession, load_ids: list[int]) -> 
         return []
     return await lock_where(
         session,
-        select(Invoice)
-        .where(Invoice.load_id.in_(load_ids), Invoice.status == "MISSING_DATA")
-        .order_by(Invoice.id),
+        select(Invoice).where(Invoice.load_id.in_(load_ids), Invoice.status == "MISSING_DATA").order_by(Invoice.id),
     )

@@ -32,9 +32,7 @@ async def create_organization(session: AsyncSession, org_id: str, name: str) -> 
 async def create_customer(session: AsyncSession, org_id: str, name: str) -> Customer:
     check_text(name, "name", required=True)
     await ensure_organization(session, org_id)
-    existing = await session.scalar(
-        select(Customer.id).where(Customer.org_id == org_id, Customer.name == name)
-    )
+    existing = await session.scalar(select(Customer.id).where(Customer.org_id == org_id, Customer.name == name))
     if existing is not None:
         raise Conflict(f"Customer {name!r} already exists in {org_id}", ids=[existing])
     customer = Customer(org_id=org_id, name=name)
@@ -49,9 +47,7 @@ async def customers_by_name(session: AsyncSession, org_id: str, names: set[str])
         return {}
     found = {
         c.name: c
-        for c in await session.scalars(
-            select(Customer).where(Customer.org_id == org_id, Customer.name.in_(names))
-        )
+        for c in await session.scalars(select(Customer).where(Customer.org_id == org_id, Customer.name.in_(names)))
     }
     for name in sorted(names - found.keys()):
         found[name] = Customer(org_id=org_id, name=name)

@@ -79,8 +79,7 @@ class Recalculation:
 
 def _counting(column: Any, counters: dict[str, str]) -> list[Any]:
     return [
-        func.coalesce(func.sum(case((column == value, 1), else_=0)), 0).label(name)
-        for value, name in counters.items()
+        func.coalesce(func.sum(case((column == value, 1), else_=0)), 0).label(name) for value, name in counters.items()
     ]
 
 
@@ -91,9 +90,9 @@ async def measure_drift(session: AsyncSession, org_id: str) -> Drift:
     ).one_or_none()
     loads = (
         await session.execute(
-            select(
-                *_counting(Load.status, LOAD_STATUS_COUNTERS), *_counting(Load.load_type, LOAD_TYPE_COUNTERS)
-            ).where(Load.org_id == org_id)
+            select(*_counting(Load.status, LOAD_STATUS_COUNTERS), *_counting(Load.load_type, LOAD_TYPE_COUNTERS)).where(
+                Load.org_id == org_id
+            )
         )
     ).one()
     invoices = (
@@ -157,9 +156,7 @@ async def start_run(db: Database, trigger: str) -> int:
     return await db.write(work)
 
 
-async def finish_run(
-    db: Database, run_id: int, results: list[Recalculation], error: str | None = None
-) -> None:
+async def finish_run(db: Database, run_id: int, results: list[Recalculation], error: str | None = None) -> None:
     async def work(session: AsyncSession) -> None:
         run = await session.get_one(RecalculationRun, run_id)
         run.finished_at = utcnow()
@@ -192,9 +189,7 @@ async def all_org_ids(session: AsyncSession) -> list[str]:
 
 async def recent_runs(db: Database, limit: int) -> list[dict[str, Any]]:
     async def work(session: AsyncSession) -> list[dict[str, Any]]:
-        runs = await session.scalars(
-            select(RecalculationRun).order_by(RecalculationRun.id.desc()).limit(limit)
-        )
+        runs = await session.scalars(select(RecalculationRun).order_by(RecalculationRun.id.desc()).limit(limit))
         return [
             {
                 "id": r.id,

@@ -75,9 +75,7 @@ def tracking_target(tracking_status: str | None) -> str | None:
 MAX_TEXT = 200
 
 
-def check_text(
-    value: str | None, field: str, *, required: bool = False, max_len: int = MAX_TEXT
-) -> str | None:
+def check_text(value: str | None, field: str, *, required: bool = False, max_len: int = MAX_TEXT) -> str | None:
     """Refuse blank required strings and strings over `max_len` characters."""
     if value is None or not value.strip():
         if required:

@@ -33,6 +33,8 @@ MAX_ATTEMPTS = 5
 
 
 def _retryable(error: DBAPIError) -> bool:
+    if error.connection_invalidated:
+        return True  # the server restarted under a pooled connection; a fresh one will do
     if isinstance(error, IntegrityError):
         return True  # a concurrent insert won a unique race; re-running sees it
     sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
@@ -43,19 +45,23 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
         self.engine: AsyncEngine = create_engine(url, pool_size=pool_size)
-        self.sessions = async_sessionmaker(
-            self.engine, sync_session_class=AggregateSession, expire_on_commit=False
-        )
+        self.sessions = async_sessionmaker(self.engine, sync_session_class=AggregateSession, expire_on_commit=False)
         self.after_commit: list[AfterCommit] = []
 
     async def read(self, work: Work[T], *, snapshot: bool = False) -> T:
         """Run `work` in a read transaction; with snapshot=True all its reads see one
         consistent snapshot (SQLite WAL transactions always do; PostgreSQL needs
         REPEATABLE READ)."""
-        async with self.sessions() as session:
-            if snapshot and self.engine.dialect.name == "postgresql":
-                await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-            return await work(session)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                async with self.sessions() as session:
+                    if snapshot and self.engine.dialect.name == "postgresql":
+                        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+                    return await work(session)
+            except DBAPIError as error:
+                if attempt == MAX_ATTEMPTS or not error.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
 
     async def write(self, work: Work[T]) -> T:
         result, _ = await self.write_with_snapshots(work)

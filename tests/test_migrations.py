@@ -52,3 +52,24 @@ async def test_backfill_counts_rows_that_existed_before_the_stats_table(database
         assert set(counts.values()) == {0} and version == 0
     finally:
         await db.dispose()
+
+
+def test_processes_started_together_do_not_race_migrations(databases: Databases) -> None:
+    """Four `main.py migrate` at the same moment on an empty database: all succeed, once."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.server import ROOT
+
+    url = databases.empty()
+    env = {**os.environ, "TALLY_DATABASE_URL": url}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "main.py", "migrate"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=120)[0].decode() for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], outputs
+    assert sum("Running upgrade  -> 0001" in out for out in outputs) == 1

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from db.engine import create_engine
 from db.models import Base
 
 target_metadata = Base.metadata
+MIGRATION_LOCK_KEY = 7_337_001  # any constant shared by every Tally process
 
 
 def _run(connection: Connection) -> None:
@@ -20,6 +22,9 @@ def _run(connection: Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Processes started together queue here; later ones find the schema current.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         context.run_migrations()
 
 
