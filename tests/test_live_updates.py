@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from gql.transport.exceptions import TransportQueryError
 
+from tests.databases import PG_SERVER, make_databases
 from tests.helpers import VERIFIER, token
 from tests.live import RedisServer, redis_server, subscription, wait_live_subscribers
 from tests.server import running_server
@@ -141,8 +143,15 @@ async def test_subscribers_leave_nothing_behind(server: str) -> None:
     assert live["channels"] == 0
 
 
-async def test_two_processes_share_one_redis_channel(database_url: str, redis_server: RedisServer) -> None:
-    env = env_for(database_url, TALLY_BROADCAST_URL=redis_server.url)
+@pytest.mark.parametrize("backend", ["redis", "postgres"])
+async def test_two_processes_share_one_channel(database_url: str, redis_server: RedisServer, backend: str) -> None:
+    """Redis pub/sub, or PostgreSQL LISTEN/NOTIFY (TALLY_BROADCAST_URL=postgres://...)."""
+    if backend == "redis":
+        broadcast = redis_server.url
+    else:
+        make_databases("postgresql", Path("."))  # skips locally / fails in CI without PostgreSQL
+        broadcast = PG_SERVER.replace("postgresql://", "postgres://") + "/postgres"
+    env = env_for(database_url, TALLY_BROADCAST_URL=broadcast)
     with running_server(env) as first, running_server(env) as second:
         async with subscription(second, TOKEN, ORG) as sub:
             assert (await sub.next())["version"] == 0
