@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     recalc_interval_seconds: int = 86400
     query_stats: bool = False
     db_pool_size: int = 10
+    stats_shards: int = 1
     log_level: str = "INFO"
     dev_login: bool = False  # TALLY_DEV_LOGIN=1: the dashboard's one-click sign-in (SQLite only)
     max_query_depth: int = Limits.query_depth
@@ -66,11 +67,7 @@ class Settings(BaseSettings):
         return self.jwt_secret or (None if self.jwks_url else DEV_SECRET)
 
     def verifier(self) -> TokenVerifier:
-        jwks = (
-            JwksKeys(self.jwks_url, min_refresh_seconds=self.jwks_min_refresh_seconds)
-            if self.jwks_url
-            else None
-        )
+        jwks = JwksKeys(self.jwks_url, min_refresh_seconds=self.jwks_min_refresh_seconds) if self.jwks_url else None
         return TokenVerifier(self.signing_secret, self.jwt_issuer, jwks)
 
     @property
@@ -89,7 +86,7 @@ class Settings(BaseSettings):
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
-    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    db = Database(settings.database_url, pool_size=settings.db_pool_size, stats_shards=settings.stats_shards)
     hub = StatsHub(settings.broadcast_url, lambda org_id: db.read(lambda s: get_stats(s, org_id)))
     db.after_commit.append(hub.publish)
     scheduler = RecalculationScheduler(db, settings.recalc_interval_seconds)
@@ -179,9 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "token":
         if args.role != "service" and not args.org:
             parser.error("--org is required unless --role service")
-        print(
-            settings.verifier().issue(org_id=args.org, role=args.role, subject=args.sub, ttl_seconds=args.ttl)
-        )
+        print(settings.verifier().issue(org_id=args.org, role=args.role, subject=args.sub, ttl_seconds=args.ttl))
     elif args.command == "schema":
         print(build_schema(Limits()).as_str())
     elif args.command == "migrate":

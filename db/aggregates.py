@@ -10,12 +10,13 @@ to change a status, and bulk SQL on the counted tables is refused.
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, event, inspect
+from sqlalchemy import Select, Table, event, func, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
@@ -55,6 +56,8 @@ COUNTED_TABLES = {"loads", "invoices", "organization_stats"}
 # Keys in Session.info and execution options.
 PENDING = "tally.pending_deltas"
 COMMITTED = "tally.committed_snapshots"
+REREAD = "tally.reread_after_commit"  # orgs whose sharded stats are read once committed
+SHARDS = "tally.stats_shards"
 LOCKED = "tally.locked_rows"
 AGGREGATE_WRITE = "tally_aggregate_write"
 
@@ -140,12 +143,18 @@ def _apply_deltas(session: Session) -> None:
     session.flush()
     pending: dict[str, Counter[str]] = session.info.pop(PENDING, {})
     committed: list[StatsSnapshot] = session.info.setdefault(COMMITTED, [])
+    shards: int = session.info.get(SHARDS, 1)
     for org_id in sorted(pending):  # a fixed order: concurrent writers never deadlock here
         delta = {counter: d for counter, d in pending[org_id].items() if d}
-        if delta:
-            snapshot = _upsert(session, org_id, delta)
-            assert snapshot is not None
-            committed.append(snapshot)
+        if not delta:
+            continue
+        # Spread over the org's shards, writers of one hot org rarely wait on one row.
+        snapshot = _upsert(session, org_id, delta, shard=random.randrange(shards))
+        assert snapshot is not None
+        if shards == 1:
+            committed.append(snapshot)  # the row is the org's whole stats
+        else:
+            session.info.setdefault(REREAD, []).append(org_id)
 
 
 def correct(session: Session, org_id: str, delta: dict[str, int], epoch: int) -> StatsSnapshot | None:
@@ -163,7 +172,7 @@ def correct(session: Session, org_id: str, delta: dict[str, int], epoch: int) ->
         changes["corrections"] = table.c.corrections + 1
     snapshot = _upsert(session, org_id, delta, changes, where=table.c.corrections == epoch, recalculated_at=now)
     if snapshot is not None and delta:
-        session.info.setdefault(COMMITTED, []).append(snapshot)
+        session.info.setdefault(REREAD, []).append(org_id)
     return snapshot
 
 
@@ -179,8 +188,9 @@ def _upsert(
     *,
     where: Any = None,
     recalculated_at: datetime | None = None,
+    shard: int = 0,
 ) -> StatsSnapshot | None:
-    """One statement: create the org's row or add `delta` to it, bumping `version`."""
+    """One statement: create the org's (shard) row or add `delta` to it, bumping `version`."""
     table = _table()
     now = utcnow()
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
@@ -192,23 +202,41 @@ def _upsert(
         insert(table)
         .values(
             org_id=org_id,
+            shard=shard,
             version=1 if delta else 0,
             updated_at=now,
             last_recalculated_at=recalculated_at,
             corrections=1 if delta and recalculated_at else 0,
             **delta,
         )
-        .on_conflict_do_update(index_elements=[table.c.org_id], set_=changes, where=where)
+        .on_conflict_do_update(index_elements=[table.c.org_id, table.c.shard], set_=changes, where=where)
         .returning(*table.c)
     )
     row = session.execute(stmt, execution_options={AGGREGATE_WRITE: True}).one_or_none()
     return StatsSnapshot.from_row(row) if row else None
 
 
+def stats_query(org_id: str) -> Select[Any]:
+    """The org's stats in one statement: the sums over its shard rows."""
+    table = _table()
+    return (
+        select(
+            table.c.org_id,
+            *(func.sum(table.c[c]).label(c) for c in COUNTERS),
+            func.sum(table.c.version).label("version"),
+            func.sum(table.c.corrections).label("corrections"),
+            func.max(table.c.updated_at).label("updated_at"),
+            func.max(table.c.last_recalculated_at).label("last_recalculated_at"),
+        )
+        .where(table.c.org_id == org_id)
+        .group_by(table.c.org_id)
+    )
+
+
 @event.listens_for(AggregateSession, "after_rollback")
 def _drop_deltas(session: Session) -> None:
-    session.info.pop(PENDING, None)
-    session.info.pop(COMMITTED, None)
+    for key in (PENDING, COMMITTED, REREAD):
+        session.info.pop(key, None)
 
 
 @event.listens_for(AggregateSession, "do_orm_execute")

@@ -118,6 +118,9 @@ class OrganizationStats(Base):
     __tablename__ = "organization_stats"
 
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.org_id"), primary_key=True)
+    # A hot org may spread its counters over several rows (TALLY_STATS_SHARDS);
+    # its stats are the sums. With one shard, every org has exactly shard 0.
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True, default=0)
     loads_open: Mapped[int] = mapped_column(BigInteger, default=0)
     loads_assigned: Mapped[int] = mapped_column(BigInteger, default=0)
     loads_completed: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -26,16 +26,17 @@ from db.aggregates import (
     LOAD_TYPE_COUNTERS,
     StatsSnapshot,
     correct,
+    stats_query,
 )
 from db.models import (
     Invoice,
     Load,
     Organization,
-    OrganizationStats,
     RecalculationRun,
     StatsCorrection,
     utcnow,
 )
+from db.queries import get_stats
 from db.unit_of_work import Database
 
 log = logging.getLogger("tally.recalculation")
@@ -85,9 +86,7 @@ def _counting(column: Any, counters: dict[str, str]) -> list[Any]:
 
 async def measure_drift(session: AsyncSession, org_id: str) -> Drift:
     """Stored row and recount; call inside one snapshot (`Database.read(snapshot=True)`)."""
-    row = (
-        await session.execute(select(OrganizationStats.__table__).where(OrganizationStats.org_id == org_id))
-    ).one_or_none()
+    row = (await session.execute(stats_query(org_id))).one_or_none()
     loads = (
         await session.execute(
             select(*_counting(Load.status, LOAD_STATUS_COUNTERS), *_counting(Load.load_type, LOAD_TYPE_COUNTERS)).where(
@@ -142,7 +141,8 @@ async def recalculate_org(db: Database, org_id: str, run_id: int) -> Recalculati
                     d.actual,
                     run_id,
                 )
-            return Recalculation(org_id, drift.counters, snapshot)
+            stats = await db.read(lambda s: get_stats(s, org_id))  # the org's sums, not one shard row
+            return Recalculation(org_id, drift.counters, stats)
     raise RuntimeError(f"recalculation of {org_id} kept racing another recalculation")
 
 

@@ -12,12 +12,13 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from db.aggregates import COMMITTED, AggregateSession, StatsSnapshot
+from db.aggregates import COMMITTED, REREAD, SHARDS, AggregateSession, StatsSnapshot
 from db.engine import WRITE, create_engine
 from db.queries import get_stats
 
@@ -42,10 +43,15 @@ def _retryable(error: DBAPIError) -> bool:
 
 
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, stats_shards: int = 1) -> None:
         self.url = url
         self.engine: AsyncEngine = create_engine(url, pool_size=pool_size)
-        self.sessions = async_sessionmaker(self.engine, sync_session_class=AggregateSession, expire_on_commit=False)
+        self.sessions = async_sessionmaker(
+            self.engine,
+            sync_session_class=AggregateSession,
+            expire_on_commit=False,
+            info={SHARDS: max(1, stats_shards)},
+        )
         self.after_commit: list[AfterCommit] = []
 
     async def read(self, work: Work[T], *, snapshot: bool = False) -> T:
@@ -84,12 +90,15 @@ class Database:
                     result = await work(session)
                     await session.commit()
                     snapshots: list[StatsSnapshot] = session.info.pop(COMMITTED, [])
+                    reread: list[str] = session.info.pop(REREAD, [])
                 break
             except DBAPIError as error:
                 if attempt == MAX_ATTEMPTS or not _retryable(error):
                     raise
                 log.info("retrying transaction (attempt %d): %s", attempt, type(error.orig))
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
+        for org_id in reread:  # sharded stats: the sums as committed (or later)
+            snapshots.append(await self.read(partial(get_stats, org_id=org_id)))
         await self._run_after_commit(snapshots)
         return result, snapshots
 
