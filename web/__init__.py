@@ -100,7 +100,7 @@ async def _org_of(request: Request) -> str:
             return ""
         value = data.get("orgId") if isinstance(data, dict) else None
     else:
-        value = (parse_qs(body.decode("utf-8", "replace")).get("orgId") or [None])[0]
+        value = next(iter(parse_qs(body.decode("utf-8", "replace")).get("orgId", [])), None)
     if value is None or value == "":
         return DEV_LOGIN_ORG
     return value.strip() if isinstance(value, str) else ""

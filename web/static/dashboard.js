@@ -45,6 +45,7 @@ const state = {
   shown: null, // the newest stats shown; never replaced by an older version
   attempt: 0,
   retryTimer: null,
+  stableTimer: null,
   retryAt: 0,
   countdown: null,
   driftTimer: null,
@@ -58,7 +59,7 @@ function buildGroups() {
   for (const group of GROUPS) {
     const section = element("section", { class: "card group", "aria-labelledby": `title-${group.key}` });
     section.append(element("h2", { id: `title-${group.key}` }, group.title));
-    const tiles = element("ul", { class: "tiles" });
+    const tiles = element("ul", { class: `tiles tiles-${group.key}` });
     for (const [field, label] of [...group.fields, ["total", "Total"]]) {
       const tile = element("li", { class: field === "total" ? "tile total" : "tile", id: `tile-${group.key}-${field}` });
       tile.append(
@@ -143,9 +144,11 @@ function timeElement(iso) {
   return node;
 }
 
-function setConnection(kind, text) {
+/** The state goes to a live region; the detail (a countdown) does not, so it is not read out every second. */
+function setConnection(kind, text, detail = "") {
   $("connection").dataset.state = kind;
-  $("connection-text").textContent = text;
+  if ($("connection-text").textContent !== text) $("connection-text").textContent = text;
+  $("connection-detail").textContent = detail;
   $("reconnect").hidden = !(kind === "offline" || kind === "refused");
 }
 
@@ -162,15 +165,19 @@ function connect() {
   const session = state.session;
   if (!session || state.stopped) return;
   if (auth.isExpired(session)) return signOut("Your token has expired: sign in again.");
-  setConnection("connecting", state.attempt ? `Reconnecting (attempt ${state.attempt + 1})…` : "Connecting…");
+  if (state.attempt) setConnection("offline", "Offline: reconnecting", `now (attempt ${state.attempt})`);
+  else setConnection("connecting", "Connecting…");
   const connection = new GraphQLWsConnection(wsUrl(), {
     payload: { Authorization: `Bearer ${session.token}` },
     onAck: () => {
-      state.attempt = 0;
       setConnection("live", "Live");
+      // Back to quick retries only once this connection proved stable (an event, or 5 s without a close).
+      clearTimeout(state.stableTimer);
+      state.stableTimer = setTimeout(() => (state.attempt = 0), 5000);
     },
     onClose: ({ code }) => {
       if (state.connection !== connection || state.stopped) return;
+      clearTimeout(state.stableTimer);
       state.connection = null;
       if (code === 4403) {
         // Strawberry closes with 4403 when connection_init is refused or the token expires.
@@ -184,6 +191,7 @@ function connect() {
   connection.subscribe(STATS_CHANGED, { orgId: session.orgId, sinceVersion: state.shown?.version ?? null }, {
     next: (result) => {
       if (result.errors?.length) return subscriptionFailed(result.errors);
+      state.attempt = 0;
       render(result.data.organizationStatsChanged);
     },
     error: (errors) => subscriptionFailed(errors),
@@ -205,6 +213,7 @@ function refused(message) {
 
 /** Close the connection without reconnecting (its onClose ignores a connection no longer current). */
 function drop(code, reason) {
+  clearTimeout(state.stableTimer);
   const connection = state.connection;
   state.connection = null;
   connection?.terminate(code, reason);
@@ -223,7 +232,7 @@ function scheduleReconnect() {
   state.retryAt = Date.now() + delay;
   const tell = () => {
     const seconds = Math.max(0, Math.ceil((state.retryAt - Date.now()) / 1000));
-    setConnection("offline", `Offline: reconnecting in ${seconds} s (attempt ${state.attempt})`);
+    setConnection("offline", "Offline: reconnecting", `in ${seconds} s (attempt ${state.attempt})`);
   };
   tell();
   state.countdown = setInterval(tell, 1000);
@@ -315,6 +324,7 @@ function showSignIn(message = "") {
   $("admin").hidden = true;
   $("org-line").hidden = true;
   $("sign-out").hidden = true;
+  $("meta").hidden = true;
   $("version").textContent = "–";
   $("last-change").textContent = "–";
   const error = $("sign-in-error");
@@ -334,6 +344,7 @@ function start(session) {
   $("role-name").textContent = session.role;
   $("org-line").hidden = false;
   $("sign-out").hidden = false;
+  $("meta").hidden = false;
   for (const tile of document.querySelectorAll(".tile-value")) tile.textContent = "–";
   const admin = auth.isAdmin(session);
   $("admin").hidden = !admin;
@@ -363,6 +374,7 @@ function signOut(message = "") {
   state.shown = null;
   auth.forget();
   showSignIn(message);
+  $("token-input").focus();
 }
 
 async function devSignIn(event) {
