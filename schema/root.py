@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import strawberry
@@ -14,10 +15,12 @@ from strawberry.extensions import (
 )
 from strawberry.permission import BasePermission
 from strawberry.schema.config import StrawberryConfig
+from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from resolvers import imports, invoices, lanes, loads, organizations, recalculation, stats
 from schema.auth import AdminOnly, Authenticated, ServiceOnly
-from schema.extensions import ErrorCodes, QueryStats
+from schema.extensions import ErrorCodes, QueryStats, to_client_error
 from schema.limits import Limits
 from schema.types import (
     BulkResult,
@@ -150,7 +153,36 @@ class Subscription:
 
 class TallySchema(strawberry.Schema):
     def process_errors(self, errors: Any, execution_context: Any = None) -> None:
-        """Errors are logged (once, with a request id) by the ErrorCodes extension."""
+        """Errors are logged (once, with a request id) by `to_client_error`.
+
+        They are also coded here, in place: a syntax error raised by ParserCache's
+        on_parse escapes ErrorCodes.on_operation and would reach the client without
+        a code. Coding twice is harmless (an already coded error is kept as it is).
+        """
+        errors[:] = [to_client_error(error) for error in errors]
+
+    async def execute(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Queries and mutations. A subscription is served over WebSocket only: sent over
+        HTTP it is refused (400), where it would run as a query and fail as INTERNAL."""
+        allowed = set(allowed_operation_types or (OperationType.QUERY, OperationType.MUTATION))
+        return await super().execute(
+            query,
+            variable_values,
+            context_value,
+            root_value,
+            operation_name,
+            allowed - {OperationType.SUBSCRIPTION},
+            operation_extensions,
+        )
 
 
 def build_schema(limits: Limits, *, query_stats: bool = False) -> strawberry.Schema:

@@ -22,9 +22,11 @@ def databases(
 
 
 @pytest.fixture
-def database_url(databases: Databases) -> str:
-    """A fresh, migrated database per test."""
-    return databases.migrated()
+def database_url(databases: Databases) -> Iterator[str]:
+    """A fresh, migrated database per test (dropped after it)."""
+    url = databases.migrated()
+    yield url
+    databases.drop(url)
 
 
 @pytest.fixture

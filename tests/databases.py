@@ -81,6 +81,13 @@ class Databases:
         self.created.append(name)
         return pg_url(name)
 
+    def drop(self, url: str) -> None:
+        """Drop one database made here (a PostgreSQL database; SQLite files go with tmp)."""
+        name = url.rsplit("/", 1)[1]
+        if self.backend == "postgresql" and name in self.created:
+            admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            self.created.remove(name)
+
     def drop_all(self) -> None:
         for name in self.created:
             admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -184,3 +184,51 @@ async def import_shipment(api: Api, shipment: dict[str, Any], org: str = "org_a"
         s=shipment,
     )
     return data["importShipment"]
+
+
+# --- Added for the isolation, bad-input and fuzz tests ---------------------------------------------
+
+LEAK_MARKERS = ("Traceback", "sqlalchemy", "SELECT ", "asyncpg", "sqlite3", '.py"')
+
+
+def leaks_in(text: str) -> list[str]:
+    """The internals (stack traces, SQL, driver names, source paths) a response body shows."""
+    return [marker for marker in LEAK_MARKERS if marker in text]
+
+
+async def org_fingerprint(db: Database, org_id: str) -> dict[str, Any]:
+    """Everything a refused request must leave alone in one org: its whole organization_stats
+    row(s) (counters, version, timestamps; one row per shard) and how many loads, invoices,
+    lanes and customers it has."""
+    from db.models import Customer, Lane, OrganizationStats
+
+    async def work(session: Any) -> dict[str, Any]:
+        table = OrganizationStats.__table__
+        rows = await session.execute(select(table).where(table.c.org_id == org_id).order_by(*table.primary_key.columns))
+        out: dict[str, Any] = {"stats": [tuple(row) for row in rows]}
+        for model in (Load, Invoice, Lane, Customer):
+            out[model.__tablename__] = await session.scalar(
+                select(func.count()).select_from(model).where(model.org_id == org_id)
+            )
+        return out
+
+    return await db.read(work)
+
+
+def replace_ids(value: Any, ids: dict[str, str]) -> Any:
+    """`value` (a decoded JSON body) with each whole-word occurrence of an id, in strings only,
+    replaced by its placeholder: two responses equal after this differ only by the ids."""
+    import re
+
+    if not ids:
+        return value
+    pattern = re.compile(
+        "|".join(rf"(?<![\w-]){re.escape(i)}(?![\w-])" for i in sorted(ids, key=len, reverse=True))
+    )
+    if isinstance(value, str):
+        return pattern.sub(lambda m: ids[m.group(0)], value)
+    if isinstance(value, list):
+        return [replace_ids(v, ids) for v in value]
+    if isinstance(value, dict):
+        return {k: replace_ids(v, ids) for k, v in value.items()}
+    return value

@@ -17,6 +17,17 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class ServerUrl(str):
+    """The base URL of a running server (a plain str), also naming its log file."""
+
+    log_path: Path
+
+    def __new__(cls, base: str, log_path: Path) -> ServerUrl:
+        url = super().__new__(cls, base)
+        url.log_path = log_path
+        return url
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -24,15 +35,19 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(env: dict[str, str], *, port: int | None = None, timeout: float = 20) -> Iterator[str]:
-    """Start a server with these TALLY_* settings; yield its base URL; stop it."""
+def running_server(env: dict[str, str], *, port: int | None = None, timeout: float = 60) -> Iterator[ServerUrl]:
+    """Start a server with these TALLY_* settings; yield its base URL; stop it.
+
+    The URL is a `ServerUrl`: its `log_path` names the file holding the server's
+    output (kept after the server stops, so it can be read once all is flushed).
+    """
     port = port or free_port()
     full_env = {**os.environ, "TALLY_HOST": "127.0.0.1", "TALLY_PORT": str(port), **env}
     log = tempfile.NamedTemporaryFile(prefix=f"tally-{port}-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, "main.py", "serve"], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
     )
-    base = f"http://127.0.0.1:{port}"
+    base = ServerUrl(f"http://127.0.0.1:{port}", Path(log.name))
     try:
         deadline = time.monotonic() + timeout
         while True:
