@@ -232,3 +232,20 @@ def replace_ids(value: Any, ids: dict[str, str]) -> Any:
     if isinstance(value, dict):
         return {k: replace_ids(v, ids) for k, v in value.items()}
     return value
+
+
+# The transition tables of domain.md, written out here so tests do not trust db/rules.py.
+LOAD_MOVES = {
+    "OPEN": {"ASSIGNED", "CANCELED"},
+    "ASSIGNED": {"OPEN", "COMPLETED", "CANCELED"},
+    "COMPLETED": set(),
+    "CANCELED": set(),
+}
+INVOICE_MOVES = {
+    "MISSING_DATA": {"DRAFT", "VOID"},
+    "DRAFT": {"BILLED", "VOID"},
+    "BILLED": {"PENDING_PAYMENT", "DRAFT", "VOID"},
+    "PENDING_PAYMENT": {"PAID", "DRAFT", "VOID"},
+    "PAID": {"PENDING_PAYMENT", "VOID"},
+    "VOID": set(),
+}

@@ -14,7 +14,9 @@ import pytest
 from db.unit_of_work import Database
 from tests.helpers import (
     INVOICE_FIELDS,
+    INVOICE_MOVES,
     LOAD_FIELDS,
+    LOAD_MOVES,
     STATS_FIELDS,
     Api,
     create_invoice,
@@ -26,21 +28,6 @@ from tests.helpers import (
     stored,
     token,
 )
-
-LOAD_MOVES = {
-    "OPEN": {"ASSIGNED", "CANCELED"},
-    "ASSIGNED": {"OPEN", "COMPLETED", "CANCELED"},
-    "COMPLETED": set(),
-    "CANCELED": set(),
-}
-INVOICE_MOVES = {
-    "MISSING_DATA": {"DRAFT", "VOID"},
-    "DRAFT": {"BILLED", "VOID"},
-    "BILLED": {"PENDING_PAYMENT", "DRAFT", "VOID"},
-    "PENDING_PAYMENT": {"PAID", "DRAFT", "VOID"},
-    "PAID": {"PENDING_PAYMENT", "VOID"},
-    "VOID": set(),
-}
 
 UPDATE_LOAD = "mutation($id: ID!, $s: LoadStatus!) { updateLoadStatus(id: $id, status: $s) { id status } }"
 UPDATE_INVOICE = "mutation($id: ID!, $s: InvoiceStatus!) { updateInvoiceStatus(id: $id, status: $s) { id status } }"

@@ -12,7 +12,9 @@ import pytest
 from db.unit_of_work import Database
 from tests.helpers import (
     INVOICE_FIELDS,
+    INVOICE_MOVES,
     LOAD_FIELDS,
+    LOAD_MOVES,
     STATS_FIELDS,
     Api,
     counter_diff,
@@ -28,21 +30,6 @@ from tests.helpers import (
     token,
 )
 
-# The tables of domain.md, written out here so the tests do not trust db/rules.py.
-LOAD_MOVES = {
-    "OPEN": {"ASSIGNED", "CANCELED"},
-    "ASSIGNED": {"OPEN", "COMPLETED", "CANCELED"},
-    "COMPLETED": set(),
-    "CANCELED": set(),
-}
-INVOICE_MOVES = {
-    "MISSING_DATA": {"DRAFT", "VOID"},
-    "DRAFT": {"BILLED", "VOID"},
-    "BILLED": {"PENDING_PAYMENT", "DRAFT", "VOID"},
-    "PENDING_PAYMENT": {"PAID", "DRAFT", "VOID"},
-    "PAID": {"PENDING_PAYMENT", "VOID"},
-    "VOID": set(),
-}
 LOAD_COUNTER = {s: f"loads_{s.lower()}" for s in LOAD_MOVES}
 TYPE_COUNTER = {t: f"type_{t.lower()}" for t in ("CONTRACT", "SPOT", "UNMAPPED")}
 INVOICE_COUNTER = {s: f"invoices_{s.lower()}" for s in INVOICE_MOVES}
