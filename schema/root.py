@@ -6,13 +6,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import strawberry
-from strawberry.extensions import (
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    ParserCache,
-    QueryDepthLimiter,
-    ValidationCache,
-)
+from graphql.validation import ASTValidationRule
+from strawberry.extensions import AddValidationRules, MaxTokensLimiter, ParserCache, ValidationCache
+from strawberry.extensions.max_aliases import create_validator as alias_rule
+from strawberry.extensions.query_depth_limiter import create_validator as depth_rule
 from strawberry.permission import BasePermission
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionResult
@@ -89,19 +86,13 @@ class Mutation:
         permission_classes=admin,
         description="Idempotent: returns the existing organization when orgId is known.",
     )
-    create_customer: Customer = strawberry.mutation(
-        resolver=organizations.create_customer, permission_classes=member
-    )
+    create_customer: Customer = strawberry.mutation(resolver=organizations.create_customer, permission_classes=member)
     create_load: Load = strawberry.mutation(resolver=loads.create_load, permission_classes=member)
-    update_load_status: Load = strawberry.mutation(
-        resolver=loads.update_load_status, permission_classes=member
-    )
+    update_load_status: Load = strawberry.mutation(resolver=loads.update_load_status, permission_classes=member)
     delete_load: DeleteResult = strawberry.mutation(
         resolver=loads.delete_load, permission_classes=admin, description="Deletes the load and its invoice."
     )
-    import_shipment: ImportResult = strawberry.mutation(
-        resolver=imports.import_shipment, permission_classes=member
-    )
+    import_shipment: ImportResult = strawberry.mutation(resolver=imports.import_shipment, permission_classes=member)
     import_shipments: list[ImportResult] = strawberry.mutation(
         resolver=imports.import_shipments,
         permission_classes=member,
@@ -127,9 +118,7 @@ class Mutation:
     bulk_void_invoices: BulkResult = strawberry.mutation(
         resolver=invoices.bulk_void_invoices, permission_classes=member
     )
-    delete_invoice: DeleteResult = strawberry.mutation(
-        resolver=invoices.delete_invoice, permission_classes=admin
-    )
+    delete_invoice: DeleteResult = strawberry.mutation(resolver=invoices.delete_invoice, permission_classes=admin)
     recalculate_org_stats: RecalculationResult = strawberry.mutation(
         resolver=recalculation.recalculate_org_stats, permission_classes=admin
     )
@@ -186,12 +175,14 @@ class TallySchema(strawberry.Schema):
 
 
 def build_schema(limits: Limits, *, query_stats: bool = False) -> strawberry.Schema:
+    # The rule classes are made once: ValidationCache keys on them, so classes made
+    # per request (as QueryDepthLimiter(...) would) would never hit the cache.
+    rules: list[type[ASTValidationRule]] = [depth_rule(limits.query_depth, None, None), alias_rule(limits.aliases)]
     extensions: list[Any] = [
         ErrorCodes,
         lambda: MaxTokensLimiter(max_token_count=limits.query_tokens),
         lambda: ParserCache(maxsize=256),
-        lambda: QueryDepthLimiter(max_depth=limits.query_depth),
-        lambda: MaxAliasesLimiter(max_alias_count=limits.aliases),
+        lambda: AddValidationRules(rules),
         lambda: ValidationCache(maxsize=256),
     ]
     if query_stats:
