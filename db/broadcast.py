@@ -137,9 +137,11 @@ class StatsHub:
 
     async def stop(self) -> None:
         if self._supervisor:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            # Cancel until it is done: on Python 3.11, asyncio.wait_for may swallow a
+            # cancel that lands just as its inner wait completes.
+            while not self._supervisor.done():
+                self._supervisor.cancel()
+                await asyncio.wait({self._supervisor}, timeout=0.1)
         await self._teardown()
 
     # Publishing (the unit of work's after-commit hook) --------------------

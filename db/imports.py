@@ -61,6 +61,11 @@ def validate(shipment: Shipment) -> None:
     check_text(shipment.shipment_id, "shipmentId", required=True)
     for name in ("load_number", "hcr", "trip_number", "shipper_name", "tracking_status"):
         check_text(getattr(shipment, name), name)
+    if shipment.updated_at is not None:
+        try:
+            _utc(shipment.updated_at)
+        except OverflowError as error:  # e.g. 0001-01-01T00:00:00+14:00 has no UTC time
+            raise BadInput("updatedAt is out of range") from error
     if len(shipment.stops) > MAX_STOPS:
         raise BadInput(f"A shipment has at most {MAX_STOPS} stops")
     sequences = [stop.sequence for stop in shipment.stops]
