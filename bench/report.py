@@ -68,6 +68,21 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 @dataclass
+class Step:
+    """One step of a Tally read timed in process (see bench.run.read_breakdown)."""
+
+    key: str
+    name: str
+    us: float  # median wall time (for the rate rows: requests/s)
+    trips: int | None  # calls into aiosqlite's thread, when counted
+    share: float | None = None  # for validation: validations per request
+    cpu_us: float = math.nan  # CPU time per call (all threads of the process; validation: its thread)
+
+
+ORDER = ("sqlite3", "aiosqlite", "jwt", "read", "build", "app", "validation", "rate1", "rate16", "rate16-short")
+
+
+@dataclass
 class Target:
     text: str
     measured: str
@@ -92,7 +107,7 @@ def render(
     cells: list[Cell],
     mutation_cells: list[Cell],
     db_cells: list[Cell],
-    breakdown: list[tuple[str, str, float, int]],
+    breakdown: list[Step],
     exactness: tuple[bool, str],
     server_flags: str,
     elapsed: float,
@@ -185,7 +200,7 @@ def render(
     add("# Benchmarks\n")
     add("Run from the repository root (it seeds its own SQLite file under `bench/results/`, which git ignores):\n")
     add("```sh")
-    add("uv run python -m bench           # full run (~5-7 min on 2 cores): rewrites docs/benchmarks.md")
+    add("uv run python -m bench           # full run (~6-10 min on 2 cores): rewrites docs/benchmarks.md")
     add("uv run python -m bench --quick   # smoke run (< 1 min, sizes 1k/10k): writes bench/results/quick.md")
     add("```\n")
     quick_note = (
@@ -217,6 +232,12 @@ def render(
             quality += (
                 "; **these measurements shared the machine with other work (5% or more) and are less "
                 "trustworthy: " + ", ".join(disturbed) + "**"
+            )
+        repeated = [c for c in cells if c.attempts > 1]
+        if repeated:
+            quality += (
+                f". {len(repeated)} read measurement(s) were repeated for that reason (up to 3 attempts, "
+                "the least disturbed one is reported)"
             )
         add(quality + ".\n")
 
@@ -337,14 +358,30 @@ def render(
     if breakdown:
         add("### Where a Tally read spends its time (in process, no HTTP)\n")
         add(
-            "Each step timed alone, back to back, in the bench process after the servers stopped "
-            f"(median of many calls, {large} org). Compare with the HTTP p50 at 1 client above: "
-            f"floor {ms(get('floor', large, 1)['p50'])} ms, Tally {ms(get('tally', large, 1)['p50'])} ms.\n"
+            "Each step timed alone, back to back, in a fresh process started after the servers stopped "
+            f"({large} org): the median wall time of many calls and the process CPU time per call (all "
+            "threads; on a busy machine the CPU column is the steadier one). Measured minutes after the HTTP "
+            "figures, so when other processes come and go the two can differ more than their true gap. "
+            "Compare with the HTTP p50 "
+            f"at 1 client above, floor {ms(get('floor', large, 1)['p50'])} ms and Tally "
+            f"{ms(get('tally', large, 1)['p50'])} ms, and with the server CPU per request, floor "
+            f"{cpu(by_key[('floor', large, 1)].server_cpu_us_per_request)} and Tally "
+            f"{cpu(by_key[('tally', large, 1)].server_cpu_us_per_request)}.\n"
         )
         add(
             table(
-                ["step", "median", "calls into aiosqlite's thread"],
-                [[name, f"{value:,.0f} µs", "n/a" if trips < 0 else str(trips)] for _, name, value, trips in breakdown],
+                ["step", "median wall time (or rate)", "CPU per call", "calls into aiosqlite's thread"],
+                [
+                    [
+                        step.name,
+                        ""
+                        if math.isnan(step.us)
+                        else f"{step.us:,.0f}" + ("" if step.key.startswith("rate") else " µs"),
+                        "" if math.isnan(step.cpu_us) else f"{step.cpu_us:,.0f} µs",
+                        "" if step.trips is None else str(step.trips),
+                    ]
+                    for step in sorted(breakdown, key=lambda step: ORDER.index(step.key) if step.key in ORDER else 99)
+                ],
             )
         )
         add("")
@@ -457,6 +494,12 @@ def render(
     add("")
 
     # --- method -------------------------------------------------------------------------
+    client = [c.client_cpu_us_per_request for c in cells if c.client_cpu_us_per_request is not None]
+    client_cpu = (
+        f"a median {sorted(client)[len(client) // 2]:,.0f} µs (from {min(client):,.0f} to {max(client):,.0f} µs)"
+        if client
+        else "an unknown amount"
+    )
     add("## Method\n")
     add(
         "\n".join(
@@ -470,7 +513,10 @@ def render(
                 "Servers: `python -m uvicorn --factory bench.servers:<app> --host 127.0.0.1 "
                 f"{server_flags}`, "
                 "one process each, all three running for the read measurements (idle ones cost nothing "
-                "measurable). Access logging is off for all of them.",
+                "measurable). Access logging is off for all of them. Tally's settings are explicit "
+                "(`bench/servers.py`: SQLite URL, `memory://` broadcast, pool size 10, query stats off) and "
+                "its scheduled recalculation is off (`recalc_interval_seconds=0`): left on, the first "
+                "server to start would recount every org during the measurements.",
                 "Tokens: HS256 JWTs from `TokenVerifier(main.DEV_SECRET).issue(org_id=..., role='admin')`; "
                 "the floor has no auth, Tally and naive verify the token on every request.",
                 "Load generator: `bench/loadgen.py`, a separate process (uvloop, raw HTTP/1.1 keep-alive, "
@@ -482,9 +528,13 @@ def render(
                 "Reads are interleaved: for each org and client count, floor, Tally and naive run back to "
                 "back, so drift in the machine affects all three alike.",
                 "The machine has 2 cores: the load generator and the server compete for them (the client "
-                "needs roughly 20-40 µs of CPU per request). The server's CPU/request column is the "
+                f"used {client_cpu} of CPU per request in this run). The server's CPU/request column is the "
                 "clean, client-independent cost. The aiosqlite driver runs each connection's queries "
                 "in its own thread, so a server can use more than one core.",
+                "Other processes on the machine are measured, not prevented: /proc/stat's busy time "
+                "minus the CPU time of the server and the load generator, per measurement. When they take "
+                "a share of the cores, latencies and even CPU times rise (shared caches and cores), and "
+                "thread handoffs (aiosqlite) suffer most; see the note under *Machine*.",
                 "Nothing else was pinned or tuned (no CPU affinity, default governor); numbers vary "
                 "run to run by roughly ±10% on a shared VM.",
             ]
@@ -500,14 +550,17 @@ def explain(
     get: Callable[[str, str, int], dict[str, float]],
     by_key: dict[tuple[str, str, int], Cell],
     labels: list[str],
-    breakdown: list[tuple[str, str, float, int]],
+    breakdown: list[Step],
     http: tuple[dict[str, float], dict[str, float]],
     db: tuple[dict[str, float], dict[str, float]],
     db_cells: list[Cell],
 ) -> list[str]:
     """One paragraph per target, from this run's numbers: why it is met or missed."""
     small, large = labels[0], labels[-1]
-    steps = {key: (median, trips) for key, _name, median, trips in breakdown}
+    steps = {step.key: (step.cpu_us, step.trips if step.trips is not None else -1) for step in breakdown}
+    wall = {step.key: step.us for step in breakdown}
+    validation = next((step for step in breakdown if step.key == "validation"), None)
+    build_us = steps.get("build", (math.nan, -1))[0]
     cpu_of = {
         (variant, label, clients): by_key[(variant, label, clients)].server_cpu_us_per_request or math.nan
         for (variant, label, clients) in by_key
@@ -515,13 +568,21 @@ def explain(
     status = ["met" if t.met else "not met" for t in targets]
     out = []
     t_small, t_large = get("tally", small, 1), get("tally", large, 1)
+    tally_drift = abs(t_large["p50"] / t_small["p50"] - 1)
+    floor_drift = abs(get("floor", large, 1)["p50"] / get("floor", small, 1)["p50"] - 1)
+    size_noise = (
+        f"Tally's difference between sizes ({tally_drift:.0%}) is no larger than the floor's "
+        f"({floor_drift:.0%}), whose work does not depend on the org at all: run noise."
+        if tally_drift <= max(floor_drift, 0.05)
+        else f"Tally's difference between sizes ({tally_drift:.0%}) is larger than the floor's "
+        f"({floor_drift:.0%}), whose work does not depend on the org at all."
+    )
     out.append(
         f"1. **Flat with org size ({status[0]}).** Tally reads one row by primary key whatever the org's "
         f"size: {ms(t_small['p50'])} ms at {small}, {ms(t_large['p50'])} ms at {large}; server CPU per "
         f"request {cpu(cpu_of[('tally', small, 1)])} vs {cpu(cpu_of[('tally', large, 1)])}. The naive "
         f"resolver over the same data goes from {ms(get('naive', small, 1)['p50'])} ms to "
-        f"{ms(get('naive', large, 1)['p50'])} ms. Differences of a few percent between sizes are run "
-        "noise (compare the floor, whose work does not depend on size at all)."
+        f"{ms(get('naive', large, 1)['p50'])} ms. {size_noise}"
     )
     n_large = get("naive", large, 1)
     out.append(
@@ -534,38 +595,88 @@ def explain(
     )
     floor_small = get("floor", small, 1)
     read_us, read_trips = steps.get("read", (math.nan, -1))
-    execute_us, _ = steps.get("execute", (math.nan, -1))
+    app_us, _ = steps.get("app", (math.nan, -1))
     jwt_us, _ = steps.get("jwt", (math.nan, -1))
     sqlite_us, _ = steps.get("sqlite3", (math.nan, -1))
-    aiosqlite_us, aiosqlite_trips = steps.get("aiosqlite", (math.nan, -1))
-    per_trip = aiosqlite_us / aiosqlite_trips if aiosqlite_trips > 0 else math.nan
+    _, aiosqlite_trips = steps.get("aiosqlite", (math.nan, -1))
+    per_trip = wall.get("aiosqlite", math.nan) / aiosqlite_trips if aiosqlite_trips > 0 else math.nan
+    rest_us = app_us - read_us - jwt_us
+    if validation is not None and (validation.share or 0) >= 0.5:
+        graphql_text = (
+            f"The rest of the app (Starlette, Strawberry) adds about {rest_us:,.0f} µs, and most of that is "
+            f"GraphQL validation: the unchanged query document is validated again on "
+            f"{validation.share:.0%} of requests, {validation.cpu_us:,.0f} µs of CPU each. ValidationCache never hits "
+            "because its key includes the validation-rule classes, and the QueryDepthLimiter and "
+            "MaxAliasesLimiter extensions, built per request by `schema.root.build_schema`, create new "
+            "rule classes every time."
+        )
+    else:
+        graphql_text = (
+            f"The rest of the app (Starlette, Strawberry's request handling and execution) adds about "
+            f"{rest_us:,.0f} µs."
+        )
+    build_text = (
+        f" Building the SELECT statement object alone (`stats_query`, on every read) takes {build_us:,.0f} µs of that."
+        if not math.isnan(build_us)
+        else ""
+    )
     out.append(
         f"3. **Within 4x of the floor ({status[2]}).** The floor answers in {ms(floor_small['p50'])} ms "
         f"at one client ({cpu(cpu_of[('floor', small, 1)])} server CPU per request: uvicorn, httptools, "
         f"Starlette). A 4x budget leaves about {4 * floor_small['p50'] - floor_small['p50']:,.0f} µs for "
         f"everything Tally adds; Tally takes {ms(t_small['p50'])} ms ({cpu(cpu_of[('tally', small, 1)])} "
-        f"server CPU). In process (table *Where a Tally read spends its time*): the SELECT itself costs "
-        f"{sqlite_us:,.0f} µs in sqlite3, the JWT check {jwt_us:,.0f} µs, but `Database.read(get_stats)` "
-        f"costs {read_us:,.0f} µs, because the async SQLAlchemy session over aiosqlite makes "
-        f"{read_trips} calls into aiosqlite's worker thread per read (BEGIN, execute, fetch, cursor "
+        f"server CPU). In process (table *Where a Tally read spends its time*, {large} org, CPU per call): "
+        f"the SELECT itself costs {sqlite_us:,.0f} µs in sqlite3 and the JWT check {jwt_us:,.0f} µs, but "
+        f"`Database.read(get_stats)` costs {read_us:,.0f} µs: the async SQLAlchemy session over aiosqlite "
+        f"makes {read_trips} calls into aiosqlite's worker thread per read (BEGIN, execute, fetch, cursor "
         f"closes, ROLLBACK on close and again on return to the pool), each a cross-thread handoff "
-        f"(about {per_trip:,.0f} µs each here, measured with bare aiosqlite), plus SQLAlchemy's ORM "
-        f"session and result machinery. Strawberry's execution of the query adds about "
-        f"{execute_us - read_us - jwt_us:,.0f} µs (parse and validation are cached). So the gap is the "
-        "database access layer first and GraphQL execution second; neither is specific to the "
-        "aggregate design, which already reduces the read to one row."
+        f"(about {per_trip:,.0f} µs of wall time each here, measured with bare aiosqlite), plus "
+        f"SQLAlchemy's statement and result machinery.{build_text} {graphql_text} In all, {app_us:,.0f} µs "
+        f"of CPU per request in process, against {cpu(cpu_of[('tally', large, 1)])} per request in the "
+        f"HTTP server (which adds uvicorn's share, about the floor's). None of this is specific to the aggregate design, which "
+        "already reduces the read to one row; it is the cost of the layers around that row."
     )
     rates = {label: get("tally", label, 16)["rps"] for label in labels}
     worst = min(rates, key=lambda label: rates[label])
     tally_cpu16 = cpu_of[("tally", worst, 16)]
+    rate_steps = {step.key: step.us for step in breakdown if step.key.startswith("rate")}
+    one_client = {label: get("tally", label, 1)["rps"] for label in labels}
+    collapse = ""
+    if rates[worst] < one_client[worst]:
+        collapse = (
+            f" Worse, Tally serves fewer requests per second with 16 clients than with one "
+            f"({rate(rates[worst])} vs {rate(one_client[worst])} at {worst}), while the floor gains. "
+        )
+        if {"rate1", "rate16", "rate16-short"} <= rate_steps.keys():
+            r1, r16, short = rate_steps["rate1"], rate_steps["rate16"], rate_steps["rate16-short"]
+            collapse += (
+                f"The app alone, in process (no HTTP, no client process), does {rate(r1)} requests/s with one "
+                f"caller and {rate(r16)} with 16"
+            )
+            if r16 >= r1 * 0.9:
+                collapse += ", so there the loss with concurrency is small or absent. "
+            elif short >= r16 * 1.15:
+                collapse += (
+                    f", and {rate(short)} with 16 when Python hands the GIL between threads 10x more often. "
+                    f"That points at aiosqlite under the GIL: each read makes {read_trips} handoffs to a "
+                    "worker thread and back, and with 16 reads in flight the event loop is busy with "
+                    "CPU-heavy work for other requests (validation above all), so each handoff waits for "
+                    "the GIL (a waiting thread gets it only after the switch interval, 5 ms by default)."
+                )
+            else:
+                collapse += (
+                    f"; handing the GIL between threads 10x more often gave {rate(short)}, so this run does "
+                    "not pin down the cause (16 connections, each with its own aiosqlite worker thread, "
+                    "compete with the event loop for the GIL and for two cores)."
+                )
     out.append(
         f"4. **1,000 requests/s at 16 clients ({status[3]}).** One worker is one event loop: its "
         f"ceiling is about 1 s / server CPU per request. At 16 clients Tally used "
         f"{cpu(tally_cpu16)} of server CPU per request ({worst} org), a ceiling near "
         f"{1e6 / tally_cpu16:,.0f} requests/s even with a core to itself; it reached {rate(rates[worst])}. "
         f"The floor, at {cpu(cpu_of[('floor', worst, 16)])} per request, reached "
-        f"{rate(get('floor', worst, 16)['rps'])}. On this 2-core machine the load generator takes part "
-        "of the other core (aiosqlite's worker threads want it too), so a dedicated client machine "
+        f"{rate(get('floor', worst, 16)['rps'])}.{collapse} On this 2-core machine the load generator takes "
+        "part of the other core (aiosqlite's worker threads want it too), so a dedicated client machine "
         "would show somewhat more, but not past the CPU ceiling."
     )
     with_http, without_http = http

@@ -149,13 +149,13 @@ def recount(path: Path, org_id: str) -> dict[str, int]:
 
 
 def stored(path: Path, org_id: str) -> tuple[dict[str, int], int]:
-    """The load counters and version in the org's organization_stats row."""
+    """The load counters and version of the org's aggregate (summed over its rows, should the
+    aggregate be spread over several rows per org)."""
     columns = [*LOAD_STATUS_COUNTERS.values(), *LOAD_TYPE_COUNTERS.values()]
+    sums = ", ".join(f"sum({c})" for c in [*columns, "version"])
     conn = sqlite3.connect(path)
     try:
-        row = conn.execute(
-            f"SELECT {', '.join(columns)}, version FROM organization_stats WHERE org_id = ?", (org_id,)
-        ).fetchone()
+        row = conn.execute(f"SELECT {sums} FROM organization_stats WHERE org_id = ?", (org_id,)).fetchone()
     finally:
         conn.close()
     return dict(zip(columns, row[:-1], strict=True)), int(row[-1])

@@ -41,7 +41,7 @@ from db.unit_of_work import Database
 from schema.auth import Authenticated
 from schema.context import Info
 from schema.enums import LoadStatus
-from schema.root import Mutation, Query, Subscription, TallySchema
+from schema.root import Mutation, Query
 from schema.types import Load, LoadStatusCounts
 
 T = TypeVar("T")
@@ -118,21 +118,22 @@ class BenchMutation(Mutation):
     )
 
 
-def naive_schema() -> strawberry.Schema:
-    tally = main.build_schema()  # the same extensions and config as Tally's schema
-    return TallySchema(
-        query=NaiveQuery,
-        mutation=BenchMutation,
-        subscription=Subscription,
-        extensions=list(tally.extensions),
-        config=tally.config,
-    )
-
-
 def naive_app() -> Starlette:
-    schema = naive_schema()
+    """`main.create_app`, with the schema it builds swapped for the bench schema: same
+    extensions (limits, caches, error codes) and config, NaiveQuery and BenchMutation."""
     build_schema = main.build_schema
-    main.build_schema = lambda **_: schema  # type: ignore[assignment]
+
+    def build_bench_schema(*args: Any, **kwargs: Any) -> strawberry.Schema:
+        tally = build_schema(*args, **kwargs)
+        return type(tally)(
+            query=NaiveQuery,
+            mutation=BenchMutation,
+            subscription=tally.subscription,
+            extensions=list(tally.extensions),
+            config=tally.config,
+        )
+
+    main.build_schema = build_bench_schema  # type: ignore[assignment]
     try:
         return main.create_app(settings())
     finally:

@@ -14,6 +14,8 @@ from db.organizations import ensure_organization
 from db.queries import customer_in_org, lock_where
 from db.rules import LaneKey, check_text, is_upgrade, match_lane_type
 
+RATE_TYPE_LENGTH = 50  # models.Lane.rate_type is String(50): PostgreSQL refuses longer text
+
 
 @dataclass(frozen=True)
 class Promotion:
@@ -33,7 +35,7 @@ async def create_lane(
 ) -> tuple[Lane, Promotion]:
     check_text(hcr, "hcr", required=True)
     check_text(trip_number, "tripNumber", required=True)
-    check_text(rate_type, "rateType")
+    check_text(rate_type, "rateType", max_len=RATE_TYPE_LENGTH)
     await ensure_organization(session, org_id)
     customer = await customer_in_org(session, customer_id, org_id)
     existing = await session.scalar(

@@ -28,6 +28,7 @@ from db.aggregates import (
     correct,
     stats_query,
 )
+from db.errors import TallyError
 from db.models import (
     Invoice,
     Load,
@@ -36,7 +37,9 @@ from db.models import (
     StatsCorrection,
     utcnow,
 )
+from db.organizations import ensure_organization
 from db.queries import get_stats
+from db.rules import check_text
 from db.unit_of_work import Database
 
 log = logging.getLogger("tally.recalculation")
@@ -120,6 +123,7 @@ async def recalculate_org(db: Database, org_id: str, run_id: int) -> Recalculati
         drift = await drift_report(db, org_id)
 
         async def apply(session: AsyncSession, drift: Drift = drift) -> StatsSnapshot | None:
+            await ensure_organization(session, org_id)  # the stats row needs its org (foreign key)
             snapshot = await session.run_sync(lambda sync: correct(sync, org_id, drift.delta, drift.epoch))
             if snapshot is not None:
                 for d in drift.counters:
@@ -169,6 +173,8 @@ async def finish_run(db: Database, run_id: int, results: list[Recalculation], er
 
 async def recalculate(db: Database, org_ids: list[str] | None, trigger: str) -> list[Recalculation]:
     """One recorded run over these orgs (None: every org)."""
+    for org_id in org_ids or []:
+        check_text(org_id, "orgId", required=True)  # refused before any run is recorded
     run_id = await start_run(db, trigger)
     results: list[Recalculation] = []
     try:
@@ -177,7 +183,13 @@ async def recalculate(db: Database, org_ids: list[str] | None, trigger: str) -> 
         for org_id in org_ids:
             results.append(await recalculate_org(db, org_id, run_id))
     except Exception as error:
-        await finish_run(db, run_id, results, error=repr(error))
+        # Admins read runs (recalculationRuns.error): a domain refusal says why; anything
+        # else is recorded without its text (it may hold SQL) and logged by the caller.
+        if isinstance(error, TallyError):
+            recorded = f"{error.code}: {error.message}"
+        else:
+            recorded = "internal error (see the server log)"
+        await finish_run(db, run_id, results, error=recorded)
         raise
     await finish_run(db, run_id, results)
     return results

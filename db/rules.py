@@ -76,7 +76,10 @@ MAX_TEXT = 200
 
 
 def check_text(value: str | None, field: str, *, required: bool = False, max_len: int = MAX_TEXT) -> str | None:
-    """Refuse blank required strings and strings over `max_len` characters."""
+    """Refuse blank required strings, strings over `max_len` characters, and text no
+    database stores: NUL (PostgreSQL refuses it) or lone surrogates (not UTF-8)."""
+    if value is not None and not is_storable(value):
+        raise BadInput(f"{field} contains a NUL character or invalid Unicode")
     if value is None or not value.strip():
         if required:
             raise BadInput(f"{field} must not be blank")
@@ -84,3 +87,14 @@ def check_text(value: str | None, field: str, *, required: bool = False, max_len
     if len(value) > max_len:
         raise BadInput(f"{field} is longer than {max_len} characters")
     return value
+
+
+def is_storable(value: str) -> bool:
+    """Text that both databases store as given: no NUL, valid UTF-8 (no lone surrogates)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

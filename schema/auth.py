@@ -14,6 +14,7 @@ import jwt
 from strawberry.permission import BasePermission
 
 from db.errors import Forbidden, Unauthenticated
+from db.rules import check_text
 
 if TYPE_CHECKING:
     from schema.context import Info
@@ -62,10 +63,7 @@ class JwksKeys:
     async def key(self, kid: str | None) -> Any:
         if kid not in self._keys:
             async with self._lock:
-                if (
-                    kid not in self._keys
-                    and time.monotonic() - self._refreshed_at >= self.min_refresh_seconds
-                ):
+                if kid not in self._keys and time.monotonic() - self._refreshed_at >= self.min_refresh_seconds:
                     await self._refresh()
         if kid not in self._keys:
             raise Unauthenticated("Token signed by an unknown key")
@@ -129,9 +127,7 @@ class TokenVerifier:
         role, org_id = claims.get("role"), claims.get("org_id")
         if role not in ROLES or (role != "service" and not isinstance(org_id, str)):
             raise Unauthenticated("Token lacks a valid role and org_id")
-        return Principal(
-            subject=str(claims["sub"]), role=role, org_id=org_id, expires_at=float(claims["exp"])
-        )
+        return Principal(subject=str(claims["sub"]), role=role, org_id=org_id, expires_at=float(claims["exp"]))
 
     def issue(self, *, org_id: str | None, role: str, subject: str, ttl_seconds: int) -> str:
         if not self.secret:
@@ -158,6 +154,7 @@ class Authenticated(BasePermission):
         principal = info.context.principal
         org_id = _org_argument(kwargs)
         if org_id is not None:
+            check_text(org_id, "orgId")  # no org id holds NUL, bad Unicode or 200+ characters
             principal.authorize_org(org_id)
         return True
 

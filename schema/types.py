@@ -97,9 +97,7 @@ class OrganizationStats:
     load_types: LoadTypeCounts
     invoices: InvoiceStatusCounts
     version: int = strawberry.field(
-        description=(
-            "Increases by exactly 1 for every committed transaction that changed any count of this org."
-        )
+        description=("Increases by exactly 1 for every committed transaction that changed any count of this org.")
     )
     updated_at: datetime
     last_recalculated_at: datetime | None

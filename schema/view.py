@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from typing import Any
 
+from cross_web import HTTPException
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -25,9 +27,7 @@ CONNECTION = "tally.connection"  # ASGI scope key: per-WebSocket bookkeeping
 
 
 class TallyGraphQL(GraphQL[Context, None]):
-    def __init__(
-        self, db: Database, verifier: TokenVerifier, hub: StatsHub, limits: Limits, **kwargs: Any
-    ) -> None:
+    def __init__(self, db: Database, verifier: TokenVerifier, hub: StatsHub, limits: Limits, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.db = db
         self.verifier = verifier
@@ -48,6 +48,22 @@ class TallyGraphQL(GraphQL[Context, None]):
                 self.connections.release(connection["token"])
             if "expiry" in connection:
                 connection["expiry"].cancel()
+
+    def parse_json(self, data: str | bytes) -> Any:
+        """JSON from a request: what cannot be decoded is a 400, never a 500.
+
+        Strawberry lets a body that is not UTF-8, nested too deeply for the decoder, or
+        valid JSON but no object (`null`, `"x"`, `42`) fail as a 500. A body arrives as
+        bytes (GET parameters, also parsed here, as str): it must be an object (or a
+        list, which Strawberry refuses as a batch).
+        """
+        try:
+            value = self.decode_json(data)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+            raise HTTPException(400, "Unable to parse request body as JSON") from error
+        if isinstance(data, bytes) and not isinstance(value, dict | list):
+            raise HTTPException(400, "The request body must be a JSON object")
+        return value
 
     async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
         auth: Any
