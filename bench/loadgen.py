@@ -8,8 +8,9 @@ Content-Length) to keep the client's own CPU cost per request small: on a
 2-core machine the client competes with the server for CPU.
 
 Spec keys: host, port, path, headers (dict), bodies (list of str, sent in
-turn: one global sequence shared by all clients), expect (exact response body
-or null), warmup, duration, min_samples, max_duration (seconds).
+turn: one global sequence shared by all clients), expect (exact response body,
+or one per body, or null), warmup, duration, min_samples, max_duration
+(seconds), split (also return the latencies per body: `latencies_by_body`).
 
 Every response must be HTTP 200, must not contain `"errors"`, and must equal
 `expect` when given; anything else is counted as an error.
@@ -102,7 +103,13 @@ def encode_requests(spec: dict[str, Any]) -> list[bytes]:
 async def run(spec: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     requests = encode_requests(spec)
-    expect = spec["expect"].encode() if spec.get("expect") is not None else None
+    raw_expect = spec.get("expect")
+    expects: list[bytes | None] = (
+        [e.encode() for e in raw_expect]
+        if isinstance(raw_expect, list)
+        else [raw_expect.encode() if raw_expect is not None else None] * len(requests)
+    )
+    by_body: list[list[int]] = [[] for _ in requests]
     state = {"next": 0, "measuring": False, "stopped": False}
     window: dict[str, int] = {}
     latencies_us: list[int] = []
@@ -125,7 +132,9 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     async def client(transport: asyncio.Transport, protocol: HttpClient) -> None:
         nonlocal completed_ok
         while not state["stopped"]:
-            request = requests[state["next"] % len(requests)]
+            index = state["next"] % len(requests)
+            request = requests[index]
+            expect = expects[index]
             state["next"] += 1
             protocol.waiter = loop.create_future()
             started = perf_ns()
@@ -142,6 +151,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
             completed_ok += 1
             if state["measuring"] and not state["stopped"]:
                 latencies_us.append((done - started) // 1000)
+                by_body[index].append(latencies_us[-1])
                 if len(latencies_us) >= spec["min_samples"]:
                     enough.set()
 
@@ -168,6 +178,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         "concurrency": spec["concurrency"],
         "seconds": seconds,
         "latencies_us": latencies_us,
+        **({"latencies_by_body": by_body} if spec.get("split") else {}),
         "requests_per_second": len(latencies_us) / seconds,
         "completed_ok": completed_ok,
         "errors": len(errors),

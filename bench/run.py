@@ -55,6 +55,8 @@ SET_STATUS_WITHOUT_AGGREGATE = (
     "mutation SetStatus($id: ID!, $status: LoadStatus!) "
     "{ updateLoadStatus: updateLoadStatusWithoutAggregate(id: $id, status: $status) { id status } }"
 )
+NAIVE_SQL = "SELECT status, count(*) FROM loads WHERE org_id = ? GROUP BY status"  # what naive_app runs
+PLANS: list[dict[str, Any]] = []  # EXPLAIN QUERY PLAN of the reads (filled by read_breakdown)
 POOL = 500  # loads per mutation run; each run toggles its own, so every change is a real one
 
 
@@ -90,6 +92,7 @@ class Cell:
     client_cpu_us_per_request: float | None
     foreign_cpu: float | None = None  # share of the machine's CPU used by other processes meanwhile
     round_trips: int | None = None  # calls into aiosqlite's thread per operation (db layer only)
+    by_body: list[list[int]] | None = None  # latencies per request body (interleaved measurements)
     attempts: int = 1
     stats: dict[str, float] = field(init=False)
 
@@ -266,9 +269,10 @@ def measure(
     path: str,
     token: str | None,
     bodies: list[str],
-    expect: str | None,
+    expect: str | list[str] | None,
     concurrency: int,
     profile: Profile,
+    split: bool = False,
 ) -> Cell:
     spec = {
         "host": "127.0.0.1",
@@ -282,6 +286,7 @@ def measure(
         "duration": profile.duration,
         "min_samples": profile.min_samples,
         "max_duration": profile.max_duration,
+        "split": split,
     }
     cpu_before = server.cpu_seconds()
     busy_before, children_before, wall_before = busy_seconds(), children_cpu(), time.monotonic()
@@ -319,6 +324,7 @@ def measure(
         client_cpu_us_per_request=result["client_cpu_us_per_request"],
         foreign_cpu=foreign,
     )
+    cell.by_body = result.get("latencies_by_body")
     s = cell.stats
     log(
         f"  {variant:<24} {label:<9} c={concurrency:<2}  p50 {s['p50'] / 1000:8.3f} ms  "
@@ -476,6 +482,7 @@ async def read_breakdown(path: Path, url: str, org_id: str, token: str, calls: i
     import sqlite3
 
     import aiosqlite
+    from sqlalchemy import event
 
     from bench.servers import tally_app
     from db.queries import get_stats
@@ -531,8 +538,37 @@ async def read_breakdown(path: Path, url: str, org_id: str, token: str, calls: i
                 lambda: db.read(lambda s: get_stats(s, org_id)),
             )
         )
+        # The SQL Tally actually runs for a read, captured from the engine, for its query plan.
+        captured: list[tuple[str, Any]] = []
+
+        def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+            if statement.lstrip().upper().startswith("SELECT"):
+                captured.append((statement, parameters))
+
+        event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
+        await db.read(lambda s: get_stats(s, org_id))
+        event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
     finally:
         await db.dispose()
+    plan_conn = sqlite3.connect(path)
+    try:
+        for statement, parameters in captured:
+            PLANS.append(
+                {
+                    "what": "Tally's countLoadsByStatus read (`get_stats`)",
+                    "sql": " ".join(statement.split()),
+                    "plan": [row[-1] for row in plan_conn.execute("EXPLAIN QUERY PLAN " + statement, parameters)],
+                }
+            )
+        PLANS.append(
+            {
+                "what": "the naive resolver",
+                "sql": NAIVE_SQL,
+                "plan": [row[-1] for row in plan_conn.execute("EXPLAIN QUERY PLAN " + NAIVE_SQL, (org_id,))],
+            }
+        )
+    finally:
+        plan_conn.close()
 
     os.environ["BENCH_DATABASE_URL"] = url
     app = tally_app()
@@ -690,7 +726,9 @@ async def call_asgi(app: Any, body: bytes, token: str) -> bytes:
     return b"".join(chunks)
 
 
-def breakdown_in_subprocess(seeded: Seeded, org_id: str, token: str, calls: int) -> list[report.Step]:
+def breakdown_in_subprocess(
+    seeded: Seeded, org_id: str, token: str, calls: int
+) -> tuple[list[report.Step], list[dict[str, Any]]]:
     """read_breakdown in a fresh process (`python -m bench --breakdown SPEC`), away from this
     process's state (its memory, its earlier event loops)."""
     spec = json.dumps({"path": str(seeded.path), "url": seeded.url, "org_id": org_id, "token": token, "calls": calls})
@@ -704,7 +742,8 @@ def breakdown_in_subprocess(seeded: Seeded, org_id: str, token: str, calls: int)
     )
     if done.returncode != 0:
         raise RuntimeError(f"the in-process breakdown failed:\n{done.stderr}")
-    return [report.Step(**step) for step in json.loads(done.stdout)]
+    result = json.loads(done.stdout)
+    return [report.Step(**step) for step in result["steps"]], result["plans"]
 
 
 def run_async(coro: Any) -> Any:
@@ -736,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.breakdown:
         spec = json.loads(args.breakdown)
         steps = run_async(read_breakdown(Path(spec["path"]), spec["url"], spec["org_id"], spec["token"], spec["calls"]))
-        print(json.dumps([asdict(step) for step in steps]))
+        print(json.dumps({"steps": [asdict(step) for step in steps], "plans": PLANS}))
         return 0
     # SIGTERM unwinds like Ctrl-C, so the servers started below are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -766,6 +805,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {"BENCH_DATABASE_URL": seeded.url}
     cells: list[Cell] = []
     mutation_cells: list[Cell] = []
+    interleaved: list[Cell] = []
     pools = Pools(seeded, runs=4 * profile.mutation_rounds + 1)
     with_total = 0  # committed changes that went through the aggregate (each bumps version by 1)
 
@@ -821,6 +861,24 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     )
 
+        log("countLoadsByStatus on Tally with the orgs interleaved (one service token, bodies alternate)")
+        service = verifier.issue(org_id=None, role="service", subject="bench", ttl_seconds=3600)
+        for concurrency in (1, 16):
+            interleaved.append(
+                measure(
+                    tally,
+                    "tally, orgs interleaved",
+                    "all orgs",
+                    path="/graphql",
+                    token=service,
+                    bodies=[count_body(org) for org in orgs],
+                    expect=[expected[org] for org in orgs],
+                    concurrency=concurrency,
+                    profile=profile,
+                    split=True,
+                )
+            )
+
         log("status change over HTTP, one client (rounds alternate which variant goes first)")
         mutation_token = tokens[MUTATION_ORG]
         for round_ in range(profile.mutation_rounds):
@@ -865,7 +923,7 @@ def main(argv: list[str] | None = None) -> int:
     with_total += sum(c.completed_ok for c in db_cells if c.variant == "with aggregate")
 
     log("where a read spends its time (in process)")
-    breakdown = breakdown_in_subprocess(seeded, orgs[-1], tokens[orgs[-1]], calls=100 if args.quick else 600)
+    breakdown, plans = breakdown_in_subprocess(seeded, orgs[-1], tokens[orgs[-1]], calls=100 if args.quick else 600)
     for step in breakdown:
         log(
             f"  wall {step.us:8.0f}  cpu {step.cpu_us:8.0f} µs  "
@@ -896,8 +954,10 @@ def main(argv: list[str] | None = None) -> int:
         seeded=seeded,
         cells=cells,
         mutation_cells=mutation_cells,
+        interleaved=interleaved,
         db_cells=db_cells,
         breakdown=breakdown,
+        plans=plans,
         exactness=(exact, check),
         server_flags=f"--workers 1 --loop {loop} --http {http} --no-access-log --log-level warning",
         elapsed=elapsed,
