@@ -224,6 +224,7 @@ def render(
     add("```sh")
     add("uv run python -m bench           # full run (~6-10 min on 2 cores): rewrites docs/benchmarks.md")
     add("uv run python -m bench --quick   # smoke run (< 1 min, sizes 1k/10k): writes bench/results/quick.md")
+    add("uv run python -m bench --report-only bench/results/last-full-run.json   # re-render, measure nothing")
     add("```\n")
     quick_note = (
         " **This is a quick smoke run: short windows and orgs of at most 10k loads; do not compare its "
@@ -713,10 +714,12 @@ def explain(
     rate_steps = {step.key: step.us for step in breakdown if step.key.startswith("rate")}
     one_client = {label: get("tally", label, 1)["rps"] for label in labels}
     collapse = ""
-    if rates[worst] < one_client[worst]:
+    if rates[worst] < 0.85 * one_client[worst]:
+        floor_gains = get("floor", worst, 16)["rps"] > get("floor", worst, 1)["rps"]
         collapse = (
             f" Worse, Tally serves fewer requests per second with 16 clients than with one "
-            f"({rate(rates[worst])} vs {rate(one_client[worst])} at {worst}), while the floor gains. "
+            f"({rate(rates[worst])} vs {rate(one_client[worst])} at {worst})"
+            + (", while the floor gains. " if floor_gains else ". ")
         )
         if {"rate1", "rate16", "rate16-short"} <= rate_steps.keys():
             r1, r16, short = rate_steps["rate1"], rate_steps["rate16"], rate_steps["rate16-short"]
@@ -725,7 +728,7 @@ def explain(
                 f"caller and {rate(r16)} with 16"
             )
             if r16 >= r1 * 0.9:
-                collapse += ", so there the loss with concurrency is small or absent. "
+                collapse += ", so there the loss with concurrency is small or absent."
             elif short >= r16 * 1.15:
                 collapse += (
                     f", and {rate(short)} with 16 when Python hands the GIL between threads 10x more often. "
@@ -746,7 +749,7 @@ def explain(
         f"{cpu(tally_cpu16)} of server CPU per request ({worst} org), a ceiling near "
         f"{1e6 / tally_cpu16:,.0f} requests/s even with a core to itself; it reached {rate(rates[worst])}. "
         f"The floor, at {cpu(cpu_of[('floor', worst, 16)])} per request, reached "
-        f"{rate(get('floor', worst, 16)['rps'])}.{collapse} On this 2-core machine the load generator takes "
+        f"{rate(get('floor', worst, 16)['rps'])}.{collapse.rstrip()} On this 2-core machine the load generator takes "
         "part of the other core (aiosqlite's worker threads want it too), so a dedicated client machine "
         "would show somewhat more, but not past the CPU ceiling."
     )

@@ -771,7 +771,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data-dir", type=Path, default=RESULTS, help="where the SQLite file is created")
     parser.add_argument("--breakdown", help=argparse.SUPPRESS)  # internal: see breakdown_in_subprocess
+    parser.add_argument(
+        "--report-only",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: re-render the report from a saved run (bench/results/last-*-run.json)",
+    )
     args = parser.parse_args(argv)
+    if args.report_only:
+        run = json.loads(args.report_only.read_text())
+        out = args.out or (RESULTS / "quick.md" if run["profile"] == "quick" else ROOT / "docs" / "benchmarks.md")
+        write_report(run, out)
+        log(f"wrote {out} from {args.report_only}")
+        return 0
     if args.breakdown:
         spec = json.loads(args.breakdown)
         steps = run_async(read_breakdown(Path(spec["path"]), spec["url"], spec["org_id"], spec["token"], spec["calls"]))
@@ -948,24 +960,56 @@ def main(argv: list[str] | None = None) -> int:
 
     elapsed = time.monotonic() - started
     loop, http = server_flags()
+    run = {
+        "profile": profile.name,
+        "machine": machine,
+        "seeded": {**asdict(seeded), "path": str(seeded.path)},
+        "cells": [cell_json(c) for c in cells],
+        "mutation_cells": [cell_json(c) for c in mutation_cells],
+        "interleaved": [cell_json(c) for c in interleaved],
+        "db_cells": [cell_json(c) for c in db_cells],
+        "breakdown": [asdict(step) for step in breakdown],
+        "plans": plans,
+        "exactness": [exact, check],
+        "server_flags": f"--workers 1 --loop {loop} --http {http} --no-access-log --log-level warning",
+        "elapsed": elapsed,
+    }
+    raw = RESULTS / f"last-{profile.name}-run.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps(run))
+    write_report(run, out)
+    log(f"wrote {out} in {elapsed:.0f} s (raw results: {raw})")
+    return 0 if exact else 1
+
+
+def cell_json(cell: Cell) -> dict[str, Any]:
+    data = asdict(cell)
+    data.pop("stats")  # recomputed from the latencies
+    return data
+
+
+def write_report(run: dict[str, Any], out: Path) -> None:
+    """Render a run (as saved in bench/results/last-*-run.json) to Markdown at `out`."""
+
+    def cells(key: str) -> list[Cell]:
+        return [Cell(**data) for data in run[key]]
+
     text = report.render(
-        profile=profile,
-        machine=machine,
-        seeded=seeded,
-        cells=cells,
-        mutation_cells=mutation_cells,
-        interleaved=interleaved,
-        db_cells=db_cells,
-        breakdown=breakdown,
-        plans=plans,
-        exactness=(exact, check),
-        server_flags=f"--workers 1 --loop {loop} --http {http} --no-access-log --log-level warning",
-        elapsed=elapsed,
+        profile=FULL if run["profile"] == "full" else QUICK,
+        machine=run["machine"],
+        seeded=Seeded(**{**run["seeded"], "path": Path(run["seeded"]["path"])}),
+        cells=cells("cells"),
+        mutation_cells=cells("mutation_cells"),
+        interleaved=cells("interleaved"),
+        db_cells=cells("db_cells"),
+        breakdown=[report.Step(**step) for step in run["breakdown"]],
+        plans=run["plans"],
+        exactness=(run["exactness"][0], run["exactness"][1]),
+        server_flags=run["server_flags"],
+        elapsed=run["elapsed"],
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    log(f"wrote {out} in {elapsed:.0f} s")
-    return 0 if exact else 1
 
 
 def _assigned_among(path: Path, ids: list[int]) -> int:
