@@ -214,7 +214,7 @@ async def test_two_processes_64_clients_stay_exact(databases: Databases, redis_s
             f"outcomes: {dict(workload.outcomes)}; final version {final_version}; events {[len(v) for v in seen.values()]}"
         )
         assert not workload.unexpected, workload.unexpected[:5]
-        assert workload.outcomes["ok"] > 300
+        assert workload.outcomes["ok"] > 150
         for versions in seen.values():
             assert versions == sorted(set(versions)), "versions must strictly increase"
             assert versions[-1] == final_version

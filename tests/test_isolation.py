@@ -655,14 +655,13 @@ async def state(db: Database) -> tuple[Any, ...]:
 
 
 @pytest.mark.parametrize("op", HTTP_OPS)
-@pytest.mark.parametrize("role", ["member", "admin"])
 async def test_aiming_at_another_org_is_refused_and_changes_nothing(
-    api: Api, db: Database, worlds: dict[str, World], op: str, role: str
+    api: Api, db: Database, worlds: dict[str, World], op: str
 ) -> None:
-    caller = api.as_(token(ORG_A, role))
     own, b = worlds[ORG_A], worlds[ORG_B]
     before = await state(db)
-    for case in MATRIX[op].foreign:
+    for role, case in [(role, case) for role in ("member", "admin") for case in MATRIX[op].foreign]:
+        caller = api.as_(token(ORG_A, role))
         expect = case.expect if allowed(op, role) else "FORBIDDEN"
         real = await post(caller, case.build(own, aim_at(b)))
         unknown = await post(caller, case.build(own, UNKNOWN_AIM))
@@ -681,7 +680,7 @@ async def test_aiming_at_another_org_is_refused_and_changes_nothing(
             assert named and set(named) == {"<id>"}, (where, real)
         # B's real ids are answered exactly like ids that name nothing.
         assert replace_ids(real, aim_at(b).placeholders) == replace_ids(unknown, UNKNOWN_AIM.placeholders), where
-    assert await state(db) == before, f"{op} as {role} of A changed something"
+        assert await state(db) == before, f"{where} changed something"
 
 
 @pytest.mark.parametrize("op", HTTP_OPS)
@@ -692,7 +691,7 @@ async def test_role_rules_on_the_callers_own_org(api: Api, db: Database, worlds:
     for role, org in (("member", ORG_A), ("admin", ORG_A), ("service", ORG_B), ("service", ORG_A)):
         caller = api.as_(token(None if role == "service" else org, role))
         call = await MATRIX[op].happy(svc, worlds[org])
-        before = await state(db)
+        before = None if allowed(op, role) else await state(db)
         body = await post(caller, call)
         where = f"{op} as {role} on {org}"
         if allowed(op, role):
