@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, event, func, inspect, select
+from sqlalchemy import Select, Table, bindparam, event, func, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
@@ -216,8 +216,7 @@ def _upsert(
     return StatsSnapshot.from_row(row) if row else None
 
 
-def stats_query(org_id: str) -> Select[Any]:
-    """The org's stats in one statement: the sums over its shard rows."""
+def _build_stats_query() -> Select[Any]:
     table = _table()
     return (
         select(
@@ -228,9 +227,14 @@ def stats_query(org_id: str) -> Select[Any]:
             func.max(table.c.updated_at).label("updated_at"),
             func.max(table.c.last_recalculated_at).label("last_recalculated_at"),
         )
-        .where(table.c.org_id == org_id)
+        .where(table.c.org_id == bindparam("org_id"))
         .group_by(table.c.org_id)
     )
+
+
+# The org's stats in one statement: the sums over its shard rows. Built once (it is
+# on every read's path); execute it with {"org_id": ...}.
+STATS_QUERY = _build_stats_query()
 
 
 @event.listens_for(AggregateSession, "after_rollback")

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.aggregates import StatsSnapshot, mark_locked, stats_query
+from db.aggregates import STATS_QUERY, StatsSnapshot, mark_locked
 from db.errors import BadInput, NotFound
 from db.models import Customer, Invoice, Lane, Load, Organization
 
@@ -24,7 +24,7 @@ def parse_id(value: str) -> int | None:
 
 async def get_stats(session: AsyncSession, org_id: str) -> StatsSnapshot:
     """The whole aggregate row in one statement (zeros, version 0 for an unknown org)."""
-    row = (await session.execute(stats_query(org_id))).one_or_none()
+    row = (await session.execute(STATS_QUERY, {"org_id": org_id})).one_or_none()
     return StatsSnapshot.from_row(row) if row else StatsSnapshot.empty(org_id)
 
 

@@ -24,9 +24,9 @@ from db.aggregates import (
     INVOICE_STATUS_COUNTERS,
     LOAD_STATUS_COUNTERS,
     LOAD_TYPE_COUNTERS,
+    STATS_QUERY,
     StatsSnapshot,
     correct,
-    stats_query,
 )
 from db.errors import TallyError
 from db.models import (
@@ -89,7 +89,7 @@ def _counting(column: Any, counters: dict[str, str]) -> list[Any]:
 
 async def measure_drift(session: AsyncSession, org_id: str) -> Drift:
     """Stored row and recount; call inside one snapshot (`Database.read(snapshot=True)`)."""
-    row = (await session.execute(stats_query(org_id))).one_or_none()
+    row = (await session.execute(STATS_QUERY, {"org_id": org_id})).one_or_none()
     loads = (
         await session.execute(
             select(*_counting(Load.status, LOAD_STATUS_COUNTERS), *_counting(Load.load_type, LOAD_TYPE_COUNTERS)).where(
