@@ -21,7 +21,6 @@ from starlette.routing import Route, WebSocketRoute
 import web
 from db import recalculation as recalc
 from db.broadcast import StatsHub
-from db.queries import get_stats
 from db.scheduler import RecalculationScheduler
 from db.unit_of_work import Database
 from schema.auth import ROLES, JwksKeys, TokenVerifier
@@ -48,6 +47,9 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     recalc_interval_seconds: int = 86400
     query_stats: bool = False
+    # Count-query responses kept per stats row (schema/count_cache.py); 0 = off.
+    # TALLY_QUERY_STATS=1 turns it off: each response then reports its own statements.
+    count_cache_entries: int = 1024
     db_pool_size: int = 10
     stats_shards: int = 1
     log_level: str = "INFO"
@@ -87,7 +89,7 @@ class Settings(BaseSettings):
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     db = Database(settings.database_url, pool_size=settings.db_pool_size, stats_shards=settings.stats_shards)
-    hub = StatsHub(settings.broadcast_url, lambda org_id: db.read(lambda s: get_stats(s, org_id)))
+    hub = StatsHub(settings.broadcast_url, db.read_stats)
     db.after_commit.append(hub.publish)
     scheduler = RecalculationScheduler(db, settings.recalc_interval_seconds)
     graphql = TallyGraphQL(
@@ -96,12 +98,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         hub,
         settings.limits,
         schema=build_schema(settings.limits, query_stats=settings.query_stats),
+        count_cache_entries=0 if settings.query_stats else settings.count_cache_entries,
         graphql_ide="graphiql",
         keep_alive=True,
     )
 
     async def healthz(_request: Request) -> Response:
-        return JSONResponse({"status": "ok", "live": hub.snapshot_metrics()})
+        cache = graphql.count_cache
+        counts = {"hits": cache.hits, "misses": cache.misses} if cache is not None else None
+        return JSONResponse({"status": "ok", "live": hub.snapshot_metrics(), "countCache": counts})
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -127,6 +132,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware=[Middleware(BodySizeLimit, limit=settings.max_body_bytes)],
     )
     app.state.db = db
+    app.state.graphql = graphql
     app.state.hub = hub
     app.state.scheduler = scheduler
     app.state.settings = settings
@@ -194,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def operate(settings: Settings, command: str, org: str | None, as_json: bool) -> int:
     """The operator commands: rows out as a table (or JSON); 1 when drift was found."""
     db = Database(settings.database_url)
-    hub = StatsHub(settings.broadcast_url, lambda org_id: db.read(lambda s: get_stats(s, org_id)))
+    hub = StatsHub(settings.broadcast_url, db.read_stats)
     db.after_commit.append(hub.publish)  # corrections reach live subscribers (redis/postgres)
     await hub.start()
     try:

@@ -32,10 +32,16 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return engine
 
 
-def _count_statement(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+def count_statement() -> None:
+    """Count one SQL statement for the running operation (TALLY_QUERY_STATS)."""
     counter = statement_counter.get()
-    if counter is not None and not statement.startswith("BEGIN"):
+    if counter is not None:
         counter.statements += 1
+
+
+def _count_statement(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    if not statement.startswith("BEGIN"):
+        count_statement()
 
 
 def _make_sqlite_transactional(engine: AsyncEngine) -> None:

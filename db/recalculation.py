@@ -38,7 +38,6 @@ from db.models import (
     utcnow,
 )
 from db.organizations import ensure_organization
-from db.queries import get_stats
 from db.rules import check_text
 from db.unit_of_work import Database
 
@@ -145,7 +144,7 @@ async def recalculate_org(db: Database, org_id: str, run_id: int) -> Recalculati
                     d.actual,
                     run_id,
                 )
-            stats = await db.read(lambda s: get_stats(s, org_id))  # the org's sums, not one shard row
+            stats = await db.read_stats(org_id)  # the org's sums, not one shard row
             return Recalculation(org_id, drift.counters, stats)
     raise RuntimeError(f"recalculation of {org_id} kept racing another recalculation")
 

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from db.aggregates import COMMITTED, REREAD, SHARDS, AggregateSession, StatsSnapshot
 from db.engine import WRITE, create_engine
 from db.queries import get_stats
+from db.stats_reader import StatsReader
 
 T = TypeVar("T")
 Work = Callable[[AsyncSession], Awaitable[T]]
@@ -53,6 +54,11 @@ class Database:
             info={SHARDS: max(1, stats_shards)},
         )
         self.after_commit: list[AfterCommit] = []
+        self.stats = StatsReader(self.engine, lambda org_id: self.read(partial(get_stats, org_id=org_id)))
+
+    async def read_stats(self, org_id: str) -> StatsSnapshot:
+        """One org's committed stats: the one statement of every count query."""
+        return await self.stats.read(org_id)
 
     async def read(self, work: Work[T], *, snapshot: bool = False) -> T:
         """Run `work` in a read transaction; with snapshot=True all its reads see one
@@ -80,7 +86,7 @@ class Database:
         for snapshot in snapshots:
             if snapshot.org_id == org_id:
                 return result, snapshot
-        return result, await self.read(lambda session: get_stats(session, org_id))
+        return result, await self.read_stats(org_id)
 
     async def write_with_snapshots(self, work: Work[T]) -> tuple[T, list[StatsSnapshot]]:
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -98,7 +104,7 @@ class Database:
                 log.info("retrying transaction (attempt %d): %s", attempt, type(error.orig))
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
         for org_id in reread:  # sharded stats: the sums as committed (or later)
-            snapshots.append(await self.read(partial(get_stats, org_id=org_id)))
+            snapshots.append(await self.read_stats(org_id))
         await self._run_after_commit(snapshots)
         return result, snapshots
 
@@ -112,4 +118,5 @@ class Database:
                 log.exception("after-commit hook failed")
 
     async def dispose(self) -> None:
+        self.stats.close()
         await self.engine.dispose()

@@ -6,13 +6,13 @@ import strawberry
 
 from db.aggregates import StatsSnapshot
 from db.errors import BadInput
-from db.queries import get_stats
 from schema.context import Info
 from schema.types import InvoiceStatusCounts, LoadStatusCounts, OrganizationStats
 
 
 async def _stats(info: Info, org_id: str) -> StatsSnapshot:
-    return await info.context.db.read(lambda session: get_stats(session, org_id))
+    pinned = info.context.pinned_stats.get(org_id)
+    return pinned if pinned is not None else await info.context.db.read_stats(org_id)
 
 
 async def organization_stats(info: Info, org_id: strawberry.ID) -> OrganizationStats:

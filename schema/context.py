@@ -12,6 +12,7 @@ from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 
 from db import models
+from db.aggregates import StatsSnapshot
 from db.broadcast import StatsHub
 from db.errors import TallyError, Unauthenticated
 from db.queries import get_many
@@ -65,6 +66,8 @@ class Context:
     limits: Limits = field(default_factory=Limits)
     websocket: WebSocket | None = None
     active_subscriptions: int = 0
+    # Stats already read for this request (the count cache's miss path renders from them).
+    pinned_stats: dict[str, StatsSnapshot] = field(default_factory=dict)
     loaders: Loaders = field(init=False)
 
     def __post_init__(self) -> None:

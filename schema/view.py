@@ -20,6 +20,7 @@ from db.errors import BadInput, TallyError, Unauthenticated
 from db.unit_of_work import Database
 from schema.auth import TokenVerifier
 from schema.context import Context
+from schema.count_cache import PINNED, CountCache
 from schema.limits import ConnectionsPerToken, Limits
 
 CLOSE_TOKEN_EXPIRED = 4403
@@ -27,17 +28,30 @@ CONNECTION = "tally.connection"  # ASGI scope key: per-WebSocket bookkeeping
 
 
 class TallyGraphQL(GraphQL[Context, None]):
-    def __init__(self, db: Database, verifier: TokenVerifier, hub: StatsHub, limits: Limits, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        db: Database,
+        verifier: TokenVerifier,
+        hub: StatsHub,
+        limits: Limits,
+        *,
+        count_cache_entries: int = 0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.db = db
         self.verifier = verifier
         self.hub = hub
         self.limits = limits
         self.connections = ConnectionsPerToken(limits.connections_per_token)
+        self.count_cache = CountCache(db, verifier, count_cache_entries) if count_cache_entries > 0 else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "websocket":
-            await super().__call__(scope, receive, send)
+        if scope["type"] == "http":
+            if self.count_cache is not None and scope["method"] == "POST":
+                await self.count_cache(scope, receive, send, super().__call__)
+            else:
+                await super().__call__(scope, receive, send)
             return
         connection: dict[str, Any] = {}
         scope[CONNECTION] = connection
@@ -75,6 +89,7 @@ class TallyGraphQL(GraphQL[Context, None]):
             except TallyError as error:
                 auth = error
         context = Context(db=self.db, hub=self.hub, auth=auth, limits=self.limits)
+        context.pinned_stats = request.scope.get(PINNED, context.pinned_stats)
         if isinstance(request, WebSocket):
             context.websocket = request
         return context

@@ -17,6 +17,8 @@ step (one mutation = at most one transaction) checks, for both orgs:
   all (refusals, no-ops, other org's writes), and equals the model's count of
   changing transactions;
 - every load and invoice row is as the model has it;
+- organizationStats of each org, asked the same way after every step, so the
+  count cache answers it (a reused response would show a stale row);
 - every fifth check: organizationStats over GraphQL, and tests.helpers'
   recount/stored, agree.
 """
@@ -140,6 +142,8 @@ Q_STATS = (
     f'b: organizationStats(orgId: "org_b") {{ {STATS_FIELDS} }} }}'
 )
 
+Q_ORG_STATS = f"query($o: ID!) {{ organizationStats(orgId: $o) {{ {STATS_FIELDS} }} }}"
+
 
 @dataclass
 class MLoad:
@@ -234,6 +238,7 @@ class TallyMachine(RuleBasedStateMachine):
     # Set by the test below: makes (SQLite) or resets (PostgreSQL) the database of one example.
     databases: ClassVar[Databases]
     shared_url: ClassVar[str | None] = None
+    count_cache_hits: ClassVar[int] = 0
 
     def __init__(self) -> None:
         super().__init__()
@@ -281,6 +286,8 @@ class TallyMachine(RuleBasedStateMachine):
                 await self.client.aclose()
                 await self.db.dispose()
 
+        if self.client is not None:
+            TallyMachine.count_cache_hits += self.app.state.graphql.count_cache.hits
         try:
             self.run(close())
         finally:
@@ -777,6 +784,12 @@ class TallyMachine(RuleBasedStateMachine):
         }
         assert seen["invoices"] == {(i.id, i.org, i.load, i.status) for i in self.invoices.values()}
         assert all(self.invoices[ld.invoice].load == ld.id for ld in self.loads.values() if ld.invoice)
+        # The count query of each org, through the count cache (schema/count_cache.py):
+        # a cached response is reused only while the row is unchanged.
+        for org in ORGS:
+            got = self.call_ok("service", Q_ORG_STATS, o=org)["organizationStats"]
+            assert got["version"] == self.versions[org]
+            self.check_stats(got)
         # Now and then, the API serves the same row (and the helpers agree).
         self.checks += 1
         if self.checks % 5 == 1:
@@ -803,6 +816,7 @@ def test_aggregate_invariant_under_random_writes(databases: Databases) -> None:
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
     )
+    assert TallyMachine.count_cache_hits > 0  # the per-step count queries did go through the cache
 
 
 # Found by the machine above: re-import ordering must compare instants, not wall clocks.
