@@ -20,7 +20,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import DateTime
 from sqlalchemy.dialects import sqlite
@@ -66,9 +66,10 @@ class StatsReader:
 
 _DIALECT = sqlite.dialect()
 _SQL = str(STATS_QUERY.compile(dialect=_DIALECT))
-_DATETIME: Callable[[Any], datetime | None] = (
-    DateTime(timezone=True).dialect_impl(_DIALECT).result_processor(_DIALECT, None)
-)  # type: ignore[assignment]
+# SQLite keeps datetimes as text: parse them exactly as the ORM's DateTime columns do.
+_DATETIME = cast(
+    Callable[[Any], datetime | None], DateTime(timezone=True).dialect_impl(_DIALECT).result_processor(_DIALECT, None)
+)
 _DATETIME_COLUMNS = ("updated_at", "last_recalculated_at")
 
 
