@@ -1,18 +1,28 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from typing import cast
 
 import strawberry
 
 from db.aggregates import StatsSnapshot
 from db.errors import BadInput
 from schema.context import Info
+from schema.shared_events import SharedEvents
 from schema.types import InvoiceStatusCounts, LoadStatusCounts, OrganizationStats
 
 
 async def _stats(info: Info, org_id: str) -> StatsSnapshot:
     pinned = info.context.pinned_stats.get(org_id)
     return pinned if pinned is not None else await info.context.db.read_stats(org_id)
+
+
+_events = SharedEvents()
+
+
+def _shared(snapshot: StatsSnapshot) -> OrganizationStats:
+    """The event every subscriber woken by this snapshot shares (schema/shared_events.py)."""
+    return cast(OrganizationStats, _events.of(snapshot, lambda: OrganizationStats.of(snapshot)))
 
 
 async def organization_stats(info: Info, org_id: strawberry.ID) -> OrganizationStats:
@@ -44,10 +54,10 @@ async def organization_stats_changed(
             current = await mailbox.newer_than(None)
             last = current.version
             if current.version != since_version:
-                yield OrganizationStats.of(current)
+                yield _shared(current)
             while True:
                 snapshot = await mailbox.newer_than(last)
                 last = snapshot.version
-                yield OrganizationStats.of(snapshot)
+                yield _shared(snapshot)
     finally:
         context.active_subscriptions -= 1

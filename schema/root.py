@@ -19,6 +19,7 @@ from resolvers import imports, invoices, lanes, loads, organizations, recalculat
 from schema.auth import AdminOnly, Authenticated, ServiceOnly
 from schema.extensions import ErrorCodes, QueryStats, to_client_error
 from schema.limits import Limits
+from schema.shared_events import SharedEventExecutor
 from schema.types import (
     BulkResult,
     Customer,
@@ -193,6 +194,7 @@ def build_schema(limits: Limits, *, query_stats: bool = False) -> strawberry.Sch
         subscription=Subscription,
         extensions=extensions,
         config=StrawberryConfig(auto_camel_case=True),
+        execution_context_class=SharedEventExecutor,
     )
 
 

@@ -55,13 +55,18 @@ def ws_url(base: str) -> str:
 
 @contextlib.asynccontextmanager
 async def subscription(
-    base: str, token: str, org: str, since: int | None = None, protocol: str = "graphql-transport-ws"
+    base: str,
+    token: str,
+    org: str,
+    since: int | None = None,
+    protocol: str = "graphql-transport-ws",
+    document: str = STATS_CHANGED,
 ) -> AsyncIterator[Subscriber]:
     subscriber = Subscriber()
     transport = WebsocketsTransport(
         url=ws_url(base), init_payload={"Authorization": f"Bearer {token}"}, subprotocols=[protocol]
     )
-    request = GraphQLRequest(STATS_CHANGED, variable_values={"org": org, "since": since})
+    request = GraphQLRequest(document, variable_values={"org": org, "since": since})
 
     async def run() -> None:
         try:

@@ -75,6 +75,31 @@ async def test_snapshot_then_one_event_per_commit(server: str) -> None:
         }
 
 
+async def test_subscribers_woken_by_one_commit_each_get_their_own_selection(server: str) -> None:
+    """One event is executed once per distinct operation and shared (schema/shared_events.py):
+    different selections and variables must still get their own answers."""
+    other = "org_other"
+    narrow = (
+        "subscription($org: ID!, $since: Int) { organizationStatsChanged(orgId: $org, sinceVersion: $since) "
+        "{ v: version loads { total } } }"
+    )
+    service = token(None, "service")
+    async with (
+        subscription(server, TOKEN, ORG) as full_1,
+        subscription(server, TOKEN, ORG) as full_2,
+        subscription(server, TOKEN, ORG, document=narrow) as slim,
+        subscription(server, service, other) as elsewhere,
+    ):
+        for sub in (full_1, full_2, slim, elsewhere):
+            await sub.next()  # the snapshots
+        await create_load(server)
+        first, second, narrow_event = await full_1.next(), await full_2.next(), await slim.next()
+        assert first == second
+        assert first["version"] == 1 and first["loads"]["open"] == 1 and first["invoices"]["total"] == 0
+        assert narrow_event == {"v": 1, "loads": {"total": 1}}
+        assert await elsewhere.nothing_within(0.3)
+
+
 async def test_since_version_resumes_without_repeating(server: str) -> None:
     await create_load(server)
     await create_load(server)
