@@ -44,6 +44,7 @@ from typing import Any
 
 import httpx
 import websockets
+from websockets.typing import Subprotocol
 
 from bench.machine import describe
 from main import DEV_SECRET
@@ -213,7 +214,7 @@ class Subscriber:
 
     async def open(self, url: str, token: str) -> None:
         self.ws = await websockets.connect(
-            url, subprotocols=["graphql-transport-ws"], ping_interval=None, max_size=2**20, open_timeout=30
+            url, subprotocols=[Subprotocol("graphql-transport-ws")], ping_interval=None, max_size=2**20, open_timeout=30
         )
         await self.ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}))
         ack = json.loads(await asyncio.wait_for(self.ws.recv(), 30))
@@ -602,15 +603,16 @@ async def main_async() -> None:
             server.stop()
         redis = Redis()
         url = f"sqlite+aiosqlite:///{workdir / 'redis.db'}"
-        a = b = None
+        a: Server | None = None
+        b: Server | None = None
         try:
             a = Server("A", url, redis.url, workdir)
             b = Server("B", url, redis.url, workdir)
             results.append(await run_mode("two processes over Redis (mutations -> A, subscribers on B)", a, b))
         finally:
-            for server in (a, b):
-                if server is not None:
-                    server.stop()
+            for started_server in (a, b):
+                if started_server is not None:
+                    started_server.stop()
             redis.stop()
     seconds = time.perf_counter() - started
     kept = DOC.read_text().partition(ANALYSIS) if DOC.exists() else ("", "", "")

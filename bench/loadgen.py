@@ -7,10 +7,11 @@ are pre-encoded bytes and responses are parsed just enough (status line,
 Content-Length) to keep the client's own CPU cost per request small: on a
 2-core machine the client competes with the server for CPU.
 
-Spec keys: host, port, path, headers (dict), bodies (list of str, sent in
-turn: one global sequence shared by all clients), expect (exact response body,
-or one per body, or null), warmup, duration, min_samples, max_duration
-(seconds), split (also return the latencies per body: `latencies_by_body`).
+Spec keys: host, port (or ports, a list: client k connects to ports[k % len]),
+path, headers (dict), bodies (list of str, sent in turn: one global sequence
+shared by all clients), expect (exact response body, or one per body, or
+null), warmup, duration, min_samples, max_duration (seconds), split (also
+return the latencies per body: `latencies_by_body`).
 
 Every response must be HTTP 200, must not contain `"errors"`, and must equal
 `expect` when given; anything else is counted as an error.
@@ -125,8 +126,10 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
             failed.set()
             enough.set()
 
+    ports = spec.get("ports") or [spec["port"]]
     connections = [
-        await loop.create_connection(HttpClient, spec["host"], spec["port"]) for _ in range(spec["concurrency"])
+        await loop.create_connection(HttpClient, spec["host"], ports[k % len(ports)])
+        for k in range(spec["concurrency"])
     ]
 
     async def client(transport: asyncio.Transport, protocol: HttpClient) -> None:
@@ -189,6 +192,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     spec = json.load(sys.stdin)
+    runner: Any
     try:
         import uvloop
 

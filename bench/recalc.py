@@ -27,6 +27,7 @@ import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from bench.machine import describe
@@ -72,7 +73,7 @@ class Writer:
         while not self.stop.is_set():
             target = "ASSIGNED" if self.status == "OPEN" else "OPEN"
             started = time.perf_counter()
-            await self.db.write(lambda s, t=target: set_load_status(s, self.load_id, t, self.org_id))
+            await self.db.write(partial(set_load_status, load_id=self.load_id, status=target, scope=self.org_id))
             self.samples.append((started, time.perf_counter() - started))
             self.status = target
             await asyncio.sleep(WRITER_PAUSE)

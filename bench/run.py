@@ -94,6 +94,7 @@ class Cell:
     round_trips: int | None = None  # calls into aiosqlite's thread per operation (db layer only)
     by_body: list[list[int]] | None = None  # latencies per request body (interleaved measurements)
     attempts: int = 1
+    also_cpu_us_per_request: float | None = None  # CPU of the ALSO_OURS processes (e.g. PostgreSQL)
     stats: dict[str, float] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -150,6 +151,9 @@ def foreign_share(wall: float, busy: float | None, ours: float) -> float | None:
 
 
 STARTED = time.monotonic()
+# CPU seconds so far of other processes whose work is part of every measurement (a database
+# server, say): counted as ours, not as disturbance. bench/postgres.py registers PostgreSQL's.
+ALSO_OURS: list[Callable[[], float]] = []
 RETRY_DEADLINE = [0.0]  # disturbed reads are measured again until then (set when the reads start)
 
 
@@ -261,8 +265,14 @@ def post(server: Server, path: str, token: str | None, body: dict[str, Any]) -> 
     return response.content
 
 
+def cpu_seconds(servers: list[Server]) -> float | None:
+    """CPU time of the server processes together so far (None if any is unknown)."""
+    times = [server.cpu_seconds() for server in servers]
+    return None if None in times else sum(t for t in times if t is not None)
+
+
 def measure(
-    server: Server,
+    server: Server | list[Server],
     variant: str,
     label: str,
     *,
@@ -274,9 +284,11 @@ def measure(
     profile: Profile,
     split: bool = False,
 ) -> Cell:
+    servers = server if isinstance(server, list) else [server]  # clients are spread over them
     spec = {
         "host": "127.0.0.1",
-        "port": server.port,
+        "port": servers[0].port,
+        "ports": [s.port for s in servers],
         "path": path,
         "headers": {"Authorization": f"Bearer {token}"} if token else {},
         "bodies": bodies,
@@ -288,8 +300,9 @@ def measure(
         "max_duration": profile.max_duration,
         "split": split,
     }
-    cpu_before = server.cpu_seconds()
+    cpu_before = cpu_seconds(servers)
     busy_before, children_before, wall_before = busy_seconds(), children_cpu(), time.monotonic()
+    also_before = sum(f() for f in ALSO_OURS)
     done = subprocess.run(
         [sys.executable, "-m", "bench.loadgen"],
         input=json.dumps(spec),
@@ -299,8 +312,9 @@ def measure(
         env=child_env(),
         timeout=profile.warmup + profile.max_duration + 60,
     )
-    cpu_after = server.cpu_seconds()
+    cpu_after = cpu_seconds(servers)
     busy_after, children_after, wall = busy_seconds(), children_cpu(), time.monotonic() - wall_before
+    also = sum(f() for f in ALSO_OURS) - also_before
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed:\n{done.stderr}")
     result = json.loads(done.stdout)
@@ -311,7 +325,7 @@ def measure(
         server_cpu = (cpu_after - cpu_before) * 1e6 / result["completed_ok"]
     foreign = None
     if busy_before is not None and busy_after is not None and cpu_before is not None and cpu_after is not None:
-        ours = (cpu_after - cpu_before) + (children_after - children_before)
+        ours = (cpu_after - cpu_before) + (children_after - children_before) + also
         foreign = foreign_share(wall, busy_after - busy_before, ours)
     cell = Cell(
         variant=variant,
@@ -323,6 +337,7 @@ def measure(
         server_cpu_us_per_request=server_cpu,
         client_cpu_us_per_request=result["client_cpu_us_per_request"],
         foreign_cpu=foreign,
+        also_cpu_us_per_request=also * 1e6 / result["completed_ok"] if ALSO_OURS and result["completed_ok"] else None,
     )
     cell.by_body = result.get("latencies_by_body")
     s = cell.stats
@@ -359,6 +374,13 @@ def count_body(org_id: str) -> str:
     return json.dumps({"query": COUNT_QUERY, "variables": {"org": org_id}, "operationName": "CountLoads"})
 
 
+def count_answer(truth: dict[str, int]) -> str:
+    """The exact bytes countLoadsByStatus answers for these counters (loads_open, ...)."""
+    counts = {k: truth[f"loads_{k}"] for k in ("open", "assigned", "completed", "canceled")}
+    answer = {"data": {"countLoadsByStatus": {**counts, "total": sum(counts.values())}}}
+    return json.dumps(answer, separators=(",", ":"))
+
+
 def toggle_bodies(query: str, ids: list[int]) -> list[str]:
     """OPEN -> ASSIGNED for every id, then back: with one client, each request is a real change."""
     return [
@@ -369,16 +391,18 @@ def toggle_bodies(query: str, ids: list[int]) -> list[str]:
 
 
 class Pools:
-    """Disjoint sets of OPEN loads of the mutation org, one per mutation run."""
+    """Disjoint sets of OPEN loads (ids read once, before any change), one per mutation run."""
 
-    def __init__(self, seeded: Seeded, runs: int) -> None:
-        self.ids = open_loads(seeded.path, MUTATION_ORG, POOL * runs)  # read once, before any change
+    def __init__(self, ids: list[int]) -> None:
+        self.ids = ids
         self.taken = 0
         self.without_aggregate: list[int] = []
 
-    def take(self, *, aggregate: bool) -> list[int]:
-        ids = self.ids[self.taken : self.taken + POOL]
-        self.taken += POOL
+    def take(self, *, aggregate: bool, size: int = POOL) -> list[int]:
+        ids = self.ids[self.taken : self.taken + size]
+        if len(ids) < size:
+            raise RuntimeError(f"only {len(self.ids)} OPEN loads in the pools")
+        self.taken += size
         if not aggregate:
             self.without_aggregate.extend(ids)
         return ids
@@ -630,9 +654,10 @@ async def read_breakdown(path: Path, url: str, org_id: str, token: str, calls: i
             )
     finally:
         await app.state.db.dispose()
-    try:
-        from db.aggregates import stats_query
-    except ImportError:
+    import db.aggregates as aggregates
+
+    stats_query = getattr(aggregates, "stats_query", None)  # gone once the statement is built once
+    if stats_query is None:
         return steps
 
     async def build() -> None:
@@ -780,9 +805,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.report_only:
         run = json.loads(args.report_only.read_text())
-        out = args.out or (RESULTS / "quick.md" if run["profile"] == "quick" else ROOT / "docs" / "benchmarks.md")
-        write_report(run, out)
-        log(f"wrote {out} from {args.report_only}")
+        target = args.out or (RESULTS / "quick.md" if run["profile"] == "quick" else ROOT / "docs" / "benchmarks.md")
+        write_report(run, target)
+        log(f"wrote {target} from {args.report_only}")
         return 0
     if args.breakdown:
         spec = json.loads(args.breakdown)
@@ -818,17 +843,14 @@ def main(argv: list[str] | None = None) -> int:
     cells: list[Cell] = []
     mutation_cells: list[Cell] = []
     interleaved: list[Cell] = []
-    pools = Pools(seeded, runs=4 * profile.mutation_rounds + 1)
+    pools = Pools(open_loads(seeded.path, MUTATION_ORG, POOL * (4 * profile.mutation_rounds + 1)))
     with_total = 0  # committed changes that went through the aggregate (each bumps version by 1)
 
     with ExitStack() as stack:
         # The floor answers what Tally should answer: the JSON of a recount (checked below).
         expected: dict[str, str] = {}
         for org in orgs:
-            truth = recount(seeded.path, org)
-            counts = {k: truth[f"loads_{k}"] for k in ("open", "assigned", "completed", "canceled")}
-            answer = {"data": {"countLoadsByStatus": {**counts, "total": sum(counts.values())}}}
-            expected[org] = json.dumps(answer, separators=(",", ":"))
+            expected[org] = count_answer(recount(seeded.path, org))
         floor_bodies = args.data_dir / f"floor-{profile.name}.json"
         floor_bodies.write_text(json.dumps({f"/floor/{org}": expected[org] for org in orgs}))
         tally, naive, floor = stack.enter_context(

@@ -13,7 +13,8 @@
 - `floor_app`: bare Starlette, one POST route per org returning a constant,
   pre-encoded JSON body: the exact bytes Tally answers for that org.
 
-Settings come from BENCH_* environment variables set by bench/run.py.
+Settings come from BENCH_* environment variables set by bench/run.py (and
+bench/postgres.py: BENCH_BROADCAST_URL, BENCH_STATS_SHARDS).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def settings() -> main.Settings:
     # Explicit values: no TALLY_* variable or .env file changes what is measured.
     return main.Settings(
         database_url=os.environ["BENCH_DATABASE_URL"],
-        broadcast_url="memory://",
+        broadcast_url=os.environ.get("BENCH_BROADCAST_URL", "memory://"),
+        stats_shards=int(os.environ.get("BENCH_STATS_SHARDS", "1")),
         query_stats=False,
         db_pool_size=10,
         log_level="WARNING",
@@ -85,7 +87,7 @@ _plain_sessions: dict[int, async_sessionmaker[AsyncSession]] = {}
 
 
 async def write_without_aggregate(db: Database, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """`Database.write` minus the aggregate: same engine, pool, BEGIN IMMEDIATE and commit,
+    """`Database.write` minus the aggregate: same engine, pool, BEGIN (IMMEDIATE on SQLite) and commit,
     but a plain Session (no AggregateSession hooks) and therefore no snapshots to publish."""
     sessions = _plain_sessions.get(id(db))
     if sessions is None:
@@ -133,7 +135,7 @@ def naive_app() -> Starlette:
             config=tally.config,
         )
 
-    main.build_schema = build_bench_schema  # type: ignore[assignment]
+    main.build_schema = build_bench_schema
     try:
         return main.create_app(settings())
     finally:
