@@ -8,7 +8,7 @@ import strawberry
 from db.aggregates import StatsSnapshot
 from db.errors import BadInput
 from schema.context import Info
-from schema.shared_events import SharedEvents
+from schema.shared_events import HANDOFF, SharedEvent, SharedEvents
 from schema.types import InvoiceStatusCounts, LoadStatusCounts, OrganizationStats
 
 
@@ -20,9 +20,13 @@ async def _stats(info: Info, org_id: str) -> StatsSnapshot:
 _events = SharedEvents()
 
 
-def _shared(snapshot: StatsSnapshot) -> OrganizationStats:
+def _events_of(snapshot: StatsSnapshot) -> SharedEvent:
     """The event every subscriber woken by this snapshot shares (schema/shared_events.py)."""
-    return cast(OrganizationStats, _events.of(snapshot, lambda: OrganizationStats.of(snapshot)))
+    return _events.of(snapshot, lambda: OrganizationStats.of(snapshot))
+
+
+def _shared(snapshot: StatsSnapshot) -> OrganizationStats:
+    return cast(OrganizationStats, _events_of(snapshot))  # the executor unwraps it
 
 
 async def organization_stats(info: Info, org_id: strawberry.ID) -> OrganizationStats:
@@ -51,13 +55,14 @@ async def organization_stats_changed(
     try:
         async with context.hub.subscribe(org_id) as mailbox:
             mailbox.offer(await _stats(info, org_id))
-            current = await mailbox.newer_than(None)
-            last = current.version
-            if current.version != since_version:
-                yield _shared(current)
+            snapshot = await mailbox.newer_than(None)
+            if snapshot.version == since_version:
+                snapshot = await mailbox.newer_than(snapshot.version)
+            handoff = HANDOFF.get()  # graphql-transport-ws carries on from here (schema/live_transport.py)
             while True:
-                snapshot = await mailbox.newer_than(last)
-                last = snapshot.version
+                if handoff is not None:
+                    handoff.follow(mailbox, snapshot.version, _events_of)
                 yield _shared(snapshot)
+                snapshot = await mailbox.newer_than(snapshot.version)
     finally:
         context.active_subscriptions -= 1

@@ -11,8 +11,12 @@ snapshot, shared by all its subscribers, and:
   same gets the same ExecutionResult. The result can depend on nothing else:
   the one subscription field is authorized when subscribing, and the stats
   types below it are plain data (no resolvers, no permissions, no context);
-- `encode_next` serialises that result's data once; each subscriber's message
-  only adds its own operation id around the shared JSON.
+- `NextEncoder` serialises that result's data once; each subscriber's message
+  only adds its own operation id around the shared JSON;
+- after a subscription's first event, the graphql-transport-ws handler
+  (schema/live_transport.py) takes over through a `Handoff`: it waits on the
+  resolver's mailbox itself and sends each shared result, skipping the
+  per-event layers of Strawberry's result stream.
 """
 
 from __future__ import annotations
@@ -20,11 +24,15 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from graphql import ExecutionResult
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+from db.aggregates import StatsSnapshot
+from db.broadcast import LatestSnapshot
 
 
 @dataclass(eq=False)
@@ -53,6 +61,32 @@ class SharedEvents:
         return known[1]
 
 
+@dataclass
+class Handoff:
+    """What a subscription's transport needs to carry on without its resolver.
+
+    The resolver fills it in before each event it yields (its mailbox, the version
+    it yielded, how a snapshot becomes a SharedEvent); the executor, when it runs
+    the first event.
+    """
+
+    mailbox: LatestSnapshot | None = None
+    version: int = 0
+    event_of: Callable[[StatsSnapshot], SharedEvent] | None = None
+    executor: SharedEventExecutor | None = None
+
+    def follow(self, mailbox: LatestSnapshot, version: int, event_of: Callable[[StatsSnapshot], SharedEvent]) -> None:
+        self.mailbox, self.version, self.event_of = mailbox, version, event_of
+
+    @property
+    def ready(self) -> bool:
+        return self.mailbox is not None and self.event_of is not None and self.executor is not None
+
+
+# Set by the graphql-transport-ws handler around a subscription's first event.
+HANDOFF: ContextVar[Handoff | None] = ContextVar("tally_handoff", default=None)
+
+
 class _Executed:
     """What graphql-core asks of a per-event executor, answered from a shared result."""
 
@@ -67,9 +101,10 @@ class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
     def build_per_event_executor(self, payload: Any) -> Any:
         if not isinstance(payload, SharedEvent):
             return super().build_per_event_executor(payload)
-        # The operation node itself is kept beside its result, so the id in the key
-        # cannot be reused by another document while the event lives.
-        key = (id(self.operation), json.dumps(self.variable_values.coerced, sort_keys=True, default=repr))
+        handoff = HANDOFF.get()
+        if handoff is not None and handoff.executor is None:
+            handoff.executor = self
+        key = self._shared_key()
         known = payload.results.get(key)
         if known is not None and known[0] is self.operation:
             return _Executed(known[1])
@@ -78,6 +113,18 @@ class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
         if isinstance(result, ExecutionResult):  # else not plain data after all: nothing to share
             payload.results[key] = (self.operation, result)
         return _Executed(result)
+
+    def _shared_key(self) -> tuple[int, str]:
+        """What, besides the event, the result depends on: the operation and its variables.
+
+        The operation node itself is kept beside each result, so the id in the key
+        cannot be reused by another document while the event lives.
+        """
+        key: tuple[int, str] | None = getattr(self, "_key", None)
+        if key is None:
+            key = (id(self.operation), json.dumps(self.variable_values.coerced, sort_keys=True, default=repr))
+            self._key = key
+        return key
 
 
 class NextEncoder:

@@ -22,6 +22,7 @@ from schema.auth import TokenVerifier
 from schema.context import Context
 from schema.count_cache import PINNED, CountCache
 from schema.limits import ConnectionsPerToken, Limits
+from schema.live_transport import TallyTransportWSHandler
 from schema.shared_events import NextEncoder
 
 CLOSE_TOKEN_EXPIRED = 4403
@@ -29,6 +30,7 @@ CONNECTION = "tally.connection"  # ASGI scope key: per-WebSocket bookkeeping
 
 
 class TallyGraphQL(GraphQL[Context, None]):
+    graphql_transport_ws_handler_class = TallyTransportWSHandler
     def __init__(
         self,
         db: Database,
