@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 __all__ = ["human", "render", "summarize"]
 
 
+VARIANT_NAMES = {"floor": "floor", "tally": "**Tally**", "uncached": "Tally, count cache off", "naive": "naive"}
+
+
 def percentile(sorted_values: list[int], p: float) -> float:
     """Nearest-rank percentile of an ascending list."""
     if not sorted_values:
@@ -79,7 +82,7 @@ class Step:
     cpu_us: float = math.nan  # CPU time per call (all threads of the process; validation: its thread)
 
 
-ORDER = ("sqlite3", "aiosqlite", "jwt", "read", "build", "app", "validation", "rate1", "rate16", "rate16-short")
+ORDER = ("sqlite3", "aiosqlite", "jwt", "jwt-cached", "read-session", "read", "app", "app-uncached", "rate1", "rate16")
 
 
 @dataclass
@@ -273,7 +276,7 @@ def render(
     )
     add("")
     add(
-        f"Correctness checks of this run: all three variants returned byte-identical countLoadsByStatus "
+        f"Correctness checks of this run: all four variants returned byte-identical countLoadsByStatus "
         f"answers equal to a recount, every response of every measurement was HTTP 200 without errors "
         f"(the read measurements also compared every body byte for byte), and {exactness[1]}.\n"
     )
@@ -295,8 +298,10 @@ def render(
     # --- reads ------------------------------------------------------------------------
     add("## countLoadsByStatus through the GraphQL HTTP endpoint\n")
     add(
-        "Three servers, each one uvicorn worker, same data: **floor** (bare Starlette route returning "
-        "the same JSON bytes as a constant), **Tally** (the real app, one read of the aggregate row), "
+        "Four servers, each one uvicorn worker, same data: **floor** (bare Starlette route returning "
+        "the same JSON bytes as a constant), **Tally** (the real app, one read of the aggregate row, "
+        "answered from its count cache while the row is unchanged), **Tally, count cache off** (the same "
+        "app with TALLY_COUNT_CACHE_ENTRIES=0: GraphQL executes every request), "
         "**naive** (the same app, resolver runs `SELECT status, count(*) FROM loads WHERE org_id = ? "
         "GROUP BY status`). Latencies in ms; ratios are against the floor at the same org and clients. "
         "Server CPU/request is the server process's user+system CPU time divided by requests served "
@@ -307,14 +312,14 @@ def render(
         rows = []
         for label in labels:
             base = get("floor", label, clients)
-            for variant in ("floor", "tally", "naive"):
+            for variant in ("floor", "tally", "uncached", "naive"):
                 cell = by_key[(variant, label, clients)]
                 s = cell.stats
                 baseline = variant == "floor"
                 rows.append(
                     [
                         label,
-                        {"floor": "floor", "tally": "**Tally**", "naive": "naive"}[variant],
+                        VARIANT_NAMES[variant],
                         ms(s["p50"]),
                         ms(s["p99"]),
                         rate(s["rps"]),
@@ -360,7 +365,7 @@ def render(
 
     add(f"### Latency against org size (baseline: the same variant at {small})\n")
     rows = []
-    for variant in ("tally", "naive", "floor"):
+    for variant in ("tally", "uncached", "naive", "floor"):
         for clients in (1, 16):
             base = get(variant, small, clients)
             for label in labels[1:]:
@@ -620,9 +625,6 @@ def explain(
     """One paragraph per target, from this run's numbers: why it is met or missed."""
     small, large = labels[0], labels[-1]
     steps = {step.key: (step.cpu_us, step.trips if step.trips is not None else -1) for step in breakdown}
-    wall = {step.key: step.us for step in breakdown}
-    validation = next((step for step in breakdown if step.key == "validation"), None)
-    build_us = steps.get("build", (math.nan, -1))[0]
     cpu_of = {
         (variant, label, clients): by_key[(variant, label, clients)].server_cpu_us_per_request or math.nan
         for (variant, label, clients) in by_key
@@ -655,103 +657,50 @@ def explain(
         f"{ms(get('naive', small, 1)['p50'])} ms at {small} to {ms(get('naive', large, 1)['p50'])} ms at {large}."
     )
     n_large = get("naive", large, 1)
+    u_small = get("uncached", small, 1)
     out.append(
         f"2. **Against the naive GROUP BY ({status[1]}).** At {large} loads the GROUP BY scans "
         f"{large} entries of the covering index ix_loads_org_status on every request "
         f"({ms(n_large['p50'])} ms p50, {cpu(cpu_of[('naive', large, 1)])} server CPU per request), "
         f"Tally reads its aggregate row ({ms(t_large['p50'])} ms): {x(n_large['p50'] / t_large['p50'])}. "
-        f"At {small} loads the GROUP BY is cheap and both are dominated by the same fixed per-request "
-        f"cost, so the naive resolver is {x(get('naive', small, 1)['p50'] / t_small['p50'])} Tally's "
-        "latency there (below 1x: the naive one is faster; Tally's read builds a much larger statement "
-        "on every call, see *Where a Tally read spends its time*)."
+        f"Even with its count cache off, Tally takes {ms(get('uncached', large, 1)['p50'])} ms there "
+        f"({x(n_large['p50'] / get('uncached', large, 1)['p50'])} faster than naive). At {small} loads the "
+        f"GROUP BY is cheap and the naive resolver is {x(get('naive', small, 1)['p50'] / u_small['p50'])} "
+        "the latency of uncached Tally: both are mostly the same GraphQL request handling."
     )
     floor_small = get("floor", small, 1)
-    read_us, read_trips = steps.get("read", (math.nan, -1))
-    app_us, _ = steps.get("app", (math.nan, -1))
-    jwt_us, _ = steps.get("jwt", (math.nan, -1))
-    sqlite_us, _ = steps.get("sqlite3", (math.nan, -1))
-    _, aiosqlite_trips = steps.get("aiosqlite", (math.nan, -1))
-    per_trip = wall.get("aiosqlite", math.nan) / aiosqlite_trips if aiosqlite_trips > 0 else math.nan
-    rest_us = app_us - read_us - jwt_us
-    if validation is not None and (validation.share or 0) >= 0.5:
-        graphql_text = (
-            f"The rest of the app (Starlette, Strawberry) adds about {rest_us:,.0f} µs, and most of that is "
-            f"GraphQL validation: the unchanged query document is validated again on "
-            f"{validation.share:.0%} of requests, {validation.cpu_us:,.0f} µs of CPU each. ValidationCache never hits "
-            "because its key includes the validation-rule classes, and the QueryDepthLimiter and "
-            "MaxAliasesLimiter extensions, built per request by `schema.root.build_schema`, create new "
-            "rule classes every time."
-        )
-    else:
-        graphql_text = (
-            f"The rest of the app (Starlette, Strawberry's request handling and execution) adds about "
-            f"{rest_us:,.0f} µs."
-        )
-    build_text = (
-        f" Building the SELECT statement object alone (`stats_query`, on every read) takes {build_us:,.0f} µs of that."
-        if not math.isnan(build_us)
-        else ""
-    )
+
+    def step_cpu(key: str) -> float:
+        return steps.get(key, (math.nan, -1))[0]
+
+    _, session_trips = steps.get("read-session", (math.nan, -1))
     out.append(
         f"3. **Within 4x of the floor ({status[2]}).** The floor answers in {ms(floor_small['p50'])} ms "
         f"at one client ({cpu(cpu_of[('floor', small, 1)])} server CPU per request: uvicorn, httptools, "
-        f"Starlette). A 4x budget leaves about {4 * floor_small['p50'] - floor_small['p50']:,.0f} µs for "
-        f"everything Tally adds; Tally takes {ms(t_small['p50'])} ms ({cpu(cpu_of[('tally', small, 1)])} "
-        f"server CPU). In process (table *Where a Tally read spends its time*, {large} org, CPU per call): "
-        f"the SELECT itself costs {sqlite_us:,.0f} µs in sqlite3 and the JWT check {jwt_us:,.0f} µs, but "
-        f"`Database.read(get_stats)` costs {read_us:,.0f} µs: the async SQLAlchemy session over aiosqlite "
-        f"makes {read_trips} calls into aiosqlite's worker thread per read (BEGIN, execute, fetch, cursor "
-        f"closes, ROLLBACK on close and again on return to the pool), each a cross-thread handoff "
-        f"(about {per_trip:,.0f} µs of wall time each here, measured with bare aiosqlite), plus "
-        f"SQLAlchemy's statement and result machinery.{build_text} {graphql_text} In all, {app_us:,.0f} µs "
-        f"of CPU per request in process, against {cpu(cpu_of[('tally', large, 1)])} per request in the "
-        f"HTTP server (which adds uvicorn's share, about the floor's). None of this is specific to the aggregate design, which "
-        "already reduces the read to one row; it is the cost of the layers around that row."
+        f"Starlette); Tally in {ms(t_small['p50'])} ms ({cpu(cpu_of[('tally', small, 1)])}). Per request "
+        "Tally verifies the token (a dict lookup once the token has been verified: "
+        f"{step_cpu('jwt-cached'):,.1f} µs instead of {step_cpu('jwt'):,.0f} µs for the signature), reads "
+        f"the stats row with one statement ({step_cpu('read'):,.0f} µs: inline sqlite3 on the loop's "
+        f"thread; the same statement through the async session costs {step_cpu('read-session'):,.0f} µs "
+        f"and {session_trips} handoffs to aiosqlite's thread), and, when the row equals the one its cached "
+        "response was rendered from, sends those bytes (schema/count_cache.py). In process that is "
+        f"{step_cpu('app'):,.0f} µs of CPU per request; with the count cache off, Strawberry parses, "
+        f"validates (cached), executes and serialises every time: {step_cpu('app-uncached'):,.0f} µs, and "
+        f"{ms(u_small['p50'])} ms over HTTP ({x(u_small['p50'] / floor_small['p50'])} the floor). A miss "
+        "(the first request after a change of the org's counts) costs what the uncached path costs."
     )
     rates = {label: get("tally", label, 16)["rps"] for label in labels}
     worst = min(rates, key=lambda label: rates[label])
     tally_cpu16 = cpu_of[("tally", worst, 16)]
-    rate_steps = {step.key: step.us for step in breakdown if step.key.startswith("rate")}
-    one_client = {label: get("tally", label, 1)["rps"] for label in labels}
-    collapse = ""
-    if rates[worst] < 0.85 * one_client[worst]:
-        floor_gains = get("floor", worst, 16)["rps"] > get("floor", worst, 1)["rps"]
-        collapse = (
-            f" Worse, Tally serves fewer requests per second with 16 clients than with one "
-            f"({rate(rates[worst])} vs {rate(one_client[worst])} at {worst})"
-            + (", while the floor gains. " if floor_gains else ". ")
-        )
-        if {"rate1", "rate16", "rate16-short"} <= rate_steps.keys():
-            r1, r16, short = rate_steps["rate1"], rate_steps["rate16"], rate_steps["rate16-short"]
-            collapse += (
-                f"The app alone, in process (no HTTP, no client process), does {rate(r1)} requests/s with one "
-                f"caller and {rate(r16)} with 16"
-            )
-            if r16 >= r1 * 0.9:
-                collapse += ", so there the loss with concurrency is small or absent."
-            elif short >= r16 * 1.15:
-                collapse += (
-                    f", and {rate(short)} with 16 when Python hands the GIL between threads 10x more often. "
-                    f"That points at aiosqlite under the GIL: each read makes {read_trips} handoffs to a "
-                    "worker thread and back, and with 16 reads in flight the event loop is busy with "
-                    "CPU-heavy work for other requests (SQLAlchemy, Strawberry), so each handoff waits for "
-                    "the GIL (a waiting thread gets it only after the switch interval, 5 ms by default)."
-                )
-            else:
-                collapse += (
-                    f"; handing the GIL between threads 10x more often gave {rate(short)}, so this run does "
-                    "not pin down the cause (16 connections, each with its own aiosqlite worker thread, "
-                    "compete with the event loop for the GIL and for two cores)."
-                )
     out.append(
         f"4. **1,000 requests/s at 16 clients ({status[3]}).** One worker is one event loop: its "
         f"ceiling is about 1 s / server CPU per request. At 16 clients Tally used "
         f"{cpu(tally_cpu16)} of server CPU per request ({worst} org), a ceiling near "
-        f"{1e6 / tally_cpu16:,.0f} requests/s even with a core to itself; it reached {rate(rates[worst])}. "
-        f"The floor, at {cpu(cpu_of[('floor', worst, 16)])} per request, reached "
-        f"{rate(get('floor', worst, 16)['rps'])}.{collapse.rstrip()} On this 2-core machine the load generator takes "
-        "part of the other core (aiosqlite's worker threads want it too), so a dedicated client machine "
-        "would show somewhat more, but not past the CPU ceiling."
+        f"{1e6 / tally_cpu16:,.0f} requests/s; it reached {rate(rates[worst])}, the floor "
+        f"{rate(get('floor', worst, 16)['rps'])} at {cpu(cpu_of[('floor', worst, 16)])} per request. "
+        f"With the count cache off Tally reached {rate(get('uncached', worst, 16)['rps'])} "
+        f"({cpu(cpu_of[('uncached', worst, 16)])} per request). The load generator runs on the same 2 "
+        "cores, so a dedicated client machine would show somewhat more."
     )
     with_http, without_http = http
     with_db, without_db = db

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import json
 import math
 import os
@@ -508,7 +507,7 @@ async def read_breakdown(path: Path, url: str, org_id: str, token: str, calls: i
     import aiosqlite
     from sqlalchemy import event
 
-    from bench.servers import tally_app
+    from bench.servers import tally_app, uncached_app
     from db.queries import get_stats
     from db.unit_of_work import Database
 
@@ -547,19 +546,28 @@ async def read_breakdown(path: Path, url: str, org_id: str, token: str, calls: i
         steps.append(await timed("aiosqlite", "aiosqlite: the same SELECT via its worker thread (no SQLAlchemy)", raw))
     verifier = TokenVerifier(DEV_SECRET)
 
-    async def verify() -> None:
-        principal = verifier.verify(token)
-        if inspect.isawaitable(principal):
-            await principal
+    async def check_signature() -> None:
+        await verifier._verify_signature(token)
 
-    steps.append(await timed("jwt", "JWT verification (`TokenVerifier.verify`)", verify))
+    async def verify() -> None:
+        await verifier.verify(token)
+
+    steps.append(await timed("jwt", "JWT signature check (a token not seen before)", check_signature))
+    steps.append(await timed("jwt-cached", "`TokenVerifier.verify` of a token already verified", verify))
     db = Database(url)
     try:
         steps.append(
             await timed(
-                "read",
-                "`Database.read(get_stats)`: session, BEGIN, SELECT, ROLLBACK, StatsSnapshot",
+                "read-session",
+                "`Database.read(get_stats)`: the same statement in an async session (BEGIN, SELECT, ROLLBACK)",
                 lambda: db.read(lambda s: get_stats(s, org_id)),
+            )
+        )
+        steps.append(
+            await timed(
+                "read",
+                "`Database.read_stats`: what count queries run (inline on the loop's thread, autocommit)",
+                lambda: db.read_stats(org_id),
             )
         )
         # The SQL Tally actually runs for a read, captured from the engine, for its query plan.
@@ -595,77 +603,44 @@ async def read_breakdown(path: Path, url: str, org_id: str, token: str, calls: i
         plan_conn.close()
 
     os.environ["BENCH_DATABASE_URL"] = url
-    app = tally_app()
+    app, uncached = tally_app(), uncached_app()
     body = count_body(org_id).encode()
-    expected = json.loads(await call_asgi(app, body, token))
-    if "errors" in expected or expected.get("data", {}).get("countLoadsByStatus") is None:
-        raise RuntimeError(f"in-process Tally app failed: {expected}")
+    for server in (app, uncached):
+        answer = json.loads(await call_asgi(server, body, token))
+        if "errors" in answer or answer.get("data", {}).get("countLoadsByStatus") is None:
+            raise RuntimeError(f"in-process Tally app failed: {answer}")
     try:
         steps.append(
             await timed(
                 "app",
-                "Tally's whole ASGI app, in process (auth, Starlette, Strawberry, the read; no HTTP server)",
+                "Tally's whole ASGI app, in process (no HTTP server): a count-cache hit",
                 lambda: call_asgi(app, body, token),
             )
         )
-        with counting_validations() as validations:
-            for _ in range(calls):
-                await call_asgi(app, body, token)
-        if validations["n"] >= 0:
-            per_request = validations["n"] / calls
-            mean = validations["ns"] / max(1, validations["n"]) / 1000
-            steps.append(
-                report.Step(
-                    "validation",
-                    (
-                        f"of which: GraphQL validation of the (always identical) query document, run on "
-                        f"{per_request:.0%} of requests despite ValidationCache (CPU per validation)"
-                        if per_request >= 0.05
-                        else f"of which: GraphQL validation (ValidationCache hits: validated on {per_request:.0%} "
-                        "of requests; CPU per validation)"
-                    ),
-                    math.nan,
-                    None,
-                    per_request,
-                    cpu_us=mean,
-                )
+        steps.append(
+            await timed(
+                "app-uncached",
+                "the same with the count cache off: Starlette, Strawberry, the read",
+                lambda: call_asgi(uncached, body, token),
             )
-        # Throughput of the app alone (no HTTP, no client process) at 1 and 16 concurrent callers,
-        # and at 16 with a 10x shorter GIL switch interval (threads hand the GIL over sooner).
+        )
+        # Throughput of the app alone (no HTTP, no client process) at 1 and 16 concurrent callers.
         seconds = 0.5 if calls < 500 else 3.0
-        default_interval = sys.getswitchinterval()
-        for concurrency, interval in ((1, default_interval), (16, default_interval), (16, default_interval / 10)):
-            sys.setswitchinterval(interval)
-            try:
-                rate_ = await in_process_rate(app, body, token, concurrency, seconds)
-            finally:
-                sys.setswitchinterval(default_interval)
-            suffix = "" if interval == default_interval else f", GIL switch interval {interval * 1000:g} ms"
+        for concurrency in (1, 16):
             steps.append(
                 report.Step(
-                    f"rate{concurrency}" + ("" if interval == default_interval else "-short"),
+                    f"rate{concurrency}",
                     f"throughput of the app alone, {concurrency} concurrent caller"
                     + ("s" if concurrency > 1 else "")
-                    + f"{suffix} (requests/s)",
-                    rate_,
+                    + " (requests/s)",
+                    await in_process_rate(app, body, token, concurrency, seconds),
                     None,
                     cpu_us=math.nan,
                 )
             )
     finally:
         await app.state.db.dispose()
-    import db.aggregates as aggregates
-
-    stats_query = getattr(aggregates, "stats_query", None)  # gone once the statement is built once
-    if stats_query is None:
-        return steps
-
-    async def build() -> None:
-        stats_query(org_id)
-
-    built = await timed("build", "of which: building the stats SELECT statement (`stats_query`), on every read", build)
-    built.trips = None
-    steps.append(built)
+        await uncached.state.db.dispose()
     return steps
 
 
@@ -683,34 +658,6 @@ async def in_process_rate(app: Any, body: bytes, token: str, concurrency: int, s
     started = time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(concurrency)))
     return done / (time.perf_counter() - started)
-
-
-@contextmanager
-def counting_validations() -> Iterator[dict[str, int]]:
-    """Counts and times GraphQL document validations run by Strawberry (bench-only wrapper of
-    `strawberry.schema.schema.validate`); yields {"n": -1} (unknown) if that is missing."""
-    import strawberry.schema.schema as module
-
-    stats = {"n": 0, "ns": 0}
-    original = getattr(module, "validate", None)
-    if original is None:
-        stats["n"] = -1
-        yield stats
-        return
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        started = time.thread_time_ns()  # CPU time of this (the event loop's) thread: validation is sync
-        try:
-            return original(*args, **kwargs)
-        finally:
-            stats["n"] += 1
-            stats["ns"] += time.thread_time_ns() - started
-
-    module.validate = counting
-    try:
-        yield stats
-    finally:
-        module.validate = original
 
 
 async def call_asgi(app: Any, body: bytes, token: str) -> bytes:
@@ -853,18 +800,20 @@ def main(argv: list[str] | None = None) -> int:
             expected[org] = count_answer(recount(seeded.path, org))
         floor_bodies = args.data_dir / f"floor-{profile.name}.json"
         floor_bodies.write_text(json.dumps({f"/floor/{org}": expected[org] for org in orgs}))
-        tally, naive, floor = stack.enter_context(
+        tally, uncached, naive, floor = stack.enter_context(
             running(
                 ("tally", "tally_app", env),
+                ("uncached", "uncached_app", env),
                 ("naive", "naive_app", env),
                 ("floor", "floor_app", {"BENCH_FLOOR_BODIES": str(floor_bodies)}),
             )
         )
-        log("servers are up; checking that all three answer the same bytes")
+        log("servers are up; checking that all four answer the same bytes")
         for org in orgs:
             body = json.loads(count_body(org))
             for server, path, token in (
                 (tally, "/graphql", tokens[org]),
+                (uncached, "/graphql", tokens[org]),
                 (naive, "/graphql", tokens[org]),
                 (floor, f"/floor/{org}", None),
             ):
@@ -879,6 +828,7 @@ def main(argv: list[str] | None = None) -> int:
                 for variant, server, path, token in (
                     ("floor", floor, f"/floor/{org}", None),
                     ("tally", tally, "/graphql", tokens[org]),
+                    ("uncached", uncached, "/graphql", tokens[org]),
                     ("naive", naive, "/graphql", tokens[org]),
                 ):
                     cells.append(

@@ -1,6 +1,8 @@
 """The servers under test, as uvicorn app factories (`uvicorn --factory bench.servers:NAME`).
 
 - `tally_app`: Tally itself, `main.create_app(Settings(...))`, untouched.
+- `uncached_app`: Tally with its count cache off (TALLY_COUNT_CACHE_ENTRIES=0):
+  every count query runs GraphQL (Strawberry) around its one statement.
 - `naive_app`: the same app built by the same `main.create_app` (same Starlette,
   Strawberry, TallyGraphQL, Context, TokenVerifier, permission classes, schema
   extensions, Database, StatsHub), only with a bench schema: Tally's Query and
@@ -9,7 +11,8 @@
   `updateLoadStatusWithoutAggregate`, which runs Tally's own `set_load_status`
   in the same kind of transaction (BEGIN IMMEDIATE, commit) but through a plain
   SQLAlchemy session: no AggregateSession hooks, so no counter deltas, no
-  upsert of organization_stats and no after-commit publish.
+  upsert of organization_stats and no after-commit publish. Its count cache is
+  off: that cache is keyed by the stats row the naive resolver does not read.
 - `floor_app`: bare Starlette, one POST route per org returning a constant,
   pre-encoded JSON body: the exact bytes Tally answers for that org.
 
@@ -63,6 +66,10 @@ def settings() -> main.Settings:
 
 def tally_app() -> Starlette:
     return main.create_app(settings())
+
+
+def uncached_app() -> Starlette:
+    return main.create_app(settings().model_copy(update={"count_cache_entries": 0}))
 
 
 # --- the naive resolver and the mutation without aggregate maintenance -------------------
@@ -137,7 +144,7 @@ def naive_app() -> Starlette:
 
     main.build_schema = build_bench_schema
     try:
-        return main.create_app(settings())
+        return main.create_app(settings().model_copy(update={"count_cache_entries": 0}))
     finally:
         main.build_schema = build_schema
 
