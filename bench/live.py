@@ -252,7 +252,7 @@ class Subscriber(asyncio.Protocol):
                 elif not self.opened.done():
                     self.opened.set_result(None)
             elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
-                self._message(json.loads(event.data), at)
+                self._message(json.loads(bytes(event.data)), at)
         self._flush()  # pongs to the server's pings, among others
 
     def _message(self, message: dict[str, Any], at: float) -> None:

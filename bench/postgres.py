@@ -79,6 +79,7 @@ LOADS_SQL = f"""
     SELECT $1, {{status}}, {TYPE_SQL}, false, 'L' || x, 'HCR' || (x % 997), 'T' || (x % 31), $2, $2
     FROM generate_series(1, $3::int) AS n(x)
 """
+COUNT_VARIANTS = ("tally", "uncached", "naive")  # bench/servers.py: {variant}_app
 MIXED_CLIENTS = 16
 READS_PER_WRITE = 9
 MIXED_POOL = 1000
@@ -177,18 +178,18 @@ def count_queries(url: str, tokens: dict[str, str], expected: dict[str, str], pr
     """expected: org -> the exact answer (a recount) for each org of the profile's sizes."""
     cells = []
     env = {"BENCH_DATABASE_URL": url}
-    with running(("pg-tally", "tally_app", env), ("pg-naive", "naive_app", env)) as (tally, naive):
+    with running(*((f"pg-{variant}", f"{variant}_app", env) for variant in COUNT_VARIANTS)) as servers:
         for org in expected:
-            for server in (tally, naive):
+            for server in servers:
                 answer = post(server, "/graphql", tokens[org], json.loads(count_body(org))).decode()
                 if answer != expected[org]:
                     raise RuntimeError(f"{server.name} answers {answer} for {org}, expected {expected[org]}")
-        log("countLoadsByStatus, Tally and naive interleaved per org and clients")
+        log(f"countLoadsByStatus, {', '.join(COUNT_VARIANTS)} interleaved per org and clients")
         RETRY_DEADLINE[0] = time.monotonic() + profile.retry_until
         for size in profile.sizes:
             org = org_name(size)
             for clients in (1, 16):
-                for variant, server in (("tally", tally), ("naive", naive)):
+                for variant, server in zip(COUNT_VARIANTS, servers, strict=True):
                     cells.append(
                         measure_read(
                             server,
@@ -387,7 +388,8 @@ def render(run: dict[str, Any]) -> str:
         target(
             f"countLoadsByStatus at least 20x faster than the naive GROUP BY at {large} loads",
             f"p50 naive {ms(n['p50'])} ms vs Tally {ms(t['p50'])} ms at 1 client: **{x(n['p50'] / t['p50'])}** "
-            f"(16 clients, req/s: {x(get('tally', large, 16)['rps'] / get('naive', large, 16)['rps'])})",
+            f"(16 clients, req/s: {x(get('tally', large, 16)['rps'] / get('naive', large, 16)['rps'])}; "
+            f"count cache off, p50: {x(n['p50'] / get('uncached', large, 1)['p50'])})",
             n["p50"] / t["p50"] >= 20,
         )
         flat = t["p50"] / get("tally", small, 1)["p50"]
@@ -423,10 +425,12 @@ def render(run: dict[str, Any]) -> str:
     if reads:
         out += [
             "## countLoadsByStatus through the GraphQL HTTP endpoint\n",
-            "Two servers, one uvicorn worker each, same database: **Tally** (`tally_app`: the app as it is, "
-            "one read of the org's stats row per request) and **naive** (`naive_app`: the same app whose "
-            "resolver counts the loads with `SELECT status, count(*) ... GROUP BY status`; plans below). For each org "
-            f"and client count the two run back to back; window {profile.duration:g} s after "
+            "Three servers, one uvicorn worker each, same database (bench/servers.py): **Tally** (`tally_app`, "
+            "the app as it is: one read of the org's stats row per request, the response bytes reused from its "
+            "count cache while that row is unchanged), **Tally, count cache off** (`uncached_app`: GraphQL "
+            "executes every request) and **naive** (`naive_app`: the same app, no count cache, whose resolver "
+            "counts the loads with `SELECT status, count(*) ... GROUP BY status`; plans below). For each org "
+            f"and client count the three run back to back; window {profile.duration:g} s after "
             f"{profile.warmup:g} s of warm-up (extended to {profile.min_samples} samples, at most "
             f"{profile.max_duration:g} s); a measurement disturbed by other processes (10% of the CPUs or more) "
             "is repeated, within a time budget, and the least disturbed attempt kept. Server CPU is the "
@@ -435,41 +439,26 @@ def render(run: dict[str, Any]) -> str:
         rows = []
         for label in labels:
             for clients in (1, 16):
-                tally, naive = by_key[("tally", label, clients)], by_key[("naive", label, clients)]
-                for cell in (tally, naive):
+                tally = by_key[("tally", label, clients)].stats
+                for variant in COUNT_VARIANTS:
+                    cell = by_key[(variant, label, clients)]
                     s = cell.stats
                     rows.append(
                         [
                             label,
                             str(clients),
-                            "**Tally**" if cell is tally else "naive",
+                            report.VARIANT_NAMES[variant],
                             ms(s["p50"]),
                             ms(s["p99"]),
                             rate(s["rps"]),
-                            "baseline" if cell is tally else x(s["p50"] / tally.stats["p50"]),
-                            "baseline" if cell is tally else x(tally.stats["rps"] / s["rps"]),
+                            "baseline" if variant == "tally" else x(s["p50"] / tally["p50"]),
+                            "baseline" if variant == "tally" else x(s["rps"] / tally["rps"]),
                             cpu(cell.server_cpu_us_per_request),
                             "n/a" if cell.foreign_cpu is None else f"{cell.foreign_cpu:.0%}",
                         ]
                     )
-        out += [
-            table(
-                [
-                    "org",
-                    "clients",
-                    "variant",
-                    "p50 ms",
-                    "p99 ms",
-                    "req/s",
-                    "naive p50 / Tally p50",
-                    "Tally req/s / naive req/s",
-                    "server CPU/req",
-                    "other processes",
-                ],
-                rows,
-            ),
-            "",
-        ]
+        header = ["org", "clients", "variant", "p50 ms", "p99 ms", "req/s", "p50 / Tally's", "req/s / Tally's"]
+        out += [table([*header, "server CPU/req", "other processes"], rows), ""]
 
     for plan in res.get("plans", []):
         out += [
