@@ -434,7 +434,7 @@ def render(run: dict[str, Any]) -> str:
             f"{profile.warmup:g} s of warm-up (extended to {profile.min_samples} samples, at most "
             f"{profile.max_duration:g} s); a measurement disturbed by other processes (10% of the CPUs or more) "
             "is repeated, within a time budget, and the least disturbed attempt kept. Server CPU is the "
-            "uvicorn process's; PostgreSQL's is not included.\n",
+            "uvicorn process's, PostgreSQL CPU that of the PostgreSQL (and Redis) server processes, per request.\n",
         ]
         rows = []
         for label in labels:
@@ -454,11 +454,12 @@ def render(run: dict[str, Any]) -> str:
                             "baseline" if variant == "tally" else x(s["p50"] / tally["p50"]),
                             "baseline" if variant == "tally" else x(s["rps"] / tally["rps"]),
                             cpu(cell.server_cpu_us_per_request),
+                            cpu(cell.also_cpu_us_per_request),
                             "n/a" if cell.foreign_cpu is None else f"{cell.foreign_cpu:.0%}",
                         ]
                     )
         header = ["org", "clients", "variant", "p50 ms", "p99 ms", "req/s", "p50 / Tally's", "req/s / Tally's"]
-        out += [table([*header, "server CPU/req", "other processes"], rows), ""]
+        out += [table([*header, "server CPU/req", "PostgreSQL CPU/req", "other processes"], rows), ""]
 
     for plan in res.get("plans", []):
         out += [
@@ -500,7 +501,9 @@ def render(run: dict[str, Any]) -> str:
         f"- Servers: `uvicorn bench.servers:<app> --factory {run['server_flags']}`, recalculation scheduler off; "
         "the load generator (bench/loadgen.py) is one separate process with keep-alive connections.",
         "- The machine has 2 cores shared by the servers, the load generator, PostgreSQL and Redis: "
-        "absolute rates are those of this small box; the ratios are the point.",
+        "absolute rates are those of this small box; the ratios are the point. PostgreSQL and Redis CPU is "
+        "read from /proc for every `postgres` and `redis-server` process (backends it has reaped included), "
+        "so other sessions on the same server would count too.",
         "",
     ]
     return "\n".join(out)
