@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.report_only:
         run = json.loads(args.report_only.read_text())
-        out = args.out or Path(run["out"])
+        out = args.out or ROOT / run["out"]  # relative to the checkout, unless it was elsewhere
         out.write_text(render(run))
         log(f"wrote {out} from {args.report_only}")
         return 0
@@ -549,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "server_flags": f"--workers 1 --loop {loop} --http {http} --no-access-log --log-level warning",
         "elapsed": time.monotonic() - started,
-        "out": str(out),
+        "out": str(out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out.resolve()),
     }
     raw = RESULTS / f"last-postgres-{suffix}.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
