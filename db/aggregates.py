@@ -149,8 +149,7 @@ def _apply_deltas(session: Session) -> None:
         if not delta:
             continue
         # Spread over the org's shards, writers of one hot org rarely wait on one row.
-        snapshot = _upsert(session, org_id, delta, shard=random.randrange(shards))
-        assert snapshot is not None
+        snapshot = _add(session, org_id, delta, shard=random.randrange(shards))
         if shards == 1:
             committed.append(snapshot)  # the row is the org's whole stats
         else:
@@ -214,6 +213,38 @@ def _upsert(
     )
     row = session.execute(stmt, execution_options={AGGREGATE_WRITE: True}).one_or_none()
     return StatsSnapshot.from_row(row) if row else None
+
+
+def _build_add_statement(insert: Any) -> Any:
+    """`_add`'s upsert, built once per dialect: every counter a bound parameter."""
+    table = _table()
+    values: dict[str, Any] = {c: bindparam(c) for c in COUNTERS}
+    stmt = insert(table).values(
+        org_id=bindparam("org_id"),
+        shard=bindparam("shard"),
+        version=1,
+        updated_at=bindparam("now"),
+        last_recalculated_at=None,
+        corrections=0,
+        **values,
+    )
+    changes: dict[str, Any] = {c: table.c[c] + stmt.excluded[c] for c in COUNTERS}
+    changes.update(version=table.c.version + 1, updated_at=stmt.excluded.updated_at)
+    return stmt.on_conflict_do_update(index_elements=[table.c.org_id, table.c.shard], set_=changes).returning(*table.c)
+
+
+_ADD = {"postgresql": _build_add_statement(postgresql.insert), "sqlite": _build_add_statement(sqlite.insert)}
+
+
+def _add(session: Session, org_id: str, delta: dict[str, int], *, shard: int) -> StatsSnapshot:
+    """One statement: create the org's (shard) row or add a non-empty `delta` to it, bumping `version`.
+
+    The common write, so its statement is built once (building it per commit cost
+    ~0.7 ms of CPU); `_upsert` builds the rarer variants.
+    """
+    params = {"org_id": org_id, "shard": shard, "now": utcnow(), **dict.fromkeys(COUNTERS, 0), **delta}
+    stmt = _ADD[session.get_bind().dialect.name]
+    return StatsSnapshot.from_row(session.execute(stmt, params, execution_options={AGGREGATE_WRITE: True}).one())
 
 
 def _build_stats_query() -> Select[Any]:

@@ -2,14 +2,16 @@
 
 broadcaster carries snapshots between processes (memory://, redis://,
 postgres://). Around its known gaps:
-- a supervisor sends a heartbeat through the channel every second; when it
-  does not come back (backend dropped, listener dead) the broadcaster is
-  rebuilt with backoff and every local subscriber is offered a fresh snapshot
-  read from the database;
+- a supervisor sends a heartbeat through the channel every second; when a
+  reader or publish fails, or a heartbeat does not come back
+  (backend dropped, listener dead), the broadcaster is rebuilt with backoff
+  and every local subscriber is offered a fresh snapshot read from the
+  database;
 - each org has one channel reader per process, and each local subscriber keeps
   only the newest snapshot (`LatestSnapshot`), so a slow client costs O(1);
 - a failed publish never fails the commit that caused it: it is logged and
-  counted, delivered locally, and triggers the reconnect.
+  counted, delivered locally, and (unless it only timed out on a busy
+  process) triggers the reconnect.
 Every event is a full snapshot with a version, so a missed one is repaired by
 the next.
 """
@@ -160,7 +162,8 @@ class StatsHub:
                 self.metrics.publish_failures += 1
                 log.warning("publish of %s v%d failed: %r", snapshot.org_id, snapshot.version, error)
                 self._deliver(snapshot)  # local subscribers still hear of it
-                self._unhealthy.set()
+                if not isinstance(error, TimeoutError):
+                    self._unhealthy.set()  # a slow publish is left to the heartbeat to judge
 
     # Subscribing ----------------------------------------------------------
 

@@ -14,8 +14,12 @@ last yield, keeping its channel subscription, until the operation ends.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+import json
+from typing import Any, cast
 
+from starlette.websockets import WebSocketDisconnect
+from strawberry.asgi import ASGIWebSocketAdapter
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler, Operation
 from strawberry.types.execution import ExecutionResult, PreExecutionError
 
@@ -45,12 +49,23 @@ class TallyTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         await self._send_directly(operation, handoff)
 
     async def _send_directly(self, operation: Operation[Context, None], handoff: Handoff) -> None:
-        """Every newer snapshot of the org, rendered once per event and operation; until cancelled."""
-        assert handoff.mailbox is not None and handoff.event_of is not None and handoff.executor is not None
+        """Every newer snapshot of the org, as its shared payload; until cancelled."""
+        mailbox, event_of, executor = handoff.mailbox, handoff.event_of, handoff.executor
+        assert mailbox is not None and event_of is not None and executor is not None
+        websocket = cast(ASGIWebSocketAdapter, self.websocket).ws
+        prefix = f'{{"id":{json.dumps(operation.id)},"type":"next","payload":'
         while True:
-            snapshot = await handoff.mailbox.newer_than(handoff.version)
+            snapshot = await mailbox.newer_than(handoff.version)
             handoff.version = snapshot.version
-            result = handoff.executor.build_per_event_executor(handoff.event_of(snapshot)).execute_operation(False)
-            if inspect.isawaitable(result):
-                result = await result
-            await operation.send_next(result)
+            event = event_of(snapshot)
+            payload = executor.payload_json(event)
+            if payload is None:  # not plain data after all: Strawberry's way
+                result = executor.result_of(event)
+                await operation.send_next(await result if inspect.isawaitable(result) else result)
+                continue
+            if operation.completed:
+                return
+            try:
+                await websocket.send_text(prefix + payload + "}")
+            except WebSocketDisconnect as error:
+                raise WebSocketDisconnected from error  # as Strawberry's own sends report it

@@ -1,22 +1,19 @@
-"""Subscription events executed once per distinct operation, not once per subscriber.
+"""Subscription events executed and encoded once per distinct operation, not once per subscriber.
 
 A commit wakes every subscriber of the org with the same snapshot. graphql-core
-would execute each subscriber's selection set over it separately (about 0.3 ms
-each: 300 ms for 1,000 subscribers), and Strawberry would then serialise each
-result again. Here the subscription resolver yields one `SharedEvent` per
-snapshot, shared by all its subscribers, and:
+would execute each subscriber's selection set over it separately and
+Strawberry would encode each result again (about 0.5 ms per subscriber: half a
+second for 1,000). Here the subscription resolver yields one `SharedEvent` per
+snapshot, shared by all its subscribers, and `SharedEventExecutor` (the
+schema's executor class) executes an operation with given variables once per
+SharedEvent, and encodes its `next` payload once; every subscriber that asked
+the same gets the same result. The result can depend on nothing else: the one
+subscription field is authorized when subscribing, and the stats types below
+it are plain data (no resolvers, no permissions, no context).
 
-- `SharedEventExecutor` (the schema's executor class) executes an operation
-  with given variables once per SharedEvent; every subscriber that asked the
-  same gets the same ExecutionResult. The result can depend on nothing else:
-  the one subscription field is authorized when subscribing, and the stats
-  types below it are plain data (no resolvers, no permissions, no context);
-- `NextEncoder` serialises that result's data once; each subscriber's message
-  only adds its own operation id around the shared JSON;
-- after a subscription's first event, the graphql-transport-ws handler
-  (schema/live_transport.py) takes over through a `Handoff`: it waits on the
-  resolver's mailbox itself and sends each shared result, skipping the
-  per-event layers of Strawberry's result stream.
+After a subscription's first event, the graphql-transport-ws handler
+(schema/live_transport.py) takes over through a `Handoff`: it waits on the
+resolver's mailbox itself and sends each shared payload.
 """
 
 from __future__ import annotations
@@ -34,17 +31,25 @@ from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from db.aggregates import StatsSnapshot
 from db.broadcast import LatestSnapshot
 
+Key = tuple[int, str]
+
 
 @dataclass(eq=False)
 class SharedEvent:
-    """One subscription event for every subscriber it wakes, with their results."""
+    """One subscription event for every subscriber it wakes, with their results.
+
+    Results are keyed by (id of the operation node, variables); the node itself is
+    kept beside each result, so the id cannot be reused by another document while
+    the event lives.
+    """
 
     value: Any
-    results: dict[tuple[int, str], tuple[object, ExecutionResult]] = field(default_factory=dict)
+    results: dict[Key, tuple[object, ExecutionResult]] = field(default_factory=dict)
+    payloads: dict[Key, str] = field(default_factory=dict)
 
 
 class SharedEvents:
-    """The SharedEvent of each recent value (by identity: the hub hands every
+    """The SharedEvent of each recent snapshot (by identity: the hub hands every
     subscriber of an org the same snapshot object)."""
 
     def __init__(self, size: int = 256) -> None:
@@ -104,50 +109,35 @@ class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
         handoff = HANDOFF.get()
         if handoff is not None and handoff.executor is None:
             handoff.executor = self
+        return _Executed(self.result_of(payload))
+
+    def result_of(self, event: SharedEvent) -> Any:
+        """This operation's result for the event: executed by the first subscriber that asks."""
         key = self._shared_key()
-        known = payload.results.get(key)
+        known = event.results.get(key)
         if known is not None and known[0] is self.operation:
-            return _Executed(known[1])
-        executor = super().build_per_event_executor(payload.value)
-        result = executor.execute_operation(False)
-        if isinstance(result, ExecutionResult):  # else not plain data after all: nothing to share
-            payload.results[key] = (self.operation, result)
-        return _Executed(result)
+            return known[1]
+        result = super().build_per_event_executor(event.value).execute_operation(False)
+        if isinstance(result, ExecutionResult):  # else not plain data after all (awaitable): not shared
+            event.results[key] = (self.operation, result)
+        return result
 
-    def _shared_key(self) -> tuple[int, str]:
-        """What, besides the event, the result depends on: the operation and its variables.
+    def payload_json(self, event: SharedEvent) -> str | None:
+        """The JSON of this operation's `next` payload for the event, encoded once;
+        None when the result is not plain data without errors (send it the usual way)."""
+        key = self._shared_key()
+        payload = event.payloads.get(key)
+        if payload is None:
+            result = self.result_of(event)
+            if not isinstance(result, ExecutionResult) or result.errors:
+                return None
+            payload = event.payloads[key] = json.dumps({"data": result.data})
+        return payload
 
-        The operation node itself is kept beside each result, so the id in the key
-        cannot be reused by another document while the event lives.
-        """
-        key: tuple[int, str] | None = getattr(self, "_key", None)
+    def _shared_key(self) -> Key:
+        """What, besides the event, the result depends on: the operation and its variables."""
+        key: Key | None = getattr(self, "_key", None)
         if key is None:
             key = (id(self.operation), json.dumps(self.variable_values.coerced, sort_keys=True, default=repr))
             self._key = key
         return key
-
-
-class NextEncoder:
-    """JSON of graphql-transport-ws `next` messages, the shared data encoded once."""
-
-    def __init__(self, size: int = 256) -> None:
-        self.size = size
-        self._encoded: OrderedDict[int, tuple[object, str]] = OrderedDict()
-
-    def encode(self, message: Any) -> str | None:
-        """The message's JSON, or None when it is not a plain `next` of shared data."""
-        if not (isinstance(message, dict) and message.keys() == {"id", "type", "payload"}):
-            return None
-        if message["type"] != "next":
-            return None
-        payload = message["payload"]
-        if not (isinstance(payload, dict) and payload.keys() == {"data"}):
-            return None
-        data = payload["data"]
-        known = self._encoded.get(id(data))
-        if known is None or known[0] is not data:
-            known = (data, json.dumps({"data": data}))
-            self._encoded[id(data)] = known
-            if len(self._encoded) > self.size:
-                self._encoded.popitem(last=False)
-        return f'{{"id":{json.dumps(message["id"])},"type":"next","payload":{known[1]}}}'

@@ -23,7 +23,6 @@ from schema.context import Context
 from schema.count_cache import PINNED, CountCache
 from schema.limits import ConnectionsPerToken, Limits
 from schema.live_transport import TallyTransportWSHandler
-from schema.shared_events import NextEncoder
 
 CLOSE_TOKEN_EXPIRED = 4403
 CONNECTION = "tally.connection"  # ASGI scope key: per-WebSocket bookkeeping
@@ -48,11 +47,6 @@ class TallyGraphQL(GraphQL[Context, None]):
         self.limits = limits
         self.connections = ConnectionsPerToken(limits.connections_per_token)
         self.count_cache = CountCache(db, verifier, count_cache_entries) if count_cache_entries > 0 else None
-        self.next_encoder = NextEncoder()
-
-    def encode_json(self, data: object) -> str | bytes:
-        """Subscription events shared by many subscribers are encoded once (schema/shared_events.py)."""
-        return self.next_encoder.encode(data) or super().encode_json(data)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
