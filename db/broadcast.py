@@ -80,20 +80,23 @@ class LatestSnapshot:
 
     def __init__(self) -> None:
         self._latest: StatsSnapshot | None = None
-        self._changed = asyncio.Event()
+        # The one consumer's wake-up (a bare future: a fan-out wakes 1,000s of them at once).
+        self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, snapshot: StatsSnapshot) -> None:
         if self._latest is None or snapshot.version > self._latest.version:
             self._latest = snapshot
-            self._changed.set()
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     async def newer_than(self, version: int | None) -> StatsSnapshot:
         while True:
             latest = self._latest
             if latest is not None and (version is None or latest.version > version):
                 return latest
-            self._changed.clear()
-            await self._changed.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
 
 
 @dataclass

@@ -9,11 +9,12 @@ to the after-commit hooks (publishing). A rolled-back transaction hands nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -54,6 +55,13 @@ class Database:
             info={SHARDS: max(1, stats_shards)},
         )
         self.after_commit: list[AfterCommit] = []
+        # SQLite has one writer at a time. Writers of this process queue here, in
+        # order, instead of in SQLite's busy handler, which sleeps in growing steps
+        # (1, 2, 5, 10 ms, ...) and so turns a 3 ms wait into 8 ms or more.
+        # (Other processes still meet the busy handler.)
+        self._writer_turn: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Lock() if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        )
         self.stats = StatsReader(self.engine, lambda org_id: self.read(partial(get_stats, org_id=org_id)))
 
     async def read_stats(self, org_id: str) -> StatsSnapshot:
@@ -91,7 +99,7 @@ class Database:
     async def write_with_snapshots(self, work: Work[T]) -> tuple[T, list[StatsSnapshot]]:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                async with self.sessions() as session:
+                async with self._writer_turn, self.sessions() as session:
                     await session.connection(execution_options={WRITE: True})
                     result = await work(session)
                     await session.commit()
