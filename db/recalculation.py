@@ -116,24 +116,57 @@ async def drift_report(db: Database, org_id: str) -> Drift:
     return await db.read(lambda s: measure_drift(s, org_id), snapshot=True)
 
 
-async def recalculate_org(db: Database, org_id: str, run_id: int) -> Recalculation:
+@dataclass
+class Run:
+    """A recalculation run being recorded. Its row is written with its first org's
+    correction and completed with its last, so recalculating one org is one write
+    transaction: writers beside it queue behind one short transaction, not three."""
+
+    trigger: str
+    started_at: datetime
+    id: int | None = None
+    orgs_checked: int = 0
+    corrections: int = 0
+
+    async def record(self, session: AsyncSession, *, finished: bool, error: str | None = None) -> None:
+        row = await session.get(RecalculationRun, self.id) if self.id is not None else None
+        if row is None:
+            row = RecalculationRun(trigger=self.trigger, started_at=self.started_at)
+            session.add(row)
+        row.orgs_checked, row.corrections = self.orgs_checked, self.corrections
+        if finished:
+            row.finished_at = utcnow()
+            row.error = error[:2000] if error else None
+        await session.flush()
+        self.id = row.id
+
+
+async def recalculate_org(db: Database, org_id: str, run: Run, *, last: bool) -> Recalculation:
     """Correct one org's row to its recount, recording and logging each correction."""
     for _ in range(MAX_ATTEMPTS):
         drift = await drift_report(db, org_id)
 
-        async def apply(session: AsyncSession, drift: Drift = drift) -> StatsSnapshot | None:
+        before = (run.id, run.orgs_checked, run.corrections)
+
+        async def apply(session: AsyncSession, drift: Drift = drift, before: tuple[Any, int, int] = before) -> Any:
             await ensure_organization(session, org_id)  # the stats row needs its org (foreign key)
             snapshot = await session.run_sync(lambda sync: correct(sync, org_id, drift.delta, drift.epoch))
-            if snapshot is not None:
-                for d in drift.counters:
-                    session.add(
-                        StatsCorrection(
-                            run_id=run_id, org_id=org_id, counter=d.counter, stored=d.stored, actual=d.actual
-                        )
-                    )
+            if snapshot is None:
+                return None
+            # Set from `before`, not added: Database.write may run this again after a retry.
+            run.id, run.orgs_checked, run.corrections = before[0], before[1] + 1, before[2] + len(drift.counters)
+            await run.record(session, finished=last)
+            for d in drift.counters:
+                session.add(
+                    StatsCorrection(run_id=run.id, org_id=org_id, counter=d.counter, stored=d.stored, actual=d.actual)
+                )
             return snapshot
 
-        snapshot = await db.write(apply)
+        try:
+            snapshot = await db.write(apply)
+        except BaseException:
+            run.id, run.orgs_checked, run.corrections = before  # rolled back with its transaction
+            raise
         if snapshot is not None:
             for d in drift.counters:
                 log.warning(
@@ -142,45 +175,27 @@ async def recalculate_org(db: Database, org_id: str, run_id: int) -> Recalculati
                     d.counter,
                     d.stored,
                     d.actual,
-                    run_id,
+                    run.id,
                 )
             stats = await db.read_stats(org_id)  # the org's sums, not one shard row
             return Recalculation(org_id, drift.counters, stats)
+        run.id, run.orgs_checked, run.corrections = before
     raise RuntimeError(f"recalculation of {org_id} kept racing another recalculation")
-
-
-async def start_run(db: Database, trigger: str) -> int:
-    async def work(session: AsyncSession) -> int:
-        run = RecalculationRun(trigger=trigger, started_at=utcnow(), orgs_checked=0, corrections=0)
-        session.add(run)
-        await session.flush()
-        return run.id
-
-    return await db.write(work)
-
-
-async def finish_run(db: Database, run_id: int, results: list[Recalculation], error: str | None = None) -> None:
-    async def work(session: AsyncSession) -> None:
-        run = await session.get_one(RecalculationRun, run_id)
-        run.finished_at = utcnow()
-        run.orgs_checked = len(results)
-        run.corrections = sum(len(r.corrected) for r in results)
-        run.error = error[:2000] if error else None
-
-    await db.write(work)
 
 
 async def recalculate(db: Database, org_ids: list[str] | None, trigger: str) -> list[Recalculation]:
     """One recorded run over these orgs (None: every org)."""
     for org_id in org_ids or []:
         check_text(org_id, "orgId", required=True)  # refused before any run is recorded
-    run_id = await start_run(db, trigger)
+    run = Run(trigger, started_at=utcnow())
     results: list[Recalculation] = []
     try:
         if org_ids is None:
             org_ids = await db.read(all_org_ids)
-        for org_id in org_ids:
-            results.append(await recalculate_org(db, org_id, run_id))
+        for i, org_id in enumerate(org_ids):
+            results.append(await recalculate_org(db, org_id, run, last=i == len(org_ids) - 1))
+        if not org_ids:
+            await db.write(lambda session: run.record(session, finished=True))
     except Exception as error:
         # Admins read runs (recalculationRuns.error): a domain refusal says why; anything
         # else is recorded without its text (it may hold SQL) and logged by the caller.
@@ -188,9 +203,8 @@ async def recalculate(db: Database, org_ids: list[str] | None, trigger: str) -> 
             recorded = f"{error.code}: {error.message}"
         else:
             recorded = "internal error (see the server log)"
-        await finish_run(db, run_id, results, error=recorded)
+        await db.write(lambda session: run.record(session, finished=True, error=recorded))
         raise
-    await finish_run(db, run_id, results)
     return results
 
 
