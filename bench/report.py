@@ -664,9 +664,9 @@ def explain(
         f"({ms(n_large['p50'])} ms p50, {cpu(cpu_of[('naive', large, 1)])} server CPU per request), "
         f"Tally reads its aggregate row ({ms(t_large['p50'])} ms): {x(n_large['p50'] / t_large['p50'])}. "
         f"Even with its count cache off, Tally takes {ms(get('uncached', large, 1)['p50'])} ms there "
-        f"({x(n_large['p50'] / get('uncached', large, 1)['p50'])} faster than naive). At {small} loads the "
-        f"GROUP BY is cheap and the naive resolver is {x(get('naive', small, 1)['p50'] / u_small['p50'])} "
-        "the latency of uncached Tally: both are mostly the same GraphQL request handling."
+        f"({x(n_large['p50'] / get('uncached', large, 1)['p50'])} faster than naive). Even at {small} loads, "
+        f"where the GROUP BY is cheap, the naive resolver takes {x(get('naive', small, 1)['p50'] / u_small['p50'])} "
+        "the latency of uncached Tally."
     )
     floor_small = get("floor", small, 1)
 
