@@ -187,9 +187,9 @@ def _upsert(
     *,
     where: Any = None,
     recalculated_at: datetime | None = None,
-    shard: int = 0,
 ) -> StatsSnapshot | None:
-    """One statement: create the org's (shard) row or add `delta` to it, bumping `version`."""
+    """A recalculation's upsert of the org's shard 0 (the reads sum the shards, so any
+    shard can carry a correction): create the row or add `delta`, bumping `version`."""
     table = _table()
     now = utcnow()
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
@@ -201,7 +201,7 @@ def _upsert(
         insert(table)
         .values(
             org_id=org_id,
-            shard=shard,
+            shard=0,
             version=1 if delta else 0,
             updated_at=now,
             last_recalculated_at=recalculated_at,
@@ -240,7 +240,7 @@ def _add(session: Session, org_id: str, delta: dict[str, int], *, shard: int) ->
     """One statement: create the org's (shard) row or add a non-empty `delta` to it, bumping `version`.
 
     The common write, so its statement is built once (building it per commit cost
-    ~0.7 ms of CPU); `_upsert` builds the rarer variants.
+    ~0.7 ms of CPU); a recalculation's correction goes through `_upsert`.
     """
     params = {"org_id": org_id, "shard": shard, "now": utcnow(), **dict.fromkeys(COUNTERS, 0), **delta}
     connection = session.connection()  # Core, not the ORM's execute: nothing ORM about this statement
