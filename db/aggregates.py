@@ -59,7 +59,6 @@ COMMITTED = "tally.committed_snapshots"
 REREAD = "tally.reread_after_commit"  # orgs whose sharded stats are read once committed
 SHARDS = "tally.stats_shards"
 LOCKED = "tally.locked_rows"
-AGGREGATE_WRITE = "tally_aggregate_write"
 
 
 @dataclass(frozen=True)
@@ -159,60 +158,62 @@ def _apply_deltas(session: Session) -> None:
 def correct(session: Session, org_id: str, delta: dict[str, int], epoch: int) -> StatsSnapshot | None:
     """Apply a recalculation's correction (actual - stored, both read in one snapshot).
 
-    Sets last_recalculated_at; with a non-zero delta also bumps version and
-    `corrections`. `epoch` is the `corrections` value seen in that snapshot: if
-    another recalculation corrected the row since, nothing is written and None
-    is returned (recount again), so two recalculations never correct twice.
+    One upsert of the org's shard 0 (reads sum the shards, so any shard can carry
+    a correction). Sets last_recalculated_at; with a non-zero delta also adds it,
+    bumping version and `corrections`. `epoch` is the `corrections` value seen in
+    that snapshot: if another recalculation corrected the row since, nothing is
+    written and None is returned (recount again), so two recalculations never
+    correct twice.
     """
-    table = _table()
-    now = utcnow()
-    changes: dict[str, Any] = {"last_recalculated_at": now}
+    corrected = 1 if delta else 0
+    params = {
+        "org_id": org_id,
+        "now": utcnow(),
+        "epoch": epoch,
+        "first": corrected,  # version and corrections of a row this correction creates
+        **dict.fromkeys(COUNTERS, 0),
+        **delta,
+    }
+    connection = session.connection()
+    row = connection.execute(_CORRECT[connection.dialect.name][bool(delta)], params).one_or_none()
+    if row is None:
+        return None
     if delta:
-        changes["corrections"] = table.c.corrections + 1
-    snapshot = _upsert(session, org_id, delta, changes, where=table.c.corrections == epoch, recalculated_at=now)
-    if snapshot is not None and delta:
         session.info.setdefault(REREAD, []).append(org_id)
-    return snapshot
+    return StatsSnapshot.from_row(row)
 
 
 def _table() -> Table:
     return cast(Table, OrganizationStats.__table__)
 
 
-def _upsert(
-    session: Session,
-    org_id: str,
-    delta: dict[str, int],
-    extra: dict[str, Any] | None = None,
-    *,
-    where: Any = None,
-    recalculated_at: datetime | None = None,
-) -> StatsSnapshot | None:
-    """A recalculation's upsert of the org's shard 0 (the reads sum the shards, so any
-    shard can carry a correction): create the row or add `delta`, bumping `version`."""
+def _build_correct_statement(insert: Any, *, adds: bool) -> Any:
+    """`correct`'s upsert: with `adds`, the counters' delta too; built once per dialect."""
     table = _table()
-    now = utcnow()
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    changes: dict[str, Any] = {c: table.c[c] + d for c, d in delta.items()}
-    if delta:
-        changes.update(version=table.c.version + 1, updated_at=now)
-    changes.update(extra or {})
-    stmt = (
-        insert(table)
-        .values(
-            org_id=org_id,
-            shard=0,
-            version=1 if delta else 0,
-            updated_at=now,
-            last_recalculated_at=recalculated_at,
-            corrections=1 if delta and recalculated_at else 0,
-            **delta,
-        )
-        .on_conflict_do_update(index_elements=[table.c.org_id, table.c.shard], set_=changes, where=where)
-        .returning(*table.c)
+    stmt = insert(table).values(
+        org_id=bindparam("org_id"),
+        shard=0,
+        version=bindparam("first"),
+        updated_at=bindparam("now"),
+        last_recalculated_at=bindparam("now"),
+        corrections=bindparam("first"),
+        **{c: bindparam(c) for c in COUNTERS},
     )
-    row = session.execute(stmt, execution_options={AGGREGATE_WRITE: True}).one_or_none()
-    return StatsSnapshot.from_row(row) if row else None
+    changes: dict[str, Any] = {"last_recalculated_at": stmt.excluded.last_recalculated_at}
+    if adds:
+        changes.update({c: table.c[c] + stmt.excluded[c] for c in COUNTERS})
+        changes.update(
+            version=table.c.version + 1, corrections=table.c.corrections + 1, updated_at=stmt.excluded.updated_at
+        )
+    return stmt.on_conflict_do_update(
+        index_elements=[table.c.org_id, table.c.shard], set_=changes, where=table.c.corrections == bindparam("epoch")
+    ).returning(*table.c)
+
+
+_CORRECT = {
+    name: {adds: _build_correct_statement(insert, adds=adds) for adds in (False, True)}
+    for name, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
 
 
 def _build_add_statement(insert: Any) -> Any:
@@ -240,7 +241,7 @@ def _add(session: Session, org_id: str, delta: dict[str, int], *, shard: int) ->
     """One statement: create the org's (shard) row or add a non-empty `delta` to it, bumping `version`.
 
     The common write, so its statement is built once (building it per commit cost
-    ~0.7 ms of CPU); a recalculation's correction goes through `_upsert`.
+    ~0.7 ms of CPU); a recalculation's correction goes through `correct`.
     """
     params = {"org_id": org_id, "shard": shard, "now": utcnow(), **dict.fromkeys(COUNTERS, 0), **delta}
     connection = session.connection()  # Core, not the ORM's execute: nothing ORM about this statement
@@ -279,7 +280,7 @@ def _refuse_bulk_writes(state: ORMExecuteState) -> None:
     if not (state.is_insert or state.is_update or state.is_delete):
         return
     table = getattr(state.statement, "table", None)
-    if getattr(table, "name", None) in COUNTED_TABLES and not state.execution_options.get(AGGREGATE_WRITE):
+    if getattr(table, "name", None) in COUNTED_TABLES:
         raise RuntimeError(
             f"bulk {table.name} writes bypass the aggregate: change ORM objects instead"  # type: ignore[union-attr]
         )

@@ -8,11 +8,15 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import text
 
+from db.recalculation import drift_report
 from db.unit_of_work import Database
 from main import Settings, create_app
 from tests.helpers import Api, assert_exact, recount, stored, token
@@ -31,9 +35,7 @@ async def inject_drift(db: Database, sql: str) -> None:
 
 def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TALLY_DATABASE_URL": database_url}
-    return subprocess.run(
-        [sys.executable, "main.py", *args], cwd=ROOT, env=env, capture_output=True, text=True
-    )
+    return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, env=env, capture_output=True, text=True)
 
 
 async def test_injected_drift_is_reported_corrected_recorded_and_published(
@@ -84,9 +86,7 @@ async def test_cli_recalc_fixes_drift_and_lists_the_run(api: Api, db: Database, 
     await inject_drift(db, "UPDATE organization_stats SET type_unmapped = 0")
     fixed = cli(database_url, "recalc", "--json")
     assert fixed.returncode == 0, fixed.stderr
-    assert json.loads(fixed.stdout)["rows"] == [
-        {"org": "org_a", "counter": "type_unmapped", "stored": 0, "actual": 1}
-    ]
+    assert json.loads(fixed.stdout)["rows"] == [{"org": "org_a", "counter": "type_unmapped", "stored": 0, "actual": 1}]
     await assert_exact(db, "org_a")
     runs = cli(database_url, "runs")
     assert runs.returncode == 0 and "cli" in runs.stdout
@@ -120,6 +120,30 @@ async def test_recalculation_beside_concurrent_writers_corrects_nothing(api: Api
     assert counts == await recount(db, "org_a")
 
 
+async def test_recount_runs_off_the_event_loop_at_the_lowest_priority(db: Database) -> None:
+    """SQLite: the recount leaves the loop's thread and yields the CPU to writers (nice 19)."""
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL recounts in its own server process")
+    recount_threads: list[int] = []
+
+    def on_recount_thread(original: Any) -> Any:
+        def snapshot(*args: Any) -> Any:
+            recount_threads.append(threading.get_native_id())
+            return original(*args)
+
+        return snapshot
+
+    inline = db.stats._inline
+    assert inline is not None
+    inline.snapshot = on_recount_thread(inline.snapshot)  # type: ignore[method-assign]
+    drift = await drift_report(db, "org_a")
+    assert drift.counters == [] and recount_threads
+    tid = recount_threads[0]
+    assert tid != threading.get_native_id()
+    stat = await asyncio.to_thread(Path(f"/proc/self/task/{tid}/stat").read_text)
+    assert int(stat.rpartition(")")[2].split()[16]) == 19  # field 19 of proc(5): nice
+
+
 async def test_scheduler_runs_alone_across_two_instances_and_survives_a_dead_holder(
     database_url: str,
 ) -> None:
@@ -135,9 +159,7 @@ async def test_scheduler_runs_alone_across_two_instances_and_survives_a_dead_hol
         await asyncio.sleep(4.5)
     async with db.engine.connect() as conn:
         runs = (
-            await conn.execute(
-                text("SELECT started_at, finished_at, trigger FROM recalculation_runs ORDER BY id")
-            )
+            await conn.execute(text("SELECT started_at, finished_at, trigger FROM recalculation_runs ORDER BY id"))
         ).all()
     await db.dispose()
     assert 3 <= len(runs) <= 6, runs
