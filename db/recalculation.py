@@ -1,12 +1,13 @@
 """Drift detection and online recalculation of organization_stats.
 
 A recalculation reads the stored row and a recount of the source rows in ONE
-consistent snapshot (a read transaction: WAL snapshot on SQLite, REPEATABLE
-READ on PostgreSQL), so their difference is real drift, whatever writers do
-meanwhile. It then applies that difference as a delta in a short write
-transaction (one single-row upsert, `db.aggregates.correct`). Writers are never
-blocked longer than by any other single-row update, and writes that commit in
-between are kept: their own deltas already moved both sides alike.
+statement (`DRIFT_QUERY`), hence one consistent snapshot, so their difference
+is real drift, whatever writers do meanwhile. On SQLite that statement runs
+off the event loop at the lowest CPU priority (`StatsReader.read_recount`).
+It then applies that difference as a delta in a short write transaction (one
+single-row upsert, `db.aggregates.correct`). Writers are never blocked longer
+than by any other single-row update, and writes that commit in between are
+kept: their own deltas already moved both sides alike.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, bindparam, case, func, insert, select, update
+from sqlalchemy import Select, Table, bindparam, case, func, insert, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.aggregates import (
@@ -93,36 +94,42 @@ def _recount(table: Any, counted: dict[str, dict[str, str]]) -> Select[Any]:
     ).where(table.c.org_id == bindparam("org_id"))
 
 
-# Built once: statement building and compiling was most of a small org's recalculation CPU.
-LOAD_RECOUNT = _recount(Load.__table__, {"status": LOAD_STATUS_COUNTERS, "load_type": LOAD_TYPE_COUNTERS})
-INVOICE_RECOUNT = _recount(Invoice.__table__, {"status": INVOICE_STATUS_COUNTERS})
-DRIFT_READS = (STATS_QUERY, LOAD_RECOUNT, INVOICE_RECOUNT)
+def _drift_query() -> Select[Any]:
+    """The stored row and both recounts in ONE statement, hence one snapshot on any
+    database and isolation level. The recounts always give a row; the stored
+    row's columns are NULL if the org has none."""
+    stored = STATS_QUERY.subquery("stored")
+    loads = _recount(Load.__table__, {"status": LOAD_STATUS_COUNTERS, "load_type": LOAD_TYPE_COUNTERS}).subquery()
+    invoices = _recount(Invoice.__table__, {"status": INVOICE_STATUS_COUNTERS}).subquery()
+    actual = [recount.c[c].label(f"actual_{c}") for recount in (loads, invoices) for c in recount.c.keys()]  # noqa: SIM118
+    return select(stored, *actual).select_from(loads.join(invoices, true()).outerjoin(stored, true()))
 
 
-def _drift(org_id: str, stored_row: Any, *recounts: Any) -> Drift:
-    stored = StatsSnapshot.from_row(stored_row) if stored_row else StatsSnapshot.empty(org_id)
-    actual = {c: int(getattr(row, c)) for row in recounts for c in COUNTERS if hasattr(row, c)}
+# Built once: building and compiling statements was most of a small org's recalculation CPU.
+DRIFT_QUERY = _drift_query()
+
+
+def _drift(org_id: str, row: Any) -> Drift:
+    has_row = row.org_id is not None
     return Drift(
         org_id=org_id,
-        stored=stored,
-        epoch=int(stored_row.corrections) if stored_row else 0,
-        actual={c: actual[c] for c in COUNTERS},
+        stored=StatsSnapshot.from_row(row) if has_row else StatsSnapshot.empty(org_id),
+        epoch=int(row.corrections) if has_row else 0,
+        actual={c: int(getattr(row, f"actual_{c}")) for c in COUNTERS},
         checked_at=utcnow(),
-        has_stats_row=stored_row is not None,
+        has_stats_row=has_row,
     )
 
 
-async def measure_drift(session: AsyncSession, org_id: str) -> Drift:
-    """Stored row and recount; call inside one snapshot (`Database.read(snapshot=True)`)."""
-    rows = [(await session.execute(statement, {"org_id": org_id})).one_or_none() for statement in DRIFT_READS]
-    return _drift(org_id, *rows)
-
-
 async def drift_report(db: Database, org_id: str) -> Drift:
-    rows = await db.stats.read_snapshot(DRIFT_READS, org_id)  # SQLite: off the event loop
-    if rows is None:
-        return await db.read(lambda s: measure_drift(s, org_id), snapshot=True)
-    return _drift(org_id, *rows)
+    row = await db.stats.read_recount(DRIFT_QUERY, org_id)  # SQLite: off the event loop
+    if row is None:
+        row = await db.read(lambda session: _read_drift_row(session, org_id))
+    return _drift(org_id, row)
+
+
+async def _read_drift_row(session: AsyncSession, org_id: str) -> Any:
+    return (await session.execute(DRIFT_QUERY, {"org_id": org_id})).one()
 
 
 @dataclass
@@ -139,13 +146,21 @@ class Run:
 
     async def record(self, session: AsyncSession, *, finished: bool, error: str | None = None) -> None:
         values: dict[str, Any] = {"orgs_checked": self.orgs_checked, "corrections": self.corrections}
-        if finished:
-            values.update(finished_at=utcnow(), error=error[:2000] if error else None)
+        values.update(finished_at=utcnow() if finished else None, error=error[:2000] if error else None)
         if self.id is None:
-            new_run = insert(RUNS).values(trigger=self.trigger, started_at=self.started_at, **values)
-            self.id = await session.scalar(new_run.returning(RUNS.c.id))
+            self.id = await session.scalar(_NEW_RUN, {"trigger": self.trigger, "started_at": self.started_at, **values})
         else:
-            await session.execute(update(RUNS).where(RUNS.c.id == self.id).values(**values))
+            await session.execute(_RUN_PROGRESS, {"run_id": self.id, **values})
+
+
+_RUN_COLUMNS = ("orgs_checked", "corrections", "finished_at", "error")
+# Built once, like every statement on a recalculation's write path.
+_NEW_RUN = (
+    insert(RUNS)
+    .values(trigger=bindparam("trigger"), started_at=bindparam("started_at"), **{c: bindparam(c) for c in _RUN_COLUMNS})
+    .returning(RUNS.c.id)
+)
+_RUN_PROGRESS = update(RUNS).where(RUNS.c.id == bindparam("run_id")).values({c: bindparam(c) for c in _RUN_COLUMNS})
 
 
 async def recalculate_org(db: Database, org_id: str, run: Run, *, last: bool) -> Recalculation:

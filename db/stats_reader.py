@@ -12,10 +12,10 @@ shard) and nothing else, so what it costs is everything around that statement.
   back to the async session, which waits like every other statement.
 - PostgreSQL: one round trip in autocommit instead of BEGIN, SELECT, ROLLBACK.
 
-`read_snapshot` serves recalculation's reads (the stored row and the recounts
-in one snapshot). On SQLite they run in one hop on a recount thread's read-only
-connection, so a recount's CPU neither runs on nor wakes the event loop that
-writers share. That thread runs at the lowest CPU priority (nice 19): on a
+`read_recount` serves recalculation's one statement (the stored row and the
+recounts). On SQLite it runs on a recount thread's read-only connection, so a
+recount's CPU neither runs on nor wakes the event loop that writers share.
+That thread runs at the lowest CPU priority (nice 19): on a
 2-core machine a recount at normal priority, even with the GIL released,
 doubled a concurrent writer's p99, because the writer's threads waited for a
 core behind it at every wake-up; at nice 19 they preempt it at once.
@@ -29,7 +29,7 @@ import contextvars
 import os
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from types import SimpleNamespace
@@ -75,20 +75,19 @@ class StatsReader:
                     raise
         raise AssertionError("unreachable")
 
-    async def read_snapshot(self, statements: Sequence[Select[Any]], org_id: str) -> list[Any] | None:
-        """The first row (or None) of each statement, all read in one snapshot, off
-        the event loop. None if this database has no inline path or SQLite is busy:
-        then read them in a session (`Database.read(snapshot=True)`)."""
+    async def read_recount(self, statement: Select[Any], org_id: str) -> Any | None:
+        """The one row of a statement that returns exactly one, off the event loop.
+        None if this database has no inline path or SQLite is busy: then run it
+        in a session."""
         if self._inline is None:
             return None
         if self._recount_pool is None:
             self._recount_pool = ThreadPoolExecutor(
                 RECOUNT_THREADS, thread_name_prefix="tally-recount", initializer=_lower_priority
             )
-        compiled = [_compiled(statement) for statement in statements]
         call = contextvars.copy_context().run  # statement counting follows the operation
         return await asyncio.get_running_loop().run_in_executor(
-            self._recount_pool, call, self._inline.snapshot, compiled, org_id
+            self._recount_pool, call, self._inline.row, _compiled(statement), org_id
         )
 
     def close(self) -> None:
@@ -141,20 +140,9 @@ def _compiled(statement: Select[Any]) -> _Compiled:
 _STATS = _compiled(STATS_QUERY)
 
 
-def _first_row(cursor: sqlite3.Cursor) -> SimpleNamespace | None:
-    rows = cursor.fetchall()  # drained, so an autocommit read's snapshot ends here
-    if not rows:
-        return None
-    values = dict(zip((column[0] for column in cursor.description), rows[0], strict=True))
-    for column in _DATETIME_COLUMNS:
-        if column in values:
-            values[column] = _DATETIME(values[column])
-    return SimpleNamespace(**values)
-
-
 class _InlineSqlite:
-    """One read-only sqlite3 connection per thread that reads (the loop's, and worker
-    threads' for `snapshot`)."""
+    """One read-only sqlite3 connection per thread that reads (the loop's, and the
+    recount thread's)."""
 
     def __init__(self, path: str) -> None:
         self._path = path
@@ -175,27 +163,25 @@ class _InlineSqlite:
 
     def read(self, org_id: str) -> StatsSnapshot | None:
         """The org's stats, or None if SQLite is busy (read through the session instead)."""
+        row = self.row(_STATS, org_id)
+        if row is None:
+            return None
+        return StatsSnapshot.from_row(row) if row.org_id is not None else StatsSnapshot.empty(org_id)
+
+    def row(self, statement: _Compiled, org_id: str) -> SimpleNamespace | None:
+        """The statement's first row (all columns None if it has none), or None if SQLite is busy."""
         try:
-            row = _first_row(self._connection().execute(_STATS.sql, _STATS.params(org_id)))
+            cursor = self._connection().execute(statement.sql, statement.params(org_id))
+            rows = cursor.fetchall()  # drained: the read snapshot ends here
         except sqlite3.OperationalError:
             return None
         count_statement()
-        return StatsSnapshot.from_row(row) if row else StatsSnapshot.empty(org_id)
-
-    def snapshot(self, statements: list[_Compiled], org_id: str) -> list[Any] | None:
-        """Each statement's first row, in one read transaction (one WAL snapshot)."""
-        connection = self._connection()
-        try:
-            connection.execute("BEGIN")
-            try:
-                rows = [_first_row(connection.execute(s.sql, s.params(org_id))) for s in statements]
-            finally:
-                connection.execute("COMMIT")
-        except sqlite3.OperationalError:
-            return None
-        for _ in statements:
-            count_statement()
-        return rows
+        names = [column[0] for column in cursor.description]
+        values = dict(zip(names, rows[0], strict=True)) if rows else dict.fromkeys(names)
+        for column in _DATETIME_COLUMNS:
+            if values.get(column) is not None:
+                values[column] = _DATETIME(values[column])
+        return SimpleNamespace(**values)
 
     def close(self) -> None:
         with self._lock:

@@ -68,15 +68,11 @@ class Database:
         """One org's committed stats: the one statement of every count query."""
         return await self.stats.read(org_id)
 
-    async def read(self, work: Work[T], *, snapshot: bool = False) -> T:
-        """Run `work` in a read transaction; with snapshot=True all its reads see one
-        consistent snapshot (SQLite WAL transactions always do; PostgreSQL needs
-        REPEATABLE READ)."""
+    async def read(self, work: Work[T]) -> T:
+        """Run `work` in a read transaction."""
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 async with self.sessions() as session:
-                    if snapshot and self.engine.dialect.name == "postgresql":
-                        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
                     return await work(session)
             except DBAPIError as error:
                 if attempt == MAX_ATTEMPTS or not error.connection_invalidated:
@@ -99,10 +95,15 @@ class Database:
     async def write_with_snapshots(self, work: Work[T]) -> tuple[T, list[StatsSnapshot]]:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                async with self._writer_turn, self.sessions() as session:
-                    await session.connection(execution_options={WRITE: True})
-                    result = await work(session)
-                    await session.commit()
+                async with self.sessions() as session:
+                    async with self._writer_turn:  # from BEGIN to COMMIT (or ROLLBACK), no longer
+                        try:
+                            await session.connection(execution_options={WRITE: True})
+                            result = await work(session)
+                            await session.commit()
+                        except BaseException:
+                            await session.rollback()
+                            raise
                     snapshots: list[StatsSnapshot] = session.info.pop(COMMITTED, [])
                     reread: list[str] = session.info.pop(REREAD, [])
                 break

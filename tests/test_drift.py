@@ -127,15 +127,15 @@ async def test_recount_runs_off_the_event_loop_at_the_lowest_priority(db: Databa
     recount_threads: list[int] = []
 
     def on_recount_thread(original: Any) -> Any:
-        def snapshot(*args: Any) -> Any:
+        def row(*args: Any) -> Any:
             recount_threads.append(threading.get_native_id())
             return original(*args)
 
-        return snapshot
+        return row
 
     inline = db.stats._inline
     assert inline is not None
-    inline.snapshot = on_recount_thread(inline.snapshot)  # type: ignore[method-assign]
+    inline.row = on_recount_thread(inline.row)  # type: ignore[method-assign]
     drift = await drift_report(db, "org_a")
     assert drift.counters == [] and recount_threads
     tid = recount_threads[0]
