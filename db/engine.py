@@ -11,6 +11,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from db.sqlite_driver import OneTripDbapi
+
 WRITE = "tally_write"  # execution option: this transaction will write
 
 
@@ -24,7 +26,7 @@ statement_counter: ContextVar[StatementCounter | None] = ContextVar("statement_c
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     if make_url(url).get_backend_name() == "sqlite":
-        engine = create_async_engine(url, pool_size=pool_size, max_overflow=20)
+        engine = create_async_engine(url, pool_size=pool_size, max_overflow=20, module=OneTripDbapi())
         _make_sqlite_transactional(engine)
     else:
         engine = create_async_engine(url, pool_size=pool_size, max_overflow=20)
