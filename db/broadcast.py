@@ -11,9 +11,12 @@ postgres://). Around its known gaps:
   only the newest snapshot (`LatestSnapshot`), so a slow client costs O(1);
 - a failed publish never fails the commit that caused it: it is logged and
   counted, delivered locally, and (unless it only timed out on a busy
-  process) triggers the reconnect.
+  process) triggers the reconnect. Its org is remembered, and once the
+  channel answers a heartbeat again the org's current snapshot, read from the
+  database, is published: other processes' subscribers converge even if no
+  later commit comes.
 Every event is a full snapshot with a version, so a missed one is repaired by
-the next.
+the next, and a repeated one is ignored.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from datetime import datetime
 from typing import Any
 
 from broadcaster import Broadcast
+from broadcaster._backends.redis import RedisBackend
 
 from db.aggregates import StatsSnapshot
 
@@ -75,6 +79,26 @@ def decode(message: str) -> StatsSnapshot:
     )
 
 
+class _RedisBackend(RedisBackend):
+    """broadcaster's Redis backend with its subscribe race closed.
+
+    It wakes its listener before SUBSCRIBE has been sent, and redis-py records
+    the channel only after sending it: a listener that runs in between finds no
+    channel, stops, and waits for the next subscribe, so a channel's first
+    messages (on a reconnect, often all of them) reach no one.
+    """
+
+    async def subscribe(self, channel: str) -> None:
+        await self._pubsub.subscribe(channel)
+        self._ready.set()
+
+
+def _broadcast(url: str) -> Broadcast:
+    if url.startswith(("redis://", "rediss://")):
+        return Broadcast(backend=_RedisBackend(url))
+    return Broadcast(url)
+
+
 class LatestSnapshot:
     """One subscriber's mailbox: only the newest snapshot is kept."""
 
@@ -105,6 +129,7 @@ class HubMetrics:
     channels: int = 0
     published: int = 0
     publish_failures: int = 0
+    republished: int = 0
     reconnects: int = 0
     connected: bool = False
 
@@ -131,6 +156,7 @@ class StatsHub:
         self._unhealthy = asyncio.Event()
         self._heartbeat_channel = f"tally_heartbeat_{uuid.uuid4().hex}"
         self._heartbeat_seen = asyncio.Event()
+        self._unpublished: set[str] = set()  # orgs whose last publish failed
         self._supervisor: asyncio.Task[None] | None = None
 
     # Lifecycle -----------------------------------------------------------
@@ -165,6 +191,7 @@ class StatsHub:
                 self.metrics.publish_failures += 1
                 log.warning("publish of %s v%d failed: %r", snapshot.org_id, snapshot.version, error)
                 self._deliver(snapshot)  # local subscribers still hear of it
+                self._unpublished.add(snapshot.org_id)  # the other processes' hear of it later
                 if not isinstance(error, TimeoutError):
                     self._unhealthy.set()  # a slow publish is left to the heartbeat to judge
 
@@ -229,6 +256,8 @@ class StatsHub:
         except asyncio.CancelledError:
             raise
         except Exception as error:
+            if broadcast is not self._broadcast:
+                return  # a reader of a torn-down channel, failing as it closes: not news
             log.warning("channel reader failed: %r", error)
             self._unhealthy.set()
 
@@ -253,7 +282,7 @@ class StatsHub:
             backoff = min(backoff * 2, 1.0)
 
     async def _connect(self) -> None:
-        broadcast = Broadcast(self.url)
+        broadcast = _broadcast(self.url)
         await asyncio.wait_for(broadcast.connect(), 5)
         self._broadcast = broadcast
         self._unhealthy.clear()
@@ -285,6 +314,19 @@ class StatsHub:
             self._heartbeat_seen.clear()
             await asyncio.wait_for(self._broadcast.publish(self._heartbeat_channel, "1"), self.publish_timeout)
             await asyncio.wait_for(self._heartbeat_seen.wait(), self.publish_timeout)
+            await self._republish(self._broadcast)
+
+    async def _republish(self, broadcast: Broadcast) -> None:
+        """Publish the current snapshot of each org whose publish failed."""
+        while self._unpublished:
+            org_id = self._unpublished.pop()
+            try:
+                snapshot = await self.read_snapshot(org_id)
+                await asyncio.wait_for(broadcast.publish(channel_of(org_id), encode(snapshot)), self.publish_timeout)
+            except Exception:
+                self._unpublished.add(org_id)  # tried again after the reconnect this causes
+                raise
+            self.metrics.republished += 1
 
     async def _teardown(self) -> None:
         for org_id in list(self._readers):

@@ -6,6 +6,9 @@ import asyncio
 
 from db.aggregates import COUNTERS, StatsSnapshot
 from db.broadcast import LatestSnapshot, StatsHub, decode, encode
+from tests.live import RedisServer, redis_server
+
+__all__ = ["redis_server"]  # the fixture, re-exported for pytest
 
 
 def snapshot(version: int, org: str = "org_a") -> StatsSnapshot:
@@ -42,3 +45,27 @@ async def test_unsubscribing_leaves_no_channel_reader() -> None:
         assert metrics["subscribers"] == 0 and metrics["channels"] == 0
     finally:
         await hub.stop()
+
+
+async def test_a_failed_publish_reaches_other_processes_once_the_channel_answers(redis_server: RedisServer) -> None:
+    """No later commit needed: the org's current snapshot is published again."""
+    committed = snapshot(5)
+
+    async def read(org: str) -> StatsSnapshot:
+        return committed
+
+    publisher, listener = (StatsHub(redis_server.url, read, heartbeat_seconds=0.2) for _ in range(2))
+    await publisher.start()
+    await listener.start()
+    try:
+        async with listener.subscribe("org_a") as mailbox:
+            publisher.publish_timeout = 0  # every publish times out now
+            await publisher.publish([committed])
+            publisher.publish_timeout = 2.0
+            assert publisher.snapshot_metrics()["publish_failures"] == 1
+            received = await asyncio.wait_for(mailbox.newer_than(None), 15)
+            assert received == committed
+            assert publisher.snapshot_metrics()["republished"] == 1
+    finally:
+        await publisher.stop()
+        await listener.stop()
