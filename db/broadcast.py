@@ -41,6 +41,7 @@ from db.aggregates import StatsSnapshot
 log = logging.getLogger("tally.broadcast")
 
 ReadSnapshot = Callable[[str], Awaitable[StatsSnapshot]]
+PUBLISHED_ORGS = 10_000  # orgs whose last published version is remembered
 HEARTBEAT = "\0heartbeat"  # key of the heartbeat reader among the per-org readers
 
 
@@ -157,6 +158,7 @@ class StatsHub:
         self._heartbeat_channel = f"tally_heartbeat_{uuid.uuid4().hex}"
         self._heartbeat_seen = asyncio.Event()
         self._unpublished: set[str] = set()  # orgs whose last publish failed
+        self._published: dict[str, int] = {}  # org -> the version this process published last
         self._supervisor: asyncio.Task[None] | None = None
 
     # Lifecycle -----------------------------------------------------------
@@ -179,6 +181,11 @@ class StatsHub:
 
     async def publish(self, snapshots: list[StatsSnapshot]) -> None:
         for snapshot in snapshots:
+            if self._published.get(snapshot.org_id) == snapshot.version:
+                continue  # writers that shared one read after commit (sharded stats): one event
+            self._published[snapshot.org_id] = snapshot.version
+            if len(self._published) > PUBLISHED_ORGS:
+                del self._published[next(iter(self._published))]  # the oldest entry
             self.metrics.published += 1
             broadcast = self._broadcast
             try:

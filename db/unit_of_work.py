@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from db.aggregates import COMMITTED, REREAD, SHARDS, AggregateSession, StatsSnapshot
 from db.engine import WRITE, create_engine
 from db.queries import get_stats
-from db.stats_reader import StatsReader
+from db.stats_reader import SharedReads, StatsReader
 
 T = TypeVar("T")
 Work = Callable[[AsyncSession], Awaitable[T]]
@@ -63,6 +63,7 @@ class Database:
             asyncio.Lock() if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
         self.stats = StatsReader(self.engine, lambda org_id: self.read(partial(get_stats, org_id=org_id)))
+        self._reads_after_commit = SharedReads(self.read_stats)
 
     async def read_stats(self, org_id: str) -> StatsSnapshot:
         """One org's committed stats: the one statement of every count query."""
@@ -113,7 +114,7 @@ class Database:
                 log.info("retrying transaction (attempt %d): %s", attempt, type(error.orig))
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
         for org_id in reread:  # sharded stats: the sums as committed (or later)
-            snapshots.append(await self.read_stats(org_id))
+            snapshots.append(await self._reads_after_commit.read(org_id))
         await self._run_after_commit(snapshots)
         return result, snapshots
 

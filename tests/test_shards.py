@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from functools import partial
 
 import httpx
 import pytest
 from sqlalchemy import text
 
+from db.aggregates import StatsSnapshot
+from db.loads import create_load
+from db.stats_reader import SharedReads
 from db.unit_of_work import Database
 from main import Settings, create_app
 from tests.helpers import Api, recount, stored, token
@@ -61,3 +66,53 @@ async def test_recalculation_corrects_a_sharded_org(sharded: tuple[Api, Database
     assert fixed["recalculateOrgStats"]["stats"]["loads"]["open"] == 12
     counts, _ = await stored(db, "org_a")
     assert counts == await recount(db, "org_a")
+
+
+async def test_concurrent_sharded_writes_share_reads_that_start_after_their_commits(
+    sharded: tuple[Api, Database],
+) -> None:
+    """Every writer publishes a snapshot read after its commit; the last holds every write."""
+    api, db = sharded
+    await api.ok(CREATE)
+    _, before = await stored(db, "org_a")
+    reads = 0
+    read_stats = db.read_stats
+
+    async def counting_read(org_id: str) -> StatsSnapshot:
+        nonlocal reads
+        reads += 1
+        return await read_stats(org_id)
+
+    db._reads_after_commit = SharedReads(counting_read)
+    results = await asyncio.gather(
+        *(
+            db.write_with_snapshots(partial(create_load, org_id="org_a", status="OPEN", load_type="UNMAPPED"))
+            for _ in range(30)
+        )
+    )
+    versions = [snapshots[0].version for _, snapshots in results]
+    _, after = await stored(db, "org_a")
+    assert after == before + 30 and max(versions) == after
+    if db.engine.dialect.name == "postgresql":  # SQLite commits one at a time; each read is instant
+        assert reads < 30  # writers that committed together shared a read
+
+
+async def test_a_shared_read_starts_after_each_of_its_callers() -> None:
+    started: list[float] = []
+
+    async def read(org_id: str) -> int:
+        started.append(time.monotonic())
+        await asyncio.sleep(0.02)
+        return len(started)  # which read answered
+
+    reads = SharedReads(read)  # type: ignore[arg-type]
+
+    async def caller(delay: float) -> tuple[float, int]:
+        await asyncio.sleep(delay)
+        called = time.monotonic()
+        return called, await reads.read("org_a")
+
+    answered = await asyncio.gather(*(caller(0) for _ in range(10)), *(caller(0.01) for _ in range(10)))
+    assert len(started) == 2  # one read for the first ten, one for the ten that came during it
+    for called, read_number in answered:
+        assert started[read_number - 1] >= called
