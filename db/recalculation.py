@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, bindparam, case, func, insert, select, true, update
+from sqlalchemy import Select, Table, bindparam, func, insert, literal, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.aggregates import (
@@ -83,26 +83,34 @@ class Recalculation:
     stats: StatsSnapshot
 
 
-def _recount(table: Any, counted: dict[str, dict[str, str]]) -> Select[Any]:
-    """One org's rows counted per value of each counted column: one pass, one row."""
-    return select(
-        *(
-            func.coalesce(func.sum(case((table.c[column] == value, 1), else_=0)), 0).label(counter)
-            for column, counters in counted.items()
-            for value, counter in counters.items()
-        )
-    ).where(table.c.org_id == bindparam("org_id"))
+def _counts(table: Any, counted: dict[str, dict[str, str]]) -> list[Any]:
+    """One org's rows with each value of each counted column, one count each.
+
+    Each is a range of an `(org_id, column, id)` index, read from the index alone;
+    counting both load columns in one pass over the loads instead read every
+    load's row (5x slower at 10k loads, on SQLite)."""
+    return [
+        select(func.count())
+        .select_from(table)
+        .where(table.c.org_id == bindparam("org_id"), table.c[column] == value)
+        .scalar_subquery()
+        .label(f"actual_{counter}")
+        for column, counters in counted.items()
+        for value, counter in counters.items()
+    ]
 
 
 def _drift_query() -> Select[Any]:
-    """The stored row and both recounts in ONE statement, hence one snapshot on any
-    database and isolation level. The recounts always give a row; the stored
-    row's columns are NULL if the org has none."""
+    """The stored row and the recounts in ONE statement, hence one snapshot on any
+    database and isolation level. The stored row's columns are NULL if the org
+    has none."""
     stored = STATS_QUERY.subquery("stored")
-    loads = _recount(Load.__table__, {"status": LOAD_STATUS_COUNTERS, "load_type": LOAD_TYPE_COUNTERS}).subquery()
-    invoices = _recount(Invoice.__table__, {"status": INVOICE_STATUS_COUNTERS}).subquery()
-    actual = [recount.c[c].label(f"actual_{c}") for recount in (loads, invoices) for c in recount.c.keys()]  # noqa: SIM118
-    return select(stored, *actual).select_from(loads.join(invoices, true()).outerjoin(stored, true()))
+    one_row = select(literal(1).label("one")).subquery("one_row")
+    actual = [
+        *_counts(Load.__table__, {"status": LOAD_STATUS_COUNTERS, "load_type": LOAD_TYPE_COUNTERS}),
+        *_counts(Invoice.__table__, {"status": INVOICE_STATUS_COUNTERS}),
+    ]
+    return select(stored, *actual).select_from(one_row.outerjoin(stored, true()))
 
 
 # Built once: building and compiling statements was most of a small org's recalculation CPU.
