@@ -55,8 +55,7 @@ COUNTED_TABLES = {"loads", "invoices", "organization_stats"}
 
 # Keys in Session.info and execution options.
 PENDING = "tally.pending_deltas"
-COMMITTED = "tally.committed_snapshots"
-REREAD = "tally.reread_after_commit"  # orgs whose sharded stats are read once committed
+REREAD = "tally.reread_after_commit"  # orgs whose stats are read (summed) once committed
 SHARDS = "tally.stats_shards"
 LOCKED = "tally.locked_rows"
 
@@ -141,18 +140,17 @@ def _collect_deltas(session: Session, _flush: UOWTransaction, _instances: object
 def _apply_deltas(session: Session) -> None:
     session.flush()
     pending: dict[str, Counter[str]] = session.info.pop(PENDING, {})
-    committed: list[StatsSnapshot] = session.info.setdefault(COMMITTED, [])
     shards: int = session.info.get(SHARDS, 1)
     for org_id in sorted(pending):  # a fixed order: concurrent writers never deadlock here
         delta = {counter: d for counter, d in pending[org_id].items() if d}
         if not delta:
             continue
         # Spread over the org's shards, writers of one hot org rarely wait on one row.
-        snapshot = _add(session, org_id, delta, shard=random.randrange(shards))
-        if shards == 1:
-            committed.append(snapshot)  # the row is the org's whole stats
-        else:
-            session.info.setdefault(REREAD, []).append(org_id)
+        _add(session, org_id, delta, shard=random.randrange(shards))
+        # The event carries the org's sums read after the commit, never this one row:
+        # other processes (another TALLY_STATS_SHARDS) or an earlier setting may have
+        # written other rows of the org.
+        session.info.setdefault(REREAD, []).append(org_id)
 
 
 def correct(session: Session, org_id: str, delta: dict[str, int], epoch: int) -> StatsSnapshot | None:
@@ -231,13 +229,13 @@ def _build_add_statement(insert: Any) -> Any:
     )
     changes: dict[str, Any] = {c: table.c[c] + stmt.excluded[c] for c in COUNTERS}
     changes.update(version=table.c.version + 1, updated_at=stmt.excluded.updated_at)
-    return stmt.on_conflict_do_update(index_elements=[table.c.org_id, table.c.shard], set_=changes).returning(*table.c)
+    return stmt.on_conflict_do_update(index_elements=[table.c.org_id, table.c.shard], set_=changes)
 
 
 _ADD = {"postgresql": _build_add_statement(postgresql.insert), "sqlite": _build_add_statement(sqlite.insert)}
 
 
-def _add(session: Session, org_id: str, delta: dict[str, int], *, shard: int) -> StatsSnapshot:
+def _add(session: Session, org_id: str, delta: dict[str, int], *, shard: int) -> None:
     """One statement: create the org's (shard) row or add a non-empty `delta` to it, bumping `version`.
 
     The common write, so its statement is built once (building it per commit cost
@@ -245,7 +243,7 @@ def _add(session: Session, org_id: str, delta: dict[str, int], *, shard: int) ->
     """
     params = {"org_id": org_id, "shard": shard, "now": utcnow(), **dict.fromkeys(COUNTERS, 0), **delta}
     connection = session.connection()  # Core, not the ORM's execute: nothing ORM about this statement
-    return StatsSnapshot.from_row(connection.execute(_ADD[connection.dialect.name], params).one())
+    connection.execute(_ADD[connection.dialect.name], params)
 
 
 def _build_stats_query() -> Select[Any]:
@@ -271,7 +269,7 @@ STATS_QUERY = _build_stats_query()
 
 @event.listens_for(AggregateSession, "after_rollback")
 def _drop_deltas(session: Session) -> None:
-    for key in (PENDING, COMMITTED, REREAD):
+    for key in (PENDING, REREAD):
         session.info.pop(key, None)
 
 

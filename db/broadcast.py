@@ -198,7 +198,7 @@ class StatsHub:
                 self.metrics.publish_failures += 1
                 log.warning("publish of %s v%d failed: %r", snapshot.org_id, snapshot.version, error)
                 self._deliver(snapshot)  # local subscribers still hear of it
-                self._unpublished.add(snapshot.org_id)  # the other processes' hear of it later
+                self._unpublished.add(snapshot.org_id)  # the other processes hear of it later
                 if not isinstance(error, TimeoutError):
                     self._unhealthy.set()  # a slow publish is left to the heartbeat to judge
 
@@ -326,9 +326,14 @@ class StatsHub:
     async def _republish(self, broadcast: Broadcast) -> None:
         """Publish the current snapshot of each org whose publish failed."""
         while self._unpublished:
-            org_id = self._unpublished.pop()
+            org_id = self._unpublished.pop()  # first: a publish failing meanwhile marks it again
             try:
                 snapshot = await self.read_snapshot(org_id)
+            except Exception as error:  # the database's trouble, not the channel's: next heartbeat
+                self._unpublished.add(org_id)
+                log.warning("republish of %s: reading its stats failed: %r", org_id, error)
+                return
+            try:
                 await asyncio.wait_for(broadcast.publish(channel_of(org_id), encode(snapshot)), self.publish_timeout)
             except Exception:
                 self._unpublished.add(org_id)  # tried again after the reconnect this causes

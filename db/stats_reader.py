@@ -126,14 +126,13 @@ class _Compiled:
         return tuple(org_id if name == "org_id" else self._values[name] for name in self._names)
 
 
-_COMPILED: dict[int, _Compiled] = {}
+_COMPILED: dict[Select[Any], _Compiled] = {}  # by identity: statements built once, at import
 
 
 def _compiled(statement: Select[Any]) -> _Compiled:
-    # Keyed by identity: callers pass statements built once at import time.
-    found = _COMPILED.get(id(statement))
+    found = _COMPILED.get(statement)
     if found is None:
-        found = _COMPILED[id(statement)] = _Compiled(statement)
+        found = _COMPILED[statement] = _Compiled(statement)
     return found
 
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from db.aggregates import COMMITTED, REREAD, SHARDS, AggregateSession, StatsSnapshot
+from db.aggregates import REREAD, SHARDS, AggregateSession, StatsSnapshot
 from db.engine import WRITE, create_engine
 from db.queries import get_stats
 from db.stats_reader import SharedReads, StatsReader
@@ -105,7 +105,6 @@ class Database:
                         except BaseException:
                             await session.rollback()
                             raise
-                    snapshots: list[StatsSnapshot] = session.info.pop(COMMITTED, [])
                     reread: list[str] = session.info.pop(REREAD, [])
                 break
             except DBAPIError as error:
@@ -113,8 +112,8 @@ class Database:
                     raise
                 log.info("retrying transaction (attempt %d): %s", attempt, type(error.orig))
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
-        for org_id in reread:  # sharded stats: the sums as committed (or later)
-            snapshots.append(await self._reads_after_commit.read(org_id))
+        # Each changed org's sums as committed (or later); concurrent writers share reads.
+        snapshots = [await self._reads_after_commit.read(org_id) for org_id in dict.fromkeys(reread)]
         await self._run_after_commit(snapshots)
         return result, snapshots
 
