@@ -401,11 +401,11 @@ def why(http: dict[str, Pair], db: dict[str, Pair], read: Cell | None) -> list[s
         )
     out += [
         f"- every read sums up to N rows instead of reading one (one statement still, a primary-key range).{read_text}",
-        "- a sharded write cannot take its snapshot from its own upsert (one row of N), so after the commit it "
-        "reads the sums again to publish them. Writers of the org whose commits land together share that read "
-        "(`db.stats_reader.SharedReads`: each joins the next read that starts after its commit) and so one "
-        "event: at most one more statement per change, usually far fewer under load. The published snapshot "
-        "may already include later commits (the version, the sum of the rows' versions, still only grows).",
+        "- every write publishes the org's sums read after its commit (never the one row its upsert touched: "
+        "another process's setting, or an earlier one, may have written other rows). Writers of the org whose "
+        "commits land together share that read (`db.stats_reader.SharedReads`: each joins the next read that "
+        "starts after its commit) and so one event. The published snapshot may already include later commits "
+        "(the version, the sum of the rows' versions, still only grows).",
         "- N rows per hot org in organization_stats; a recalculation corrects the sum (its correction goes "
         "to one row). TALLY_STATS_SHARDS only decides where new deltas go, so processes may differ and it "
         "can change without a migration.",
