@@ -192,10 +192,12 @@ class _InlineSqlite:
 class SharedReads:
     """Reads of orgs' stats after commits, shared by the writers that wait for them.
 
-    A sharded write reads the org's sums after its commit, to publish them. A
-    writer joins the next read of its org that has not started yet, so every
-    writer's read starts after its commit, and writers of one hot org that
-    commit together share one read (and one event) instead of making one each.
+    Every write reads its org's sums after its commit, to publish them. With no
+    read of the org in flight, the writer reads at once (the common case: no
+    task, no waiting). Otherwise it joins the next read of its org, which starts
+    when the one in flight ends: every writer's read starts after its commit,
+    and writers of one hot org that commit together share one read (and one
+    event) instead of making one each.
     """
 
     def __init__(self, read: Callable[[str], Awaitable[StatsSnapshot]]) -> None:
@@ -204,20 +206,29 @@ class SharedReads:
         self._reading: set[str] = set()
 
     async def read(self, org_id: str) -> StatsSnapshot:
+        if org_id not in self._reading:
+            self._reading.add(org_id)
+            try:
+                return await self._read(org_id)
+            finally:
+                self._hand_over(org_id)
         future = self._next.get(org_id)
         if future is None:
             future = self._next[org_id] = asyncio.get_running_loop().create_future()
-            if org_id not in self._reading:
-                self._reading.add(org_id)
-                asyncio.get_running_loop().create_task(self._serve(org_id))
         return await asyncio.shield(future)  # one waiter's cancellation is not the others'
 
-    async def _serve(self, org_id: str) -> None:
-        try:
-            while (future := self._next.pop(org_id, None)) is not None:
-                try:
-                    future.set_result(await self._read(org_id))
-                except Exception as error:
-                    future.set_exception(error)
-        finally:
+    def _hand_over(self, org_id: str) -> None:
+        """A read ended: serve the writers that queued during it, or stop."""
+        if org_id in self._next:
+            asyncio.get_running_loop().create_task(self._serve(org_id))
+        else:
             self._reading.discard(org_id)
+
+    async def _serve(self, org_id: str) -> None:
+        future = self._next.pop(org_id)
+        try:
+            future.set_result(await self._read(org_id))
+        except Exception as error:
+            future.set_exception(error)
+        finally:
+            self._hand_over(org_id)
