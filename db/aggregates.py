@@ -59,6 +59,8 @@ REREAD = "tally.reread_after_commit"  # orgs whose stats are read (summed) once 
 SHARDS = "tally.stats_shards"
 LOCKED = "tally.locked_rows"
 
+_DIALECTS = (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))  # statements are built per dialect
+
 
 @dataclass(frozen=True)
 class StatsSnapshot:
@@ -185,8 +187,21 @@ def _table() -> Table:
     return cast(Table, OrganizationStats.__table__)
 
 
-def _build_correct_statement(insert: Any, *, adds: bool) -> Any:
-    """`correct`'s upsert: with `adds`, the counters' delta too; built once per dialect."""
+def mark_recalculated(session: Session, org_ids: list[str]) -> None:
+    """Set `last_recalculated_at` of orgs a recalculation found exact, in one statement
+    (executemany): no counter, version or event changes. A run over many orgs records
+    them in batches, so it does not make one write transaction per org."""
+    now = utcnow()
+    params = [{"org_id": org_id, "now": now, "first": 0, **dict.fromkeys(COUNTERS, 0)} for org_id in sorted(org_ids)]
+    connection = session.connection()
+    connection.execute(_MARK_RECALCULATED[connection.dialect.name], params)
+
+
+def _build_correct_statement(insert: Any, *, adds: bool, guarded: bool = True) -> Any:
+    """`correct`'s upsert: with `adds`, the counters' delta too; built once per dialect.
+
+    Unguarded (no epoch check, no RETURNING, so it can run as executemany), it only
+    sets `last_recalculated_at`: `mark_recalculated`'s statement."""
     table = _table()
     stmt = insert(table).values(
         org_id=bindparam("org_id"),
@@ -203,15 +218,17 @@ def _build_correct_statement(insert: Any, *, adds: bool) -> Any:
         changes.update(
             version=table.c.version + 1, corrections=table.c.corrections + 1, updated_at=stmt.excluded.updated_at
         )
+    if not guarded:
+        return stmt.on_conflict_do_update(index_elements=[table.c.org_id, table.c.shard], set_=changes)
     return stmt.on_conflict_do_update(
         index_elements=[table.c.org_id, table.c.shard], set_=changes, where=table.c.corrections == bindparam("epoch")
     ).returning(*table.c)
 
 
 _CORRECT = {
-    name: {adds: _build_correct_statement(insert, adds=adds) for adds in (False, True)}
-    for name, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+    name: {adds: _build_correct_statement(insert, adds=adds) for adds in (False, True)} for name, insert in _DIALECTS
 }
+_MARK_RECALCULATED = {name: _build_correct_statement(insert, adds=False, guarded=False) for name, insert in _DIALECTS}
 
 
 def _build_add_statement(insert: Any) -> Any:
@@ -232,7 +249,7 @@ def _build_add_statement(insert: Any) -> Any:
     return stmt.on_conflict_do_update(index_elements=[table.c.org_id, table.c.shard], set_=changes)
 
 
-_ADD = {"postgresql": _build_add_statement(postgresql.insert), "sqlite": _build_add_statement(sqlite.insert)}
+_ADD = {name: _build_add_statement(insert) for name, insert in _DIALECTS}
 
 
 def _add(session: Session, org_id: str, delta: dict[str, int], *, shard: int) -> None:

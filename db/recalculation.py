@@ -13,9 +13,11 @@ kept: their own deltas already moved both sides alike.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Select, Table, bindparam, func, insert, literal, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,6 +30,7 @@ from db.aggregates import (
     STATS_QUERY,
     StatsSnapshot,
     correct,
+    mark_recalculated,
 )
 from db.errors import TallyError
 from db.models import (
@@ -44,6 +47,9 @@ from db.unit_of_work import Database
 
 log = logging.getLogger("tally.recalculation")
 MAX_ATTEMPTS = 5
+EXACT_BATCH_ORGS = 200
+EXACT_BATCH_SECONDS = 1.0
+T = TypeVar("T")
 RUNS = cast(Table, RecalculationRun.__table__)
 
 
@@ -142,9 +148,10 @@ async def _read_drift_row(session: AsyncSession, org_id: str) -> Any:
 
 @dataclass
 class Run:
-    """A recalculation run being recorded. Its row is written with its first org's
-    correction and completed with its last, so recalculating one org is one write
-    transaction: writers beside it queue behind one short transaction, not three."""
+    """A recalculation run being recorded. Its row is written with its first write
+    (a correction, or a batch of exact orgs) and completed with its last, so
+    recalculating one org is one write transaction: writers beside it queue behind
+    one short transaction, not three."""
 
     trigger: str
     started_at: datetime
@@ -160,6 +167,41 @@ class Run:
         else:
             await session.execute(_RUN_PROGRESS, {"run_id": self.id, **values})
 
+    async def write(
+        self,
+        db: Database,
+        change: Callable[[AsyncSession], Awaitable[T | None]],
+        *,
+        orgs: int,
+        corrected: list[tuple[str, CounterDrift]],
+        finished: bool,
+    ) -> T | None:
+        """`change` and this run's progress (`orgs` more checked, each of `corrected`
+        recorded) in one write transaction. If `change` returns None, nothing is recorded."""
+        before = (self.id, self.orgs_checked, self.corrections)
+
+        async def apply(session: AsyncSession) -> T | None:
+            result = await change(session)
+            if result is None:
+                return None
+            # Set from `before`, not added: Database.write may run this again after a retry.
+            self.id, self.orgs_checked, self.corrections = before[0], before[1] + orgs, before[2] + len(corrected)
+            await self.record(session, finished=finished)
+            for org_id, d in corrected:
+                session.add(
+                    StatsCorrection(run_id=self.id, org_id=org_id, counter=d.counter, stored=d.stored, actual=d.actual)
+                )
+            return result
+
+        try:
+            result = await db.write(apply)
+        except BaseException:
+            self.id, self.orgs_checked, self.corrections = before  # rolled back with its transaction
+            raise
+        if result is None:
+            self.id, self.orgs_checked, self.corrections = before
+        return result
+
 
 _RUN_COLUMNS = ("orgs_checked", "corrections", "finished_at", "error")
 # Built once, like every statement on a recalculation's write path.
@@ -171,35 +213,23 @@ _NEW_RUN = (
 _RUN_PROGRESS = update(RUNS).where(RUNS.c.id == bindparam("run_id")).values({c: bindparam(c) for c in _RUN_COLUMNS})
 
 
-async def recalculate_org(db: Database, org_id: str, run: Run, *, last: bool) -> Recalculation:
-    """Correct one org's row to its recount, recording and logging each correction."""
+async def recalculate_org(
+    db: Database, org_id: str, run: Run, *, last: bool, drift: Drift | None = None
+) -> Recalculation:
+    """Correct one org's row to its recount (`drift`, if just read), recording and
+    logging each correction."""
     for _ in range(MAX_ATTEMPTS):
-        drift = await drift_report(db, org_id)
+        found = drift or await drift_report(db, org_id)
+        drift = None  # a retry recounts
 
-        before = (run.id, run.orgs_checked, run.corrections)
-
-        async def apply(session: AsyncSession, drift: Drift = drift, before: tuple[Any, int, int] = before) -> Any:
-            if not drift.has_stats_row:
+        async def change(session: AsyncSession, found: Drift = found) -> StatsSnapshot | None:
+            if not found.has_stats_row:
                 await ensure_organization(session, org_id)  # the stats row needs its org (foreign key)
-            snapshot = await session.run_sync(lambda sync: correct(sync, org_id, drift.delta, drift.epoch))
-            if snapshot is None:
-                return None
-            # Set from `before`, not added: Database.write may run this again after a retry.
-            run.id, run.orgs_checked, run.corrections = before[0], before[1] + 1, before[2] + len(drift.counters)
-            await run.record(session, finished=last)
-            for d in drift.counters:
-                session.add(
-                    StatsCorrection(run_id=run.id, org_id=org_id, counter=d.counter, stored=d.stored, actual=d.actual)
-                )
-            return snapshot
+            return await session.run_sync(lambda sync: correct(sync, org_id, found.delta, found.epoch))
 
-        try:
-            snapshot = await db.write(apply)
-        except BaseException:
-            run.id, run.orgs_checked, run.corrections = before  # rolled back with its transaction
-            raise
-        if snapshot is not None:
-            for d in drift.counters:
+        corrected = [(org_id, d) for d in found.counters]
+        if await run.write(db, change, orgs=1, corrected=corrected, finished=last) is not None:
+            for d in found.counters:
                 log.warning(
                     "drift corrected: org=%s counter=%s stored=%d actual=%d run=%d",
                     org_id,
@@ -209,24 +239,56 @@ async def recalculate_org(db: Database, org_id: str, run: Run, *, last: bool) ->
                     run.id,
                 )
             stats = await db.read_stats(org_id)  # the org's sums, not one shard row
-            return Recalculation(org_id, drift.counters, stats)
-        run.id, run.orgs_checked, run.corrections = before
+            return Recalculation(org_id, found.counters, stats)
     raise RuntimeError(f"recalculation of {org_id} kept racing another recalculation")
 
 
+async def _record_exact(db: Database, run: Run, org_ids: list[str], *, finished: bool) -> list[Recalculation]:
+    """Orgs whose recount matched their row: `lastRecalculatedAt` and the run's
+    progress, in one write transaction however many orgs there are."""
+
+    async def change(session: AsyncSession) -> bool:
+        if org_ids:
+            await session.run_sync(lambda sync: mark_recalculated(sync, org_ids))
+        return True
+
+    await run.write(db, change, orgs=len(org_ids), corrected=[], finished=finished)
+    return [Recalculation(org_id, [], await db.read_stats(org_id)) for org_id in org_ids]
+
+
 async def recalculate(db: Database, org_ids: list[str] | None, trigger: str) -> list[Recalculation]:
-    """One recorded run over these orgs (None: every org)."""
+    """One recorded run over these orgs (None: every org).
+
+    Each org with drift is corrected in its own write transaction, at once. Orgs
+    found exact (the normal case) are recorded in batches (EXACT_BATCH_ORGS orgs, or
+    EXACT_BATCH_SECONDS after the batch's first recount): a run over thousands of
+    small orgs would otherwise make a write transaction per org, and on SQLite
+    writers take turns."""
     for org_id in org_ids or []:
         check_text(org_id, "orgId", required=True)  # refused before any run is recorded
     run = Run(trigger, started_at=utcnow())
     results: list[Recalculation] = []
+    exact: list[str] = []
+    batch_started = 0.0
     try:
         if org_ids is None:
             org_ids = await db.read(all_org_ids)
         for i, org_id in enumerate(org_ids):
-            results.append(await recalculate_org(db, org_id, run, last=i == len(org_ids) - 1))
+            last = i == len(org_ids) - 1
+            drift = await drift_report(db, org_id)
+            if drift.counters or not drift.has_stats_row:
+                results += await _record_exact(db, run, exact, finished=False) if exact else []
+                exact = []
+                results.append(await recalculate_org(db, org_id, run, last=last, drift=drift))
+                continue
+            if not exact:
+                batch_started = time.monotonic()
+            exact.append(org_id)
+            if last or len(exact) >= EXACT_BATCH_ORGS or time.monotonic() - batch_started >= EXACT_BATCH_SECONDS:
+                results += await _record_exact(db, run, exact, finished=last)
+                exact = []
         if not org_ids:
-            await db.write(lambda session: run.record(session, finished=True))
+            await _record_exact(db, run, [], finished=True)
     except Exception as error:
         # Admins read runs (recalculationRuns.error): a domain refusal says why; anything
         # else is recorded without its text (it may hold SQL) and logged by the caller.

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from db import recalculation
 from db.recalculation import drift_report
 from db.unit_of_work import Database
 from main import Settings, create_app
@@ -188,3 +189,39 @@ async def test_admin_only_and_service_only(api: Api) -> None:
     assert (await service.ok(everything))["recalculateAllOrgStats"] == [{"orgId": "org_a"}]
     other = api.as_(token("org_b", "admin"))
     assert (await other.error(DRIFT))["extensions"]["code"] == "FORBIDDEN"
+
+
+async def test_a_run_over_many_orgs_writes_exact_orgs_in_batches(
+    api: Api, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exact orgs cost one write per batch, a drifted org its own correction; all are recorded."""
+    service = api.as_(token(None, "service"))
+    orgs = [f"org_{i}" for i in range(7)]
+    for org in orgs:
+        await service.ok("mutation($o: ID!) { createLoad(input: {orgId: $o}) { id } }", o=org)
+    await inject_drift(db, "UPDATE organization_stats SET loads_open = 5 WHERE org_id = 'org_3'")
+    versions = {org: (await stored(db, org))[1] for org in orgs}
+    monkeypatch.setattr(recalculation, "EXACT_BATCH_ORGS", 2)
+    writes = 0
+    write = db.write
+
+    async def counted(work: Any) -> Any:
+        nonlocal writes
+        writes += 1
+        return await write(work)
+
+    monkeypatch.setattr(db, "write", counted)
+    fields = "orgId corrected { counter } stats { version lastRecalculatedAt }"
+    results = (await service.ok(f"mutation {{ recalculateAllOrgStats {{ {fields} }} }}"))["recalculateAllOrgStats"]
+
+    # org_0, org_1 | org_2 (flushed before the correction) | org_3 | org_4, org_5 | org_6
+    assert writes == 5
+    assert [r["orgId"] for r in results] == orgs
+    assert [r["orgId"] for r in results if r["corrected"]] == ["org_3"]
+    assert all(r["stats"]["lastRecalculatedAt"] for r in results)
+    assert {r["orgId"]: r["stats"]["version"] for r in results} == {**versions, "org_3": versions["org_3"] + 1}
+    runs = await api.ok("{ recalculationRuns(limit: 1) { orgsChecked corrections finishedAt } }")
+    run = runs["recalculationRuns"][0]
+    assert run["orgsChecked"] == 7 and run["corrections"] == 1 and run["finishedAt"]
+    for org in orgs:
+        await assert_exact(db, org)
