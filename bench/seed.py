@@ -48,14 +48,20 @@ def human(n: int) -> str:
     return str(n)
 
 
-def seed(path: Path, sizes: list[int]) -> Seeded:
-    """A fresh database at `path` holding one org per size, plus the mutation org."""
+def org_names(size: int, copies: int) -> list[str]:
+    """`copies` orgs of one size: org_10k, org_10k_2, org_10k_3, ..."""
+    return [org_name(size), *(f"{org_name(size)}_{i}" for i in range(2, copies + 1))]
+
+
+def seed(path: Path, sizes: list[int], copies: dict[int, int] | None = None) -> Seeded:
+    """A fresh database at `path` holding one org per size (`copies[size]` orgs of that
+    size, if given), plus the mutation org."""
     started = time.perf_counter()
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     url = f"sqlite+aiosqlite:///{path}"
     upgrade(url)
-    orgs = {org_name(size): size for size in sizes}
+    orgs = {org_id: size for size in sizes for org_id in org_names(size, (copies or {}).get(size, 1))}
     orgs[MUTATION_ORG] = MUTATION_ORG_LOADS
     conn = sqlite3.connect(path, isolation_level=None)
     try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, bindparam, event, func, inspect, select
+from sqlalchemy import Select, Table, bindparam, event, func, inspect, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
@@ -187,21 +187,24 @@ def _table() -> Table:
     return cast(Table, OrganizationStats.__table__)
 
 
-def mark_recalculated(session: Session, org_ids: list[str]) -> None:
-    """Set `last_recalculated_at` of orgs a recalculation found exact, in one statement
-    (executemany): no counter, version or event changes. A run over many orgs records
-    them in batches, so it does not make one write transaction per org."""
+def mark_recalculated(session: Session, org_ids: list[str]) -> datetime:
+    """Set `last_recalculated_at` of orgs a recalculation found exact (every row of each,
+    reads take the latest), in one statement: no counter, version or event changes. A
+    run over many orgs records them in batches instead of a write transaction per org."""
     now = utcnow()
-    params = [{"org_id": org_id, "now": now, "first": 0, **dict.fromkeys(COUNTERS, 0)} for org_id in sorted(org_ids)]
-    connection = session.connection()
-    connection.execute(_MARK_RECALCULATED[connection.dialect.name], params)
+    session.connection().execute(_MARK_RECALCULATED, {"org_ids": org_ids, "now": now})
+    return now
 
 
-def _build_correct_statement(insert: Any, *, adds: bool, guarded: bool = True) -> Any:
-    """`correct`'s upsert: with `adds`, the counters' delta too; built once per dialect.
+_MARK_RECALCULATED = (
+    update(_table())
+    .where(_table().c.org_id.in_(bindparam("org_ids", expanding=True)))
+    .values(last_recalculated_at=bindparam("now"))
+)
 
-    Unguarded (no epoch check, no RETURNING, so it can run as executemany), it only
-    sets `last_recalculated_at`: `mark_recalculated`'s statement."""
+
+def _build_correct_statement(insert: Any, *, adds: bool) -> Any:
+    """`correct`'s upsert: with `adds`, the counters' delta too; built once per dialect."""
     table = _table()
     stmt = insert(table).values(
         org_id=bindparam("org_id"),
@@ -218,8 +221,6 @@ def _build_correct_statement(insert: Any, *, adds: bool, guarded: bool = True) -
         changes.update(
             version=table.c.version + 1, corrections=table.c.corrections + 1, updated_at=stmt.excluded.updated_at
         )
-    if not guarded:
-        return stmt.on_conflict_do_update(index_elements=[table.c.org_id, table.c.shard], set_=changes)
     return stmt.on_conflict_do_update(
         index_elements=[table.c.org_id, table.c.shard], set_=changes, where=table.c.corrections == bindparam("epoch")
     ).returning(*table.c)
@@ -228,7 +229,6 @@ def _build_correct_statement(insert: Any, *, adds: bool, guarded: bool = True) -
 _CORRECT = {
     name: {adds: _build_correct_statement(insert, adds=adds) for adds in (False, True)} for name, insert in _DIALECTS
 }
-_MARK_RECALCULATED = {name: _build_correct_statement(insert, adds=False, guarded=False) for name, insert in _DIALECTS}
 
 
 def _build_add_statement(insert: Any) -> Any:

@@ -3,7 +3,7 @@
 A recalculation reads the stored row and a recount of the source rows in ONE
 statement (`DRIFT_QUERY`), hence one consistent snapshot, so their difference
 is real drift, whatever writers do meanwhile. On SQLite that statement runs
-off the event loop at the lowest CPU priority (`StatsReader.read_recount`).
+off the event loop at the lowest CPU priority (`StatsReader.read_recounts`).
 It then applies that difference as a delta in a short write transaction (one
 single-row upsert, `db.aggregates.correct`). Writers are never blocked longer
 than by any other single-row update, and writes that commit in between are
@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Select, Table, bindparam, func, insert, literal, select, true, update
@@ -47,7 +48,7 @@ from db.unit_of_work import Database
 
 log = logging.getLogger("tally.recalculation")
 MAX_ATTEMPTS = 5
-EXACT_BATCH_ORGS = 200
+EXACT_BATCH_ORGS = 16
 EXACT_BATCH_SECONDS = 1.0
 T = TypeVar("T")
 RUNS = cast(Table, RecalculationRun.__table__)
@@ -136,13 +137,20 @@ def _drift(org_id: str, row: Any) -> Drift:
 
 
 async def drift_report(db: Database, org_id: str) -> Drift:
-    row = await db.stats.read_recount(DRIFT_QUERY, org_id)  # SQLite: off the event loop
-    if row is None:
-        row = await db.read(lambda session: _read_drift_row(session, org_id))
-    return _drift(org_id, row)
+    return (await drift_reports(db, [org_id]))[0]
 
 
-async def _read_drift_row(session: AsyncSession, org_id: str) -> Any:
+async def drift_reports(db: Database, org_ids: list[str]) -> list[Drift]:
+    """The drift of the first of `org_ids` (at least one): on SQLite as many as one
+    trip to the recount thread allows, off the event loop; elsewhere one."""
+    rows = await db.stats.read_recounts(DRIFT_QUERY, org_ids)
+    return [
+        _drift(org_id, row if row is not None else await db.read(partial(_read_drift_row, org_id=org_id)))
+        for org_id, row in zip(org_ids, rows, strict=False)
+    ]
+
+
+async def _read_drift_row(session: AsyncSession, *, org_id: str) -> Any:
     return (await session.execute(DRIFT_QUERY, {"org_id": org_id})).one()
 
 
@@ -243,17 +251,17 @@ async def recalculate_org(
     raise RuntimeError(f"recalculation of {org_id} kept racing another recalculation")
 
 
-async def _record_exact(db: Database, run: Run, org_ids: list[str], *, finished: bool) -> list[Recalculation]:
+async def _record_exact(db: Database, run: Run, found: list[Drift], *, finished: bool) -> list[Recalculation]:
     """Orgs whose recount matched their row: `lastRecalculatedAt` and the run's
-    progress, in one write transaction however many orgs there are."""
+    progress, in one write transaction however many orgs there are. Each result's
+    stats are the row the recount verified."""
+    org_ids = [drift.org_id for drift in found]
 
-    async def change(session: AsyncSession) -> bool:
-        if org_ids:
-            await session.run_sync(lambda sync: mark_recalculated(sync, org_ids))
-        return True
+    async def change(session: AsyncSession) -> datetime:
+        return await session.run_sync(lambda sync: mark_recalculated(sync, org_ids)) if org_ids else utcnow()
 
-    await run.write(db, change, orgs=len(org_ids), corrected=[], finished=finished)
-    return [Recalculation(org_id, [], await db.read_stats(org_id)) for org_id in org_ids]
+    now = await run.write(db, change, orgs=len(org_ids), corrected=[], finished=finished)
+    return [Recalculation(d.org_id, [], replace(d.stored, last_recalculated_at=now)) for d in found]
 
 
 async def recalculate(db: Database, org_ids: list[str] | None, trigger: str) -> list[Recalculation]:
@@ -268,25 +276,27 @@ async def recalculate(db: Database, org_ids: list[str] | None, trigger: str) -> 
         check_text(org_id, "orgId", required=True)  # refused before any run is recorded
     run = Run(trigger, started_at=utcnow())
     results: list[Recalculation] = []
-    exact: list[str] = []
+    exact: list[Drift] = []
     batch_started = 0.0
     try:
         if org_ids is None:
             org_ids = await db.read(all_org_ids)
-        for i, org_id in enumerate(org_ids):
-            last = i == len(org_ids) - 1
-            drift = await drift_report(db, org_id)
-            if drift.counters or not drift.has_stats_row:
-                results += await _record_exact(db, run, exact, finished=False) if exact else []
-                exact = []
-                results.append(await recalculate_org(db, org_id, run, last=last, drift=drift))
-                continue
-            if not exact:
-                batch_started = time.monotonic()
-            exact.append(org_id)
-            if last or len(exact) >= EXACT_BATCH_ORGS or time.monotonic() - batch_started >= EXACT_BATCH_SECONDS:
-                results += await _record_exact(db, run, exact, finished=last)
-                exact = []
+        checked = 0
+        while checked < len(org_ids):
+            for drift in await drift_reports(db, org_ids[checked : checked + EXACT_BATCH_ORGS]):
+                checked += 1
+                last = checked == len(org_ids)
+                if drift.counters or not drift.has_stats_row:
+                    results += await _record_exact(db, run, exact, finished=False) if exact else []
+                    exact = []
+                    results.append(await recalculate_org(db, drift.org_id, run, last=last, drift=drift))
+                    continue
+                if not exact:
+                    batch_started = time.monotonic()
+                exact.append(drift)
+                if last or len(exact) >= EXACT_BATCH_ORGS or time.monotonic() - batch_started >= EXACT_BATCH_SECONDS:
+                    results += await _record_exact(db, run, exact, finished=last)
+                    exact = []
         if not org_ids:
             await _record_exact(db, run, [], finished=True)
     except Exception as error:

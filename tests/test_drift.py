@@ -122,7 +122,7 @@ async def test_recalculation_beside_concurrent_writers_corrects_nothing(api: Api
 
 
 async def test_recount_runs_off_the_event_loop_at_the_lowest_priority(db: Database) -> None:
-    """SQLite: the recount leaves the loop's thread and yields the CPU to writers (nice 19)."""
+    """SQLite: the recount leaves the loop's thread and yields the CPU to writers (SCHED_IDLE, nice 19)."""
     if db.engine.dialect.name != "sqlite":
         pytest.skip("PostgreSQL recounts in its own server process")
     recount_threads: list[int] = []
@@ -142,7 +142,9 @@ async def test_recount_runs_off_the_event_loop_at_the_lowest_priority(db: Databa
     tid = recount_threads[0]
     assert tid != threading.get_native_id()
     stat = await asyncio.to_thread(Path(f"/proc/self/task/{tid}/stat").read_text)
-    assert int(stat.rpartition(")")[2].split()[16]) == 19  # field 19 of proc(5): nice
+    fields = stat.rpartition(")")[2].split()  # proc(5) fields from 3 on
+    assert int(fields[16]) == 19  # field 19: nice
+    assert int(fields[38]) == os.SCHED_IDLE  # field 41: policy
 
 
 async def test_scheduler_runs_alone_across_two_instances_and_survives_a_dead_holder(
