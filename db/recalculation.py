@@ -50,6 +50,8 @@ log = logging.getLogger("tally.recalculation")
 MAX_ATTEMPTS = 5
 EXACT_BATCH_ORGS = 16
 EXACT_BATCH_SECONDS = 1.0
+# SQLite: a trip of recounts waits this long at most for the process's writers to finish.
+RECOUNT_YIELD_SECONDS = 0.02
 T = TypeVar("T")
 RUNS = cast(Table, RecalculationRun.__table__)
 
@@ -143,6 +145,8 @@ async def drift_report(db: Database, org_id: str) -> Drift:
 async def drift_reports(db: Database, org_ids: list[str]) -> list[Drift]:
     """The drift of the first of `org_ids` (at least one): on SQLite as many as one
     trip to the recount thread allows, off the event loop; elsewhere one."""
+    if db.stats.recounts_inline:
+        await db.no_writers(RECOUNT_YIELD_SECONDS)  # recount while this process's writers rest
     rows = await db.stats.read_recounts(DRIFT_QUERY, org_ids)
     return [
         _drift(org_id, row if row is not None else await db.read(partial(_read_drift_row, org_id=org_id)))

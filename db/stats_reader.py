@@ -68,6 +68,12 @@ class StatsReader:
         path = url.database if url.get_backend_name() == "sqlite" else None
         self._inline = _InlineSqlite(path) if path and path != ":memory:" else None
         self._recount_pool: ThreadPoolExecutor | None = None
+        self.writing: Callable[[], bool] = lambda: False  # a writer of this process is in flight
+
+    @property
+    def recounts_inline(self) -> bool:
+        """Whether recounts run in this process (SQLite), sharing its CPU with writers."""
+        return self._inline is not None
 
     async def read(self, org_id: str) -> StatsSnapshot:
         if self._inline is not None:
@@ -96,8 +102,13 @@ class StatsReader:
             )
         call = contextvars.copy_context().run  # statement counting follows the operation
         return await asyncio.get_running_loop().run_in_executor(
-            self._recount_pool, call, self._inline.rows, _compiled(statement), org_ids, RECOUNT_TRIP_SECONDS
+            self._recount_pool, call, self._inline.rows, _compiled(statement), org_ids, self._trip_over
         )
+
+    def _trip_over(self, started: float) -> bool:
+        """Runs on the recount thread between two orgs: end the trip when it is long
+        enough or a writer has started (it then gets the CPU to itself)."""
+        return time.monotonic() - started >= RECOUNT_TRIP_SECONDS or self.writing()
 
     def close(self) -> None:
         if self._recount_pool is not None:
@@ -193,12 +204,14 @@ class _InlineSqlite:
                 values[column] = _DATETIME(values[column])
         return SimpleNamespace(**values)
 
-    def rows(self, statement: _Compiled, org_ids: list[str], seconds: float) -> list[SimpleNamespace | None]:
-        """`row` for the first org, and for as many more as `seconds` allow."""
-        deadline = time.monotonic() + seconds
+    def rows(
+        self, statement: _Compiled, org_ids: list[str], over: Callable[[float], bool]
+    ) -> list[SimpleNamespace | None]:
+        """`row` for the first org, then for more until `over(started)`."""
+        started = time.monotonic()
         rows = [self.row(statement, org_ids[0])]
         for org_id in org_ids[1:]:
-            if time.monotonic() >= deadline:
+            if over(started):
                 break
             rows.append(self.row(statement, org_id))
         return rows

@@ -147,6 +147,34 @@ async def test_recount_runs_off_the_event_loop_at_the_lowest_priority(db: Databa
     assert int(fields[38]) == os.SCHED_IDLE  # field 41: policy
 
 
+async def test_recounts_wait_for_the_writers_of_their_process(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite: a recount shares the CPU with this process's writers, so it starts once they are done."""
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL recounts in its own server process")
+    monkeypatch.setattr(recalculation, "RECOUNT_YIELD_SECONDS", 10.0)
+    events: list[str] = []
+    inline = db.stats._inline
+    assert inline is not None
+    row = inline.row
+
+    def recount(*args: Any) -> Any:
+        events.append("recount")
+        return row(*args)
+
+    inline.row = recount  # type: ignore[method-assign]
+
+    async def slow_write(session: Any) -> None:
+        await asyncio.sleep(0.3)
+        events.append("write done")
+
+    write = asyncio.create_task(db.write(slow_write))
+    await asyncio.sleep(0.05)
+    assert db.writing()
+    drift = await drift_report(db, "org_a")
+    await write
+    assert events == ["write done", "recount"] and drift.counters == []
+
+
 async def test_scheduler_runs_alone_across_two_instances_and_survives_a_dead_holder(
     database_url: str,
 ) -> None:
