@@ -44,14 +44,13 @@ from db.models import (
 )
 from db.organizations import ensure_organization
 from db.rules import check_text
+from db.stats_reader import RecountSteps
 from db.unit_of_work import Database
 
 log = logging.getLogger("tally.recalculation")
 MAX_ATTEMPTS = 5
 EXACT_BATCH_ORGS = 16
 EXACT_BATCH_SECONDS = 1.0
-# SQLite: a trip of recounts waits this long at most for the process's writers to finish.
-RECOUNT_YIELD_SECONDS = 0.02
 T = TypeVar("T")
 RUNS = cast(Table, RecalculationRun.__table__)
 
@@ -92,21 +91,25 @@ class Recalculation:
     stats: StatsSnapshot
 
 
-def _counts(table: Any, counted: dict[str, dict[str, str]]) -> list[Any]:
-    """One org's rows with each value of each counted column, one count each.
+def _counts() -> dict[str, Select[Any]]:
+    """One org's rows with each value of each counted column, one count each, by
+    the label of its column in the drift row (`actual_<counter>`).
 
     Each is a range of an `(org_id, column, id)` index, read from the index alone;
     counting both load columns in one pass over the loads instead read every
     load's row (5x slower at 10k loads, on SQLite)."""
-    return [
-        select(func.count())
+    counted = (
+        (Load.__table__, "status", LOAD_STATUS_COUNTERS),
+        (Load.__table__, "load_type", LOAD_TYPE_COUNTERS),
+        (Invoice.__table__, "status", INVOICE_STATUS_COUNTERS),
+    )
+    return {
+        f"actual_{counter}": select(func.count())
         .select_from(table)
         .where(table.c.org_id == bindparam("org_id"), table.c[column] == value)
-        .scalar_subquery()
-        .label(f"actual_{counter}")
-        for column, counters in counted.items()
+        for table, column, counters in counted
         for value, counter in counters.items()
-    ]
+    }
 
 
 def _drift_query() -> Select[Any]:
@@ -115,15 +118,15 @@ def _drift_query() -> Select[Any]:
     has none."""
     stored = STATS_QUERY.subquery("stored")
     one_row = select(literal(1).label("one")).subquery("one_row")
-    actual = [
-        *_counts(Load.__table__, {"status": LOAD_STATUS_COUNTERS, "load_type": LOAD_TYPE_COUNTERS}),
-        *_counts(Invoice.__table__, {"status": INVOICE_STATUS_COUNTERS}),
-    ]
+    actual = [count.scalar_subquery().label(label) for label, count in _counts().items()]
     return select(stored, *actual).select_from(one_row.outerjoin(stored, true()))
 
 
 # Built once: building and compiling statements was most of a small org's recalculation CPU.
 DRIFT_QUERY = _drift_query()
+# The same reads as separate statements, for a reader that runs them in one read
+# transaction (one snapshot) and may pause between them (SQLite's recount thread).
+DRIFT_STEPS = RecountSteps(STATS_QUERY, _counts())
 
 
 def _drift(org_id: str, row: Any) -> Drift:
@@ -145,9 +148,7 @@ async def drift_report(db: Database, org_id: str) -> Drift:
 async def drift_reports(db: Database, org_ids: list[str]) -> list[Drift]:
     """The drift of the first of `org_ids` (at least one): on SQLite as many as one
     trip to the recount thread allows, off the event loop; elsewhere one."""
-    if db.stats.recounts_inline:
-        await db.no_writers(RECOUNT_YIELD_SECONDS)  # recount while this process's writers rest
-    rows = await db.stats.read_recounts(DRIFT_QUERY, org_ids)
+    rows = await db.stats.read_recounts(DRIFT_STEPS, org_ids)
     return [
         _drift(org_id, row if row is not None else await db.read(partial(_read_drift_row, org_id=org_id)))
         for org_id, row in zip(org_ids, rows, strict=False)

@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any, cast
@@ -55,6 +56,8 @@ RECOUNT_NICE = 19
 # loop and passes the GIL back and forth, which writers felt at ~1,000 trips/s (10k-load
 # orgs); longer trips would hold up a driftReport queued behind them.
 RECOUNT_TRIP_SECONDS = 0.02
+# Before each statement a recount waits at most this long for this process's writers to rest.
+RECOUNT_YIELD_SECONDS = 0.02
 
 Fallback = Callable[[str], Awaitable[StatsSnapshot]]
 
@@ -68,12 +71,8 @@ class StatsReader:
         path = url.database if url.get_backend_name() == "sqlite" else None
         self._inline = _InlineSqlite(path) if path and path != ":memory:" else None
         self._recount_pool: ThreadPoolExecutor | None = None
-        self.writing: Callable[[], bool] = lambda: False  # a writer of this process is in flight
-
-    @property
-    def recounts_inline(self) -> bool:
-        """Whether recounts run in this process (SQLite), sharing its CPU with writers."""
-        return self._inline is not None
+        # Set while no write transaction of this process is in flight (Database keeps it).
+        self.no_writers = threading.Event()
 
     async def read(self, org_id: str) -> StatsSnapshot:
         if self._inline is not None:
@@ -89,11 +88,12 @@ class StatsReader:
                     raise
         raise AssertionError("unreachable")
 
-    async def read_recounts(self, statement: Select[Any], org_ids: list[str]) -> list[Any | None]:
-        """The one row of a statement that returns exactly one, for the first of
-        `org_ids` (at least one) that fit in one trip to the recount thread
-        (RECOUNT_TRIP_SECONDS), off the event loop. An org's row is None if this
-        database has no inline path or SQLite was busy: run it in a session then."""
+    async def read_recounts(self, steps: RecountSteps, org_ids: list[str]) -> list[Any | None]:
+        """The drift row of `steps` (stored row and counts, one snapshot) for the
+        first of `org_ids` (at least one) and as many more as fit in one trip to
+        the recount thread (RECOUNT_TRIP_SECONDS), off the event loop. An org's
+        row is None if this database has no inline path or SQLite was busy: read
+        it in a session then."""
         if self._inline is None:
             return [None]
         if self._recount_pool is None:
@@ -102,13 +102,8 @@ class StatsReader:
             )
         call = contextvars.copy_context().run  # statement counting follows the operation
         return await asyncio.get_running_loop().run_in_executor(
-            self._recount_pool, call, self._inline.rows, _compiled(statement), org_ids, self._trip_over
+            self._recount_pool, call, self._inline.recounts, _compiled_steps(steps), org_ids, self.no_writers
         )
-
-    def _trip_over(self, started: float) -> bool:
-        """Runs on the recount thread between two orgs: end the trip when it is long
-        enough or a writer has started (it then gets the CPU to itself)."""
-        return time.monotonic() - started >= RECOUNT_TRIP_SECONDS or self.writing()
 
     def close(self) -> None:
         if self._recount_pool is not None:
@@ -161,6 +156,31 @@ def _compiled(statement: Select[Any]) -> _Compiled:
 _STATS = _compiled(STATS_QUERY)
 
 
+@dataclass(frozen=True, eq=False)
+class RecountSteps:
+    """A drift row as separate statements: the stored row, then each count (its label)."""
+
+    stored: Select[Any]
+    counts: dict[str, Select[Any]]
+
+
+@dataclass(frozen=True)
+class _CompiledSteps:
+    stored: _Compiled
+    counts: dict[str, _Compiled]
+
+
+_COMPILED_STEPS: dict[RecountSteps, _CompiledSteps] = {}  # by identity, like _COMPILED
+
+
+def _compiled_steps(steps: RecountSteps) -> _CompiledSteps:
+    found = _COMPILED_STEPS.get(steps)
+    if found is None:
+        counts = {label: _compiled(count) for label, count in steps.counts.items()}
+        found = _COMPILED_STEPS[steps] = _CompiledSteps(_compiled(steps.stored), counts)
+    return found
+
+
 class _InlineSqlite:
     """One read-only sqlite3 connection per thread that reads (the loop's, and the
     recount thread's)."""
@@ -192,29 +212,54 @@ class _InlineSqlite:
     def row(self, statement: _Compiled, org_id: str) -> SimpleNamespace | None:
         """The statement's first row (all columns None if it has none), or None if SQLite is busy."""
         try:
-            cursor = self._connection().execute(statement.sql, statement.params(org_id))
-            rows = cursor.fetchall()  # drained: the read snapshot ends here
+            return SimpleNamespace(**self._first(self._connection(), statement, org_id))
         except sqlite3.OperationalError:
             return None
+
+    def recounts(
+        self, steps: _CompiledSteps, org_ids: list[str], no_writers: threading.Event
+    ) -> list[SimpleNamespace | None]:
+        """`recount` of the first org, then of more while the trip is short enough."""
+        started = time.monotonic()
+        rows = [self.recount(steps, org_ids[0], no_writers)]
+        for org_id in org_ids[1:]:
+            if time.monotonic() - started >= RECOUNT_TRIP_SECONDS:
+                break
+            rows.append(self.recount(steps, org_id, no_writers))
+        return rows
+
+    def recount(self, steps: _CompiledSteps, org_id: str, no_writers: threading.Event) -> SimpleNamespace | None:
+        """The stored row and each count, in one read transaction (one snapshot). Before
+        each statement it waits (up to RECOUNT_YIELD_SECONDS) until no writer of this
+        process is in flight: on a small machine a recount slows whatever runs beside it,
+        so it runs while writers rest and each step is short. None if SQLite is busy."""
+        connection = self._connection()
+        try:
+            connection.execute("BEGIN")
+            try:
+                no_writers.wait(RECOUNT_YIELD_SECONDS)
+                values = self._first(connection, steps.stored, org_id)
+                for label, count in steps.counts.items():
+                    no_writers.wait(RECOUNT_YIELD_SECONDS)
+                    values[label] = connection.execute(count.sql, count.params(org_id)).fetchone()[0]
+                    count_statement()
+            finally:
+                connection.execute("COMMIT")
+        except sqlite3.OperationalError:
+            return None
+        return SimpleNamespace(**values)
+
+    def _first(self, connection: sqlite3.Connection, statement: _Compiled, org_id: str) -> dict[str, Any]:
+        """The statement's first row by column name (all None if it has none)."""
+        cursor = connection.execute(statement.sql, statement.params(org_id))
+        rows = cursor.fetchall()
         count_statement()
         names = [column[0] for column in cursor.description]
         values = dict(zip(names, rows[0], strict=True)) if rows else dict.fromkeys(names)
         for column in _DATETIME_COLUMNS:
             if values.get(column) is not None:
                 values[column] = _DATETIME(values[column])
-        return SimpleNamespace(**values)
-
-    def rows(
-        self, statement: _Compiled, org_ids: list[str], over: Callable[[float], bool]
-    ) -> list[SimpleNamespace | None]:
-        """`row` for the first org, then for more until `over(started)`."""
-        started = time.monotonic()
-        rows = [self.row(statement, org_ids[0])]
-        for org_id in org_ids[1:]:
-            if over(started):
-                break
-            rows.append(self.row(statement, org_id))
-        return rows
+        return values
 
     def close(self) -> None:
         with self._lock:

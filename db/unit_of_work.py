@@ -63,10 +63,8 @@ class Database:
             asyncio.Lock() if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
         self.stats = StatsReader(self.engine, lambda org_id: self.read(partial(get_stats, org_id=org_id)))
-        self.stats.writing = self.writing
         self._writers = 0  # write transactions of this process in flight
-        self._no_writers = asyncio.Event()
-        self._no_writers.set()
+        self.stats.no_writers.set()  # the recount thread waits on it between statements
         self._reads_after_commit = SharedReads(self.read_stats)
 
     async def read_stats(self, org_id: str) -> StatsSnapshot:
@@ -101,21 +99,15 @@ class Database:
         """Whether a write transaction of this process is in flight."""
         return self._writers > 0
 
-    async def no_writers(self, at_most: float) -> None:
-        """Wait until no write transaction of this process is in flight, for at most `at_most` seconds."""
-        if self._writers:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._no_writers.wait(), at_most)
-
     async def write_with_snapshots(self, work: Work[T]) -> tuple[T, list[StatsSnapshot]]:
         self._writers += 1
-        self._no_writers.clear()
+        self.stats.no_writers.clear()
         try:
             return await self._write_with_snapshots(work)
         finally:
             self._writers -= 1
             if not self._writers:
-                self._no_writers.set()
+                self.stats.no_writers.set()
 
     async def _write_with_snapshots(self, work: Work[T]) -> tuple[T, list[StatsSnapshot]]:
         for attempt in range(1, MAX_ATTEMPTS + 1):

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from db import recalculation
+from db import recalculation, stats_reader
 from db.recalculation import drift_report
 from db.unit_of_work import Database
 from main import Settings, create_app
@@ -136,7 +136,7 @@ async def test_recount_runs_off_the_event_loop_at_the_lowest_priority(db: Databa
 
     inline = db.stats._inline
     assert inline is not None
-    inline.row = on_recount_thread(inline.row)  # type: ignore[method-assign]
+    inline.recount = on_recount_thread(inline.recount)  # type: ignore[method-assign]
     drift = await drift_report(db, "org_a")
     assert drift.counters == [] and recount_threads
     tid = recount_threads[0]
@@ -148,20 +148,22 @@ async def test_recount_runs_off_the_event_loop_at_the_lowest_priority(db: Databa
 
 
 async def test_recounts_wait_for_the_writers_of_their_process(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SQLite: a recount shares the CPU with this process's writers, so it starts once they are done."""
+    """SQLite: a recount shares the CPU with this process's writers, so its statements run once they are done."""
     if db.engine.dialect.name != "sqlite":
         pytest.skip("PostgreSQL recounts in its own server process")
-    monkeypatch.setattr(recalculation, "RECOUNT_YIELD_SECONDS", 10.0)
+    monkeypatch.setattr(stats_reader, "RECOUNT_YIELD_SECONDS", 10.0)
     events: list[str] = []
     inline = db.stats._inline
     assert inline is not None
-    row = inline.row
+    first = inline._first
+    loop_thread = threading.get_native_id()
 
-    def recount(*args: Any) -> Any:
-        events.append("recount")
-        return row(*args)
+    def statement(*args: Any) -> Any:
+        if threading.get_native_id() != loop_thread:
+            events.append("recount statement")
+        return first(*args)
 
-    inline.row = recount  # type: ignore[method-assign]
+    inline._first = statement  # type: ignore[method-assign]
 
     async def slow_write(session: Any) -> None:
         await asyncio.sleep(0.3)
@@ -172,7 +174,7 @@ async def test_recounts_wait_for_the_writers_of_their_process(db: Database, monk
     assert db.writing()
     drift = await drift_report(db, "org_a")
     await write
-    assert events == ["write done", "recount"] and drift.counters == []
+    assert events[:2] == ["write done", "recount statement"] and drift.counters == []
 
 
 async def test_scheduler_runs_alone_across_two_instances_and_survives_a_dead_holder(
