@@ -51,6 +51,7 @@ log = logging.getLogger("tally.recalculation")
 MAX_ATTEMPTS = 5
 EXACT_BATCH_ORGS = 16
 EXACT_BATCH_SECONDS = 1.0
+WRITERS_REST_SECONDS = 0.02  # a run's writes wait at most this long for other writers of the process
 T = TypeVar("T")
 RUNS = cast(Table, RecalculationRun.__table__)
 
@@ -206,6 +207,7 @@ class Run:
                 )
             return result
 
+        await db.writers_rest(WRITERS_REST_SECONDS)
         try:
             result = await db.write(apply)
         except BaseException:

@@ -64,7 +64,9 @@ class Database:
         )
         self.stats = StatsReader(self.engine, lambda org_id: self.read(partial(get_stats, org_id=org_id)))
         self._writers = 0  # write transactions of this process in flight
-        self.stats.no_writers.set()  # the recount thread waits on it between statements
+        self._no_writers = asyncio.Event()  # for maintenance writes; the recount thread has its own
+        self._no_writers.set()
+        self.stats.no_writers.set()
         self._reads_after_commit = SharedReads(self.read_stats)
 
     async def read_stats(self, org_id: str) -> StatsSnapshot:
@@ -99,14 +101,23 @@ class Database:
         """Whether a write transaction of this process is in flight."""
         return self._writers > 0
 
+    async def writers_rest(self, at_most: float) -> None:
+        """Wait until no write transaction of this process is in flight, at most `at_most` s:
+        maintenance (recalculation) writes go between the writers', not in their way."""
+        if self._writers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._no_writers.wait(), at_most)
+
     async def write_with_snapshots(self, work: Work[T]) -> tuple[T, list[StatsSnapshot]]:
         self._writers += 1
+        self._no_writers.clear()
         self.stats.no_writers.clear()
         try:
             return await self._write_with_snapshots(work)
         finally:
             self._writers -= 1
             if not self._writers:
+                self._no_writers.set()
                 self.stats.no_writers.set()
 
     async def _write_with_snapshots(self, work: Work[T]) -> tuple[T, list[StatsSnapshot]]:
