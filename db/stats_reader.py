@@ -56,7 +56,7 @@ RECOUNT_NICE = 19
 # loop and passes the GIL back and forth, which writers felt at ~1,000 trips/s (10k-load
 # orgs); longer trips would hold up a driftReport queued behind them.
 RECOUNT_TRIP_SECONDS = 0.02
-# Before each statement a recount waits at most this long for this process's writers to rest.
+# A recount waits at most this long in all for this process's writers to rest.
 RECOUNT_YIELD_SECONDS = 0.02
 
 Fallback = Callable[[str], Awaitable[StatsSnapshot]]
@@ -230,17 +230,19 @@ class _InlineSqlite:
 
     def recount(self, steps: _CompiledSteps, org_id: str, no_writers: threading.Event) -> SimpleNamespace | None:
         """The stored row and each count, in one read transaction (one snapshot). Before
-        each statement it waits (up to RECOUNT_YIELD_SECONDS) until no writer of this
-        process is in flight: on a small machine a recount slows whatever runs beside it,
-        so it runs while writers rest and each step is short. None if SQLite is busy."""
+        each statement it waits until no writer of this process is in flight (for
+        RECOUNT_YIELD_SECONDS in all, so constant writes delay a recount by that much
+        only): on a small machine a recount slows whatever runs beside it, so it runs
+        while writers rest, in short steps. None if SQLite is busy."""
         connection = self._connection()
+        deadline = time.monotonic() + RECOUNT_YIELD_SECONDS
         try:
             connection.execute("BEGIN")
             try:
                 no_writers.wait(RECOUNT_YIELD_SECONDS)
                 values = self._first(connection, steps.stored, org_id)
                 for label, count in steps.counts.items():
-                    no_writers.wait(RECOUNT_YIELD_SECONDS)
+                    no_writers.wait(max(0.0, deadline - time.monotonic()))
                     values[label] = connection.execute(count.sql, count.params(org_id)).fetchone()[0]
                     count_statement()
             finally:
