@@ -1,10 +1,11 @@
 """Drift detection and online recalculation of organization_stats.
 
-A recalculation reads the stored row and a recount of the source rows in ONE
-statement (`DRIFT_QUERY`), hence one consistent snapshot, so their difference
-is real drift, whatever writers do meanwhile. On SQLite that statement runs
-off the event loop at the lowest CPU priority (`StatsReader.read_recounts`).
-It then applies that difference as a delta in a short write transaction (one
+A recalculation reads the stored row and a recount of the source rows in one
+consistent snapshot, so their difference is real drift, whatever writers do
+meanwhile: ONE statement (`DRIFT_QUERY`) on PostgreSQL; on SQLite the same
+reads as separate statements in one read transaction (`DRIFT_STEPS`), run off
+the event loop at the lowest CPU priority while this process's writers rest
+(`StatsReader.read_recounts`). It then applies that difference as a delta in a short write transaction (one
 single-row upsert, `db.aggregates.correct`). Writers are never blocked longer
 than by any other single-row update, and writes that commit in between are
 kept: their own deltas already moved both sides alike.

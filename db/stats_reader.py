@@ -12,16 +12,18 @@ shard) and nothing else, so what it costs is everything around that statement.
   back to the async session, which waits like every other statement.
 - PostgreSQL: one round trip in autocommit instead of BEGIN, SELECT, ROLLBACK.
 
-`read_recounts` serves recalculation's one statement (the stored row and the
-recounts), for as many orgs as fit in a short trip. On SQLite it runs on a
-recount thread's read-only connection, so a recount's CPU neither runs on nor
-wakes the event loop that writers share.
+`read_recounts` serves recalculation's drift rows (the stored row and the
+recounts, in one read transaction), for as many orgs as fit in a short trip.
+On SQLite it runs on a recount thread's read-only connection, so a recount's
+CPU neither runs on nor wakes the event loop that writers share.
 That thread runs at the lowest CPU priority Linux has (SCHED_IDLE, nice 19): on
 a 2-core machine a recount at normal priority, even with the GIL released,
 doubled a concurrent writer's p99, because the writer's threads waited for a
 core behind it at every wake-up. At nice 19 the scheduler may still let it
 finish its time slice first (20 ms trips of recounts then cost writers 1.7x
 at p99); a SCHED_IDLE thread is preempted by any other at once (1.25x).
+Even so a recount on the other core slowed the writer's own threads, so each
+statement of a recount runs while no write of this process is in flight.
 """
 
 from __future__ import annotations
