@@ -250,6 +250,8 @@ class _InlineSqlite:
             finally:
                 connection.execute("COMMIT")
         except sqlite3.OperationalError:
+            if connection.in_transaction:  # never leave the next recount inside this one
+                connection.rollback()
             return None
         return SimpleNamespace(**values)
 
