@@ -23,7 +23,7 @@ core behind it at every wake-up. At nice 19 the scheduler may still let it
 finish its time slice first (20 ms trips of recounts then cost writers 1.7x
 at p99); a SCHED_IDLE thread is preempted by any other at once (1.25x).
 Even so a recount on the other core slowed the writer's own threads, so each
-statement of a recount runs while no write of this process is in flight.
+statement of a recount runs while no write of this process is under way.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from db.engine import count_statement
 MAX_ATTEMPTS = 3
 RECOUNT_THREADS = 1  # recounts queue: each is maintenance, and a second thread measurably slowed writers
 RECOUNT_NICE = 19
-# A trip to the recount thread recounts orgs for this long: each trip wakes the event
+# A trip to the recount thread recounts orgs until this long has passed: each trip wakes the event
 # loop and passes the GIL back and forth, which writers felt at ~1,000 trips/s (10k-load
 # orgs); longer trips would hold up a driftReport queued behind them.
 RECOUNT_TRIP_SECONDS = 0.02
@@ -73,7 +73,7 @@ class StatsReader:
         path = url.database if url.get_backend_name() == "sqlite" else None
         self._inline = _InlineSqlite(path) if path and path != ":memory:" else None
         self._recount_pool: ThreadPoolExecutor | None = None
-        # Set while no write transaction of this process is in flight (Database keeps it).
+        # Set while no write of this process is under way (Database keeps it).
         self.no_writers = threading.Event()
 
     async def read(self, org_id: str) -> StatsSnapshot:
@@ -232,7 +232,7 @@ class _InlineSqlite:
 
     def recount(self, steps: _CompiledSteps, org_id: str, no_writers: threading.Event) -> SimpleNamespace | None:
         """The stored row and each count, in one read transaction (one snapshot). Before
-        each statement it waits until no writer of this process is in flight (for
+        each statement it waits until no write of this process is under way (for
         RECOUNT_YIELD_SECONDS in all, so constant writes delay a recount by that much
         only): on a small machine a recount slows whatever runs beside it, so it runs
         while writers rest, in short steps. None if SQLite is busy."""

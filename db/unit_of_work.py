@@ -63,7 +63,7 @@ class Database:
             asyncio.Lock() if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
         self.stats = StatsReader(self.engine, lambda org_id: self.read(partial(get_stats, org_id=org_id)))
-        self._writers = 0  # write transactions of this process in flight
+        self._writers = 0  # writes under way: from the call to write until its publish
         self._no_writers = asyncio.Event()  # for maintenance writes; the recount thread has its own
         self._no_writers.set()
         self.stats.no_writers.set()
@@ -98,11 +98,11 @@ class Database:
         return result, await self.read_stats(org_id)
 
     def writing(self) -> bool:
-        """Whether a write transaction of this process is in flight."""
+        """Whether a write of this process is under way (queued, in its transaction, or publishing)."""
         return self._writers > 0
 
     async def writers_rest(self, at_most: float) -> None:
-        """Wait until no write transaction of this process is in flight, at most `at_most` s:
+        """Wait until no write of this process is under way, at most `at_most` s:
         maintenance (recalculation) writes go between the writers', not in their way."""
         if self._writers:
             with contextlib.suppress(TimeoutError):
