@@ -26,6 +26,18 @@ def token(org: str | None = "org_a", role: str = "admin", ttl: int = 3600) -> st
     return VERIFIER.issue(org_id=org, role=role, subject="test", ttl_seconds=ttl)
 
 
+class Counted:
+    """An async function that counts its calls (instrumentation, not a stand-in)."""
+
+    def __init__(self, function: Any) -> None:
+        self.function = function
+        self.calls = 0
+
+    async def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        return await self.function(*args)
+
+
 class Api:
     """A GraphQL client bound to one token."""
 

@@ -20,7 +20,7 @@ from db import recalculation, stats_reader
 from db.recalculation import drift_report
 from db.unit_of_work import Database
 from main import Settings, create_app
-from tests.helpers import Api, assert_exact, recount, stored, token
+from tests.helpers import Api, Counted, assert_exact, recount, stored, token
 from tests.server import ROOT
 
 LOADS = 'mutation($s: LoadStatus) { createLoad(input: {orgId: "org_a", status: $s}) { id } }'
@@ -234,20 +234,13 @@ async def test_a_run_over_many_orgs_writes_exact_orgs_in_batches(
     await inject_drift(db, "UPDATE organization_stats SET loads_open = 5 WHERE org_id = 'org_3'")
     versions = {org: (await stored(db, org))[1] for org in orgs}
     monkeypatch.setattr(recalculation, "EXACT_BATCH_ORGS", 2)
-    writes = 0
-    write = db.write
-
-    async def counted(work: Any) -> Any:
-        nonlocal writes
-        writes += 1
-        return await write(work)
-
-    monkeypatch.setattr(db, "write", counted)
+    writes = Counted(db.write)
+    monkeypatch.setattr(db, "write", writes)
     fields = "orgId corrected { counter } stats { version lastRecalculatedAt }"
     results = (await service.ok(f"mutation {{ recalculateAllOrgStats {{ {fields} }} }}"))["recalculateAllOrgStats"]
 
     # org_0, org_1 | org_2 (flushed before the correction) | org_3 | org_4, org_5 | org_6
-    assert writes == 5
+    assert writes.calls == 5
     assert [r["orgId"] for r in results] == orgs
     assert [r["orgId"] for r in results if r["corrected"]] == ["org_3"]
     assert all(r["stats"]["lastRecalculatedAt"] for r in results)

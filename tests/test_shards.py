@@ -11,12 +11,11 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from db.aggregates import StatsSnapshot
 from db.loads import create_load
 from db.stats_reader import SharedReads
 from db.unit_of_work import Database
 from main import Settings, create_app
-from tests.helpers import Api, recount, stored, token
+from tests.helpers import Api, Counted, recount, stored, token
 
 CREATE = 'mutation { createLoad(input: {orgId: "org_a"}) { id } }'
 
@@ -75,15 +74,8 @@ async def test_concurrent_sharded_writes_share_reads_that_start_after_their_comm
     api, db = sharded
     await api.ok(CREATE)
     _, before = await stored(db, "org_a")
-    reads = 0
-    read_stats = db.read_stats
-
-    async def counting_read(org_id: str) -> StatsSnapshot:
-        nonlocal reads
-        reads += 1
-        return await read_stats(org_id)
-
-    db._reads_after_commit = SharedReads(counting_read)
+    reads = Counted(db.read_stats)
+    db._reads_after_commit = SharedReads(reads)
     results = await asyncio.gather(
         *(
             db.write_with_snapshots(partial(create_load, org_id="org_a", status="OPEN", load_type="UNMAPPED"))
@@ -94,7 +86,7 @@ async def test_concurrent_sharded_writes_share_reads_that_start_after_their_comm
     _, after = await stored(db, "org_a")
     assert after == before + 30 and max(versions) == after
     if db.engine.dialect.name == "postgresql":  # SQLite commits one at a time; each read is instant
-        assert reads < 30  # writers that committed together shared a read
+        assert reads.calls < 30  # writers that committed together shared a read
 
 
 async def test_a_shared_read_starts_after_each_of_its_callers() -> None:
