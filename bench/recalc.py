@@ -29,6 +29,8 @@ windows of the same case, in the same run.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import math
 import sqlite3
 import tempfile
 import time
@@ -163,7 +165,9 @@ async def bench_case(db: Database, path: Path, size: int, orgs: list[str]) -> Ca
         await task
 
     def inside(at: float, spans: list[tuple[float, float]]) -> bool:
-        return any(a <= at < b for a, b in spans)
+        """Spans are in time order and do not overlap: look at the last one starting by `at`."""
+        i = bisect.bisect_right(spans, (at, math.inf)) - 1
+        return i >= 0 and spans[i][0] <= at < spans[i][1]
 
     baseline = [s * 1000 for at, s in writer.samples if inside(at, baseline_windows)]
     during = [s * 1000 for at, s in writer.samples if inside(at, recalcs)]

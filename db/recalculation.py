@@ -5,10 +5,11 @@ consistent snapshot, so their difference is real drift, whatever writers do
 meanwhile: ONE statement (`DRIFT_QUERY`) on PostgreSQL; on SQLite the same
 reads as separate statements in one read transaction (`DRIFT_STEPS`), run off
 the event loop at the lowest CPU priority while this process's writers rest
-(`StatsReader.read_recounts`). It then applies that difference as a delta in a short write transaction (one
-single-row upsert, `db.aggregates.correct`). Writers are never blocked longer
-than by any other single-row update, and writes that commit in between are
-kept: their own deltas already moved both sides alike.
+(`StatsReader.read_recounts`). It then applies that difference as a delta in
+a short write transaction (one single-row upsert, `db.aggregates.correct`).
+Writers are never blocked longer than by any other single-row update, and
+writes that commit in between are kept: their own deltas already moved both
+sides alike.
 """
 
 from __future__ import annotations
@@ -291,6 +292,7 @@ async def recalculate(db: Database, org_ids: list[str] | None, trigger: str) -> 
             org_ids = await db.read(all_org_ids)
         checked = 0
         while checked < len(org_ids):
+            # A trip's worth of recounts (at most a batch: the list is not copied whole each time).
             for drift in await drift_reports(db, org_ids[checked : checked + EXACT_BATCH_ORGS]):
                 checked += 1
                 last = checked == len(org_ids)

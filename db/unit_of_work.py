@@ -97,10 +97,6 @@ class Database:
                 return result, snapshot
         return result, await self.read_stats(org_id)
 
-    def writing(self) -> bool:
-        """Whether a write of this process is under way (queued, in its transaction, or publishing)."""
-        return self._writers > 0
-
     async def writers_rest(self, at_most: float) -> None:
         """Wait until no write of this process is under way, at most `at_most` s:
         maintenance (recalculation) writes go between the writers', not in their way."""
