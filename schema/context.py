@@ -1,15 +1,22 @@
-"""The per-request (per-WebSocket-connection) context: factories only, no open session."""
+"""The per-request (per-WebSocket-connection) context: factories only, no open session.
+
+Over a WebSocket one context serves every operation of the connection, so
+nothing that caches rows lives in it: data loaders belong to one operation
+(`OperationLoaders` starts them in the operation's task, and every resolver
+task of that operation inherits them)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import strawberry
 from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
+from strawberry.extensions import SchemaExtension
 
 from db import models
 from db.aggregates import StatsSnapshot
@@ -48,6 +55,7 @@ def _loader(
 
 class Loaders:
     def __init__(self, db: Database) -> None:
+        self.db = db
         self.customer = _loader(db, models.Customer, models.Customer.id, types.Customer.of)
         self.lane = _loader(db, models.Lane, models.Lane.id, types.Lane.of)
         self.load = _loader(db, models.Load, models.Load.id, types.Load.of)
@@ -68,10 +76,15 @@ class Context:
     active_subscriptions: int = 0
     # Stats already read for this request (the count cache's miss path renders from them).
     pinned_stats: dict[str, StatsSnapshot] = field(default_factory=dict)
-    loaders: Loaders = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.loaders = Loaders(self.db)
+    @property
+    def loaders(self) -> Loaders:
+        """This operation's data loaders."""
+        loaders = _operation_loaders.get()
+        if loaders is None or loaders.db is not self.db:
+            loaders = Loaders(self.db)
+            _operation_loaders.set(loaders)
+        return loaders
 
     @property
     def principal(self) -> Principal:
@@ -81,6 +94,18 @@ class Context:
         if self.auth.expires_at <= time.time():
             raise Unauthenticated("Token expired")
         return self.auth
+
+
+_operation_loaders: ContextVar[Loaders | None] = ContextVar("tally_operation_loaders", default=None)
+
+
+class OperationLoaders(SchemaExtension):
+    """Fresh data loaders for every operation, set before any of its resolvers runs."""
+
+    def on_operation(self) -> Iterator[None]:
+        context = self.execution_context.context
+        _operation_loaders.set(Loaders(context.db) if isinstance(context, Context) else None)
+        yield
 
 
 Info = strawberry.Info[Context, None]

@@ -17,6 +17,7 @@ from strawberry.types.graphql import OperationType
 
 from resolvers import imports, invoices, lanes, loads, organizations, recalculation, stats
 from schema.auth import AdminOnly, Authenticated, ServiceOnly
+from schema.context import OperationLoaders
 from schema.extensions import ErrorCodes, QueryStats, to_client_error
 from schema.limits import Limits
 from schema.shared_events import SharedEventExecutor
@@ -175,12 +176,35 @@ class TallySchema(strawberry.Schema):
         )
 
 
+    async def subscribe(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> Any:
+        """Any operation over the legacy graphql-ws protocol, whose `start` message
+        carries queries and mutations as well (gql's and Apollo's older clients send
+        them there); Strawberry's handler would refuse them as INTERNAL."""
+        return await self.stream(
+            query,
+            variable_values=variable_values,
+            context_value=context_value,
+            root_value=root_value,
+            operation_name=operation_name,
+            operation_extensions=operation_extensions,
+        )
+
+
 def build_schema(limits: Limits, *, query_stats: bool = False) -> strawberry.Schema:
     # The rule classes are made once: ValidationCache keys on them, so classes made
     # per request (as QueryDepthLimiter(...) would) would never hit the cache.
     rules: list[type[ASTValidationRule]] = [depth_rule(limits.query_depth, None, None), alias_rule(limits.aliases)]
     extensions: list[Any] = [
         ErrorCodes,
+        OperationLoaders,
         lambda: MaxTokensLimiter(max_token_count=limits.query_tokens),
         lambda: ParserCache(maxsize=256),
         lambda: AddValidationRules(rules),
