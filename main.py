@@ -14,6 +14,7 @@ from typing import Any
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -27,6 +28,7 @@ from schema.auth import ROLES, JwksKeys, TokenVerifier
 from schema.limits import BodySizeLimit, Limits
 from schema.root import build_schema
 from schema.view import TallyGraphQL
+from web import graphiql
 
 DEV_SECRET = "tally-dev-secret-not-for-production"
 log = logging.getLogger("tally")
@@ -62,6 +64,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Limits.body_bytes
     max_subscriptions_per_connection: int = Limits.subscriptions_per_connection
     max_connections_per_token: int = Limits.connections_per_token
+    cors_origins: str = ""  # comma-separated origins whose pages may call /graphql
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def signing_secret(self) -> str | None:
@@ -121,12 +128,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await hub.stop()
             await db.dispose()
 
+    cors = cors_middleware(settings.cors_origin_list)
+    graphql_methods = ["GET", "POST", "OPTIONS"] if cors else ["GET", "POST"]
     app = Starlette(
         routes=[
-            Route("/graphql", graphql, methods=["GET", "POST"]),
+            Route("/graphql", graphql, methods=graphql_methods, middleware=cors),
             WebSocketRoute("/graphql", graphql),
             Route("/healthz", healthz),
             *web.routes(settings),
+            *graphiql.routes(),
         ],
         lifespan=lifespan,
         middleware=[Middleware(BodySizeLimit, limit=settings.max_body_bytes)],
@@ -137,6 +147,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.scheduler = scheduler
     app.state.settings = settings
     return app
+
+
+def cors_middleware(origins: list[str]) -> list[Middleware]:
+    """CORS for these origins' pages (none: no CORS at all); it answers their preflights.
+
+    Tally takes bearer tokens, never cookies, so credentials stay off.
+    """
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    ]
 
 
 def serve(settings: Settings) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from cross_web import HTTPException
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -23,6 +24,7 @@ from schema.context import Context
 from schema.count_cache import PINNED, CountCache
 from schema.limits import ConnectionsPerToken, Limits
 from schema.live_transport import TallyTransportWSHandler
+from web import graphiql
 
 CLOSE_TOKEN_EXPIRED = 4403
 CONNECTION = "tally.connection"  # ASGI scope key: per-WebSocket bookkeeping
@@ -64,6 +66,9 @@ class TallyGraphQL(GraphQL[Context, None]):
                 self.connections.release(connection["token"])
             if "expiry" in connection:
                 connection["expiry"].cancel()
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return graphiql.page_response()  # assets served by Tally, none from a CDN
 
     def parse_json(self, data: str | bytes) -> Any:
         """JSON from a request: what cannot be decoded is a 400, never a 500.
