@@ -20,14 +20,15 @@ from typing import Any, cast
 from starlette.websockets import WebSocketDisconnect
 from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.http.exceptions import WebSocketDisconnected
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler, Operation
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Operation
 from strawberry.types.execution import ExecutionResult, PreExecutionError
 
 from schema.context import Context
 from schema.shared_events import HANDOFF, Handoff
+from schema.ws_messages import CheckedTransportWSMessages
 
 
-class TallyTransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+class TallyTransportWSHandler(CheckedTransportWSMessages):
     async def _send_result_stream(self, operation: Operation[Context, None], result_source: Any) -> None:
         handoff = Handoff()
         token = HANDOFF.set(handoff)

@@ -24,6 +24,7 @@ from schema.context import Context
 from schema.count_cache import PINNED, CountCache
 from schema.limits import ConnectionsPerToken, Limits
 from schema.live_transport import TallyTransportWSHandler
+from schema.ws_messages import CheckedLegacyWSMessages
 from web import graphiql
 
 CLOSE_TOKEN_EXPIRED = 4403
@@ -32,6 +33,8 @@ CONNECTION = "tally.connection"  # ASGI scope key: per-WebSocket bookkeeping
 
 class TallyGraphQL(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TallyTransportWSHandler
+    graphql_ws_handler_class = CheckedLegacyWSMessages
+
     def __init__(
         self,
         db: Database,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
+import websockets
 from gql import Client, GraphQLRequest
 from gql.client import AsyncClientSession
 from gql.transport.exceptions import TransportQueryError
@@ -136,3 +138,55 @@ async def test_errors_over_the_socket_carry_their_codes_not_internal(
         await over_socket(socket, "{ load(id: 1) { nonsense } }")
     assert [error["extensions"]["code"] for error in invalid.value.errors or []] == ["BAD_USER_INPUT"]
     assert "ERROR" not in server.log_path.read_text()
+
+
+MALFORMED = [
+    [1, 2],
+    "text",
+    {"type": 7},
+    {"id": 1, "payload": {"query": "{ __typename }"}},
+    {"id": "1"},
+    {"id": "1", "payload": {}},
+    {"id": "1", "payload": {"query": 5}},
+    {"id": "1", "payload": {"query": "{ __typename }", "variables": "x"}},
+    {"id": "1", "payload": {"query": "{ __typename }", "operationName": 3}},
+]
+
+
+async def opened(base: str, protocol: str) -> Any:
+    ws = await websockets.connect(ws_url(base), subprotocols=[websockets.Subprotocol(protocol)])
+    await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {token(ORG)}"}}))
+    assert json.loads(await ws.recv())["type"] == "connection_ack"
+    return ws
+
+
+async def next_reply(ws: Any) -> dict[str, Any]:
+    while True:
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        if reply.get("type") != "ka":
+            return dict(reply)
+
+
+@pytest.mark.parametrize("message", MALFORMED, ids=[json.dumps(m) for m in MALFORMED])
+async def test_a_malformed_message_is_refused_by_the_protocols_rules_and_logs_nothing(
+    server: ServerUrl, message: Any
+) -> None:
+    def typed(operation: str) -> Any:
+        return {"type": operation, **message} if isinstance(message, dict) and "type" not in message else message
+
+    modern = await opened(server, "graphql-transport-ws")
+    await modern.send(json.dumps(typed("subscribe")))
+    with pytest.raises(websockets.ConnectionClosed):
+        await asyncio.wait_for(modern.recv(), 5)
+    assert modern.close_code == 4400
+
+    legacy = await opened(server, "graphql-ws")
+    await legacy.send(json.dumps(typed("start")))
+    reply = await next_reply(legacy)
+    assert reply["type"] == "error" and reply["payload"]["extensions"]["code"] == "BAD_USER_INPUT", reply
+    await legacy.send(json.dumps({"type": "start", "id": "ok", "payload": {"query": "{ __typename }"}}))
+    assert await next_reply(legacy) == {"type": "data", "id": "ok", "payload": {"data": {"__typename": "Query"}}}
+    await legacy.close()
+
+    log = server.log_path.read_text()
+    assert "ERROR" not in log and "Traceback" not in log, log
