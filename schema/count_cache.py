@@ -162,8 +162,8 @@ class CountCache:
             return None
         try:
             request = json.loads(body)
-        except ValueError:
-            return None
+        except (ValueError, RecursionError):
+            return None  # the ordinary path refuses it
         if not isinstance(request, dict) or not set(request) <= {"query", "variables", "operationName"}:
             return None
         query = request.get("query")

@@ -15,10 +15,15 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLHTTPResponse
+from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from db.broadcast import StatsHub
 from db.errors import BadInput, TallyError, Unauthenticated
 from db.unit_of_work import Database
+from schema import responses
 from schema.auth import TokenVerifier
 from schema.context import Context
 from schema.count_cache import PINNED, CountCache
@@ -29,6 +34,7 @@ from web import graphiql
 
 CLOSE_TOKEN_EXPIRED = 4403
 CONNECTION = "tally.connection"  # ASGI scope key: per-WebSocket bookkeeping
+SUB_RESPONSE = "tally.sub_response"  # ASGI scope key: the response's status and media type, before it is built
 
 
 class TallyGraphQL(GraphQL[Context, None]):
@@ -56,9 +62,9 @@ class TallyGraphQL(GraphQL[Context, None]):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if self.count_cache is not None and scope["method"] == "POST":
-                await self.count_cache(scope, receive, send, super().__call__)
+                await self.count_cache(scope, receive, send, self.serve_http)
             else:
-                await super().__call__(scope, receive, send)
+                await self.serve_http(scope, receive, send)
             return
         connection: dict[str, Any] = {}
         scope[CONNECTION] = connection
@@ -70,20 +76,55 @@ class TallyGraphQL(GraphQL[Context, None]):
             if "expiry" in connection:
                 connection["expiry"].cancel()
 
+    async def serve_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One HTTP request; a refusal is a coded GraphQL error in the negotiated media type."""
+        request = Request(scope, receive)
+        try:
+            response = await self.run(request)
+        except HTTPException as error:
+            media_type = responses.media_type_for(request.headers.get("accept"))
+            cause = error.__cause__
+            if isinstance(cause, InvalidOperationTypeError) and cause.operation_type == OperationType.MUTATION:
+                response = responses.error_response(error.reason, 405, media_type, {"Allow": "POST"})
+            else:
+                response = responses.error_response(error.reason, error.status_code, media_type)
+        await response(scope, receive, send)
+
+    async def get_sub_response(self, request: Request | WebSocket) -> Response:
+        sub_response = await super().get_sub_response(request)
+        sub_response.media_type = responses.media_type_for(request.headers.get("accept"))
+        request.scope[SUB_RESPONSE] = sub_response
+        return sub_response
+
+    async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
+        response_data = await super().process_result(request, result)
+        sub_response = request.scope[SUB_RESPONSE]
+        if sub_response.media_type == responses.GRAPHQL_RESPONSE and responses.is_request_error(result):
+            sub_response.status_code = 400
+            responses.drop_data(response_data)
+        return response_data
+
+    def create_response(
+        self, response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse], sub_response: Response
+    ) -> Response:
+        response = super().create_response(response_data, sub_response)
+        return responses.with_media_type(response, sub_response.media_type or responses.JSON)
+
     async def render_graphql_ide(self, request: Request) -> Response:
         return graphiql.page_response()  # assets served by Tally, none from a CDN
 
     def parse_json(self, data: str | bytes) -> Any:
         """JSON from a request: what cannot be decoded is a 400, never a 500.
 
-        Strawberry lets a body that is not UTF-8, nested too deeply for the decoder, or
-        valid JSON but no object (`null`, `"x"`, `42`) fail as a 500. A body arrives as
+        Strawberry lets a body that is not UTF-8, nested too deeply for the decoder, with
+        an integer too long to convert, or valid JSON but no object (`null`, `"x"`, `42`)
+        fail as a 500. A body arrives as
         bytes (GET parameters, also parsed here, as str): it must be an object (or a
         list, which Strawberry refuses as a batch).
         """
         try:
             value = self.decode_json(data)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        except (ValueError, RecursionError) as error:  # ValueError: also not UTF-8, or an integer too long
             raise HTTPException(400, "Unable to parse request body as JSON") from error
         if isinstance(data, bytes) and not isinstance(value, dict | list):
             raise HTTPException(400, "The request body must be a JSON object")
