@@ -19,6 +19,10 @@ class Limits:
     body_bytes: int = 1_000_000
     subscriptions_per_connection: int = 20
     connections_per_token: int = 10
+    # WebSockets that have not completed connection_init: closed after this long, and capped.
+    ws_init_timeout_seconds: float = 10
+    pending_sockets: int = 256
+    pending_sockets_per_address: int = 32
 
 
 class ConnectionsPerToken:
@@ -38,6 +42,34 @@ class ConnectionsPerToken:
         self._open[token] -= 1
         if self._open[token] <= 0:
             del self._open[token]
+
+
+class PendingSockets:
+    """WebSockets not yet authenticated, in this process and per client address.
+
+    An unauthenticated socket costs a file descriptor and memory while proving
+    nothing, so only a few may wait at once; an authenticated one is counted by
+    `ConnectionsPerToken` instead.
+    """
+
+    def __init__(self, limit: int, per_address: int) -> None:
+        self.limit = limit
+        self.per_address = per_address
+        self._by_address: Counter[str] = Counter()
+        self.total = 0
+
+    def admit(self, address: str) -> bool:
+        if self.total >= self.limit or self._by_address[address] >= self.per_address:
+            return False
+        self._by_address[address] += 1
+        self.total += 1
+        return True
+
+    def settle(self, address: str) -> None:
+        self.total -= 1
+        self._by_address[address] -= 1
+        if self._by_address[address] <= 0:
+            del self._by_address[address]
 
 
 class BodySizeLimit:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from typing import Any
 
@@ -27,12 +26,14 @@ from schema import responses
 from schema.auth import TokenVerifier
 from schema.context import Context
 from schema.count_cache import PINNED, CountCache
-from schema.limits import ConnectionsPerToken, Limits
+from schema.limits import ConnectionsPerToken, Limits, PendingSockets
 from schema.live_transport import TallyTransportWSHandler
 from schema.ws_messages import CheckedLegacyWSMessages
 from web import graphiql
 
 CLOSE_TOKEN_EXPIRED = 4403
+CLOSE_INIT_TIMEOUT = 4408
+CLOSE_TRY_AGAIN_LATER = 1013
 CONNECTION = "tally.connection"  # ASGI scope key: per-WebSocket bookkeeping
 SUB_RESPONSE = "tally.sub_response"  # ASGI scope key: the response's status and media type, before it is built
 
@@ -57,6 +58,7 @@ class TallyGraphQL(GraphQL[Context, None]):
         self.hub = hub
         self.limits = limits
         self.connections = ConnectionsPerToken(limits.connections_per_token)
+        self.pending = PendingSockets(limits.pending_sockets, limits.pending_sockets_per_address)
         self.count_cache = CountCache(db, verifier, count_cache_entries) if count_cache_entries > 0 else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -66,15 +68,29 @@ class TallyGraphQL(GraphQL[Context, None]):
             else:
                 await self.serve_http(scope, receive, send)
             return
-        connection: dict[str, Any] = {}
+        address = str((scope.get("client") or ("unknown",))[0])
+        if not self.pending.admit(address):
+            await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})  # before accept: HTTP 403
+            return
+        connection: dict[str, Any] = {"pending": address}
         scope[CONNECTION] = connection
         try:
             await super().__call__(scope, receive, send)
         finally:
+            self._settle(connection)
             if "token" in connection:
                 self.connections.release(connection["token"])
             if "expiry" in connection:
                 connection["expiry"].cancel()
+
+    def _settle(self, connection: dict[str, Any]) -> None:
+        """The socket is authenticated or gone: it no longer counts as pending."""
+        address = connection.pop("pending", None)
+        if address is not None:
+            self.pending.settle(address)
+        timer = connection.pop("init_timer", None)
+        if timer is not None:
+            timer.cancel()
 
     async def serve_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One HTTP request; a refusal is a coded GraphQL error in the negotiated media type."""
@@ -116,11 +132,11 @@ class TallyGraphQL(GraphQL[Context, None]):
     def parse_json(self, data: str | bytes) -> Any:
         """JSON from a request: what cannot be decoded is a 400, never a 500.
 
-        Strawberry lets a body that is not UTF-8, nested too deeply for the decoder, with
-        an integer too long to convert, or valid JSON but no object (`null`, `"x"`, `42`)
-        fail as a 500. A body arrives as
-        bytes (GET parameters, also parsed here, as str): it must be an object (or a
-        list, which Strawberry refuses as a batch).
+        Strawberry lets a body that is not UTF-8, nested too deeply for the decoder,
+        with an integer too long to convert, or valid JSON but no object (`null`,
+        `"x"`, `42`) fail as a 500. A body arrives as bytes (GET parameters, also
+        parsed here, as str): it must be an object (or a list, which Strawberry
+        refuses as a batch).
         """
         try:
             value = self.decode_json(data)
@@ -143,6 +159,10 @@ class TallyGraphQL(GraphQL[Context, None]):
         context.pinned_stats = request.scope.get(PINNED, context.pinned_stats)
         if isinstance(request, WebSocket):
             context.websocket = request
+            request.scope[CONNECTION]["init_timer"] = asyncio.get_running_loop().call_later(
+                self.limits.ws_init_timeout_seconds,
+                lambda: asyncio.ensure_future(_close(request, CLOSE_INIT_TIMEOUT, "connection_init timeout")),
+            )
         return context
 
     async def on_ws_connect(self, context: Context) -> None:
@@ -159,13 +179,14 @@ class TallyGraphQL(GraphQL[Context, None]):
             refusal = BadInput(f"At most {self.limits.connections_per_token} connections per token")
             raise ConnectionRejectionError({"code": refusal.code, "message": refusal.message})
         connection["token"] = header
+        self._settle(connection)
         context.auth = principal
         delay = max(0.0, principal.expires_at - time.time())
         connection["expiry"] = asyncio.get_running_loop().call_later(
-            min(delay, 10**7), lambda: asyncio.ensure_future(_close_expired(websocket))
+            min(delay, 10**7), lambda: asyncio.ensure_future(_close(websocket, CLOSE_TOKEN_EXPIRED, "token expired"))
         )
 
 
-async def _close_expired(websocket: WebSocket) -> None:
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
     with contextlib.suppress(Exception):
-        await websocket.close(code=CLOSE_TOKEN_EXPIRED, reason="token expired")
+        await websocket.close(code=code, reason=reason)
