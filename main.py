@@ -96,7 +96,7 @@ class Settings(BaseSettings):
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     db = Database(settings.database_url, pool_size=settings.db_pool_size, stats_shards=settings.stats_shards)
-    hub = StatsHub(settings.broadcast_url, db.read_stats)
+    hub = StatsHub(settings.broadcast_url, db.read_stats, database_url=settings.database_url)
     db.after_commit.append(hub.publish)
     scheduler = RecalculationScheduler(db, settings.recalc_interval_seconds)
     graphql = TallyGraphQL(
@@ -113,7 +113,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def healthz(_request: Request) -> Response:
         cache = graphql.count_cache
         counts = {"hits": cache.hits, "misses": cache.misses} if cache is not None else None
-        return JSONResponse({"status": "ok", "live": hub.snapshot_metrics(), "countCache": counts})
+        live = hub.snapshot_metrics()
+        return JSONResponse({"status": "ok", "fanOut": hub.fan_out, "live": live, "countCache": counts})
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

@@ -1,7 +1,17 @@
 """Live stats: publish committed snapshots, fan them out to local subscribers.
 
-broadcaster carries snapshots between processes (memory://, redis://,
-postgres://). Around its known gaps:
+What carries a snapshot to the other processes (`StatsHub.fan_out`):
+- "redis" (redis://) and "postgres" (postgres://: LISTEN/NOTIFY): broadcaster's
+  channel, at most once, hardened below;
+- "sqlite-follow": memory:// on a SQLite file. memory:// itself reaches only
+  this process, so each process follows the database instead
+  (db/sqlite_follower.py): another process's commit reaches its subscribers
+  within FOLLOW_SECONDS and a read or two;
+- "process-only": memory:// on PostgreSQL (or an in-memory SQLite): nothing
+  does. Fine for one process; with more, set TALLY_BROADCAST_URL (a WARNING at
+  start says so).
+
+Around broadcaster's known gaps:
 - a supervisor sends a heartbeat through the channel every second; when a
   reader or publish fails, or a heartbeat does not come back
   (backend dropped, listener dead), the broadcaster is rebuilt with backoff
@@ -9,12 +19,17 @@ postgres://). Around its known gaps:
   database;
 - each org has one channel reader per process, and each local subscriber keeps
   only the newest snapshot (`LatestSnapshot`), so a slow client costs O(1);
-- a failed publish never fails the commit that caused it: it is logged and
-  counted, delivered locally, and (unless it only timed out on a busy
-  process) triggers the reconnect. Its org is remembered, and once the
-  channel answers a heartbeat again the org's current snapshot, read from the
-  database, is published: other processes' subscribers converge even if no
-  later commit comes.
+- a failed publish never fails the commit that caused it: it is counted,
+  delivered locally, and (unless it only timed out on a busy process)
+  triggers the reconnect. Its org is remembered, and once the channel answers
+  a heartbeat again the org's current snapshot, read from the database, is
+  published: other processes' subscribers converge even if no later commit
+  comes;
+- an outage is logged once (`OutageLog`): a WARNING when the channel goes
+  down, an INFO with the failed publishes when a heartbeat comes back;
+- every task a broadcaster starts is cancelled and awaited when it is torn
+  down, also after a failed connect (broadcaster leaves its Redis listener
+  pending, which asyncio reports as "Task was destroyed").
 Every event is a full snapshot with a version, so a missed one is repaired by
 the next, and a repeated one is ignored.
 """
@@ -26,17 +41,22 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import random
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from broadcaster import Broadcast
 from broadcaster._backends.redis import RedisBackend
+from sqlalchemy.engine import make_url
 
 from db.aggregates import StatsSnapshot
+from db.sqlite_follower import SqliteFollower, sqlite_file
 
 log = logging.getLogger("tally.broadcast")
 
@@ -80,24 +100,118 @@ def decode(message: str) -> StatsSnapshot:
     )
 
 
+def fan_out_of(broadcast_url: str, database_url: str | None) -> str:
+    """What carries a commit to the other processes' subscribers (see the module doc)."""
+    scheme = urlsplit(broadcast_url).scheme
+    if scheme == "memory":
+        return "sqlite-follow" if sqlite_file(database_url) else "process-only"
+    return {"rediss": "redis", "postgresql": "postgres"}.get(scheme, scheme)
+
+
+def described(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
+async def _finish(tasks: Iterable[asyncio.Task[Any]], at_most: float = 2.0) -> None:
+    """Cancel the tasks and wait for them. asyncio logs a task dropped while pending
+    ("Task was destroyed") and a failure nobody looked at ("never retrieved")."""
+    tasks = list(tasks)
+    pending = {task for task in tasks if not task.done()}
+    deadline = time.monotonic() + at_most
+    # Cancel until done: on Python 3.11, asyncio.wait_for may swallow a cancel that
+    # lands just as its inner wait completes.
+    while pending and time.monotonic() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()
+
+
 class _RedisBackend(RedisBackend):
-    """broadcaster's Redis backend with its subscribe race closed.
+    """broadcaster's Redis backend with its subscribe race closed and its listener owned.
 
     It wakes its listener before SUBSCRIBE has been sent, and redis-py records
     the channel only after sending it: a listener that runs in between finds no
     channel, stops, and waits for the next subscribe, so a channel's first
-    messages (on a reconnect, often all of them) reach no one.
+    messages (on a reconnect, often all of them) reach no one. And it starts the
+    listener before connecting, so a failed connect left it pending forever.
     """
+
+    async def connect(self) -> None:
+        await self._pubsub.connect()
+        self._listener = asyncio.create_task(self._pubsub_listener())
+
+    async def disconnect(self) -> None:
+        if self._listener is not None:
+            await _finish([self._listener])
+        with contextlib.suppress(Exception):
+            await self._pubsub.aclose()
+        with contextlib.suppress(Exception):
+            await self._conn.aclose()
 
     async def subscribe(self, channel: str) -> None:
         await self._pubsub.subscribe(channel)
         self._ready.set()
 
 
+class _Broadcast(Broadcast):
+    """A Broadcast whose disconnect awaits its listener, also after a failed connect."""
+
+    async def disconnect(self) -> None:
+        listener: asyncio.Task[None] | None = getattr(self, "_listener_task", None)
+        if listener is not None:
+            await _finish([listener])
+        await self._backend.disconnect()
+
+
 def _broadcast(url: str) -> Broadcast:
     if url.startswith(("redis://", "rediss://")):
-        return Broadcast(backend=_RedisBackend(url))
-    return Broadcast(url)
+        return _Broadcast(backend=_RedisBackend(url))
+    return _Broadcast(url)
+
+
+class OutageLog:
+    """One WARNING when the channel goes down, one INFO when it answers again."""
+
+    def __init__(self, url: str) -> None:
+        self.url = redacted(url)
+        self._since: float | None = None
+        self._failed_publishes = 0
+
+    def failed(self, reason: str, *, publish: bool = False) -> None:
+        self._failed_publishes += publish
+        if self._since is None:
+            self._since = time.monotonic()
+            log.warning(
+                "broadcast channel %s is down (%s): commits reach only this process's subscribers until it recovers",
+                self.url,
+                reason,
+            )
+        else:
+            log.debug("broadcast channel %s still down (%s)", self.url, reason)
+
+    def recovered(self) -> None:
+        if self._since is None:
+            return
+        log.info(
+            "broadcast channel %s recovered after %.1f s; %d publishes failed meanwhile"
+            " (each org's current stats are published again)",
+            self.url,
+            time.monotonic() - self._since,
+            self._failed_publishes,
+        )
+        self._since = None
+        self._failed_publishes = 0
 
 
 class LatestSnapshot:
@@ -143,8 +257,12 @@ class StatsHub:
         *,
         heartbeat_seconds: float = 1.0,
         publish_timeout: float = 2.0,
+        database_url: str | None = None,
     ) -> None:
+        """`database_url` picks the fan-out on memory:// (see the module doc)."""
         self.url = url
+        self.database_url = database_url
+        self.fan_out = fan_out_of(url, database_url)
         self.read_snapshot = read_snapshot
         self.heartbeat_seconds = heartbeat_seconds
         self.publish_timeout = publish_timeout
@@ -160,21 +278,36 @@ class StatsHub:
         self._unpublished: set[str] = set()  # orgs whose last publish failed
         self._published: dict[str, int] = {}  # org -> the version this process published last
         self._supervisor: asyncio.Task[None] | None = None
+        self._outage = OutageLog(url)
+        self._follower: SqliteFollower | None = None
 
     # Lifecycle -----------------------------------------------------------
 
     async def start(self, *, wait_seconds: float = 5.0) -> None:
+        self._start_fan_out()
         self._supervisor = asyncio.create_task(self._supervise(), name="tally-broadcast-supervisor")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._connected.wait(), wait_seconds)
 
+    def _start_fan_out(self) -> None:
+        path = sqlite_file(self.database_url)
+        if self.fan_out == "sqlite-follow" and path is not None:
+            self._follower = SqliteFollower(path, self._subscribers.keys, self.read_snapshot, self._deliver)
+            self._follower.start()
+            return
+        # An in-memory SQLite database has one process anyway.
+        server_database = self.database_url is not None and make_url(self.database_url).get_backend_name() != "sqlite"
+        if self.fan_out == "process-only" and server_database:
+            log.warning(
+                "TALLY_BROADCAST_URL is memory://: commits reach only this process's subscribers. "
+                "With more than one process, set TALLY_BROADCAST_URL=redis://host:6379 or postgres://user@host/db"
+            )
+
     async def stop(self) -> None:
+        if self._follower is not None:
+            await self._follower.stop()
         if self._supervisor:
-            # Cancel until it is done: on Python 3.11, asyncio.wait_for may swallow a
-            # cancel that lands just as its inner wait completes.
-            while not self._supervisor.done():
-                self._supervisor.cancel()
-                await asyncio.wait({self._supervisor}, timeout=0.1)
+            await _finish([self._supervisor], at_most=math.inf)
         await self._teardown()
 
     # Publishing (the unit of work's after-commit hook) --------------------
@@ -196,7 +329,12 @@ class StatsHub:
                 )
             except Exception as error:
                 self.metrics.publish_failures += 1
-                log.warning("publish of %s v%d failed: %r", snapshot.org_id, snapshot.version, error)
+                reason = (
+                    f"a publish timed out after {self.publish_timeout} s"
+                    if isinstance(error, TimeoutError)
+                    else f"a publish failed: {described(error)}"
+                )
+                self._outage.failed(reason, publish=True)
                 self._deliver(snapshot)  # local subscribers still hear of it
                 self._unpublished.add(snapshot.org_id)  # the other processes hear of it later
                 if not isinstance(error, TimeoutError):
@@ -265,7 +403,7 @@ class StatsHub:
         except Exception as error:
             if broadcast is not self._broadcast:
                 return  # a reader of a torn-down channel, failing as it closes: not news
-            log.warning("channel reader failed: %r", error)
+            self._outage.failed(f"a channel reader failed: {described(error)}")
             self._unhealthy.set()
 
     # Supervision ----------------------------------------------------------
@@ -280,7 +418,7 @@ class StatsHub:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                log.warning("broadcast %s unhealthy (%r); reconnecting", self.url, error)
+                self._outage.failed(described(error))
             self.metrics.connected = False
             self._connected.clear()
             await self._teardown()
@@ -290,7 +428,12 @@ class StatsHub:
 
     async def _connect(self) -> None:
         broadcast = _broadcast(self.url)
-        await asyncio.wait_for(broadcast.connect(), 5)
+        try:
+            await asyncio.wait_for(broadcast.connect(), 5)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(broadcast.disconnect(), 2)
+            raise
         self._broadcast = broadcast
         self._unhealthy.clear()
         heartbeat_ready = asyncio.Event()
@@ -319,9 +462,13 @@ class StatsHub:
                 raise ConnectionError("a publish or a channel reader failed")
             assert self._broadcast is not None
             self._heartbeat_seen.clear()
-            await asyncio.wait_for(self._broadcast.publish(self._heartbeat_channel, "1"), self.publish_timeout)
-            await asyncio.wait_for(self._heartbeat_seen.wait(), self.publish_timeout)
+            try:
+                await asyncio.wait_for(self._broadcast.publish(self._heartbeat_channel, "1"), self.publish_timeout)
+                await asyncio.wait_for(self._heartbeat_seen.wait(), self.publish_timeout)
+            except TimeoutError:
+                raise ConnectionError(f"no heartbeat within {self.publish_timeout} s") from None
             await self._republish(self._broadcast)
+            self._outage.recovered()
 
     async def _republish(self, broadcast: Broadcast) -> None:
         """Publish the current snapshot of each org whose publish failed."""
@@ -341,16 +488,19 @@ class StatsHub:
             self.metrics.republished += 1
 
     async def _teardown(self) -> None:
-        for org_id in list(self._readers):
-            task = self._readers.pop(org_id)
-            task.cancel()
-        self._reader_ready.clear()
         broadcast, self._broadcast = self._broadcast, None
+        readers = list(self._readers.values())
+        self._readers.clear()
+        self._reader_ready.clear()
+        self._count()
+        await _finish(readers)
         if broadcast is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(broadcast.disconnect(), 2)
-        self._count()
 
     def snapshot_metrics(self) -> dict[str, Any]:
         self._count()
-        return dict(self.metrics.__dict__)
+        metrics = dict(self.metrics.__dict__)
+        if self._follower is not None:
+            metrics["connected"] = metrics["connected"] and self._follower.healthy
+        return metrics
