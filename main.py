@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -64,6 +65,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Limits.body_bytes
     max_subscriptions_per_connection: int = Limits.subscriptions_per_connection
     max_connections_per_token: int = Limits.connections_per_token
+    ws_init_timeout_seconds: float = Limits.ws_init_timeout_seconds
+    max_pending_sockets: int = Limits.pending_sockets
+    max_pending_sockets_per_address: int = Limits.pending_sockets_per_address
     cors_origins: str = ""  # comma-separated origins whose pages may call /graphql
 
     @property
@@ -90,6 +94,9 @@ class Settings(BaseSettings):
             body_bytes=self.max_body_bytes,
             subscriptions_per_connection=self.max_subscriptions_per_connection,
             connections_per_token=self.max_connections_per_token,
+            ws_init_timeout_seconds=self.ws_init_timeout_seconds,
+            pending_sockets=self.max_pending_sockets,
+            pending_sockets_per_address=self.max_pending_sockets_per_address,
         )
 
 
@@ -167,12 +174,24 @@ def cors_middleware(origins: list[str]) -> list[Middleware]:
     ]
 
 
+def raise_open_files_limit() -> None:
+    """Every socket is a file: take the hard limit, so the socket caps bind before descriptors run out."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
     from db.migrate import upgrade
 
     upgrade(settings.database_url)
+    raise_open_files_limit()
     uvicorn.run(
         create_app(settings),
         host=settings.host,
