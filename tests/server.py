@@ -18,13 +18,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class ServerUrl(str):
-    """The base URL of a running server (a plain str), also naming its log file."""
+    """The base URL of a running server (a plain str), also naming its log file and process."""
 
     log_path: Path
+    process: subprocess.Popen[bytes] | None
 
-    def __new__(cls, base: str, log_path: Path) -> ServerUrl:
+    def __new__(cls, base: str, log_path: Path, process: subprocess.Popen[bytes] | None = None) -> ServerUrl:
         url = super().__new__(cls, base)
         url.log_path = log_path
+        url.process = process
         return url
 
 
@@ -39,7 +41,8 @@ def running_server(env: dict[str, str], *, port: int | None = None, timeout: flo
     """Start a server with these TALLY_* settings; yield its base URL; stop it.
 
     The URL is a `ServerUrl`: its `log_path` names the file holding the server's
-    output (kept after the server stops, so it can be read once all is flushed).
+    output (kept after the server stops, so it can be read once all is flushed);
+    its `process` is the server's Popen (a test may kill it).
     """
     port = port or free_port()
     full_env = {**os.environ, "TALLY_HOST": "127.0.0.1", "TALLY_PORT": str(port), **env}
@@ -47,7 +50,7 @@ def running_server(env: dict[str, str], *, port: int | None = None, timeout: flo
     process = subprocess.Popen(
         [sys.executable, "main.py", "serve"], cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
     )
-    base = ServerUrl(f"http://127.0.0.1:{port}", Path(log.name))
+    base = ServerUrl(f"http://127.0.0.1:{port}", Path(log.name), process)
     try:
         deadline = time.monotonic() + timeout
         while True:
