@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -21,98 +20,58 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 import web
+from api.root import build_schema
 from db import recalculation as recalc
 from db.broadcast import StatsHub
 from db.scheduler import RecalculationScheduler
 from db.unit_of_work import Database
-from schema.auth import ROLES, JwksKeys, TokenVerifier
-from schema.limits import BodySizeLimit, Limits
-from schema.root import build_schema
-from schema.view import TallyGraphQL
+from edge.guards import BodySizeLimit
+from edge.shared_events import SharedEventExecutor
+from edge.tokens import JwksKeys, TokenVerifier
+from edge.view import TallyGraphQL
+from schema.limits import Limits
+from schema.principal import ROLES
+from settings import DEV_SECRET, Settings, dev_login_enabled
 from web import graphiql
 
-DEV_SECRET = "tally-dev-secret-not-for-production"
 log = logging.getLogger("tally")
 
 
-class Settings(BaseSettings):
-    """Every setting comes from a TALLY_* environment variable (or a .env file)."""
+def verifier_of(settings: Settings) -> TokenVerifier:
+    jwks = None
+    if settings.jwks_url:
+        jwks = JwksKeys(settings.jwks_url, min_refresh_seconds=settings.jwks_min_refresh_seconds)
+    return TokenVerifier(settings.signing_secret, settings.jwt_issuer, jwks)
 
-    model_config = SettingsConfigDict(env_prefix="TALLY_", env_file=".env", extra="ignore")
 
-    database_url: str = "sqlite+aiosqlite:///./tally.db"
-    broadcast_url: str = "memory://"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    jwt_secret: str | None = None
-    jwks_url: str | None = None
-    jwks_min_refresh_seconds: float = 30
-    jwt_issuer: str | None = None
-    recalc_interval_seconds: int = 86400
-    query_stats: bool = False
-    # Count-query responses kept per stats row (schema/count_cache.py); 0 = off.
-    # TALLY_QUERY_STATS=1 turns it off: each response then reports its own statements.
-    count_cache_entries: int = 1024
-    db_pool_size: int = 10
-    stats_shards: int = 1
-    log_level: str = "INFO"
-    dev_login: bool = False  # TALLY_DEV_LOGIN=1: the dashboard's one-click sign-in (SQLite only)
-    max_query_depth: int = Limits.query_depth
-    max_query_tokens: int = Limits.query_tokens
-    max_aliases: int = Limits.aliases
-    max_bulk_ids: int = Limits.bulk_ids
-    max_batch_shipments: int = Limits.batch_shipments
-    max_body_bytes: int = Limits.body_bytes
-    max_subscriptions_per_connection: int = Limits.subscriptions_per_connection
-    max_connections_per_token: int = Limits.connections_per_token
-    ws_init_timeout_seconds: float = Limits.ws_init_timeout_seconds
-    max_pending_sockets: int = Limits.pending_sockets
-    max_pending_sockets_per_address: int = Limits.pending_sockets_per_address
-    cors_origins: str = ""  # comma-separated origins whose pages may call /graphql
-
-    @property
-    def cors_origin_list(self) -> list[str]:
-        return [origin.strip().rstrip("/") for origin in self.cors_origins.split(",") if origin.strip()]
-
-    @property
-    def signing_secret(self) -> str | None:
-        """The HS256 secret; the development one only while no JWKS is configured."""
-        return self.jwt_secret or (None if self.jwks_url else DEV_SECRET)
-
-    def verifier(self) -> TokenVerifier:
-        jwks = JwksKeys(self.jwks_url, min_refresh_seconds=self.jwks_min_refresh_seconds) if self.jwks_url else None
-        return TokenVerifier(self.signing_secret, self.jwt_issuer, jwks)
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(
-            query_depth=self.max_query_depth,
-            query_tokens=self.max_query_tokens,
-            aliases=self.max_aliases,
-            bulk_ids=self.max_bulk_ids,
-            batch_shipments=self.max_batch_shipments,
-            body_bytes=self.max_body_bytes,
-            subscriptions_per_connection=self.max_subscriptions_per_connection,
-            connections_per_token=self.max_connections_per_token,
-            ws_init_timeout_seconds=self.ws_init_timeout_seconds,
-            pending_sockets=self.max_pending_sockets,
-            pending_sockets_per_address=self.max_pending_sockets_per_address,
-        )
+def dev_login_token(verifier: TokenVerifier, org_id: str) -> str:
+    return verifier.issue(org_id=org_id, role="admin", subject="dev-login", ttl_seconds=web.DEV_LOGIN_TTL_SECONDS)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
+    verifier = verifier_of(settings)
+    if settings.dev_login and not dev_login_enabled(settings):
+        log.warning("TALLY_DEV_LOGIN is ignored: it only works with a SQLite database")
+    elif dev_login_enabled(settings):
+        log.warning("TALLY_DEV_LOGIN is on: anyone who can reach this server can sign in as an admin")
     db = Database(settings.database_url, pool_size=settings.db_pool_size, stats_shards=settings.stats_shards)
     hub = StatsHub(settings.broadcast_url, db.read_stats, database_url=settings.database_url)
     db.after_commit.append(hub.publish)
     scheduler = RecalculationScheduler(db, settings.recalc_interval_seconds)
     graphql = TallyGraphQL(
         db,
-        settings.verifier(),
+        verifier,
         hub,
         settings.limits,
-        schema=build_schema(settings.limits, query_stats=settings.query_stats),
+        schema=build_schema(
+            settings.limits,
+            query_stats=settings.query_stats,
+            execution_context_class=SharedEventExecutor if settings.shared_events else None,
+        ),
+        ide_page=graphiql.page_response,
         count_cache_entries=0 if settings.query_stats else settings.count_cache_entries,
+        shared_events=settings.shared_events,
         graphql_ide="graphiql",
         keep_alive=True,
     )
@@ -143,7 +102,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/graphql", graphql, methods=graphql_methods, middleware=cors),
             WebSocketRoute("/graphql", graphql),
             Route("/healthz", healthz),
-            *web.routes(settings),
+            *web.routes(dev_login_enabled(settings), lambda org: dev_login_token(verifier, org)),
             *graphiql.routes(),
         ],
         lifespan=lifespan,
@@ -236,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "token":
         if args.role != "service" and not args.org:
             parser.error("--org is required unless --role service")
-        print(settings.verifier().issue(org_id=args.org, role=args.role, subject=args.sub, ttl_seconds=args.ttl))
+        print(verifier_of(settings).issue(org_id=args.org, role=args.role, subject=args.sub, ttl_seconds=args.ttl))
     elif args.command == "schema":
         print(build_schema(Limits()).as_str())
     elif args.command == "migrate":

@@ -52,8 +52,8 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from bench.machine import describe
-from main import DEV_SECRET
-from schema.auth import TokenVerifier
+from edge.tokens import TokenVerifier
+from settings import DEV_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks-live.md"

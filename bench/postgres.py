@@ -66,8 +66,8 @@ from db.migrate import upgrade_async
 from db.models import Load
 from db.recalculation import drift_report, recalculate
 from db.unit_of_work import Database
-from main import DEV_SECRET
-from schema.auth import TokenVerifier
+from edge.tokens import TokenVerifier
+from settings import DEV_SECRET
 
 DOC = ROOT / "docs" / "benchmarks-postgres.md"
 FULL = Profile("full", (1_000, 100_000, 1_000_000), 2.0, 8.0, 400, 20.0, 2, 4.0, 240.0)

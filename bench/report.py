@@ -683,7 +683,7 @@ def explain(
         f"the stats row with one statement ({step_cpu('read'):,.0f} µs: inline sqlite3 on the loop's "
         f"thread; the same statement through the async session costs {step_cpu('read-session'):,.0f} µs "
         f"and {session_trips} handoffs to aiosqlite's thread), and, when the row equals the one its cached "
-        "response was rendered from, sends those bytes (schema/count_cache.py). In process that is "
+        "response was rendered from, sends those bytes (edge/count_cache.py). In process that is "
         f"{step_cpu('app'):,.0f} µs of CPU per request; with the count cache off, Strawberry parses, "
         f"validates (cached), executes and serialises every time: {step_cpu('app-uncached'):,.0f} µs, and "
         f"{ms(u_small['p50'])} ms over HTTP ({x(u_small['p50'] / floor_small['p50'])} the floor). A miss "

@@ -37,8 +37,8 @@ import httpx
 from bench import report
 from bench.machine import describe
 from bench.seed import MUTATION_ORG, Seeded, open_loads, org_name, recount, seed, stored
-from main import DEV_SECRET
-from schema.auth import TokenVerifier
+from edge.tokens import TokenVerifier
+from settings import DEV_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

@@ -37,15 +37,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import main
+from api.permissions import Authenticated
+from api.root import Mutation, Query
 from db import loads
 from db.aggregates import COUNTERS, LOAD_STATUS_COUNTERS, StatsSnapshot
 from db.engine import WRITE
 from db.models import Load as LoadRow
 from db.unit_of_work import Database
-from schema.auth import Authenticated
 from schema.context import Info
 from schema.enums import LoadStatus
-from schema.root import Mutation, Query
 from schema.types import Load, LoadStatusCounts
 
 T = TypeVar("T")

@@ -1,32 +1,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from typing import cast
 
 import strawberry
 
 from db.aggregates import StatsSnapshot
 from db.errors import BadInput
 from schema.context import Info
-from schema.shared_events import HANDOFF, SharedEvent, SharedEvents
 from schema.types import InvoiceStatusCounts, LoadStatusCounts, OrganizationStats
 
 
 async def _stats(info: Info, org_id: str) -> StatsSnapshot:
     pinned = info.context.pinned_stats.get(org_id)
     return pinned if pinned is not None else await info.context.db.read_stats(org_id)
-
-
-_events = SharedEvents()
-
-
-def _events_of(snapshot: StatsSnapshot) -> SharedEvent:
-    """The event every subscriber woken by this snapshot shares (schema/shared_events.py)."""
-    return _events.of(snapshot, lambda: OrganizationStats.of(snapshot))
-
-
-def _shared(snapshot: StatsSnapshot) -> OrganizationStats:
-    return cast(OrganizationStats, _events_of(snapshot))  # the executor unwraps it
 
 
 async def organization_stats(info: Info, org_id: strawberry.ID) -> OrganizationStats:
@@ -58,11 +44,8 @@ async def organization_stats_changed(
             snapshot = await mailbox.newer_than(None)
             if snapshot.version == since_version:
                 snapshot = await mailbox.newer_than(snapshot.version)
-            handoff = HANDOFF.get()  # graphql-transport-ws carries on from here (schema/live_transport.py)
             while True:
-                if handoff is not None:
-                    handoff.follow(mailbox, snapshot.version, _events_of)
-                yield _shared(snapshot)
+                yield OrganizationStats.of(snapshot)
                 snapshot = await mailbox.newer_than(snapshot.version)
     finally:
         context.active_subscriptions -= 1

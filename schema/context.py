@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterator
+from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import strawberry
 from starlette.websockets import WebSocket
@@ -20,13 +21,13 @@ from strawberry.extensions import SchemaExtension
 
 from db import models
 from db.aggregates import StatsSnapshot
-from db.broadcast import StatsHub
+from db.broadcast import LatestSnapshot
 from db.errors import TallyError, Unauthenticated
 from db.queries import get_many
 from db.unit_of_work import Database
 from schema import types
-from schema.auth import Principal
 from schema.limits import Limits
+from schema.principal import Principal
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -62,10 +63,16 @@ class Loaders:
         self.invoice_of_load = _loader(db, models.Invoice, models.Invoice.load_id, types.Invoice.of)
 
 
+class Hub(Protocol):
+    """Where subscriptions wait for an org's committed snapshots (db/broadcast.py)."""
+
+    def subscribe(self, org_id: str) -> AbstractAsyncContextManager[LatestSnapshot]: ...
+
+
 @dataclass
 class Context:
     db: Database
-    hub: StatsHub
+    hub: Hub
     # The caller, or why there is none; set before any resolver runs (HTTP: per
     # request; WebSocket: at connection_init).
     auth: Principal | TallyError

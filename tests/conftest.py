@@ -6,7 +6,8 @@ import httpx
 import pytest
 
 from db.unit_of_work import Database
-from main import Settings, create_app
+from main import create_app
+from settings import Settings
 from tests.databases import BACKENDS, Databases, make_databases
 from tests.helpers import Api, token
 

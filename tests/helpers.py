@@ -16,8 +16,8 @@ from db.aggregates import (
 from db.models import Invoice, Load
 from db.queries import get_stats
 from db.unit_of_work import Database
-from main import DEV_SECRET
-from schema.auth import TokenVerifier
+from edge.tokens import TokenVerifier
+from settings import DEV_SECRET
 
 VERIFIER = TokenVerifier(DEV_SECRET)
 

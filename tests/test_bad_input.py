@@ -28,7 +28,7 @@ import pytest
 from graphql import get_introspection_query
 
 from db.unit_of_work import Database
-from main import DEV_SECRET
+from settings import DEV_SECRET
 from tests.helpers import Api, assert_exact, dump_tables, leaks_in, token
 from tests.server import running_server
 

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 
-from main import Settings, create_app
+from main import create_app
+from settings import Settings
 from tests.helpers import token
 from tests.server import running_server
 from tests.test_dashboard import CHROMIUM_ARGS, SERVER_START_TIMEOUT, chromium_path

@@ -1,4 +1,4 @@
-"""The count cache (schema/count_cache.py): reused bytes, never a stale or foreign answer."""
+"""The count cache (edge/count_cache.py): reused bytes, never a stale or foreign answer."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from sqlalchemy import text
 
 from db.engine import StatementCounter, statement_counter
 from db.unit_of_work import Database
-from main import Settings
-from schema.count_cache import CountCache, count_query_shape
+from edge.count_cache import CountCache, count_query_shape
+from settings import Settings
 from tests.helpers import Api, create_load, recount, token
 
 COUNT_LOADS = "query($o: ID!) { countLoadsByStatus(orgId: $o) { open assigned completed canceled total } }"

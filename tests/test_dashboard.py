@@ -24,7 +24,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from main import Settings, create_app
+from main import create_app
+from settings import Settings
 from tests.databases import Databases
 from tests.helpers import token
 from tests.server import ROOT, free_port, running_server

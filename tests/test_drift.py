@@ -19,7 +19,8 @@ from sqlalchemy import text
 from db import recalculation, stats_reader
 from db.recalculation import drift_report
 from db.unit_of_work import Database
-from main import Settings, create_app
+from main import create_app
+from settings import Settings
 from tests.helpers import Api, Counted, assert_exact, recount, stored, token
 from tests.server import ROOT
 

@@ -376,7 +376,7 @@ async def test_unexpected_failure_is_internal_rolled_back_and_hidden(
 def bad_tokens() -> dict[str, str | None]:
     import jwt
 
-    from main import DEV_SECRET
+    from settings import DEV_SECRET
 
     def forge(claims: dict[str, Any], secret: str = DEV_SECRET, alg: str = "HS256") -> str:
         return jwt.encode({"sub": "x", "exp": 4102444800, **claims}, secret, algorithm=alg)

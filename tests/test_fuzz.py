@@ -40,9 +40,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, literal, select, union, union_all
 
+from api.root import schema as served_schema
 from db.models import Customer, Invoice, Lane, Load, Organization, OrganizationStats
 from db.unit_of_work import Database
-from schema.root import schema as served_schema
 from tests.helpers import leaks_in, recount, stored, token
 from tests.server import ROOT, ServerUrl, running_server
 

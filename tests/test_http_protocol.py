@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schema.responses import GRAPHQL_RESPONSE, JSON, media_type_for
+from edge.responses import GRAPHQL_RESPONSE, JSON, media_type_for
 from tests.helpers import leaks_in, token
 from tests.server import ServerUrl, running_server
 

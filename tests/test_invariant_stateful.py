@@ -49,7 +49,8 @@ from db.aggregates import COUNTERS, StatsSnapshot
 from db.broadcast import StatsHub
 from db.models import Invoice, Load
 from db.queries import get_stats
-from main import Settings, create_app
+from main import create_app
+from settings import Settings
 from tests.databases import Databases
 from tests.helpers import INVOICE_MOVES, LOAD_MOVES, Api, recount, stored, token
 
@@ -784,7 +785,7 @@ class TallyMachine(RuleBasedStateMachine):
         }
         assert seen["invoices"] == {(i.id, i.org, i.load, i.status) for i in self.invoices.values()}
         assert all(self.invoices[ld.invoice].load == ld.id for ld in self.loads.values() if ld.invoice)
-        # The count query of each org, through the count cache (schema/count_cache.py):
+        # The count query of each org, through the count cache (edge/count_cache.py):
         # a cached response is reused only while the row is unchanged.
         for org in ORGS:
             got = self.call_ok("service", Q_ORG_STATS, o=org)["organizationStats"]

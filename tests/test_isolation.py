@@ -33,8 +33,8 @@ import pytest
 import websockets
 from sqlalchemy import text
 
+from api.root import schema as served_schema
 from db.unit_of_work import Database
-from schema.root import schema as served_schema
 from tests.helpers import (
     Api,
     assert_exact,

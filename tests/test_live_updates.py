@@ -76,7 +76,7 @@ async def test_snapshot_then_one_event_per_commit(server: str) -> None:
 
 
 async def test_subscribers_woken_by_one_commit_each_get_their_own_selection(server: str) -> None:
-    """One event is executed once per distinct operation and shared (schema/shared_events.py):
+    """One event is executed once per distinct operation and shared (edge/shared_events.py):
     different selections and variables must still get their own answers."""
     other = "org_other"
     narrow = (

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from graphql import GraphQLEnumType, GraphQLInputObjectType, GraphQLObjectType, GraphQLSchema, build_schema
 
+from api.root import build_schema as build_tally_schema
 from schema.limits import Limits
-from schema.root import build_schema as build_tally_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT = ROOT / "docs" / "contract.graphql"

@@ -14,7 +14,8 @@ from sqlalchemy import text
 from db.loads import create_load
 from db.stats_reader import SharedReads
 from db.unit_of_work import Database
-from main import Settings, create_app
+from main import create_app
+from settings import Settings
 from tests.helpers import Api, Counted, recount, stored, token
 
 CREATE = 'mutation { createLoad(input: {orgId: "org_a"}) { id } }'

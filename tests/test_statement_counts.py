@@ -16,7 +16,7 @@ from sqlalchemy import func, select, text
 from db.models import Invoice, Load
 from db.organizations import ensure_organization
 from db.unit_of_work import Database
-from main import Settings
+from settings import Settings
 from tests.helpers import Api, recount, stored, token
 
 LOAD_STATUSES = ("OPEN", "ASSIGNED", "COMPLETED", "CANCELED")

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from main import Settings, create_app
+from main import create_app
+from settings import Settings
 from tests.helpers import Api, token
 
 ISSUER = "https://auth.tally.test/"

@@ -1,6 +1,6 @@
 """The live dashboard: static HTML, CSS and ES modules served at `/` (no build step).
 
-`routes(settings)` gives the Starlette routes: `/` (the page), `/static/...` (its
+`routes(dev_login, issue_token)` gives the Starlette routes: `/` (the page), `/static/...` (its
 modules and styles) and, only with TALLY_DEV_LOGIN=1 on a SQLite database,
 `POST /dev-login`, which signs a short-lived admin token for local development.
 """
@@ -10,17 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
-
-if TYPE_CHECKING:
-    from main import Settings
 
 STATIC = Path(__file__).resolve().parent / "static"
 DEV_LOGIN_ORG = "org_demo"
@@ -41,19 +39,17 @@ HEADERS = {
 }
 
 
-def dev_login_enabled(settings: Settings) -> bool:
-    """Only when asked for, and only on SQLite: never on a shared (PostgreSQL) deployment."""
-    return settings.dev_login and settings.database_url.startswith("sqlite")
-
-
 def render_index(dev_login: bool) -> str:
     html = (STATIC / "index.html").read_text(encoding="utf-8")
     config = '<meta name="tally-dev-login" content="on">' if dev_login else ""
     return html.replace(CONFIG_MARKER, config)
 
 
-def routes(settings: Settings) -> list[BaseRoute]:
-    dev_login = dev_login_enabled(settings)
+IssueToken = Callable[[str], str]  # an admin token for this org
+
+
+def routes(dev_login: bool, issue_token: IssueToken) -> list[BaseRoute]:
+    """The page; `POST /dev-login` too when `dev_login` (main.py decides: asked for, and on SQLite)."""
     page = render_index(dev_login)
 
     async def index(_request: Request) -> Response:
@@ -64,21 +60,16 @@ def routes(settings: Settings) -> list[BaseRoute]:
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
     if dev_login:
-        result.append(Route("/dev-login", dev_login_endpoint(settings), methods=["POST"]))
-        log.warning("TALLY_DEV_LOGIN is on: anyone who can reach this server can sign in as an admin")
-    elif settings.dev_login:
-        log.warning("TALLY_DEV_LOGIN is ignored: it only works with a SQLite database")
+        result.append(Route("/dev-login", dev_login_endpoint(issue_token), methods=["POST"]))
     return result
 
 
-def dev_login_endpoint(settings: Settings) -> Any:
-    verifier = settings.verifier()
-
+def dev_login_endpoint(issue_token: IssueToken) -> Any:
     async def endpoint(request: Request) -> Response:
         org = await _org_of(request)
         if not ORG_ID.fullmatch(org):
             return JSONResponse({"error": "orgId: 1-64 letters, digits, '_', '.', ':' or '-'"}, status_code=400)
-        token = verifier.issue(org_id=org, role="admin", subject="dev-login", ttl_seconds=DEV_LOGIN_TTL_SECONDS)
+        token = issue_token(org)
         return JSONResponse(
             {"token": token, "orgId": org, "role": "admin", "expiresIn": DEV_LOGIN_TTL_SECONDS},
             headers={"Cache-Control": "no-store"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cross_web import HTTPException
@@ -22,14 +23,15 @@ from strawberry.types.graphql import OperationType
 from db.broadcast import StatsHub
 from db.errors import BadInput, TallyError, Unauthenticated
 from db.unit_of_work import Database
-from schema import responses
-from schema.auth import TokenVerifier
-from schema.context import Context
-from schema.count_cache import PINNED, CountCache
-from schema.limits import ConnectionsPerToken, Limits, PendingSockets
-from schema.live_transport import TallyTransportWSHandler
-from schema.ws_messages import CheckedLegacyWSMessages
-from web import graphiql
+from edge import responses
+from edge.count_cache import PINNED, CountCache
+from edge.guards import ConnectionsPerToken, PendingSockets
+from edge.live_transport import TallyTransportWSHandler
+from edge.shared_events import TappedHub
+from edge.tokens import TokenVerifier
+from edge.ws_messages import CheckedLegacyWSMessages, CheckedTransportWSMessages
+from schema.context import Context, Hub
+from schema.limits import Limits
 
 CLOSE_TOKEN_EXPIRED = 4403
 CLOSE_INIT_TIMEOUT = 4408
@@ -39,7 +41,6 @@ SUB_RESPONSE = "tally.sub_response"  # ASGI scope key: the response's status and
 
 
 class TallyGraphQL(GraphQL[Context, None]):
-    graphql_transport_ws_handler_class = TallyTransportWSHandler
     graphql_ws_handler_class = CheckedLegacyWSMessages
 
     def __init__(
@@ -49,10 +50,19 @@ class TallyGraphQL(GraphQL[Context, None]):
         hub: StatsHub,
         limits: Limits,
         *,
+        ide_page: Callable[[], Response],
         count_cache_entries: int = 0,
+        shared_events: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.ide_page = ide_page
+        if shared_events:
+            self.graphql_transport_ws_handler_class = TallyTransportWSHandler
+            self.context_hub: Hub = TappedHub(hub)
+        else:
+            self.graphql_transport_ws_handler_class = CheckedTransportWSMessages
+            self.context_hub = hub
         self.db = db
         self.verifier = verifier
         self.hub = hub
@@ -127,7 +137,7 @@ class TallyGraphQL(GraphQL[Context, None]):
         return responses.with_media_type(response, sub_response.media_type or responses.JSON)
 
     async def render_graphql_ide(self, request: Request) -> Response:
-        return graphiql.page_response()  # assets served by Tally, none from a CDN
+        return self.ide_page()
 
     def parse_json(self, data: str | bytes) -> Any:
         """JSON from a request: what cannot be decoded is a 400, never a 500.
@@ -155,7 +165,7 @@ class TallyGraphQL(GraphQL[Context, None]):
                 auth = await self.verifier.authenticate(request.headers.get("authorization"))
             except TallyError as error:
                 auth = error
-        context = Context(db=self.db, hub=self.hub, auth=auth, limits=self.limits)
+        context = Context(db=self.db, hub=self.context_hub, auth=auth, limits=self.limits)
         context.pinned_stats = request.scope.get(PINNED, context.pinned_stats)
         if isinstance(request, WebSocket):
             context.websocket = request

@@ -5,10 +5,10 @@ Strawberry runs each event of each subscription through its result stream
 of microseconds per subscriber per event, which at 1,000 subscribers is most of
 the time between a commit and the last client hearing of it. The first event
 of a subscription goes through that stream as usual (validation, access checks,
-errors all happen there); the resolver then hands off (`Handoff`), and this
-handler waits on the resolver's mailbox itself and sends each snapshot's
-shared result (schema/shared_events.py). The resolver stays suspended at its
-last yield, keeping its channel subscription, until the operation ends.
+errors all happen there); then this handler takes over (`Handoff`): it waits on
+the resolver's mailbox itself and sends each snapshot's shared result
+(edge/shared_events.py). The resolver stays suspended at its last yield,
+keeping its channel subscription, until the operation ends.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Operation
 from strawberry.types.execution import ExecutionResult, PreExecutionError
 
+from edge.shared_events import HANDOFF, Handoff, shared_events
+from edge.ws_messages import CheckedTransportWSMessages
 from schema.context import Context
-from schema.shared_events import HANDOFF, Handoff
-from schema.ws_messages import CheckedTransportWSMessages
 
 
 class TallyTransportWSHandler(CheckedTransportWSMessages):
@@ -51,14 +51,14 @@ class TallyTransportWSHandler(CheckedTransportWSMessages):
 
     async def _send_directly(self, operation: Operation[Context, None], handoff: Handoff) -> None:
         """Every newer snapshot of the org, as its shared payload; until cancelled."""
-        mailbox, event_of, executor = handoff.mailbox, handoff.event_of, handoff.executor
-        assert mailbox is not None and event_of is not None and executor is not None
+        mailbox, executor = handoff.mailbox, handoff.executor
+        assert mailbox is not None and executor is not None
         websocket = cast(ASGIWebSocketAdapter, self.websocket).ws
         prefix = f'{{"id":{json.dumps(operation.id)},"type":"next","payload":'
         while True:
             snapshot = await mailbox.newer_than(handoff.version)
             handoff.version = snapshot.version
-            event = event_of(snapshot)
+            event = shared_events.of(snapshot)
             payload = executor.payload_json(event)
             if payload is None:  # not plain data after all: Strawberry's way
                 result = executor.result_of(event)

@@ -15,12 +15,11 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
+from api.extensions import ErrorCodes, QueryStats, to_client_error
+from api.permissions import AdminOnly, Authenticated, ServiceOnly
 from resolvers import imports, invoices, lanes, loads, organizations, recalculation, stats
-from schema.auth import AdminOnly, Authenticated, ServiceOnly
 from schema.context import OperationLoaders
-from schema.extensions import ErrorCodes, QueryStats, to_client_error
 from schema.limits import Limits
-from schema.shared_events import SharedEventExecutor
 from schema.types import (
     BulkResult,
     Customer,
@@ -198,7 +197,10 @@ class TallySchema(strawberry.Schema):
         )
 
 
-def build_schema(limits: Limits, *, query_stats: bool = False) -> strawberry.Schema:
+def build_schema(
+    limits: Limits, *, query_stats: bool = False, execution_context_class: type[Any] | None = None
+) -> strawberry.Schema:
+    """The schema; `execution_context_class` is where the edge plugs in its shared-event executor."""
     # The rule classes are made once: ValidationCache keys on them, so classes made
     # per request (as QueryDepthLimiter(...) would) would never hit the cache.
     rules: list[type[ASTValidationRule]] = [depth_rule(limits.query_depth, None, None), alias_rule(limits.aliases)]
@@ -218,7 +220,7 @@ def build_schema(limits: Limits, *, query_stats: bool = False) -> strawberry.Sch
         subscription=Subscription,
         extensions=extensions,
         config=StrawberryConfig(auto_camel_case=True),
-        execution_context_class=SharedEventExecutor,
+        execution_context_class=execution_context_class,
     )
 
 

@@ -1,4 +1,4 @@
-"""Bearer JWTs (WorkOS AuthKit claims) and the permission classes built on them."""
+"""Bearer JWTs (WorkOS AuthKit claims): verified against an HS256 secret or RS256 JWKS keys."""
 
 from __future__ import annotations
 
@@ -6,42 +6,15 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import jwt
-from strawberry.permission import BasePermission
 
-from db.errors import Forbidden, Unauthenticated
-from db.rules import check_text
+from db.errors import Unauthenticated
+from schema.principal import ROLES, Principal
 
-if TYPE_CHECKING:
-    from schema.context import Info
-
-ROLES = ("member", "admin", "service")
 log = logging.getLogger("tally.auth")
-
-
-@dataclass(frozen=True)
-class Principal:
-    subject: str
-    role: str
-    org_id: str | None
-    expires_at: float = math.inf
-
-    @property
-    def is_service(self) -> bool:
-        return self.role == "service"
-
-    @property
-    def scope(self) -> str | None:
-        """The only org this principal may touch; None means any (service tokens)."""
-        return None if self.is_service else self.org_id
-
-    def authorize_org(self, org_id: str) -> None:
-        if not self.is_service and org_id != self.org_id:
-            raise Forbidden(f"Not allowed to act on organization {org_id}")
 
 
 class JwksKeys:
@@ -155,36 +128,3 @@ class TokenVerifier:
         if self.issuer:
             claims["iss"] = self.issuer
         return jwt.encode(claims, self.secret, algorithm="HS256")
-
-
-def _org_argument(kwargs: dict[str, Any]) -> str | None:
-    if "org_id" in kwargs:
-        return str(kwargs["org_id"])
-    payload = kwargs.get("input")
-    return str(payload.org_id) if payload is not None and hasattr(payload, "org_id") else None
-
-
-class Authenticated(BasePermission):
-    """A valid token; when the field names an org, one the token may act on."""
-
-    def has_permission(self, source: Any, info: Info, **kwargs: Any) -> bool:
-        principal = info.context.principal
-        org_id = _org_argument(kwargs)
-        if org_id is not None:
-            check_text(org_id, "orgId")  # no org id holds NUL, bad Unicode or 200+ characters
-            principal.authorize_org(org_id)
-        return True
-
-
-class AdminOnly(Authenticated):
-    def has_permission(self, source: Any, info: Info, **kwargs: Any) -> bool:
-        if info.context.principal.role not in ("admin", "service"):
-            raise Forbidden("Requires the admin role")
-        return super().has_permission(source, info, **kwargs)
-
-
-class ServiceOnly(Authenticated):
-    def has_permission(self, source: Any, info: Info, **kwargs: Any) -> bool:
-        if not info.context.principal.is_service:
-            raise Forbidden("Requires a service token")
-        return True

@@ -43,7 +43,7 @@ from db.aggregates import StatsSnapshot
 from db.errors import TallyError
 from db.rules import check_text
 from db.unit_of_work import Database
-from schema.auth import TokenVerifier
+from edge.tokens import TokenVerifier
 
 PINNED = "tally.pinned_stats"  # ASGI scope key read by the view's get_context
 STATS_FIELDS = frozenset({"organizationStats", "countLoadsByStatus", "countInvoicesByStatus"})

@@ -3,24 +3,26 @@
 A commit wakes every subscriber of the org with the same snapshot. graphql-core
 would execute each subscriber's selection set over it separately and
 Strawberry would encode each result again (about 0.5 ms per subscriber: half a
-second for 1,000). Here the subscription resolver yields one `SharedEvent` per
-snapshot, shared by all its subscribers, and `SharedEventExecutor` (the
-schema's executor class) executes an operation with given variables once per
-SharedEvent, and encodes its `next` payload once; every subscriber that asked
-the same gets the same result. The result can depend on nothing else: the one
-subscription field is authorized when subscribing, and the stats types below
-it are plain data (no resolvers, no permissions, no context).
-
-After a subscription's first event, the graphql-transport-ws handler
-(schema/live_transport.py) takes over through a `Handoff`: it waits on the
-resolver's mailbox itself and sends each shared payload.
+second for 1,000). The subscription resolver knows nothing of this: it yields
+plain `OrganizationStats`. Its first event goes through Strawberry as usual;
+then the graphql-transport-ws handler (edge/live_transport.py) takes over
+through a `Handoff`, which learns the resolver's mailbox from the hub the
+context hands out (`TappedHub`) and the operation's executor from the first
+event. For each newer snapshot the handler takes the snapshot's one
+`SharedEvent`, and `SharedEventExecutor` (the schema's executor class)
+executes the operation with given variables once per SharedEvent and encodes
+its `next` payload once: every subscriber that asked the same gets the same
+bytes. The result can depend on nothing else: the one subscription field is
+authorized when subscribing, and the stats types below it are plain data (no
+resolvers, no permissions, no context).
 """
 
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +31,8 @@ from graphql import ExecutionResult
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from db.aggregates import StatsSnapshot
-from db.broadcast import LatestSnapshot
+from db.broadcast import LatestSnapshot, StatsHub
+from schema.types import OrganizationStats
 
 Key = tuple[int, str]
 
@@ -56,40 +59,52 @@ class SharedEvents:
         self.size = size
         self._events: OrderedDict[int, tuple[object, SharedEvent]] = OrderedDict()
 
-    def of(self, source: object, value: Callable[[], Any]) -> SharedEvent:
-        known = self._events.get(id(source))
-        if known is None or known[0] is not source:
-            known = (source, SharedEvent(value()))
-            self._events[id(source)] = known
+    def of(self, snapshot: StatsSnapshot) -> SharedEvent:
+        known = self._events.get(id(snapshot))
+        if known is None or known[0] is not snapshot:
+            known = (snapshot, SharedEvent(OrganizationStats.of(snapshot)))
+            self._events[id(snapshot)] = known
             if len(self._events) > self.size:
                 self._events.popitem(last=False)
         return known[1]
 
 
+shared_events = SharedEvents()
+
+
 @dataclass
 class Handoff:
-    """What a subscription's transport needs to carry on without its resolver.
-
-    The resolver fills it in before each event it yields (its mailbox, the version
-    it yielded, how a snapshot becomes a SharedEvent); the executor, when it runs
-    the first event.
-    """
+    """What a subscription's transport needs to carry on without its resolver: the
+    resolver's mailbox (from `TappedHub`), and the version it last yielded and the
+    operation's executor (from the executor, as it runs the first event)."""
 
     mailbox: LatestSnapshot | None = None
     version: int = 0
-    event_of: Callable[[StatsSnapshot], SharedEvent] | None = None
     executor: SharedEventExecutor | None = None
-
-    def follow(self, mailbox: LatestSnapshot, version: int, event_of: Callable[[StatsSnapshot], SharedEvent]) -> None:
-        self.mailbox, self.version, self.event_of = mailbox, version, event_of
 
     @property
     def ready(self) -> bool:
-        return self.mailbox is not None and self.event_of is not None and self.executor is not None
+        return self.mailbox is not None and self.executor is not None
 
 
 # Set by the graphql-transport-ws handler around a subscription's first event.
 HANDOFF: ContextVar[Handoff | None] = ContextVar("tally_handoff", default=None)
+
+
+class TappedHub:
+    """The hub as the context hands it to resolvers: a subscription's mailbox is
+    also given to the transport that is waiting for a handoff."""
+
+    def __init__(self, hub: StatsHub) -> None:
+        self.hub = hub
+
+    @asynccontextmanager
+    async def subscribe(self, org_id: str) -> AsyncIterator[LatestSnapshot]:
+        async with self.hub.subscribe(org_id) as mailbox:
+            handoff = HANDOFF.get()
+            if handoff is not None:
+                handoff.mailbox = mailbox
+            yield mailbox
 
 
 class _Executed:
@@ -104,12 +119,12 @@ class _Executed:
 
 class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
     def build_per_event_executor(self, payload: Any) -> Any:
-        if not isinstance(payload, SharedEvent):
-            return super().build_per_event_executor(payload)
+        if isinstance(payload, SharedEvent):
+            return _Executed(self.result_of(payload))
         handoff = HANDOFF.get()
-        if handoff is not None and handoff.executor is None:
-            handoff.executor = self
-        return _Executed(self.result_of(payload))
+        if handoff is not None and isinstance(payload, OrganizationStats):
+            handoff.executor, handoff.version = self, payload.version
+        return super().build_per_event_executor(payload)
 
     def result_of(self, event: SharedEvent) -> Any:
         """This operation's result for the event: executed by the first subscriber that asks."""
