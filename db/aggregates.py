@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -20,38 +21,26 @@ from sqlalchemy import Select, Table, bindparam, event, func, inspect, select, u
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
-from db.models import Invoice, Load, OrganizationStats, utcnow
+from db.counters import GROUPS, INVOICE_STATUS, LOAD_STATUS, LOAD_TYPE, CounterGroup, counter_names
+from db.models import Base, Invoice, Load, OrganizationStats, utcnow
 
-LOAD_STATUS_COUNTERS = {
-    "OPEN": "loads_open",
-    "ASSIGNED": "loads_assigned",
-    "COMPLETED": "loads_completed",
-    "CANCELED": "loads_canceled",
-}
-LOAD_TYPE_COUNTERS = {
-    "CONTRACT": "type_contract",
-    "SPOT": "type_spot",
-    "UNMAPPED": "type_unmapped",
-}
-INVOICE_STATUS_COUNTERS = {
-    "MISSING_DATA": "invoices_missing_data",
-    "DRAFT": "invoices_draft",
-    "BILLED": "invoices_billed",
-    "PENDING_PAYMENT": "invoices_pending_payment",
-    "PAID": "invoices_paid",
-    "VOID": "invoices_void",
-}
-COUNTERS: tuple[str, ...] = (
-    *LOAD_STATUS_COUNTERS.values(),
-    *LOAD_TYPE_COUNTERS.values(),
-    *INVOICE_STATUS_COUNTERS.values(),
-)
-# Which attribute of which model feeds which counters.
-TRACKED: dict[type, tuple[tuple[str, dict[str, str]], ...]] = {
-    Load: (("status", LOAD_STATUS_COUNTERS), ("load_type", LOAD_TYPE_COUNTERS)),
-    Invoice: (("status", INVOICE_STATUS_COUNTERS),),
-}
-COUNTED_TABLES = {"loads", "invoices", "organization_stats"}
+LOAD_STATUS_COUNTERS = LOAD_STATUS.counters
+LOAD_TYPE_COUNTERS = LOAD_TYPE.counters
+INVOICE_STATUS_COUNTERS = INVOICE_STATUS.counters
+COUNTERS: tuple[str, ...] = counter_names(GROUPS)
+Tracked = dict[type, tuple[tuple[str, dict[str, str]], ...]]
+
+
+def tracked(models: Iterable[type[Base]], groups: Iterable[CounterGroup]) -> Tracked:
+    """Which attribute of which model feeds which counters: (attribute, counter by value) per counted column."""
+    return {
+        model: tuple((group.column, group.counters) for group in groups if group.table == model.__tablename__)
+        for model in models
+    }
+
+
+TRACKED = tracked((Load, Invoice), GROUPS)
+COUNTED_TABLES = {*(group.table for group in GROUPS), OrganizationStats.__tablename__}
 
 # Keys in Session.info and execution options.
 PENDING = "tally.pending_deltas"

@@ -1,7 +1,8 @@
-"""SQLAlchemy models. Statuses are stored as the GraphQL enum names (e.g. 'OPEN')."""
+"""SQLAlchemy models. Statuses and load types are stored as the values of db/counters.py's enums (e.g. 'OPEN')."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from sqlalchemy import (
@@ -16,6 +17,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from db.counters import GROUPS, CounterGroup, counter_names
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets BIGINT identities.
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -113,7 +116,8 @@ class Invoice(Base):
 
 
 class OrganizationStats(Base):
-    """The aggregate row. Written only by db/aggregates.py."""
+    """The aggregate row. Written only by db/aggregates.py. Its counter columns,
+    one per counted value (db/counters.py), are added below the class."""
 
     __tablename__ = "organization_stats"
 
@@ -121,23 +125,19 @@ class OrganizationStats(Base):
     # A hot org may spread its counters over several rows (TALLY_STATS_SHARDS);
     # its stats are the sums. With one shard, every org has exactly shard 0.
     shard: Mapped[int] = mapped_column(Integer, primary_key=True, default=0)
-    loads_open: Mapped[int] = mapped_column(BigInteger, default=0)
-    loads_assigned: Mapped[int] = mapped_column(BigInteger, default=0)
-    loads_completed: Mapped[int] = mapped_column(BigInteger, default=0)
-    loads_canceled: Mapped[int] = mapped_column(BigInteger, default=0)
-    type_contract: Mapped[int] = mapped_column(BigInteger, default=0)
-    type_spot: Mapped[int] = mapped_column(BigInteger, default=0)
-    type_unmapped: Mapped[int] = mapped_column(BigInteger, default=0)
-    invoices_missing_data: Mapped[int] = mapped_column(BigInteger, default=0)
-    invoices_draft: Mapped[int] = mapped_column(BigInteger, default=0)
-    invoices_billed: Mapped[int] = mapped_column(BigInteger, default=0)
-    invoices_pending_payment: Mapped[int] = mapped_column(BigInteger, default=0)
-    invoices_paid: Mapped[int] = mapped_column(BigInteger, default=0)
-    invoices_void: Mapped[int] = mapped_column(BigInteger, default=0)
     version: Mapped[int] = mapped_column(BigInteger, default=0)
     corrections: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_recalculated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+def add_counter_columns(model: type[Base], groups: Iterable[CounterGroup] = GROUPS) -> None:
+    """One BIGINT column, 0 by default, per counter of `groups`, added to a mapped class."""
+    for name in counter_names(groups):
+        setattr(model, name, mapped_column(BigInteger, nullable=False, default=0))
+
+
+add_counter_columns(OrganizationStats)
 
 
 class RecalculationRun(Base):

@@ -1,30 +1,13 @@
-from __future__ import annotations
+"""The GraphQL enums: the counted values of db/counters.py, under the same names."""
 
-from enum import Enum
+from __future__ import annotations
 
 import strawberry
 
+from db.counters import InvoiceStatus, LoadStatus, LoadType
 
-@strawberry.enum
-class LoadStatus(Enum):
-    OPEN = "OPEN"
-    ASSIGNED = "ASSIGNED"
-    COMPLETED = "COMPLETED"
-    CANCELED = "CANCELED"
+strawberry.enum(LoadStatus)
+strawberry.enum(LoadType)
+strawberry.enum(InvoiceStatus)
 
-
-@strawberry.enum
-class LoadType(Enum):
-    CONTRACT = "CONTRACT"
-    SPOT = "SPOT"
-    UNMAPPED = "UNMAPPED"
-
-
-@strawberry.enum
-class InvoiceStatus(Enum):
-    MISSING_DATA = "MISSING_DATA"
-    DRAFT = "DRAFT"
-    BILLED = "BILLED"
-    PENDING_PAYMENT = "PENDING_PAYMENT"
-    PAID = "PAID"
-    VOID = "VOID"
+__all__ = ["InvoiceStatus", "LoadStatus", "LoadType"]

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Self
+from typing import Any, ClassVar, Self
 
 import strawberry
 
 from db import models
-from db.aggregates import (
-    INVOICE_STATUS_COUNTERS,
-    LOAD_STATUS_COUNTERS,
-    LOAD_TYPE_COUNTERS,
-    StatsSnapshot,
-)
+from db.aggregates import StatsSnapshot
+from db.counters import INVOICE_STATUS, LOAD_STATUS, LOAD_TYPE, CounterGroup
 from schema.enums import InvoiceStatus, LoadStatus, LoadType
 
 # Field resolvers take the plain `strawberry.Info`: schema.context imports this module.
@@ -28,66 +24,40 @@ def maybe_utc(value: datetime | None) -> datetime | None:
     return as_utc(value) if value else None
 
 
-@strawberry.type
-class LoadStatusCounts:
-    open: int
-    assigned: int
-    completed: int
-    canceled: int
-    total: int
+class Counts:
+    """A count type: one Int! field per value of `group` (db/counters.py), then `total`.
+
+    Declared as `@strawberry.type class XCounts(Counts, group=...): pass`; the fields
+    are the group's values in snake case (`MISSING_DATA` -> `missing_data` -> `missingData`).
+    """
+
+    group: ClassVar[CounterGroup]
+
+    def __init_subclass__(cls, group: CounterGroup, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.group = group
+        cls.__annotations__ = {**dict.fromkeys(group.fields, int), "total": int}
 
     @classmethod
     def of(cls, s: StatsSnapshot) -> Self:
-        c = s.counts
-        return cls(
-            open=c["loads_open"],
-            assigned=c["loads_assigned"],
-            completed=c["loads_completed"],
-            canceled=c["loads_canceled"],
-            total=sum(c[k] for k in LOAD_STATUS_COUNTERS.values()),
-        )
+        counts = {field: s.counts[counter] for field, counter in cls.group.fields.items()}
+        counts["total"] = sum(counts.values())
+        return cls(**counts)
 
 
 @strawberry.type
-class LoadTypeCounts:
-    contract: int
-    spot: int
-    unmapped: int
-    total: int
-
-    @classmethod
-    def of(cls, s: StatsSnapshot) -> Self:
-        c = s.counts
-        return cls(
-            contract=c["type_contract"],
-            spot=c["type_spot"],
-            unmapped=c["type_unmapped"],
-            total=sum(c[k] for k in LOAD_TYPE_COUNTERS.values()),
-        )
+class LoadStatusCounts(Counts, group=LOAD_STATUS):
+    pass
 
 
 @strawberry.type
-class InvoiceStatusCounts:
-    missing_data: int
-    draft: int
-    billed: int
-    pending_payment: int
-    paid: int
-    void: int
-    total: int
+class LoadTypeCounts(Counts, group=LOAD_TYPE):
+    pass
 
-    @classmethod
-    def of(cls, s: StatsSnapshot) -> Self:
-        c = s.counts
-        return cls(
-            missing_data=c["invoices_missing_data"],
-            draft=c["invoices_draft"],
-            billed=c["invoices_billed"],
-            pending_payment=c["invoices_pending_payment"],
-            paid=c["invoices_paid"],
-            void=c["invoices_void"],
-            total=sum(c[k] for k in INVOICE_STATUS_COUNTERS.values()),
-        )
+
+@strawberry.type
+class InvoiceStatusCounts(Counts, group=INVOICE_STATUS):
+    pass
 
 
 @strawberry.type(description="One row per organization, maintained in the same transaction as every write.")

@@ -4,25 +4,31 @@
 import { GraphQLWsConnection } from "./graphql-ws.js";
 import * as auth from "./session.js";
 
-const GROUPS = [
-  {
-    key: "loads",
-    title: "Load status",
-    fields: [["open", "Open"], ["assigned", "Assigned"], ["completed", "Completed"], ["canceled", "Canceled"]],
-  },
-  { key: "loadTypes", title: "Load type", fields: [["contract", "Contract"], ["spot", "Spot"], ["unmapped", "Unmapped"]] },
-  {
-    key: "invoices",
-    title: "Invoice status",
-    fields: [
-      ["missingData", "Missing data"], ["draft", "Draft"], ["billed", "Billed"],
-      ["pendingPayment", "Pending payment"], ["paid", "Paid"], ["void", "Void"],
-    ],
-  },
-];
+// The count groups come from the schema (introspection needs no token): each field of
+// OrganizationStats whose type is a `...Counts` type is a group, each of that type's
+// fields but `total` a counter. Titles and labels are derived from the names.
+const COUNT_TYPES = `{ __type(name: "OrganizationStats") {
+  fields { name type { name fields { name } ofType { name fields { name } } } }
+} }`;
+const GROUPS = []; // [{ key: "loads", title: "Load status", fields: [["open", "Open"], ...] }], once read
+
+/** "pendingPayment" -> "Pending payment", "LoadStatus" -> "Load status". */
+function displayName(name) {
+  const words = name.replace(/([a-z0-9])([A-Z])/g, "$1 $2").toLowerCase();
+  return words.charAt(0).toUpperCase() + words.slice(1);
+}
+
+function groupsOf(organizationStats) {
+  return organizationStats.fields.flatMap(({ name, type }) => {
+    const object = type.ofType ?? type;
+    if (!object.name?.endsWith("Counts")) return [];
+    const fields = object.fields.map((field) => field.name).filter((field) => field !== "total");
+    return [{ key: name, title: displayName(object.name.replace(/Counts$/, "")), fields: fields.map((f) => [f, displayName(f)]) }];
+  });
+}
 
 const selection = (group) => `${group.key} { ${group.fields.map(([field]) => field).join(" ")} total }`;
-const STATS_CHANGED = `subscription($orgId: ID!, $sinceVersion: Int) {
+const statsChanged = () => `subscription($orgId: ID!, $sinceVersion: Int) {
   organizationStatsChanged(orgId: $orgId, sinceVersion: $sinceVersion) {
     orgId version updatedAt lastRecalculatedAt ${GROUPS.map(selection).join(" ")}
   }
@@ -50,6 +56,7 @@ const state = {
   countdown: null,
   driftTimer: null,
   stopped: true,
+  groupsRead: null, // resolves once the groups are read from the schema and their tiles built
 };
 
 // ---------------------------------------------------------------- rendering
@@ -163,7 +170,7 @@ function connect() {
   clearInterval(state.countdown);
   drop(1000, "replaced");
   const session = state.session;
-  if (!session || state.stopped) return;
+  if (!session || state.stopped || !GROUPS.length) return;
   if (auth.isExpired(session)) return signOut("Your token has expired: sign in again.");
   if (state.attempt) setConnection("offline", "Offline: reconnecting", `now (attempt ${state.attempt})`);
   else setConnection("connecting", "Connecting…");
@@ -188,7 +195,7 @@ function connect() {
     },
   });
   state.connection = connection;
-  connection.subscribe(STATS_CHANGED, { orgId: session.orgId, sinceVersion: state.shown?.version ?? null }, {
+  connection.subscribe(statsChanged(), { orgId: session.orgId, sinceVersion: state.shown?.version ?? null }, {
     next: (result) => {
       if (result.errors?.length) return subscriptionFailed(result.errors);
       state.attempt = 0;
@@ -245,12 +252,30 @@ function reconnectNow() {
   connect();
 }
 
+// ---------------------------------------------------------------- the groups, from the schema
+
+/** Reads the count groups and builds their tiles, retrying with backoff until the server answers. */
+async function readGroups() {
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      const { __type } = await graphql(COUNT_TYPES, {}, null);
+      GROUPS.push(...groupsOf(__type));
+      buildGroups();
+      $("connection-detail").textContent = "";
+      return;
+    } catch (error) {
+      $("connection-detail").textContent = `could not read the schema (${error.message}), retrying`;
+      await new Promise((resolve) => setTimeout(resolve, Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** attempt)));
+    }
+  }
+}
+
 // ---------------------------------------------------------------- admin panel
 
-async function graphql(query, variables) {
+async function graphql(query, variables, bearer = state.session?.token) {
   const response = await fetch("/graphql", {
     method: "POST",
-    headers: { "Content-Type": "application/json", Authorization: `Bearer ${state.session.token}` },
+    headers: { "Content-Type": "application/json", ...(bearer && { Authorization: `Bearer ${bearer}` }) },
     body: JSON.stringify({ query, variables }),
   });
   const body = await response.json().catch(() => ({ errors: [{ message: `HTTP ${response.status}` }] }));
@@ -355,7 +380,8 @@ function start(session) {
     checkDrift();
     state.driftTimer = setInterval(checkDrift, DRIFT_EVERY_MS);
   }
-  connect();
+  setConnection("connecting", "Connecting…");
+  state.groupsRead.then(() => state.session === session && connect());
 }
 
 function signIn(session) {
@@ -413,7 +439,7 @@ function tokenSignIn(event) {
 // ---------------------------------------------------------------- start-up
 
 function main() {
-  buildGroups();
+  state.groupsRead = readGroups();
   $("dev-form").hidden = document.querySelector('meta[name="tally-dev-login"]') === null;
   $("token-form").addEventListener("submit", tokenSignIn);
   $("dev-form").addEventListener("submit", devSignIn);
