@@ -20,8 +20,8 @@ SET_STATUS = "mutation($id: ID!, $s: LoadStatus!) { updateLoadStatus(id: $id, st
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    """The service's defaults: count cache on, no per-response statement counts."""
-    return Settings(database_url=database_url, recalc_interval_seconds=0)
+    """The service's defaults: count cache on (whatever the environment says), no per-response statement counts."""
+    return Settings(database_url=database_url, recalc_interval_seconds=0, count_cache_entries=1024)
 
 
 @pytest.fixture
