@@ -15,13 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
 from main import create_app
 from settings import Settings
+from tests.browser import launched_chromium
 from tests.helpers import token
 from tests.server import running_server
-from tests.test_dashboard import CHROMIUM_ARGS, SERVER_START_TIMEOUT, chromium_path
+from tests.test_dashboard import SERVER_START_TIMEOUT
 
 LISTED = "http://app.example"
 QUERY = {"query": "{ __typename }"}
@@ -126,13 +127,8 @@ def caller_origin() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    executable = chromium_path()
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with launched_chromium() as launched:
+        yield launched
 
 
 def call_from(browser: Browser, origin: str, base: str, bearer: str) -> tuple[str, list[str]]:
@@ -150,6 +146,7 @@ def call_from(browser: Browser, origin: str, base: str, bearer: str) -> tuple[st
         context.close()
 
 
+@pytest.mark.slow
 def test_a_page_on_a_listed_origin_calls_tally_and_others_cannot(browser: Browser, tmp_path: Path) -> None:
     admin = token("org_demo", "admin")
     with caller_origin() as listed, caller_origin() as unlisted:

@@ -8,24 +8,22 @@ they skip locally and fail in CI (CI=true). Screenshots go to artifacts/.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from main import create_app
 from settings import Settings
+from tests.browser import launched_chromium
 from tests.databases import Databases
 from tests.helpers import token
 from tests.server import ROOT, free_port, running_server
@@ -33,16 +31,6 @@ from tests.server import ROOT, free_port, running_server
 ORG = "org_demo"
 SERVER_START_TIMEOUT = 60  # seconds: generous, for a busy 2-core machine
 ARTIFACTS = ROOT / "artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 GROUPS = {
     "loads": ["open", "assigned", "completed", "canceled", "total"],
     "loadTypes": ["contract", "spot", "unmapped", "total"],
@@ -132,25 +120,12 @@ async def check_page_and_modules(client: httpx.AsyncClient) -> None:
 # ------------------------------------------------------------------ the page in Chromium
 
 
-def chromium_path() -> str:
-    for candidate in (os.environ.get("TALLY_TEST_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium"):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    message = "chromium is not installed (apt-get install -y chromium)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message}: CI must run the dashboard tests", pytrace=False)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    executable = chromium_path()
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with launched_chromium() as launched:
+        yield launched
 
 
 class Watched:

@@ -16,13 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Route, WebSocket, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, WebSocket, expect
 
 from main import create_app
 from settings import Settings
+from tests.browser import launched_chromium
 from tests.helpers import token
 from tests.server import running_server
-from tests.test_dashboard import ARTIFACTS, CHROMIUM_ARGS, SERVER_START_TIMEOUT, chromium_path, create_load
+from tests.test_dashboard import ARTIFACTS, SERVER_START_TIMEOUT, create_load
 
 ORG = "org_demo"
 STATS_QUERY = 'query Stats { organizationStats(orgId: "org_demo") { version loads { open total } } }'
@@ -57,13 +58,8 @@ async def test_page_and_assets_come_from_tally_only() -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    executable = chromium_path()
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with launched_chromium() as launched:
+        yield launched
 
 
 class OfflinePage:
