@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -48,7 +48,7 @@ def dev_login_token(verifier: TokenVerifier, org_id: str) -> str:
     return verifier.issue(org_id=org_id, role="admin", subject="dev-login", ttl_seconds=web.DEV_LOGIN_TTL_SECONDS)
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, schema_factory: Callable[..., Any] = build_schema) -> Starlette:
     settings = settings or Settings()
     verifier = verifier_of(settings)
     if settings.dev_login and not dev_login_enabled(settings):
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         verifier,
         hub,
         settings.limits,
-        schema=build_schema(
+        schema=schema_factory(
             settings.limits,
             query_stats=settings.query_stats,
             execution_context_class=SharedEventExecutor if settings.shared_events else None,

@@ -2,9 +2,7 @@
 writers, with the aggregate maintenance and without it, for 1 and 16 stats shards
 (TALLY_STATS_SHARDS); every ratio is against its baseline measured in the same run.
 
-Part of `uv run python -m bench.postgres`, which seeds the database and writes
-docs/benchmarks-postgres.md; `uv run python -m bench.hot_org [--quick]` runs this part
-alone (report under bench/results/).
+Part of bench/postgres.py, which seeds the database and writes docs/benchmarks-postgres.md.
 
 - HTTP (the target): GraphQL `updateLoadStatus` mutations from closed-loop clients
   (bench/loadgen.py) spread over two uvicorn processes sharing the database and a Redis
@@ -23,38 +21,43 @@ Per writer count and round, the variants alternate which goes first.
 from __future__ import annotations
 
 import asyncio
-import math
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-import httpx
-
-from bench import report
-from bench.report import ms, rate, x
-from bench.run import (
+from bench.common import (
+    app_servers,
+    busy_seconds,
+    cpu,
+    foreign_share,
+    live_metrics,
+    log,
+    ms,
+    rate,
+    self_cpu,
+    summarize,
+    table,
+    x,
+)
+from bench.measure import (
     ALSO_OURS,
     SET_STATUS,
     SET_STATUS_WITHOUT_AGGREGATE,
     Cell,
     Pools,
     Profile,
-    Server,
-    busy_seconds,
     count_body,
-    foreign_share,
-    log,
+    log_cell,
     measure,
-    running,
-    self_cpu,
+    pooled,
     toggle_bodies,
 )
 from bench.servers import write_without_aggregate
 from db.loads import set_load_status
 from db.unit_of_work import Database
+from tests.server import ServerUrl
 
 HOT_ORG = "org_hot"
 REFERENCE_ORG = "org_hot_ref"  # a small org with one stats row, to price reading a sharded one
@@ -90,13 +93,13 @@ def schedule(rounds: int) -> Iterator[tuple[int, bool]]:
             yield writers, not first
 
 
-BROADCAST_METRICS = ("published", "publish_failures", "reconnects")
+BROADCAST_METRICS = ("publishes", "publish_failures", "reconnects")
 
 
-def broadcast_health(servers: list[Server]) -> dict[str, int]:
-    """The StatsHub counters of /healthz (since each process started), summed over the processes."""
-    lives = [httpx.get(f"{server.base}/healthz", timeout=10).json()["live"] for server in servers]
-    return {key: sum(int(live.get(key, 0)) for live in lives) for key in BROADCAST_METRICS}
+def broadcast_health(servers: list[ServerUrl]) -> dict[str, int]:
+    """The StatsHub counters of /metrics (since each process started), summed over the processes."""
+    figures = [live_metrics(server) for server in servers]
+    return {key: int(sum(f.get(key, 0) for f in figures)) for key in BROADCAST_METRICS}
 
 
 def http_runs(
@@ -108,7 +111,7 @@ def http_runs(
     for shards in SHARDS:
         env = {"BENCH_DATABASE_URL": url, "BENCH_BROADCAST_URL": broadcast, "BENCH_STATS_SHARDS": str(shards)}
         log(f"hot org over HTTP, {shard_label(shards)}: two processes, {'/'.join(map(str, WRITERS))} writers")
-        with running((f"hot{shards}-a", "naive_app", env), (f"hot{shards}-b", "naive_app", env)) as servers:
+        with app_servers((f"hot{shards}-a", "naive_app", env), (f"hot{shards}-b", "naive_app", env)) as servers:
             for writers, aggregate in schedule(profile.mutation_rounds):
                 query = SET_STATUS if aggregate else SET_STATUS_WITHOUT_AGGREGATE
                 cells.append(
@@ -131,7 +134,7 @@ def http_runs(
 def shard_read_cost(url: str, service_token: str, profile: Profile) -> Cell:
     """countLoadsByStatus on Tally, one client, requests alternating between the hot org
     (its stats now spread over up to 16 rows) and the one-row reference org."""
-    with running(("hot-read", "tally_app", {"BENCH_DATABASE_URL": url})) as (tally,):
+    with app_servers(("hot-read", "tally_app", {"BENCH_DATABASE_URL": url})) as (tally,):
         return measure(
             tally,
             "tally, orgs interleaved",
@@ -162,11 +165,7 @@ async def db_layer_runs(url: str, ids: dict[bool, list[int]], profile: Profile) 
                 cell = await db_run(write, ids[aggregate], state, writers, profile)
                 cell.variant, cell.label = VARIANTS[aggregate], shard_label(shards)
                 cells.append(cell)
-                s = cell.stats
-                log(
-                    f"  db layer {cell.variant:<18} {cell.label:<9} w={writers:<2} {s['rps']:7.0f} changes/s  "
-                    f"p50 {s['p50'] / 1000:7.2f} ms  p99 {s['p99'] / 1000:7.2f} ms"
-                )
+                log_cell(f"db layer {cell.variant} {cell.label} w={writers}", cell)
         finally:
             await db.dispose()
     return cells
@@ -201,26 +200,19 @@ async def db_run(
     wall = time.monotonic()
     await asyncio.gather(*(writer(k) for k in range(writers)))
     wall = time.monotonic() - wall
-    cpu = self_cpu() - cpu_before
+    own = self_cpu() - cpu_before
     busy_after = busy_seconds()
     foreign = None
     also = sum(f() for f in ALSO_OURS) - also_before
     if busy_before is not None and busy_after is not None:
-        foreign = foreign_share(wall, busy_after - busy_before, cpu + also)
+        foreign = foreign_share(wall, busy_after - busy_before, own + also)
     cell = Cell("", "", writers, latencies, profile.db_ops_seconds, completed, None, None, foreign)
     if completed:
-        cell.server_cpu_us_per_request, cell.also_cpu_us_per_request = cpu * 1e6 / completed, also * 1e6 / completed
+        cell.server_cpu_us_per_request, cell.also_cpu_us_per_request = own * 1e6 / completed, also * 1e6 / completed
     return cell
 
 
 # --- the report ------------------------------------------------------------------------------
-
-
-def mean_cpu(cells: list[Cell], attr: str) -> float:
-    """CPU per change over several runs, weighted by their changes (NaN if unknown)."""
-    known = [(getattr(c, attr), c.completed_ok) for c in cells if getattr(c, attr) is not None]
-    weight = sum(n for _, n in known)
-    return sum(v * n for v, n in known) / weight if weight else math.nan
 
 
 @dataclass
@@ -229,7 +221,7 @@ class Pair:
 
     shards: str
     writers: int
-    with_: dict[str, float]  # report.pooled, plus "db_cpu" (PostgreSQL and Redis per change)
+    with_: dict[str, float]  # pooled, with "db_cpu" (PostgreSQL and Redis per change)
     without: dict[str, float]
     foreign: float | None  # the largest share of the CPUs other processes took meanwhile
 
@@ -242,17 +234,10 @@ def pairs(cells: list[Cell]) -> list[Pair]:
     out = []
     for shards in map(shard_label, SHARDS):
         for writers in WRITERS:
-            runs = {
-                aggregate: [c for c in cells if (c.variant, c.label, c.concurrency) == (name, shards, writers)]
-                for aggregate, name in VARIANTS.items()
-            }
-            if not runs[True] or not runs[False]:
-                continue
-            pooled = {aggregate: report.pooled(cells) for aggregate, cells in runs.items()}
-            for aggregate, stats in pooled.items():
-                stats["db_cpu"] = mean_cpu(runs[aggregate], "also_cpu_us_per_request")
-            shares = [c.foreign_cpu for c in [*runs[True], *runs[False]] if c.foreign_cpu is not None]
-            out.append(Pair(shards, writers, pooled[True], pooled[False], max(shares) if shares else None))
+            runs = {a: [c for c in cells if (c.variant, c.label, c.concurrency) == (name, shards, writers)] for a, name in VARIANTS.items()}
+            if runs[True] and runs[False]:
+                shares = [c.foreign_cpu for c in [*runs[True], *runs[False]] if c.foreign_cpu is not None]
+                out.append(Pair(shards, writers, pooled(runs[True]), pooled(runs[False]), max(shares) if shares else None))
     return out
 
 
@@ -261,164 +246,72 @@ def judged(cells: list[Cell]) -> dict[str, Pair]:
     return {p.shards: p for p in pairs(cells) if p.writers == JUDGED_AT}
 
 
-def table(cells: list[Cell], cpu_column: str) -> str:
-    rows = []
-    for p in pairs(cells):
-        mark = "**" if p.writers == JUDGED_AT else ""
-        rows.append(
-            [
-                p.shards,
-                str(p.writers),
-                rate(p.with_["rps"]),
-                rate(p.without["rps"]),
-                f"{mark}{x(p.ratio)}{mark}",
-                f"{ms(p.with_['p50'])} / {ms(p.with_['p99'])}",
-                f"{ms(p.without['p50'])} / {ms(p.without['p99'])}",
-                f"{report.cpu(p.with_['server_cpu'])} / {report.cpu(p.without['server_cpu'])}",
-                f"{report.cpu(p.with_['db_cpu'])} / {report.cpu(p.without['db_cpu'])}",
-                "n/a" if p.foreign is None else f"{p.foreign:.0%}",
-            ]
-        )
-    header = ["stats shards", "writers", "with: changes/s", "without: changes/s", "ratio with/without"]
-    header += ["with: p50 / p99 ms", "without: p50 / p99 ms", f"{cpu_column} with / without"]
-    header += ["PostgreSQL + Redis CPU/change with / without", "other processes (max)"]
-    return report.table(header, rows)
+def pairs_table(cells: list[Cell], cpu_column: str) -> str:
+    rows = [
+        [p.shards, str(p.writers), rate(p.with_["rps"]), rate(p.without["rps"]), f"**{x(p.ratio)}**" if p.writers == JUDGED_AT else x(p.ratio),
+         f"{ms(p.with_['p50'])} / {ms(p.with_['p99'])}", f"{ms(p.without['p50'])} / {ms(p.without['p99'])}",
+         f"{cpu(p.with_['server_cpu'])} / {cpu(p.without['server_cpu'])}", f"{cpu(p.with_['db_cpu'])} / {cpu(p.without['db_cpu'])}",
+         "n/a" if p.foreign is None else f"{p.foreign:.0%}"]
+        for p in pairs(cells)
+    ]  # fmt: skip
+    header = ["stats shards", "writers", "with: changes/s", "without: changes/s", "ratio with/without", "with: p50 / p99 ms"]
+    header += ["without: p50 / p99 ms", f"{cpu_column} with / without", "PostgreSQL + Redis CPU/change with / without", "other processes (max)"]
+    return table(header, rows)
 
 
-def health_text(health: dict[str, int]) -> str:
-    return (
-        f"{health['published']:,} snapshots published, {health['publish_failures']:,} publish failures, "
-        f"{health['reconnects']:,} broadcaster reconnects"
-    )
-
-
-def render(
-    http: list[Cell], db: list[Cell], read: Cell | None, health: dict[str, dict[str, int]], profile: Profile
-) -> list[str]:
-    """The hot-org section of docs/benchmarks-postgres.md."""
-    out = [
-        "## Hot org: status changes of one org under concurrent writers\n",
-        f"One org, {'/'.join(map(str, WRITERS))} concurrent writers, each change one transaction "
-        "(BEGIN, `SELECT ... FOR UPDATE` of the load, UPDATE, and with the aggregate the stats upsert as the "
-        "last statement before COMMIT). *with* = the app as it is; *without* = the same app and code path "
-        "minus the aggregate maintenance (see `bench/servers.py`). Throughput is changes completed in the "
-        f"window per second, pooled over {profile.mutation_rounds} round(s) in which the variants alternate "
-        "which goes first; the ratio is with/without, both from this run. CPU columns are CPU time per "
-        "change: of the app (servers, or this process at the db layer) and of the PostgreSQL and Redis "
-        "server processes. *Other processes* is the largest share of the machine's CPU used meanwhile by "
-        "anything else.\n",
-        "### Over HTTP (the target): GraphQL `updateLoadStatus`, two uvicorn processes, Redis broadcast\n",
-        f"Closed-loop clients (bench/loadgen.py, one process) spread evenly over two `naive_app` processes "
-        f"(one worker each, pool 10 + 20 overflow connections each); window {profile.duration:g} s after "
-        f"{profile.warmup:g} s of warm-up.\n",
-        table(http, "server CPU/change"),
-        "",
-    ]
-    if health:
-        out.append(
-            "Broadcast health afterwards (`/healthz` of both processes): "
-            + "; ".join(f"{shards}: {health_text(h)}" for shards, h in health.items())
-            + ". A reconnect means a heartbeat did not come back through Redis within "
-            "its timeout; publishes while it reconnects fail (counted and logged; the mutation still succeeds).\n"
-        )
-    out += [
-        "### At the db layer (stricter, secondary): `Database.write(set_load_status)` in process\n",
-        f"Writers are asyncio tasks in the benchmark process (one Database, pool {max(WRITERS)}), each "
-        f"toggling its own {LOADS_PER_WRITER} loads; window {profile.db_ops_seconds:g} s after a short "
-        "warm-up; *without* = `write_without_aggregate`. No HTTP or GraphQL cost dilutes the difference, "
-        "and nothing is published.\n",
-        table(db, "process CPU/change"),
-        "",
-    ]
-    out += why(judged(http), judged(db), read)
-    return out
-
-
-def why(http: dict[str, Pair], db: dict[str, Pair], read: Cell | None) -> list[str]:
-    """What limits the ratio and what sharding trades, from this run's numbers."""
-    one, many = shard_label(SHARDS[0]), shard_label(SHARDS[-1])
-    if one not in http or many not in http:
-        return []
-
-    def extra(pair: Pair, key: str) -> float:
-        return pair.with_[key] - pair.without[key]
-
-    def costs(pair: Pair) -> str:
-        return (
-            f"{x(pair.ratio)}; per change {report.cpu(extra(pair, 'server_cpu'))} more app CPU and "
-            f"{report.cpu(extra(pair, 'db_cpu'))} more PostgreSQL + Redis CPU"
-        )
-
-    p = http[one]
-    total = {v: s["server_cpu"] + s["db_cpu"] for v, s in (("with", p.with_), ("without", p.without))}
+def verdict(p: Pair) -> tuple[str, str]:
+    """The CPU ratio (without/with, app + PostgreSQL + Redis per change) and what it says of the throughput ratio."""
+    total = {k: s["server_cpu"] + s["db_cpu"] for k, s in (("with", p.with_), ("without", p.without))}
     cpu_ratio = total["without"] / total["with"]
     if abs(p.ratio / cpu_ratio - 1) <= 0.15:
-        verdict = (
-            "The two cores (servers, PostgreSQL, Redis, load generator) are saturated at this concurrency, "
-            "so throughput follows CPU per change: what the aggregate costs here is CPU, not idle waiting"
-        )
+        text = "The two cores (servers, PostgreSQL, Redis, load generator) are saturated at this concurrency, so throughput follows CPU per change: what the aggregate costs here is CPU, not idle waiting"
     elif p.ratio < cpu_ratio:
-        verdict = (
-            "Throughput falls further than CPU per change explains: the rest is idle waiting (for the stats "
-            "row's lock, or for commits to be flushed)"
-        )
+        text = "Throughput falls further than CPU per change explains: the rest is idle waiting (for the stats row's lock, or for commits to be flushed)"
     else:
-        verdict = (
-            "Throughput falls less than CPU per change would predict: the baseline did not saturate the "
-            "cores (its changes wait too, e.g. for commits to be flushed), so idle time absorbed part of the "
-            "aggregate's extra CPU"
-        )
-    out = [
-        f"### Why, at {JUDGED_AT} writers\n",
-        f"Over HTTP with {one}, {rate(p.with_['rps'])} vs {rate(p.without['rps'])} changes/s "
-        f"({x(p.ratio)}), while a change cost {report.cpu(p.with_['server_cpu'])} vs "
-        f"{report.cpu(p.without['server_cpu'])} of server CPU plus {report.cpu(p.with_['db_cpu'])} vs "
-        f"{report.cpu(p.without['db_cpu'])} in PostgreSQL and Redis: {report.cpu(total['with'])} vs "
-        f"{report.cpu(total['without'])} in all, a CPU ratio (without/with) of {x(cpu_ratio)}. {verdict}. "
-        "Contention on the one stats row shows up as PostgreSQL CPU as well (row-lock queueing, re-checking "
-        "the newest version of a row updated hundreds of times a second); spreading the counters over rows "
-        "cuts that part, not the app's.\n",
-        "| layer | stats shards | ratio with/without, and the aggregate's extra CPU per change |",
-        "|---|---|---|",
-        *(
-            f"| {layer} | {shards} | {costs(pair)} |"
-            for layer, got in (("HTTP", http), ("db layer", db))
-            for shards, pair in got.items()
-        ),
-        "",
-        "### The trade-off of sharding the counters\n",
-        "With one row, every writer of the org queues on that row's lock from its upsert until its COMMIT is "
-        "flushed, so the org's commits are serialized; with N rows a writer picks one at random and waits "
-        "only for writers that picked the same one. What it costs:\n",
+        text = "Throughput falls less than CPU per change would predict: the baseline did not saturate the cores (its changes wait too, e.g. for commits to be flushed), so idle time absorbed part of the aggregate's extra CPU"
+    return x(cpu_ratio), text
+
+
+def fields(http: list[Cell], db: list[Cell], read: Cell | None, health: dict[str, dict[str, int]], profile: Profile) -> dict[str, str]:
+    one, many = shard_label(SHARDS[0]), shard_label(SHARDS[-1])
+    p = judged(http)[one]
+    cpu_ratio, why = verdict(p)
+    costs = [
+        [layer, shards, f"{x(q.ratio)}; per change {cpu(q.with_['server_cpu'] - q.without['server_cpu'])} more app CPU and {cpu(q.with_['db_cpu'] - q.without['db_cpu'])} more PostgreSQL + Redis CPU"]
+        for layer, got in (("HTTP", judged(http)), ("db layer", judged(db)))
+        for shards, q in got.items()
     ]
-    read_text = ""
-    if read is not None and read.by_body is not None:
-        hot, ref = (report.summarize(sorted(samples), read.seconds) for samples in read.by_body)
-        read_text = (
-            f" Measured: countLoadsByStatus on one Tally process, one client, requests alternating between "
-            f"{HOT_ORG} (now {max(SHARDS)} rows) and {REFERENCE_ORG} (one row): p50 {ms(hot['p50'])} vs "
-            f"{ms(ref['p50'])} ms ({x(hot['p50'] / ref['p50'])}), p99 {ms(hot['p99'])} vs {ms(ref['p99'])} ms."
-        )
-    out += [
-        f"- every read sums up to N rows instead of reading one (one statement still, a primary-key range).{read_text}",
-        "- every write publishes the org's sums read after its commit (never the one row its upsert touched: "
-        "another process's setting, or an earlier one, may have written other rows). Writers of the org whose "
-        "commits land together share that read (`db.stats_reader.SharedReads`: each joins the next read that "
-        "starts after its commit) and so one event. The published snapshot may already include later commits "
-        "(the version, the sum of the rows' versions, still only grows).",
-        "- N rows per hot org in organization_stats; a recalculation corrects the sum (its correction goes "
-        "to one row). TALLY_STATS_SHARDS only decides where new deltas go, so processes may differ and it "
-        "can change without a migration.",
-        "",
-    ]
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    from bench.postgres import main as postgres_main
-
-    return postgres_main(["--only", "hot", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    hot = ref = summarize([], 0)
+    if read is not None and read.by_body:
+        hot, ref = read.by_body_stats()
+    health_text = "; ".join(
+        f"{shards}: {h['publishes']:,} snapshots published, {h['publish_failures']:,} publish failures, {h['reconnects']:,} broadcaster reconnects"
+        for shards, h in health.items()
+    )
+    w = p.with_, p.without
+    return {
+        "writers": "/".join(map(str, WRITERS)),
+        "judged_at": str(JUDGED_AT),
+        "hot_rounds": str(profile.mutation_rounds),
+        "hot_duration": f"{profile.duration:g}",
+        "hot_warmup": f"{profile.warmup:g}",
+        "hot_http": pairs_table(http, "server CPU/change"),
+        "hot_health": health_text,
+        "db_pool": str(max(WRITERS)),
+        "loads_per_writer": str(LOADS_PER_WRITER),
+        "db_seconds": f"{profile.db_ops_seconds:g}",
+        "hot_db": pairs_table(db, "process CPU/change"),
+        "one_shard": one,
+        "many_shards": many,
+        "why_rates": f"{rate(w[0]['rps'])} vs {rate(w[1]['rps'])} changes/s ({x(p.ratio)})",
+        "why_cpu": f"{cpu(w[0]['server_cpu'])} vs {cpu(w[1]['server_cpu'])} of server CPU plus {cpu(w[0]['db_cpu'])} vs {cpu(w[1]['db_cpu'])} in PostgreSQL and Redis: "
+        f"{cpu(w[0]['server_cpu'] + w[0]['db_cpu'])} vs {cpu(w[1]['server_cpu'] + w[1]['db_cpu'])} in all",
+        "cpu_ratio": cpu_ratio,
+        "verdict": why,
+        "hot_costs": table(["layer", "stats shards", "ratio with/without, and the aggregate's extra CPU per change"], costs),
+        "hot_org": HOT_ORG,
+        "reference_org": REFERENCE_ORG,
+        "max_shards": str(max(SHARDS)),
+        "read_p50": f"{ms(hot['p50'])} vs {ms(ref['p50'])} ms ({x(hot['p50'] / ref['p50'])})",
+        "read_p99": f"{ms(hot['p99'])} vs {ms(ref['p99'])} ms",
+    }

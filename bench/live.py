@@ -1,27 +1,19 @@
-"""Live-update latency benchmark: `uv run python -m bench.live` (results: docs/benchmarks-live.md).
+"""Live-update latency (docs/benchmarks-live.md): real `python main.py serve` processes on
+loopback, real WebSocket subscribers (the `websockets` library's sans-I/O protocol speaking
+graphql-transport-ws, one connection each) and real HTTP mutations, all timed with
+`time.perf_counter()` in this one process, so every clock agrees:
 
-Real `python main.py serve` processes on loopback, real WebSocket subscribers
-(the `websockets` library's sans-I/O protocol speaking graphql-transport-ws,
-one connection per subscriber) and real HTTP mutations, all timed with `time.perf_counter()` in
-this one process, so every clock agrees:
+- one process, `memory://`: subscribers and mutations on the same server;
+- two processes over a private `redis-server`: subscribers on B, mutations sent to A
+  (both on the same SQLite file).
 
-- (a) one process, `memory://`: subscribers and mutations on the same server;
-- (b) two processes over a private `redis-server`: subscribers on B,
-  mutations sent to A (both on the same SQLite file).
-
-For 0 (mutation alone), 1, 100 and 1,000 subscribers of one org, MUTATIONS (MUTATIONS_AT)
-`updateLoadStatus` calls toggle one load OPEN <-> ASSIGNED; each commit bumps
-the org's version by one, so event version `base + k` belongs to mutation k.
-The next mutation is sent once every subscriber has the event (or after a
-timeout), plus a GAP, so events never coalesce. Per event:
-
-- commit-to-client = receive time - moment the mutation's HTTP response arrived
-  (the response leaves the server after the commit and after the publish, so
-  this is a lower bound; it can be negative);
-- send-to-client = receive time - moment the mutation was sent (upper bound).
-
-Memory per idle subscriber: VmRSS of the subscribers' server process with 0,
-100 and 1,000 idle subscribers.
+For 0 (mutation alone) and each subscriber count of one org, `updateLoadStatus` calls
+toggle one load OPEN <-> ASSIGNED; each commit bumps the org's version by one, so event
+version `base + k` belongs to mutation k. The next mutation is sent once every subscriber
+has the event (or after a timeout), plus a GAP, so events never coalesce. Per event:
+commit-to-client = receive time - arrival of the mutation's HTTP response (a lower bound);
+send-to-client = receive time - moment the mutation was sent (an upper bound). Memory per
+idle subscriber: VmRSS of the subscribers' server process with 0 .. N idle subscribers.
 """
 
 from __future__ import annotations
@@ -29,17 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import resource
 import shutil
-import signal
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,18 +42,11 @@ from websockets.http11 import Response
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from bench.machine import describe
-from edge.tokens import TokenVerifier
-from settings import DEV_SECRET
+from bench.common import live_metrics, log, percentile, process_cpu, rss_kib, run_async, table
+from bench.common import token as bench_token
+from tests.server import ServerUrl, free_port, running_server
 
-ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks-live.md"
 ORG = "org_live"
-SIZES = (1, 100, 1000)
-MUTATIONS = 30
-# At 1,000 subscribers one round takes seconds (fan-out): fewer rounds keep the run bounded.
-MUTATIONS_AT = {1000: 15}
-WARMUP = 10
 GAP = 0.05  # seconds between the last delivery of one event and the next mutation
 DELIVERY_TIMEOUT = 10.0
 OPEN_BATCH = 50  # subscribers connected concurrently
@@ -73,112 +57,64 @@ SUBSCRIPTION = (
 UPDATE = "mutation($id: ID!, $s: LoadStatus!) { updateLoadStatus(id: $id, status: $s) { id status } }"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@dataclass(frozen=True)
+class Profile:
+    sizes: tuple[int, ...]  # subscriber counts
+    mutations: int  # per configuration ...
+    mutations_at_largest: int  # ... but fewer at the largest, where one round takes seconds (fan-out)
+    warmup: int  # mutations before measuring
 
 
-T0 = time.perf_counter()
+PROFILES = {"full": Profile((1, 100, 1000), 30, 15, 10), "quick": Profile((1, 5, 10), 5, 5, 3)}
 
 
 def say(text: str) -> None:
-    print(f"[{time.perf_counter() - T0:6.1f} s] {text}", flush=True)
+    log(text)
 
 
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+def pct(values: list[float], q: float) -> float:
+    return percentile(values, q)
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+@contextmanager
+def tally_server(database_url: str, broadcast_url: str) -> Iterator[ServerUrl]:
+    env = {
+        "TALLY_DATABASE_URL": database_url,
+        "TALLY_BROADCAST_URL": broadcast_url,
+        "TALLY_RECALC_INTERVAL_SECONDS": "0",
+        "TALLY_LOG_LEVEL": "WARNING",
+        "TALLY_QUERY_STATS": "0",
+        "TALLY_STATS_SHARDS": "1",
+        "TALLY_MAX_CONNECTIONS_PER_TOKEN": "5000",
+    }
+    with running_server(env, timeout=90) as server:
+        yield server
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-# --- processes ------------------------------------------------------------------------------
-
-
-class Server:
-    """`python main.py serve` on a spare loopback port; exposes its pid for VmRSS."""
-
-    def __init__(self, name: str, database_url: str, broadcast_url: str, workdir: Path) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.ws = f"ws://127.0.0.1:{self.port}/graphql"
-        self.log_path = workdir / f"server-{name}.log"
-        env = {
-            **os.environ,
-            "TALLY_HOST": "127.0.0.1",
-            "TALLY_PORT": str(self.port),
-            "TALLY_DATABASE_URL": database_url,
-            "TALLY_BROADCAST_URL": broadcast_url,
-            "TALLY_RECALC_INTERVAL_SECONDS": "0",
-            "TALLY_LOG_LEVEL": "WARNING",
-            "TALLY_QUERY_STATS": "0",
-            "TALLY_STATS_SHARDS": "1",
-            "TALLY_MAX_CONNECTIONS_PER_TOKEN": "5000",
-        }
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "main.py", "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 90
-        try:
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError("server did not become healthy")
-                time.sleep(0.1)
-        except BaseException:
-            self.stop()
-            raise
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-class Redis:
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+@contextmanager
+def private_redis() -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed")
+    port = free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
             time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+
+# --- subscribers --------------------------------------------------------------------------
+
 
 
 # --- subscribers --------------------------------------------------------------------------
@@ -337,20 +273,10 @@ async def open_subscribers(url: str, token: str, arrivals: Arrivals, count: int)
 
 
 async def live_subscribers(base: str) -> int:
-    async with httpx.AsyncClient() as client:
-        return int((await client.get(f"{base}/healthz")).json()["live"]["subscribers"])
+    return int((await asyncio.to_thread(live_metrics, base))["subscribers"])
 
 
 # --- measurement ----------------------------------------------------------------------------
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[index]
-
 
 @dataclass
 class Run:
@@ -397,10 +323,9 @@ async def current_version(client: httpx.AsyncClient, token: str) -> int:
     return int(response.json()["data"]["organizationStats"]["version"])
 
 
-async def measure(mode: str, mutator: Mutator, token: str, arrivals: Arrivals, subscribers: int, pid: int) -> Run:
-    mutations = MUTATIONS_AT.get(subscribers, MUTATIONS)
+async def measure(mode: str, mutator: Mutator, token: str, arrivals: Arrivals, subscribers: int, pid: int, mutations: int) -> Run:
     base = await current_version(mutator.client, token)
-    server_cpu, client_cpu = cpu_seconds(pid), time.process_time()
+    server_cpu, client_cpu = process_cpu(pid) or 0.0, time.process_time()
     arrivals.times.clear()
     arrivals.read_times.clear()
     mutation_ms: list[float] = []
@@ -422,7 +347,7 @@ async def measure(mode: str, mutator: Mutator, token: str, arrivals: Arrivals, s
             read_ms.extend((at - arrived) * 1000 for at in arrivals.read_times.get(version, ()))
         await asyncio.sleep(GAP)
     seconds = time.perf_counter() - started
-    server_cpu, client_cpu = cpu_seconds(pid) - server_cpu, time.process_time() - client_cpu
+    server_cpu, client_cpu = (process_cpu(pid) or 0.0) - server_cpu, time.process_time() - client_cpu
     if await current_version(mutator.client, token) != base + mutations:
         raise RuntimeError("another writer moved the version: events cannot be matched to mutations")
     received = sum(len(v) for v in arrivals.times.values())
@@ -452,15 +377,15 @@ class ModeResult:
     health: dict[str, Any]
 
 
-async def run_mode(mode: str, mutations_server: Server, subscriptions_server: Server) -> ModeResult:
-    verifier = TokenVerifier(DEV_SECRET)
-    token = verifier.issue(org_id=ORG, role="admin", subject="bench-live", ttl_seconds=3600)
+async def run_mode(profile: Profile, mode: str, mutations_server: ServerUrl, subscriptions_server: ServerUrl) -> ModeResult:
+    token = bench_token(ORG, ttl=3600)
+    pid = subscriptions_server.process.pid if subscriptions_server.process else 0
     arrivals = Arrivals()
     runs: list[Run] = []
     rss: dict[int, int] = {}
     subscribers: list[Subscriber] = []
     limits = httpx.Limits(max_keepalive_connections=1, max_connections=1)
-    async with httpx.AsyncClient(base_url=mutations_server.base, limits=limits, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=mutations_server, limits=limits, timeout=30) as client:
         created = await client.post(
             "/graphql",
             json={
@@ -471,26 +396,27 @@ async def run_mode(mode: str, mutations_server: Server, subscriptions_server: Se
         )
         load = created.json()["data"]["createLoad"]
         mutator = Mutator(client, token, load["id"], load["status"])
-        for _ in range(WARMUP):
+        for _ in range(profile.warmup):
             await mutator.toggle()
         await asyncio.sleep(1)
-        rss[0] = rss_kib(subscriptions_server.pid)
+        rss[0] = rss_kib(pid)
         say(f"[{mode}] 0 subscribers (mutation alone) ...")
-        runs.append(await measure(mode, mutator, token, arrivals, 0, subscriptions_server.pid))
+        runs.append(await measure(mode, mutator, token, arrivals, 0, pid, profile.mutations))
         try:
-            for size in SIZES:
+            for size in profile.sizes:
+                mutations = profile.mutations_at_largest if size == profile.sizes[-1] else profile.mutations
                 say(f"[{mode}] opening subscribers up to {size} ...")
-                subscribers += await open_subscribers(subscriptions_server.ws, token, arrivals, size - len(subscribers))
-                live = await live_subscribers(subscriptions_server.base)
+                subscribers += await open_subscribers(subscriptions_server.replace("http", "ws", 1) + "/graphql", token, arrivals, size - len(subscribers))
+                live = await live_subscribers(subscriptions_server)
                 if live != size:
                     raise RuntimeError(f"server reports {live} live subscribers, expected {size}")
                 await asyncio.sleep(2)  # idle
-                rss[size] = rss_kib(subscriptions_server.pid)
+                rss[size] = rss_kib(pid)
                 for _ in range(2):  # warm the fan-out path at this size
                     await mutator.toggle()
                     await asyncio.sleep(0.3)
-                say(f"[{mode}] {size} subscribers: {MUTATIONS_AT.get(size, MUTATIONS)} mutations ...")
-                runs.append(await measure(mode, mutator, token, arrivals, size, subscriptions_server.pid))
+                say(f"[{mode}] {size} subscribers: {mutations} mutations ...")
+                runs.append(await measure(mode, mutator, token, arrivals, size, pid, mutations))
                 r = runs[-1]
                 say(
                     f"[{mode}] {size}: mutation p50 {pct(r.mutation_ms, 50):.1f} ms, commit-to-client "
@@ -501,12 +427,28 @@ async def run_mode(mode: str, mutations_server: Server, subscriptions_server: Se
             errors = sum(len(s.errors) for s in subscribers)
             for start in range(0, len(subscribers), 200):
                 await asyncio.gather(*(s.close() for s in subscribers[start : start + 200]))
-    async with httpx.AsyncClient() as client:
-        health = (await client.get(f"{subscriptions_server.base}/healthz")).json()["live"]
+    health = {k: int(v) for k, v in live_metrics(subscriptions_server).items()}
     return ModeResult(mode, runs, rss, errors, health)
 
 
-# --- report ---------------------------------------------------------------------------------
+# --- the run and its report -------------------------------------------------------------------
+
+
+def run(profile: Profile) -> dict[str, Any]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 10_000 if hard == resource.RLIM_INFINITY else min(10_000, hard)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # inherited by the servers too
+    results: list[ModeResult] = []
+    with tempfile.TemporaryDirectory(prefix="tally-bench-live-") as tmp:
+        url = f"sqlite+aiosqlite:///{Path(tmp) / 'memory.db'}"
+        with tally_server(url, "memory://") as server:
+            results.append(run_async(run_mode(profile, "one process (memory://)", server, server)))
+        url = f"sqlite+aiosqlite:///{Path(tmp) / 'redis.db'}"
+        with private_redis() as redis_url, tally_server(url, redis_url) as a, tally_server(url, redis_url) as b:
+            results.append(run_async(run_mode(profile, "two processes over Redis (mutations -> A, subscribers on B)", a, b)))
+    redis_version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.strip()
+    return {"profile": asdict(profile), "modes": [asdict(r) for r in results], "machine": {"Redis": redis_version, "websockets (client)": websockets.__version__}}
 
 
 def fmt(value: float) -> str:
@@ -517,196 +459,65 @@ def ratio(value: float, baseline: float) -> str:
     return f"{value / baseline:.1f}x" if baseline > 0 and value > 0 else "n/a"
 
 
-ANALYSIS = "\n## Analysis"  # a hand-written section of the doc that a re-run keeps
+def mode_section(mode: dict[str, Any], sizes: list[int]) -> str:
+    runs = {r["subscribers"]: r for r in mode["runs"]}
+    alone = runs[0]
+    alone50, alone99 = pct(alone["mutation_ms"], 50), pct(alone["mutation_ms"], 99)
+    latency, costs = [], []
+    for size in sizes:
+        r = runs[size]
+        m50, m99 = pct(r["mutation_ms"], 50), pct(r["mutation_ms"], 99)
+        c50, c99 = pct(r["commit_ms"], 50), pct(r["commit_ms"], 99)
+        latency.append([
+            f"{size:,}", f"{fmt(m50)} / {fmt(m99)} ({ratio(m50, alone50)} / {ratio(m99, alone99)})", f"{fmt(c50)} ({ratio(c50, m50)})",
+            f"{fmt(c99)} ({ratio(c99, m99)})", fmt(max(r["commit_ms"])), f"{fmt(pct(r['send_ms'], 50))} / {fmt(pct(r['send_ms'], 99))}",
+            fmt(pct(r["read_ms"], 99)), f"{r['received_events']:,} / {r['expected_events']:,}", str(r["incomplete_deliveries"]),
+        ])  # fmt: skip
+    for size in (0, *sizes):
+        r = runs[size]
+        events = max(1, r["received_events"])
+        extra = f"{(r['server_cpu'] - alone['server_cpu']) / events * 1e6:.0f}" if size else "nan"
+        client = f"{r['client_cpu'] / events * 1e6:.0f}" if size else "nan"
+        costs.append([f"{size:,}", f"{r['server_cpu'] / r['mutations'] * 1000:.1f}", extra, client, f"{r['seconds']:.1f}"])
+    one = runs[sizes[0]]
+    rss = {int(n): kib for n, kib in mode["rss_kib"].items()}
+    middle, largest = sizes[-2], sizes[-1]
+    return "\n".join([
+        f"### {mode['mode']}\n",
+        f"Mutation alone (0 subscribers, same run): p50 {fmt(alone50)} ms, p99 {fmt(alone99)} ms.\n",
+        table(["subscribers", "mutation p50 / p99 ms (x alone)", "commit-to-client p50 ms (x mutation p50)", "commit-to-client p99 ms (x mutation p99)",
+               "commit-to-client max ms", "send-to-client p50 / p99 ms", "client read p99 ms", "events received / expected",
+               f"rounds not fully delivered in {DELIVERY_TIMEOUT:.0f} s"], latency),
+        "\nWhere the time goes (CPU seconds over each configuration's mutations, from `/proc/<pid>/stat` of the subscribers' server and "
+        "`time.process_time()` of the client process):\n",
+        table(["subscribers", "subscribers' server CPU ms per mutation", "server CPU per delivered event, above the 0-subscriber cost (us)",
+               "client CPU per event (us)", "wall s"], costs),
+        f"\nGrowth against {sizes[0]} subscriber (same run; send-to-client, as commit-to-client at {sizes[0]} subscriber is about 0): p50 "
+        + ", ".join(f"{size:,}: {ratio(pct(runs[size]['send_ms'], 50), pct(one['send_ms'], 50))}" for size in sizes[1:]) + "; p99 "
+        + ", ".join(f"{size:,}: {ratio(pct(runs[size]['send_ms'], 99), pct(one['send_ms'], 99))}" for size in sizes[1:]) + ".\n",
+        table(["open subscribers", "server VmRSS MiB"], [[f"{n:,}", f"{kib / 1024:.1f}"] for n, kib in sorted(rss.items())]),
+        f"\nMemory per idle subscriber: **{(rss[largest] - rss[0]) / largest:.1f} KiB** ((RSS({largest:,}) - RSS(0)) / {largest:,}); marginal "
+        f"{(rss[largest] - rss[middle]) / (largest - middle):.1f} KiB ((RSS({largest:,}) - RSS({middle:,})) / {largest - middle:,}). "
+        f"Subscriber-side errors/closes: {mode['subscriber_errors']}. Subscribers' server `/metrics` (tally_live_*) at the end: {mode['health']}.\n",
+    ])  # fmt: skip
 
 
-def render(results: list[ModeResult], machine: dict[str, str], load_end: str, seconds: float) -> str:
-    lines = [
-        "# Live-update latency benchmark",
-        "",
-        "`uv run python -m bench.live` (bench/live.py) wrote this file. Loopback only; "
-        f"{MUTATIONS} mutations per configuration ({MUTATIONS_AT[1000]} at 1,000 subscribers, where one round "
-        f"takes seconds); whole run {seconds:.0f} s.",
-        "",
-        "## Machine",
-        "",
-        "| | |",
-        "|---|---|",
-    ]
-    lines += [f"| {k} | {v} |" for k, v in machine.items()]
-    lines += [
-        f"| Load average at end | {load_end} |",
-        f"| Redis | {subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.strip()} |",
-        f"| websockets (client) | {websockets.__version__} |",
-        "",
-        "The machine is shared with other agents' test runs (see the load averages): absolute figures are "
-        "noisy; each figure's ratio is against a baseline measured in the same run, minutes apart.",
-        "",
-        "## Method",
-        "",
-        "- Servers: `python main.py serve` subprocesses (uvicorn, one worker) on loopback, SQLite (WAL) on a "
-        "fresh temporary file, `TALLY_RECALC_INTERVAL_SECONDS=0`, `TALLY_LOG_LEVEL=WARNING`, "
-        "`TALLY_MAX_CONNECTIONS_PER_TOKEN=5000`.",
-        "  - **one process**: `TALLY_BROADCAST_URL=memory://`; subscribers and mutations on the same server.",
-        "  - **two processes + Redis**: a private `redis-server` on a spare loopback port; processes A and B "
-        "share the SQLite file and `TALLY_BROADCAST_URL=redis://...`; subscribers connect to **B**, mutations "
-        "go to **A**.",
-        "- Subscribers: real WebSocket clients (`websockets` library, graphql-transport-ws, one connection "
-        'each, `connection_init` with `{"Authorization": "Bearer <token>"}`, then `subscribe` to '
-        "`organizationStatsChanged(orgId)` selecting `orgId version loads { open assigned completed canceled "
-        "total } invoices { draft void total }`). Each is ready once it has received the initial snapshot; "
-        "`/healthz` must then report exactly that many live subscribers. All run in the bench process, one "
-        "asyncio loop.",
-        f"- Mutations: `updateLoadStatus` toggling one load OPEN <-> ASSIGNED over HTTP/1.1 keep-alive "
-        f"(httpx), from the same loop. Each commit bumps the org's version by one, so the event with version "
-        f"`base + k` is mutation k's (checked: the version moved by exactly the number of mutations of each configuration). "
-        f"The next mutation is sent when every subscriber has mutation k's event (timeout "
-        f"{DELIVERY_TIMEOUT:.0f} s) plus {int(GAP * 1000)} ms, so events never coalesce. "
-        f"{WARMUP} warm-up mutations at start and 2 more at each size are not counted.",
-        "- Timing: `time.perf_counter()` in the bench process, which both sends the mutation and receives "
-        "the events, so all times are on one clock. An event's receive time is the kernel's timestamp of "
-        "the segment's arrival at the subscriber's socket (SO_TIMESTAMPNS, CLOCK_REALTIME converted to the "
-        "same clock): the figures measure the server and the loopback network, not this one Python process "
-        "working through 1,000 sockets (~40 µs of CPU each, on the same 2 cores as the server). The moment "
-        "this process read each event is reported as well (client read p99).",
-        "  - **commit-to-client** = event receive time - moment the mutation's HTTP response arrived. The "
-        "server commits, publishes and only then answers, so this is a lower bound of the true "
-        "commit-to-client time (it can be slightly negative when the event overtakes the response).",
-        "  - **send-to-client** = event receive time - moment the mutation was sent: an upper bound "
-        "(it includes the whole mutation).",
-        "  - **mutation** = the mutation's HTTP round trip, measured on the same mutations; the "
-        '"0 subscribers" row is the mutation alone.',
-        f"- Percentiles are nearest-rank over every (mutation, subscriber) event: {MUTATIONS} events at 1 subscriber, "
-        f"{MUTATIONS * 100:,} at 100, {MUTATIONS_AT[1000] * 1000:,} at 1,000.",
-        "- Memory: VmRSS (`/proc/<pid>/status`) of the subscribers' server process (B in the Redis mode) "
-        "after 2 s idle with 0, 1, 100 and 1,000 open subscriptions; per idle subscriber = "
-        "(RSS(1,000) - RSS(0)) / 1,000, and the marginal (RSS(1,000) - RSS(100)) / 900.",
-        "",
-        "## Results",
-        "",
-    ]
-    for result in results:
-        runs = {r.subscribers: r for r in result.runs}
-        alone = runs[0]
-        alone50, alone99 = pct(alone.mutation_ms, 50), pct(alone.mutation_ms, 99)
-        lines += [
-            f"### {result.mode}",
-            "",
-            f"Mutation alone (0 subscribers, same run): p50 {fmt(alone50)} ms, p99 {fmt(alone99)} ms.",
-            "",
-            "| subscribers | mutation p50 / p99 ms (x alone) | commit-to-client p50 ms (x mutation p50) "
-            "| commit-to-client p99 ms (x mutation p99) | commit-to-client max ms | send-to-client p50 / p99 ms "
-            "| client read p99 ms | events received / expected | rounds not fully delivered in 10 s |",
-            "|---:|---|---|---|---:|---|---:|---|---:|",
-        ]
-        for size in SIZES:
-            r = runs[size]
-            m50, m99 = pct(r.mutation_ms, 50), pct(r.mutation_ms, 99)
-            c50, c99 = pct(r.commit_ms, 50), pct(r.commit_ms, 99)
-            lines.append(
-                f"| {size:,} | {fmt(m50)} / {fmt(m99)} ({ratio(m50, alone50)} / {ratio(m99, alone99)}) "
-                f"| {fmt(c50)} ({ratio(c50, m50)}) | {fmt(c99)} ({ratio(c99, m99)}) | {fmt(max(r.commit_ms))} "
-                f"| {fmt(pct(r.send_ms, 50))} / {fmt(pct(r.send_ms, 99))} | {fmt(pct(r.read_ms, 99))} "
-                f"| {r.received_events:,} / {r.expected_events:,} | {r.incomplete_deliveries} |"
-            )
-        lines += [
-            "",
-            "Where the time goes (CPU seconds over each configuration's mutations, from `/proc/<pid>/stat` of "
-            "the subscribers' server and `time.process_time()` of the client process):",
-            "",
-            "| subscribers | subscribers' server CPU ms per mutation | server CPU per delivered event, above the "
-            "0-subscriber cost (us) | client CPU per event (us) | wall s |",
-            "|---:|---:|---:|---:|---:|",
-        ]
-        for size in (0, *SIZES):
-            r = runs[size]
-            events = max(1, r.received_events)
-            extra = (r.server_cpu - alone.server_cpu) / events * 1e6 if size else float("nan")
-            client = r.client_cpu / events * 1e6 if size else float("nan")
-            lines.append(
-                f"| {size:,} | {r.server_cpu / r.mutations * 1000:.1f} | {extra:.0f} | {client:.0f} | {r.seconds:.1f} |"
-            )
-        one = runs[1]
-        lines += [
-            "",
-            "Growth against 1 subscriber (same run; send-to-client, as commit-to-client at 1 subscriber is about "
-            "0): p50 "
-            + ", ".join(f"{size:,}: {ratio(pct(runs[size].send_ms, 50), pct(one.send_ms, 50))}" for size in SIZES[1:])
-            + "; p99 "
-            + ", ".join(f"{size:,}: {ratio(pct(runs[size].send_ms, 99), pct(one.send_ms, 99))}" for size in SIZES[1:])
-            + ".",
-            "",
-            "| open subscribers | server VmRSS MiB |",
-            "|---:|---:|",
-        ]
-        lines += [f"| {n:,} | {kib / 1024:.1f} |" for n, kib in sorted(result.rss_kib.items())]
-        per = (result.rss_kib[1000] - result.rss_kib[0]) / 1000
-        marginal = (result.rss_kib[1000] - result.rss_kib[100]) / 900
-        lines += [
-            "",
-            f"Memory per idle subscriber: **{per:.1f} KiB** ((RSS(1,000) - RSS(0)) / 1,000); marginal "
-            f"{marginal:.1f} KiB ((RSS(1,000) - RSS(100)) / 900). Subscriber-side errors/closes: "
-            f"{result.subscriber_errors}. Subscribers' server `/healthz` at the end: {result.health}.",
-            "",
-        ]
-    memory = next(r for r in results if r.mode.startswith("one process"))
-    p99_1000 = pct(next(r for r in memory.runs if r.subscribers == 1000).commit_ms, 99)
-    lines += [
-        "## Targets",
-        "",
-        "| target | measured | met? |",
-        "|---|---|---|",
-        f"| p99 commit-to-client < 50 ms at 1,000 subscribers, one process | {fmt(p99_1000)} ms "
-        f"| {'met' if p99_1000 < 50 else 'not met'} |",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-async def main_async() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 10_000 if hard == resource.RLIM_INFINITY else min(10_000, hard)
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # inherited by the servers too
-    started = time.perf_counter()
-    machine = describe(ROOT)
-    results: list[ModeResult] = []
-    with tempfile.TemporaryDirectory(prefix="tally-bench-live-") as tmp:
-        workdir = Path(tmp)
-        url = f"sqlite+aiosqlite:///{workdir / 'memory.db'}"
-        server = Server("memory", url, "memory://", workdir)
-        try:
-            results.append(await run_mode("one process (memory://)", server, server))
-        finally:
-            server.stop()
-        redis = Redis()
-        url = f"sqlite+aiosqlite:///{workdir / 'redis.db'}"
-        a: Server | None = None
-        b: Server | None = None
-        try:
-            a = Server("A", url, redis.url, workdir)
-            b = Server("B", url, redis.url, workdir)
-            results.append(await run_mode("two processes over Redis (mutations -> A, subscribers on B)", a, b))
-        finally:
-            for started_server in (a, b):
-                if started_server is not None:
-                    started_server.stop()
-            redis.stop()
-    seconds = time.perf_counter() - started
-    kept = DOC.read_text().partition(ANALYSIS) if DOC.exists() else ("", "", "")
-    DOC.write_text(render(results, machine, loadavg(), seconds) + (kept[1] + kept[2] if kept[1] else ""))
-    print(f"wrote {DOC} in {seconds:.0f} s")
-
-
-def main() -> None:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
-    try:
-        import uvloop
-
-        uvloop.run(main_async())
-    except ImportError:
-        asyncio.run(main_async())
-
-
-if __name__ == "__main__":
-    main()
+def fields(data: dict[str, Any]) -> dict[str, Any]:
+    profile = Profile(**{**data["profile"], "sizes": tuple(data["profile"]["sizes"])})
+    sizes = list(profile.sizes)
+    largest = sizes[-1]
+    one_process = data["modes"][0]
+    p99 = pct(next(r for r in one_process["runs"] if r["subscribers"] == largest)["commit_ms"], 99)
+    return {
+        "mutations": profile.mutations,
+        "mutations_at_largest": profile.mutations_at_largest,
+        "largest": f"{largest:,}",
+        "sizes": ", ".join(f"{n:,}" for n in sizes),
+        "timeout": f"{DELIVERY_TIMEOUT:.0f}",
+        "gap_ms": int(GAP * 1000),
+        "warmup": profile.warmup,
+        "events": ", ".join(f"{(profile.mutations_at_largest if n == largest else profile.mutations) * n:,} at {n:,}" for n in sizes),
+        "modes": "\n".join(mode_section(mode, sizes) for mode in data["modes"]),
+        "target_p99": fmt(p99),
+        "target_met": "met" if p99 < 50 else "not met",
+    }

@@ -1,4 +1,4 @@
-"""PostgreSQL benchmark: `uv run python -m bench.postgres [--quick] [--only counts|hot]`.
+"""PostgreSQL (docs/benchmarks-postgres.md); needs PostgreSQL (--server) and Redis (BENCH_REDIS_URL).
 
 1. Creates a uniquely named database (dropped at the end), migrates it with Tally's
    migrations and seeds orgs of 1k, 100k and 1M loads (1k and 10k with --quick), the hot
@@ -10,17 +10,14 @@
    16 closed-loop clients over two Tally processes sharing the database and a Redis broadcast.
 4. The hot org (bench/hot_org.py): over HTTP and at the db layer, 1 and 16 stats shards.
 5. Checks every org's stats against a recount (the hot org: off by exactly what its
-   without-aggregate runs changed), then writes docs/benchmarks-postgres.md.
+   without-aggregate runs changed).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import signal
-import sys
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -33,32 +30,25 @@ import redis
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql
 
-from bench import hot_org, report
+from bench import hot_org
+from bench.common import app_servers as running
+from bench.common import cpu, human, log, met, ms, rate, run_async, share, summarize, table, token, x
 from bench.hot_org import HOT_ORG, REFERENCE_ORG
-from bench.machine import describe
-from bench.report import cpu, ms, rate, table, x
-from bench.run import (
+from bench.measure import (
     ALSO_OURS,
     QUICK,
-    RESULTS,
     RETRY_DEADLINE,
-    ROOT,
     SET_STATUS,
     Cell,
     Pools,
     Profile,
-    cell_json,
+    cells,
     count_answer,
     count_body,
-    log,
     measure,
     measure_read,
     post,
-    run_async,
-    running,
-    server_flags,
     toggle_bodies,
-    wait_for_quiet,
 )
 from bench.seed import STATUS_SQL, TYPE_SQL, org_name
 from db.aggregates import STATS_QUERY
@@ -66,10 +56,7 @@ from db.migrate import upgrade_async
 from db.models import Load
 from db.recalculation import drift_report, recalculate
 from db.unit_of_work import Database
-from edge.tokens import TokenVerifier
-from settings import DEV_SECRET
 
-DOC = ROOT / "docs" / "benchmarks-postgres.md"
 FULL = Profile("full", (1_000, 100_000, 1_000_000), 2.0, 8.0, 400, 20.0, 2, 4.0, 240.0)
 PROFILES = {"full": FULL, "quick": QUICK}
 STAMP = datetime(2026, 1, 1, tzinfo=UTC)
@@ -80,9 +67,11 @@ LOADS_SQL = f"""
     FROM generate_series(1, $3::int) AS n(x)
 """
 COUNT_VARIANTS = ("tally", "uncached", "naive")  # bench/servers.py: {variant}_app
+VARIANT_NAMES = {"tally": "**Tally**", "uncached": "Tally, count cache off", "naive": "naive"}
 MIXED_CLIENTS = 16
 READS_PER_WRITE = 9
 MIXED_POOL = 1000
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 
 
 def sqlalchemy_url(server: str, name: str) -> str:
@@ -176,25 +165,25 @@ async def drifts(url: str, orgs: list[str]) -> dict[str, dict[str, Any]]:
 
 def count_queries(url: str, tokens: dict[str, str], expected: dict[str, str], profile: Profile) -> list[Cell]:
     """expected: org -> the exact answer (a recount) for each org of the profile's sizes."""
-    cells = []
+    out = []
     env = {"BENCH_DATABASE_URL": url}
     with running(*((f"pg-{variant}", f"{variant}_app", env) for variant in COUNT_VARIANTS)) as servers:
         for org in expected:
-            for server in servers:
+            for variant, server in zip(COUNT_VARIANTS, servers, strict=True):
                 answer = post(server, "/graphql", tokens[org], json.loads(count_body(org))).decode()
                 if answer != expected[org]:
-                    raise RuntimeError(f"{server.name} answers {answer} for {org}, expected {expected[org]}")
+                    raise RuntimeError(f"{variant} answers {answer} for {org}, expected {expected[org]}")
         log(f"countLoadsByStatus, {', '.join(COUNT_VARIANTS)} interleaved per org and clients")
         RETRY_DEADLINE[0] = time.monotonic() + profile.retry_until
         for size in profile.sizes:
             org = org_name(size)
             for clients in (1, 16):
                 for variant, server in zip(COUNT_VARIANTS, servers, strict=True):
-                    cells.append(
+                    out.append(
                         measure_read(
                             server,
                             variant,
-                            report.human(size),
+                            human(size),
                             path="/graphql",
                             token=tokens[org],
                             bodies=[count_body(org)],
@@ -203,7 +192,7 @@ def count_queries(url: str, tokens: dict[str, str], expected: dict[str, str], pr
                             profile=profile,
                         )
                     )
-    return cells
+    return out
 
 
 def mixed(
@@ -235,52 +224,45 @@ def mixed_kinds(cell: Cell) -> dict[str, dict[str, float]]:
     step = READS_PER_WRITE + 1
     writes = sorted(v for i, samples in enumerate(cell.by_body) if i % step == 0 for v in samples)
     reads = sorted(v for i, samples in enumerate(cell.by_body) if i % step != 0 for v in samples)
-    return {"reads": report.summarize(reads, cell.seconds), "writes": report.summarize(writes, cell.seconds)}
+    return {"reads": summarize(reads, cell.seconds), "writes": summarize(writes, cell.seconds)}
 
 
-def measure_everything(server: str, name: str, profile: Profile, only: str | None) -> dict[str, Any]:
+def measure_all(server: str, name: str, profile: Profile) -> dict[str, Any]:
     dsn, url = f"{server}/{name}", sqlalchemy_url(server, name)
-    broadcast = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
     rounds = profile.mutation_rounds
-    sizes = profile.sizes if only != "hot" else ()
-    orgs = {org_name(size): (size, STATUS_SQL) for size in sizes}
-    if only != "counts":
-        orgs[HOT_ORG] = (hot_org.loads_needed(rounds), "'OPEN'")
-        orgs[REFERENCE_ORG] = (1_000, STATUS_SQL)
+    orgs = {org_name(size): (size, STATUS_SQL) for size in profile.sizes}
+    orgs[HOT_ORG] = (hot_org.loads_needed(rounds), "'OPEN'")
+    orgs[REFERENCE_ORG] = (1_000, STATUS_SQL)
     seconds = run_async(seed(dsn, url, orgs))
     log(f"seeded {sum(size for size, _ in orgs.values()):,} loads in {seconds:.1f} s")
-    verifier = TokenVerifier(DEV_SECRET)
-    tokens = {org: verifier.issue(org_id=org, role="admin", subject="bench", ttl_seconds=7200) for org in orgs}
+    tokens = {org: token(org) for org in orgs}
     before = run_async(drifts(url, list(orgs)))
     if any(d["stored"].counts != d["actual"] for d in before.values()):
         raise RuntimeError("the seeded organization_stats differ from a recount")
     results: dict[str, Any] = {"seed_seconds": seconds, "orgs": {org: size for org, (size, _) in orgs.items()}}
-    without: list[int] = []
-    if sizes:
-        count_orgs = [org_name(size) for size in sizes]
-        expected = {org: count_answer(before[org]["actual"]) for org in count_orgs}
-        results["cells"] = [cell_json(c) for c in count_queries(url, tokens, expected, profile)]
-        results["plans"] = run_async(plans(dsn, count_orgs[-1]))
-        largest = count_orgs[-1]
-        ids = run_async(open_ids(dsn, largest, MIXED_POOL))
-        mix, results["mixed_health"] = mixed(url, broadcast, largest, tokens[largest], ids, profile)
-        results["mixed"] = cell_json(mix)
-    if only != "counts":
-        hot_profile = hot_org.profile_of(profile)
-        ids = run_async(open_ids(dsn, HOT_ORG, hot_org.loads_needed(rounds)))
-        db_ids = {True: ids[-2 * hot_org.LOADS_PER_WRITER * max(hot_org.WRITERS) :: 2]}
-        db_ids[False] = ids[-2 * hot_org.LOADS_PER_WRITER * max(hot_org.WRITERS) + 1 :: 2]
-        pools = Pools(ids[: -2 * hot_org.LOADS_PER_WRITER * max(hot_org.WRITERS)])
-        http, results["hot_health"] = hot_org.http_runs(url, broadcast, tokens, pools, hot_profile)
-        results["hot_http"] = [cell_json(c) for c in http]
-        results["hot_db"] = [cell_json(c) for c in run_async(hot_org.db_layer_runs(url, db_ids, hot_profile))]
-        service = verifier.issue(org_id=None, role="service", subject="bench", ttl_seconds=3600)
-        results["hot_read"] = cell_json(hot_org.shard_read_cost(url, service, hot_profile))
-        without = [*pools.without_aggregate, *db_ids[False]]
+    count_orgs = [org_name(size) for size in profile.sizes]
+    expected = {org: count_answer(before[org]["actual"]) for org in count_orgs}
+    results["cells"] = [c.json() for c in count_queries(url, tokens, expected, profile)]
+    largest = count_orgs[-1]
+    results["plans"] = run_async(plans(dsn, largest))
+    ids = run_async(open_ids(dsn, largest, MIXED_POOL))
+    mix, results["mixed_health"] = mixed(url, REDIS_URL, largest, tokens[largest], ids, profile)
+    results["mixed"] = mix.json()
+
+    hot_profile = hot_org.profile_of(profile)
+    ids = run_async(open_ids(dsn, HOT_ORG, hot_org.loads_needed(rounds)))
+    db_share = 2 * hot_org.LOADS_PER_WRITER * max(hot_org.WRITERS)
+    db_ids = {True: ids[-db_share::2], False: ids[-db_share + 1 :: 2]}
+    pools = Pools(ids[:-db_share])
+    http, results["hot_health"] = hot_org.http_runs(url, REDIS_URL, tokens, pools, hot_profile)
+    results["hot_http"] = [c.json() for c in http]
+    results["hot_db"] = [c.json() for c in run_async(hot_org.db_layer_runs(url, db_ids, hot_profile))]
+    results["hot_read"] = hot_org.shard_read_cost(url, token(None, "service", 3600), hot_profile).json()
+
     # Exactness: stats == recount; the hot org's differ by exactly the bypassed changes.
+    without = [*pools.without_aggregate, *db_ids[False]]
     after = run_async(drifts(url, list(orgs)))
-    bypassed = run_async(sql(dsn, "SELECT count(*) FROM loads WHERE status = 'ASSIGNED' AND id = ANY($1)", without))
-    bypassed = bypassed[0][0]
+    bypassed = run_async(sql(dsn, "SELECT count(*) FROM loads WHERE status = 'ASSIGNED' AND id = ANY($1)", without))[0][0]
     checks = []
     for org, drift in after.items():
         delta = {c: drift["actual"][c] - drift["stored"].counts[c] for c in drift["actual"]}
@@ -288,276 +270,111 @@ def measure_everything(server: str, name: str, profile: Profile, only: str | Non
         want = {c: want.get(c, 0) for c in delta}
         note = f" (the {bypassed} loads its without-aggregate runs left ASSIGNED)" if org == HOT_ORG else ""
         ok = delta == want
-        checks.append(
-            [ok, f"{org}: stored counters {'equal' if ok else 'DIFFER FROM'} the recount{note if ok else ''}"]
-            if ok or org != HOT_ORG
-            else [ok, f"{org}: recount - stored = {delta}, expected {want}"]
-        )
+        text = f"{org}: stored counters {'equal' if ok else 'DIFFER FROM'} the recount{note if ok else ''}"
+        checks.append([ok, text if ok or org != HOT_ORG else f"{org}: recount - stored = {delta}, expected {want}"])
         log(f"  {checks[-1][1]}")
     results["checks"] = checks
+    results["ok"] = all(ok for ok, _ in checks)
     return results
 
 
-# --- the report ------------------------------------------------------------------------------
-
-
 def environment(server: str) -> dict[str, str]:
-    rows = run_async(
-        sql(
-            f"{server}/postgres",
-            "SELECT version(), current_setting('shared_buffers'), current_setting('synchronous_commit'), "
-            "current_setting('fsync'), current_setting('max_connections')",
-        )
-    )
-    version, buffers, sync_commit, fsync, connections = rows[0]
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
-    client = redis.Redis.from_url(redis_url)
+    settings = "SELECT version(), current_setting('shared_buffers'), current_setting('synchronous_commit'), current_setting('fsync'), current_setting('max_connections')"
+    version, buffers, sync_commit, fsync, connections = run_async(sql(f"{server}/postgres", settings))[0]
+    client = redis.Redis.from_url(REDIS_URL)
     try:
         redis_version = client.info("server")["redis_version"]
     finally:
         client.close()
-    drivers = ", ".join(f"{name} {metadata.version(name)}" for name in ("asyncpg", "redis", "broadcaster"))
     return {
-        "Drivers": drivers,
-        "PostgreSQL": f"{version.split(' on ')[0]} at {server}: shared_buffers {buffers}, synchronous_commit "
-        f"{sync_commit}, fsync {fsync}, max_connections {connections}",
-        "Redis": f"{redis_version} at {redis_url}",
+        "Drivers": ", ".join(f"{name} {metadata.version(name)}" for name in ("asyncpg", "redis", "broadcaster")),
+        "PostgreSQL": f"{version.split(' on ')[0]} at {server}: shared_buffers {buffers}, synchronous_commit {sync_commit}, fsync {fsync}, max_connections {connections}",
+        "Redis": f"{redis_version} at {REDIS_URL}",
     }
 
 
-def render(run: dict[str, Any]) -> str:
-    profile = PROFILES[run["profile"]]
-    res = run["results"]
-
-    def cells(key: str) -> list[Cell]:
-        return [Cell(**data) for data in res.get(key, [])]
-
-    reads = cells("cells")
-    by_key = {(c.variant, c.label, c.concurrency): c for c in reads}
-    labels = [report.human(size) for size in profile.sizes]
-    http, db = cells("hot_http"), cells("hot_db")
-    out: list[str] = [
-        "# Benchmarks on PostgreSQL\n",
-        "Run from the repository root, with PostgreSQL and Redis running (`--server`, default "
-        "`postgresql://postgres@127.0.0.1:5432`; `BENCH_REDIS_URL`, default `redis://127.0.0.1:6379`). "
-        "It creates its own uniquely named database and drops it at the end.\n",
-        "```sh",
-        "uv run python -m bench.postgres          # everything (this file): count queries, mixed workload, hot org",
-        "uv run python -m bench.postgres --quick  # smoke run: bench/results/postgres-quick.md",
-        "uv run python -m bench.hot_org           # the hot-org part alone (= bench.postgres --only hot):",
-        "                                         #   bench/results/postgres-hot-full.md",
-        "uv run python -m bench.postgres --report-only bench/results/last-postgres-full.json  # re-render",
-        "```\n",
-        f"Generated by `bench/postgres.py` ({run['profile']} profile) in {run['elapsed'] / 60:.1f} min; every "
-        "figure comes from that one run and every ratio is against a baseline measured in the same run on "
-        "the same data. Do not edit by hand: re-run the command.\n",
-        "## Machine\n",
-        table(["", ""], [[k, v] for k, v in run["machine"].items()]),
-        "",
-    ]
-    everything = [*reads, *http, *db]
-    shares = [c.foreign_cpu for c in everything if c.foreign_cpu is not None]
-    if shares:
-        out.append(
-            f"Processes other than the benchmark's own (its servers, load generator, PostgreSQL and Redis) "
-            f"used {sum(shares) / len(shares):.0%} of the machine's CPU on average during the measurements "
-            f"(max {max(shares):.0%}); the tables give the share per measurement.\n"
-        )
-
-    # --- targets -------------------------------------------------------------------------------
-    targets: list[list[str]] = []
-
-    def target(text: str, measured: str, met: bool) -> None:
-        targets.append([text, measured, "met" if met else "**NOT MET**"])
-
-    for layer, cells_ in (("over HTTP", http), ("at the db layer (stricter, secondary)", db)):
-        for shards, pair in hot_org.judged(cells_).items():
-            target(
-                f"Hot org, {hot_org.JUDGED_AT} writers {layer}, {shards}: with aggregates >= "
-                f"{hot_org.TARGET}x the throughput without",
-                f"{rate(pair.with_['rps'])} vs {rate(pair.without['rps'])} changes/s: **{x(pair.ratio)}**",
-                pair.ratio >= hot_org.TARGET,
-            )
-    large, small = labels[-1], labels[0]
-    if reads:
-
-        def get(variant: str, label: str, clients: int) -> dict[str, float]:
-            return by_key[(variant, label, clients)].stats
-
-        t, n = get("tally", large, 1), get("naive", large, 1)
-        target(
-            f"countLoadsByStatus at least 20x faster than the naive GROUP BY at {large} loads",
-            f"p50 naive {ms(n['p50'])} ms vs Tally {ms(t['p50'])} ms at 1 client: **{x(n['p50'] / t['p50'])}** "
-            f"(16 clients, req/s: {x(get('tally', large, 16)['rps'] / get('naive', large, 16)['rps'])}; "
-            f"count cache off, p50: {x(n['p50'] / get('uncached', large, 1)['p50'])})",
-            n["p50"] / t["p50"] >= 20,
-        )
-        flat = t["p50"] / get("tally", small, 1)["p50"]
-        target(
-            f"Tally's count latency at {large} within 1.2x of its latency at {small}",
-            f"p50 {ms(t['p50'])} vs {ms(get('tally', small, 1)['p50'])} ms at 1 client: **{x(flat)}** "
-            f"(16 clients: {x(get('tally', large, 16)['p50'] / get('tally', small, 16)['p50'])})",
-            flat <= 1.2,
-        )
-        lowest = min(get("tally", label, 16)["rps"] for label in labels)
-        target(
-            "At least 1,000 count requests/s at 16 clients on one worker",
-            "Tally req/s: " + ", ".join(f"{label}: **{rate(get('tally', label, 16)['rps'])}**" for label in labels),
-            lowest >= 1000,
-        )
-    if targets:
-        out += ["## Targets\n", table(["target", "measured (this run)", "met?"], targets), ""]
-    checks = res["checks"]
-    out.append(
-        "Correctness checks of this run: every response of every measurement was HTTP 200 without errors "
-        "(the count measurements also compared every body with a recount, byte for byte); after the run "
-        "(the app's drift report: stored row and recount in one snapshot): "
-        + "; ".join(("" if ok else "**FAILED**: ") + text for ok, text in checks)
-        + ".\n"
-    )
-
-    # --- hot org -------------------------------------------------------------------------------
-    if http or db:
-        read = Cell(**res["hot_read"]) if res.get("hot_read") else None
-        out += hot_org.render(http, db, read, res.get("hot_health", {}), hot_org.profile_of(profile))
-
-    # --- count queries -------------------------------------------------------------------------
-    if reads:
-        out += [
-            "## countLoadsByStatus through the GraphQL HTTP endpoint\n",
-            "Three servers, one uvicorn worker each, same database (bench/servers.py): **Tally** (`tally_app`, "
-            "the app as it is: one read of the org's stats row per request, the response bytes reused from its "
-            "count cache while that row is unchanged), **Tally, count cache off** (`uncached_app`: GraphQL "
-            "executes every request) and **naive** (`naive_app`: the same app, no count cache, whose resolver "
-            "counts the loads with `SELECT status, count(*) ... GROUP BY status`; plans below). For each org "
-            f"and client count the three run back to back; window {profile.duration:g} s after "
-            f"{profile.warmup:g} s of warm-up (extended to {profile.min_samples} samples, at most "
-            f"{profile.max_duration:g} s); a measurement disturbed by other processes (10% of the CPUs or more) "
-            "is repeated, within a time budget, and the least disturbed attempt kept. Server CPU is the "
-            "uvicorn process's, PostgreSQL CPU that of the PostgreSQL (and Redis) server processes, per request.\n",
-        ]
-        rows = []
-        for label in labels:
-            for clients in (1, 16):
-                tally = by_key[("tally", label, clients)].stats
-                for variant in COUNT_VARIANTS:
-                    cell = by_key[(variant, label, clients)]
-                    s = cell.stats
-                    rows.append(
-                        [
-                            label,
-                            str(clients),
-                            report.VARIANT_NAMES[variant],
-                            ms(s["p50"]),
-                            ms(s["p99"]),
-                            rate(s["rps"]),
-                            "baseline" if variant == "tally" else x(s["p50"] / tally["p50"]),
-                            "baseline" if variant == "tally" else x(s["rps"] / tally["rps"]),
-                            cpu(cell.server_cpu_us_per_request),
-                            cpu(cell.also_cpu_us_per_request),
-                            "n/a" if cell.foreign_cpu is None else f"{cell.foreign_cpu:.0%}",
-                        ]
-                    )
-        header = ["org", "clients", "variant", "p50 ms", "p99 ms", "req/s", "p50 / Tally's", "req/s / Tally's"]
-        out += [table([*header, "server CPU/req", "PostgreSQL CPU/req", "other processes"], rows), ""]
-
-    for plan in res.get("plans", []):
-        out += [
-            f"Plan of {plan['what']} at {large} (`EXPLAIN (ANALYZE, BUFFERS)`, once, after the measurements):\n",
-            "```",
-            plan["sql"],
-            *plan["plan"],
-            "```\n",
-        ]
-
-    if res.get("mixed"):
-        cell = Cell(**res["mixed"])
-        kinds = mixed_kinds(cell)
-        out += [
-            "## Mixed workload: 90% count queries, 10% status changes, two processes\n",
-            f"{MIXED_CLIENTS} closed-loop clients spread over two Tally processes (one worker each) sharing the "
-            f"database and the Redis broadcast; one sequence of requests shared by all clients, each "
-            f"`updateLoadStatus` (OPEN <-> ASSIGNED over {MIXED_POOL} loads) followed by {READS_PER_WRITE} "
-            f"`countLoadsByStatus` of the same org ({cell.label}); window {cell.seconds:.0f} s. Server CPU per "
-            f"request (both processes, both kinds): {cpu(cell.server_cpu_us_per_request)}; other processes: "
-            f"{'n/a' if cell.foreign_cpu is None else f'{cell.foreign_cpu:.0%}'} of the CPUs.\n",
-            table(
-                ["kind", "per second", "p50 ms", "p99 ms", "samples"],
-                [[kind, rate(s["rps"]), ms(s["p50"]), ms(s["p99"]), f"{s['n']:,.0f}"] for kind, s in kinds.items()],
-            ),
-            "",
-            f"After the run, {cell.label}'s stats row equals COUNT(*) of its loads: "
-            + ("yes" if any(ok and text.startswith(f"{cell.label}:") for ok, text in checks) else "**NO**")
-            + " (checks above).\n",
-        ]
-
-    out += [
-        "## Method\n",
-        f"- Seeding: {sum(res['orgs'].values()):,} loads in {res['seed_seconds']:.0f} s: orgs "
-        + ", ".join(f"{org} ({size:,})" for org, size in res["orgs"].items())
-        + "; `INSERT ... SELECT FROM generate_series` (40% OPEN, 30% ASSIGNED, 20% COMPLETED, 10% CANCELED; "
-        "the hot org all OPEN), organization_stats filled by `db.recalculation.recalculate` (the app's "
-        "recount), then VACUUM ANALYZE.",
-        f"- Servers: `uvicorn bench.servers:<app> --factory {run['server_flags']}`, recalculation scheduler off; "
-        "the load generator (bench/loadgen.py) is one separate process with keep-alive connections.",
-        "- The machine has 2 cores shared by the servers, the load generator, PostgreSQL and Redis: "
-        "absolute rates are those of this small box; the ratios are the point. PostgreSQL and Redis CPU is "
-        "read from /proc for every `postgres` and `redis-server` process (backends it has reaped included), "
-        "so other sessions on the same server would count too.",
-        "",
-    ]
-    return "\n".join(out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.postgres", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: sizes 1k and 10k, short windows")
-    parser.add_argument("--only", choices=("counts", "hot"), help="only the count queries (+ mixed), or the hot org")
-    parser.add_argument("--server", default="postgresql://postgres@127.0.0.1:5432", help="PostgreSQL, no database")
-    parser.add_argument("--out", type=Path, help="report path (default: this file for a full run of everything)")
-    parser.add_argument("--wait-quiet", type=float, help="seconds to wait for the CPUs to quiet down (60; quick 0)")
-    parser.add_argument("--report-only", type=Path, metavar="JSON", help="re-render a saved run, measure nothing")
-    args = parser.parse_args(argv)
-    if args.report_only:
-        run = json.loads(args.report_only.read_text())
-        out = args.out or ROOT / run["out"]  # relative to the checkout, unless it was elsewhere
-        out.write_text(render(run))
-        log(f"wrote {out} from {args.report_only}")
-        return 0
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop the servers, drop the database
-    profile = QUICK if args.quick else FULL
-    suffix = f"{args.only}-{profile.name}" if args.only else profile.name
-    out = args.out or (DOC if suffix == "full" else RESULTS / f"postgres-{suffix}.md")
-    started = time.monotonic()
-    machine = {**describe(ROOT), **environment(args.server)}
-    wait = args.wait_quiet if args.wait_quiet is not None else (0.0 if args.quick else 60.0)
-    busy = wait_for_quiet(wait)
-    machine["CPU used by other processes at start"] = "unknown" if busy is None else f"{busy:.0%} of both cores"
+def run(profile: Profile, server: str) -> dict[str, Any]:
+    """In a uniquely named database, dropped at the end."""
     ALSO_OURS.append(service_cpu)
     name = f"tally_bench_{os.getpid()}_{int(time.time())}"
-    run_async(sql(f"{args.server}/postgres", f'CREATE DATABASE "{name}"'))
+    run_async(sql(f"{server}/postgres", f'CREATE DATABASE "{name}"'))
     log(f"PostgreSQL benchmark ({profile.name}) in database {name}")
     try:
-        results = measure_everything(args.server, name, profile, args.only)
+        results = measure_all(server, name, profile)
     finally:
-        run_async(sql(f"{args.server}/postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    machine["Load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    loop, http = server_flags()
-    run = {
+        run_async(sql(f"{server}/postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        ALSO_OURS.remove(service_cpu)
+    return {**results, "profile": profile.__dict__, "machine": environment(server)}
+
+
+def fields(data: dict[str, Any]) -> dict[str, Any]:
+    profile = Profile(**{**data["profile"], "sizes": tuple(data["profile"]["sizes"])})
+    reads, http, db = cells(data["cells"]), cells(data["hot_http"]), cells(data["hot_db"])
+    by_key = {(c.variant, c.label, c.concurrency): c for c in reads}
+    labels = [human(size) for size in profile.sizes]
+    small, large = labels[0], labels[-1]
+
+    def get(variant: str, label: str, clients: int) -> dict[str, float]:
+        return by_key[(variant, label, clients)].stats
+
+    targets = [
+        [f"Hot org, {hot_org.JUDGED_AT} writers {layer}, {shards}: with aggregates >= {hot_org.TARGET}x the throughput without",
+         f"{rate(pair.with_['rps'])} vs {rate(pair.without['rps'])} changes/s: **{x(pair.ratio)}**", met(pair.ratio >= hot_org.TARGET)]
+        for layer, group in (("over HTTP", http), ("at the db layer (stricter, secondary)", db))
+        for shards, pair in hot_org.judged(group).items()
+    ]  # fmt: skip
+    t, n, t_small = get("tally", large, 1), get("naive", large, 1), get("tally", small, 1)
+    targets.append([
+        f"countLoadsByStatus at least 20x faster than the naive GROUP BY at {large} loads",
+        f"p50 naive {ms(n['p50'])} ms vs Tally {ms(t['p50'])} ms at 1 client: **{x(n['p50'] / t['p50'])}** (16 clients, req/s: "
+        f"{x(get('tally', large, 16)['rps'] / get('naive', large, 16)['rps'])}; count cache off, p50: {x(n['p50'] / get('uncached', large, 1)['p50'])})",
+        met(n["p50"] / t["p50"] >= 20),
+    ])  # fmt: skip
+    targets.append([
+        f"Tally's count latency at {large} within 1.2x of its latency at {small}",
+        f"p50 {ms(t['p50'])} vs {ms(t_small['p50'])} ms at 1 client: **{x(t['p50'] / t_small['p50'])}** (16 clients: {x(get('tally', large, 16)['p50'] / get('tally', small, 16)['p50'])})",
+        met(t["p50"] / t_small["p50"] <= 1.2),
+    ])  # fmt: skip
+    targets.append([
+        "At least 1,000 count requests/s at 16 clients on one worker",
+        "Tally req/s: " + ", ".join(f"{label}: **{rate(get('tally', label, 16)['rps'])}**" for label in labels),
+        met(min(get("tally", label, 16)["rps"] for label in labels) >= 1000),
+    ])
+    rows = []
+    for label in labels:
+        for clients in (1, 16):
+            tally = get("tally", label, clients)
+            for variant in COUNT_VARIANTS:
+                c = by_key[(variant, label, clients)]
+                vs = ["baseline"] * 2 if variant == "tally" else [x(c.stats["p50"] / tally["p50"]), x(c.stats["rps"] / tally["rps"])]
+                rows.append([label, str(clients), VARIANT_NAMES[variant], ms(c.stats["p50"]), ms(c.stats["p99"]), rate(c.stats["rps"]), *vs,
+                             cpu(c.server_cpu_us_per_request), cpu(c.also_cpu_us_per_request), share(c.foreign_cpu)])  # fmt: skip
+    header = ["org", "clients", "variant", "p50 ms", "p99 ms", "req/s", "p50 / Tally's", "req/s / Tally's", "server CPU/req", "PostgreSQL CPU/req", "other processes"]
+    mix = Cell(**data["mixed"])
+    kinds = mixed_kinds(mix)
+    shares = [c.foreign_cpu for c in [*reads, *http, *db] if c.foreign_cpu is not None]
+    read = Cell(**data["hot_read"]) if data.get("hot_read") else None
+    return {
         "profile": profile.name,
-        "machine": machine,
-        "results": results,
-        "server_flags": f"--workers 1 --loop {loop} --http {http} --no-access-log --log-level warning",
-        "elapsed": time.monotonic() - started,
-        "out": str(out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out.resolve()),
+        "foreign": f"Processes other than the benchmark's own (its servers, load generator, PostgreSQL and Redis) used {sum(shares) / len(shares):.0%} of the machine's CPU on average during the measurements (max {max(shares):.0%}); the tables give the share per measurement." if shares else "",
+        "targets": table(["target", "measured (this run)", "met?"], targets),
+        "checks": "; ".join(("" if ok else "**FAILED**: ") + text for ok, text in data["checks"]),
+        **hot_org.fields(http, db, read, data.get("hot_health", {}), hot_org.profile_of(profile)),
+        "duration": f"{profile.duration:g}",
+        "warmup": f"{profile.warmup:g}",
+        "min_samples": profile.min_samples,
+        "max_duration": f"{profile.max_duration:g}",
+        "counts": table(header, rows),
+        "large": large,
+        "plans": "\n".join(f"Plan of {p['what']} at {large} (`EXPLAIN (ANALYZE, BUFFERS)`, once, after the measurements):\n\n```\n{p['sql']}\n" + "\n".join(p["plan"]) + "\n```\n" for p in data["plans"]),
+        "mixed_clients": MIXED_CLIENTS,
+        "mixed_pool": MIXED_POOL,
+        "reads_per_write": READS_PER_WRITE,
+        "mixed_org": mix.label,
+        "mixed_seconds": f"{mix.seconds:.0f}",
+        "mixed_cpu": cpu(mix.server_cpu_us_per_request),
+        "mixed_foreign": share(mix.foreign_cpu),
+        "mixed": table(["kind", "per second", "p50 ms", "p99 ms", "samples"], [[kind, rate(s["rps"]), ms(s["p50"]), ms(s["p99"]), f"{s['n']:,.0f}"] for kind, s in kinds.items()]),
+        "mixed_exact": "yes" if any(ok and text.startswith(f"{mix.label}:") for ok, text in data["checks"]) else "**NO**",
+        "seeded": f"{sum(data['orgs'].values()):,} loads in {data['seed_seconds']:.0f} s: orgs " + ", ".join(f"{org} ({size:,})" for org, size in data["orgs"].items()),
     }
-    raw = RESULTS / f"last-postgres-{suffix}.json"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    raw.write_text(json.dumps(run, default=str))
-    out.write_text(render(run))
-    log(f"wrote {out} in {run['elapsed']:.0f} s (raw results: {raw})")
-    return 0 if all(ok for ok, _ in results["checks"]) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

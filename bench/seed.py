@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.common import human
 from db.aggregates import LOAD_STATUS_COUNTERS, LOAD_TYPE_COUNTERS
 from db.migrate import upgrade
 
@@ -38,14 +39,6 @@ class Seeded:
 
 def org_name(size: int) -> str:
     return f"org_{human(size)}"
-
-
-def human(n: int) -> str:
-    if n >= 1_000_000 and n % 1_000_000 == 0:
-        return f"{n // 1_000_000}m"
-    if n >= 1_000 and n % 1_000 == 0:
-        return f"{n // 1_000}k"
-    return str(n)
 
 
 def org_names(size: int, copies: int) -> list[str]:

@@ -5,7 +5,7 @@
   every count query runs GraphQL (Strawberry) around its one statement.
 - `naive_app`: the same app built by the same `main.create_app` (same Starlette,
   Strawberry, TallyGraphQL, Context, TokenVerifier, permission classes, schema
-  extensions, Database, StatsHub), only with a bench schema: Tally's Query and
+  extensions, Database, StatsHub), only with a bench schema (`schema_factory`): Tally's Query and
   Mutation, where `countLoadsByStatus` counts with `SELECT status, count(*) ...
   GROUP BY status` over the loads table, plus one bench-only mutation,
   `updateLoadStatusWithoutAggregate`, which runs Tally's own `set_load_status`
@@ -16,8 +16,8 @@
 - `floor_app`: bare Starlette, one POST route per org returning a constant,
   pre-encoded JSON body: the exact bytes Tally answers for that org.
 
-Settings come from BENCH_* environment variables set by bench/run.py (and
-bench/postgres.py: BENCH_BROADCAST_URL, BENCH_STATS_SHARDS).
+Settings come from BENCH_* environment variables set by the scenarios (bench/sqlite.py,
+bench/postgres.py): BENCH_DATABASE_URL, BENCH_BROADCAST_URL, BENCH_STATS_SHARDS.
 """
 
 from __future__ import annotations
@@ -36,24 +36,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-import main
 from api.permissions import Authenticated
-from api.root import Mutation, Query
+from api.root import Mutation, Query, build_schema
 from db import loads
 from db.aggregates import COUNTERS, LOAD_STATUS_COUNTERS, StatsSnapshot
 from db.engine import WRITE
 from db.models import Load as LoadRow
 from db.unit_of_work import Database
+from main import create_app
 from schema.context import Info
 from schema.enums import LoadStatus
 from schema.types import Load, LoadStatusCounts
+from settings import Settings
 
 T = TypeVar("T")
 
 
-def settings() -> main.Settings:
+def settings() -> Settings:
     # Explicit values: no TALLY_* variable or .env file changes what is measured.
-    return main.Settings(
+    return Settings(
         database_url=os.environ["BENCH_DATABASE_URL"],
         broadcast_url=os.environ.get("BENCH_BROADCAST_URL", "memory://"),
         stats_shards=int(os.environ.get("BENCH_STATS_SHARDS", "1")),
@@ -65,11 +66,11 @@ def settings() -> main.Settings:
 
 
 def tally_app() -> Starlette:
-    return main.create_app(settings())
+    return create_app(settings())
 
 
 def uncached_app() -> Starlette:
-    return main.create_app(settings().model_copy(update={"count_cache_entries": 0}))
+    return create_app(settings().model_copy(update={"count_cache_entries": 0}))
 
 
 # --- the naive resolver and the mutation without aggregate maintenance -------------------
@@ -127,26 +128,20 @@ class BenchMutation(Mutation):
     )
 
 
+def bench_schema(*args: Any, **kwargs: Any) -> strawberry.Schema:
+    """Tally's schema (same extensions: limits, caches, error codes; same config) with NaiveQuery and BenchMutation."""
+    tally = build_schema(*args, **kwargs)
+    return type(tally)(
+        query=NaiveQuery,
+        mutation=BenchMutation,
+        subscription=tally.subscription,
+        extensions=list(tally.extensions),
+        config=tally.config,
+    )
+
+
 def naive_app() -> Starlette:
-    """`main.create_app`, with the schema it builds swapped for the bench schema: same
-    extensions (limits, caches, error codes) and config, NaiveQuery and BenchMutation."""
-    build_schema = main.build_schema
-
-    def build_bench_schema(*args: Any, **kwargs: Any) -> strawberry.Schema:
-        tally = build_schema(*args, **kwargs)
-        return type(tally)(
-            query=NaiveQuery,
-            mutation=BenchMutation,
-            subscription=tally.subscription,
-            extensions=list(tally.extensions),
-            config=tally.config,
-        )
-
-    main.build_schema = build_bench_schema
-    try:
-        return main.create_app(settings().model_copy(update={"count_cache_entries": 0}))
-    finally:
-        main.build_schema = build_schema
+    return create_app(settings().model_copy(update={"count_cache_entries": 0}), schema_factory=bench_schema)
 
 
 # --- the floor ----------------------------------------------------------------------------

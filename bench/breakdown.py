@@ -1,0 +1,200 @@
+"""Where a Tally read spends its time, step by step, in process: `python -m bench.breakdown SPEC`.
+
+Run in a fresh process (away from the caller's memory and event loops); prints JSON:
+the steps (median wall µs, CPU µs per call, calls into aiosqlite's thread) and the
+SQLite query plans of Tally's read and the naive resolver's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from bench.common import ROOT, child_env, run_async, self_cpu
+from bench.measure import count_body
+from edge.tokens import TokenVerifier
+from settings import DEV_SECRET
+
+NAIVE_SQL = "SELECT status, count(*) FROM loads WHERE org_id = ? GROUP BY status"  # what naive_app runs
+STATS_ROW = "SELECT * FROM organization_stats WHERE org_id = ?"
+
+
+def in_subprocess(path: str, url: str, org_id: str, token: str, calls: int) -> dict[str, Any]:
+    spec = json.dumps({"path": path, "url": url, "org_id": org_id, "token": token, "calls": calls})
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.breakdown", spec], capture_output=True, text=True, cwd=ROOT, env=child_env(), timeout=900
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the in-process breakdown failed:\n{done.stderr}")
+    return json.loads(done.stdout)
+
+
+@contextmanager
+def counting_round_trips() -> Iterator[dict[str, int]]:
+    """Counts calls from the event loop into aiosqlite's worker threads (its private
+    `Connection._execute`, one per driver call); {"n": -1} if that is missing."""
+    import aiosqlite.core
+
+    counter = {"n": 0}
+    original = getattr(aiosqlite.core.Connection, "_execute", None)
+    if original is None:
+        counter["n"] = -1
+        yield counter
+        return
+
+    async def counting(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        counter["n"] += 1
+        return await original(self, fn, *args, **kwargs)
+
+    aiosqlite.core.Connection._execute = counting  # type: ignore[method-assign]
+    try:
+        yield counter
+    finally:
+        aiosqlite.core.Connection._execute = original  # type: ignore[method-assign]
+
+
+async def call_asgi(app: Any, body: bytes, token: str) -> bytes:
+    """One POST /graphql straight into an ASGI app (no server, no socket); the response body."""
+    headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]
+    headers += [(b"authorization", f"Bearer {token}".encode()), (b"content-length", str(len(body)).encode())]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/graphql", "raw_path": b"/graphql", "query_string": b"", "root_path": "", "headers": headers,
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80), "state": {},
+    }  # fmt: skip
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    chunks: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return b"".join(chunks)
+
+
+async def in_process_rate(app: Any, body: bytes, token: str, concurrency: int, seconds: float) -> float:
+    """Requests per second through the ASGI app from `concurrency` closed-loop callers."""
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def caller() -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            await call_asgi(app, body, token)
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return done / (time.perf_counter() - started)
+
+
+def query_plan(path: str, statement: str, parameters: Any) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + statement, parameters)]
+    finally:
+        conn.close()
+
+
+async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) -> dict[str, Any]:
+    import aiosqlite
+    from sqlalchemy import event
+
+    from bench.servers import tally_app, uncached_app
+    from db.queries import get_stats
+    from db.unit_of_work import Database
+
+    steps: list[dict[str, Any]] = []
+
+    async def timed(key: str, name: str, step: Callable[[], Awaitable[Any]]) -> None:
+        for _ in range(calls // 10):
+            await step()
+        with counting_round_trips() as trips:
+            await step()
+        samples = []
+        cpu_before = self_cpu()
+        for _ in range(calls):
+            started = time.perf_counter_ns()
+            await step()
+            samples.append(time.perf_counter_ns() - started)
+        samples.sort()
+        wall, cpu = samples[len(samples) // 2] / 1000, (self_cpu() - cpu_before) * 1e6 / calls
+        steps.append({"key": key, "name": name, "us": wall, "trips": trips["n"] if trips["n"] >= 0 else None, "cpu_us": cpu})
+
+    plain = sqlite3.connect(path)
+
+    async def direct() -> None:
+        plain.execute(STATS_ROW, (org_id,)).fetchone()
+
+    await timed("sqlite3", "sqlite3, same thread: SELECT the aggregate row", direct)
+    plain.close()
+    async with aiosqlite.connect(path) as conn:
+
+        async def raw() -> None:
+            async with conn.execute(STATS_ROW, (org_id,)) as cursor:
+                await cursor.fetchone()
+
+        await timed("aiosqlite", "aiosqlite: the same SELECT via its worker thread (no SQLAlchemy)", raw)
+    verifier = TokenVerifier(DEV_SECRET)
+    await timed("jwt", "JWT signature check (a token not seen before)", lambda: verifier._verify_signature(token))
+    await timed("jwt-cached", "`TokenVerifier.verify` of a token already verified", lambda: verifier.verify(token))
+    db = Database(url)
+    captured: list[tuple[str, Any]] = []
+    try:
+        session_read = "`Database.read(get_stats)`: the same statement in an async session (BEGIN, SELECT, ROLLBACK)"
+        await timed("read-session", session_read, lambda: db.read(lambda s: get_stats(s, org_id)))
+        inline_read = "`Database.read_stats`: what count queries run (inline on the loop's thread, autocommit)"
+        await timed("read", inline_read, lambda: db.read_stats(org_id))
+
+        def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+            if statement.lstrip().upper().startswith("SELECT"):
+                captured.append((statement, parameters))
+
+        event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
+        await db.read(lambda s: get_stats(s, org_id))
+        event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
+    finally:
+        await db.dispose()
+    plans = [
+        {"what": "Tally's countLoadsByStatus read (`get_stats`)", "sql": " ".join(sql.split()), "plan": query_plan(path, sql, args)}
+        for sql, args in captured
+    ]
+    plans.append({"what": "the naive resolver", "sql": NAIVE_SQL, "plan": query_plan(path, NAIVE_SQL, (org_id,))})
+
+    os.environ["BENCH_DATABASE_URL"] = url
+    app, uncached = tally_app(), uncached_app()
+    body = count_body(org_id).encode()
+    for server in (app, uncached):
+        answer = json.loads(await call_asgi(server, body, token))
+        if "errors" in answer or answer.get("data", {}).get("countLoadsByStatus") is None:
+            raise RuntimeError(f"in-process Tally app failed: {answer}")
+    try:
+        await timed("app", "Tally's whole ASGI app, in process (no HTTP server): a count-cache hit", lambda: call_asgi(app, body, token))
+        await timed("app-uncached", "the same with the count cache off: Starlette, Strawberry, the read", lambda: call_asgi(uncached, body, token))
+        seconds = 0.5 if calls < 500 else 3.0
+        for concurrency in (1, 16):
+            callers = f"{concurrency} concurrent caller" + ("s" if concurrency > 1 else "")
+            rps = await in_process_rate(app, body, token, concurrency, seconds)
+            steps.append({"key": f"rate{concurrency}", "name": f"throughput of the app alone, {callers} (requests/s)", "us": rps, "trips": None, "cpu_us": math.nan})
+    finally:
+        await app.state.db.dispose()
+        await uncached.state.db.dispose()
+    return {"steps": steps, "plans": plans}
+
+
+if __name__ == "__main__":
+    spec = json.loads(sys.argv[1])
+    print(json.dumps(run_async(breakdown(spec["path"], spec["url"], spec["org_id"], spec["token"], spec["calls"]))))
