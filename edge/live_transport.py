@@ -23,12 +23,16 @@ from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Operation
 from strawberry.types.execution import ExecutionResult, PreExecutionError
 
-from edge.shared_events import HANDOFF, Handoff, shared_events
+from edge.shared_events import HANDOFF, Handoff, SharedEvents
 from edge.ws_messages import CheckedTransportWSMessages
 from schema.context import Context
 
 
 class TallyTransportWSHandler(CheckedTransportWSMessages):
+    @property
+    def shared_events(self) -> SharedEvents:
+        return cast(SharedEvents, self.view.shared_events)  # type: ignore[attr-defined]
+
     async def _send_result_stream(self, operation: Operation[Context, None], result_source: Any) -> None:
         handoff = Handoff()
         token = HANDOFF.set(handoff)
@@ -58,7 +62,7 @@ class TallyTransportWSHandler(CheckedTransportWSMessages):
         while True:
             snapshot = await mailbox.newer_than(handoff.version)
             handoff.version = snapshot.version
-            event = shared_events.of(snapshot)
+            event = self.shared_events.of(snapshot)
             payload = executor.payload_json(event)
             if payload is None:  # not plain data after all: Strawberry's way
                 result = executor.result_of(event)

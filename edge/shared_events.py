@@ -69,9 +69,6 @@ class SharedEvents:
         return known[1]
 
 
-shared_events = SharedEvents()
-
-
 @dataclass
 class Handoff:
     """What a subscription's transport needs to carry on without its resolver: the

@@ -27,7 +27,7 @@ from edge import responses
 from edge.count_cache import PINNED, CountCache
 from edge.guards import ConnectionsPerToken, PendingSockets
 from edge.live_transport import TallyTransportWSHandler
-from edge.shared_events import TappedHub
+from edge.shared_events import SharedEvents, TappedHub
 from edge.tokens import TokenVerifier
 from edge.ws_messages import CheckedLegacyWSMessages, CheckedTransportWSMessages
 from schema.context import Context, Hub
@@ -57,6 +57,7 @@ class TallyGraphQL(GraphQL[Context, None]):
     ) -> None:
         super().__init__(**kwargs)
         self.ide_page = ide_page
+        self.shared_events = SharedEvents() if shared_events else None
         if shared_events:
             self.graphql_transport_ws_handler_class = TallyTransportWSHandler
             self.context_hub: Hub = TappedHub(hub)
