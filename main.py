@@ -26,6 +26,7 @@ from db.broadcast import StatsHub
 from db.scheduler import RecalculationScheduler
 from db.unit_of_work import Database
 from edge.guards import BodySizeLimit
+from edge.metrics import Metrics
 from edge.shared_events import SharedEventExecutor
 from edge.tokens import JwksKeys, TokenVerifier
 from edge.view import TallyGraphQL
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None, *, schema_factory: Callable[...
     hub = StatsHub(settings.broadcast_url, db.read_stats, database_url=settings.database_url)
     db.after_commit.append(hub.publish)
     scheduler = RecalculationScheduler(db, settings.recalc_interval_seconds)
+    metrics = Metrics(db, hub)
     graphql = TallyGraphQL(
         db,
         verifier,
@@ -68,6 +70,7 @@ def create_app(settings: Settings | None = None, *, schema_factory: Callable[...
             settings.limits,
             query_stats=settings.query_stats,
             execution_context_class=SharedEventExecutor if settings.shared_events else None,
+            observe_operation=metrics.count_operation,
         ),
         ide_page=graphiql.page_response,
         count_cache_entries=0 if settings.query_stats else settings.count_cache_entries,
@@ -76,11 +79,11 @@ def create_app(settings: Settings | None = None, *, schema_factory: Callable[...
         keep_alive=True,
     )
 
+    metrics.watch_count_cache(graphql.count_cache)
+
     async def healthz(_request: Request) -> Response:
-        cache = graphql.count_cache
-        counts = {"hits": cache.hits, "misses": cache.misses} if cache is not None else None
-        live = hub.snapshot_metrics()
-        return JSONResponse({"status": "ok", "fanOut": hub.fan_out, "live": live, "countCache": counts})
+        """Liveness only: the figures are on /metrics."""
+        return JSONResponse({"status": "ok"})
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -102,6 +105,7 @@ def create_app(settings: Settings | None = None, *, schema_factory: Callable[...
             Route("/graphql", graphql, methods=graphql_methods, middleware=cors),
             WebSocketRoute("/graphql", graphql),
             Route("/healthz", healthz),
+            Route("/metrics", metrics.endpoint),
             *web.routes(dev_login_enabled(settings), lambda org: dev_login_token(verifier, org)),
             *graphiql.routes(),
         ],
@@ -111,6 +115,7 @@ def create_app(settings: Settings | None = None, *, schema_factory: Callable[...
     app.state.db = db
     app.state.graphql = graphql
     app.state.hub = hub
+    app.state.metrics = metrics
     app.state.scheduler = scheduler
     app.state.settings = settings
     return app

@@ -1,14 +1,25 @@
-"""Schema extensions: error codes on every error, and per-operation statement counts."""
+"""Schema extensions: error codes on every error, per-operation statement counts, operation outcomes."""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from graphql import GraphQLError
+from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    SelectionSetNode,
+)
+from graphql.utilities import get_operation_ast
+from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.types import ExecutionContext
 
 from db.engine import StatementCounter, statement_counter
 from db.errors import TallyError
@@ -76,3 +87,84 @@ class QueryStats(SchemaExtension):
 
     def get_results(self) -> dict[str, Any]:
         return {"queryStats": {"statements": self.counter.statements}}
+
+
+# operation type (query / mutation / subscription / unknown), root field, outcome (ok or an error code)
+ObserveOperation = Callable[[str, str, str], None]
+ERROR_CODES = frozenset(
+    {"UNAUTHENTICATED", "FORBIDDEN", "NOT_FOUND", "BAD_USER_INPUT", "INVALID_TRANSITION", "CONFLICT", "INTERNAL"}
+)
+REFUSED_REQUESTS = (GraphQLError, MissingQueryError, CannotGetOperationTypeError, InvalidOperationTypeError)
+SEVERAL_FIELDS = "(several)"
+INTROSPECTION_FIELDS = frozenset({"__schema", "__type", "__typename"})
+NO_FIELD = "(none)"
+
+
+class OperationOutcomes(SchemaExtension):
+    """Reports every operation once: its type, its root field and how it ended.
+
+    The outcome is `ok` or the first error's code. A subscription is reported with
+    its first result (accepted or refused), or when it ends without one. Labels stay
+    bounded: the root field is a field of the schema (or introspection), else "(none)", and an
+    operation selecting several is "(several)".
+    """
+
+    def __init__(self, observe: ObserveOperation) -> None:
+        self.observe = observe
+        self.reported = False
+
+    def on_operation(self) -> Iterator[None]:
+        try:
+            yield
+        except TallyError as error:
+            self.report(error.code)
+            raise
+        except REFUSED_REQUESTS:
+            self.report("BAD_USER_INPUT")
+            raise
+        except Exception:
+            self.report("INTERNAL")
+            raise
+        result = self.execution_context.result
+        self.report(outcome_of(getattr(result, "errors", None)))
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        self.report(outcome_of(getattr(result, "errors", None)))
+        yield
+
+    def report(self, outcome: str) -> None:
+        if not self.reported:
+            self.reported = True
+            self.observe(*operation_labels(self.execution_context), outcome)
+
+
+def outcome_of(errors: list[GraphQLError] | None) -> str:
+    if not errors:
+        return "ok"
+    code = (errors[0].extensions or {}).get("code")
+    return code if code in ERROR_CODES else "INTERNAL"
+
+
+def operation_labels(context: ExecutionContext) -> tuple[str, str]:
+    """The operation's type and the one root field it selects (see OperationOutcomes)."""
+    document = context.graphql_document
+    operation = get_operation_ast(document, context.operation_name) if document is not None else None
+    if document is None or operation is None:
+        return "unknown", NO_FIELD
+    root = context.schema._schema.get_root_type(operation.operation)
+    known = INTROSPECTION_FIELDS | (root.fields.keys() if root is not None else set())
+    fragments = {d.name.value: d.selection_set for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+    names = {name for name in _root_field_names(operation.selection_set, fragments, set()) if name in known}
+    field = names.pop() if len(names) == 1 else (SEVERAL_FIELDS if names else NO_FIELD)
+    return operation.operation.value, field
+
+
+def _root_field_names(selections: SelectionSetNode, fragments: dict[str, Any], seen: set[str]) -> Iterator[str]:
+    for selection in selections.selections:
+        if isinstance(selection, FieldNode):
+            yield selection.name.value
+        elif isinstance(selection, InlineFragmentNode):
+            yield from _root_field_names(selection.selection_set, fragments, seen)
+        elif isinstance(selection, FragmentSpreadNode) and selection.name.value in fragments.keys() - seen:
+            seen.add(selection.name.value)
+            yield from _root_field_names(fragments[selection.name.value], fragments, seen)

@@ -15,7 +15,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
-from api.extensions import ErrorCodes, QueryStats, to_client_error
+from api.extensions import ErrorCodes, ObserveOperation, OperationOutcomes, QueryStats, to_client_error
 from api.permissions import AdminOnly, Authenticated, ServiceOnly
 from resolvers import imports, invoices, lanes, loads, organizations, recalculation, stats
 from schema.context import OperationLoaders
@@ -198,9 +198,14 @@ class TallySchema(strawberry.Schema):
 
 
 def build_schema(
-    limits: Limits, *, query_stats: bool = False, execution_context_class: type[Any] | None = None
+    limits: Limits,
+    *,
+    query_stats: bool = False,
+    execution_context_class: type[Any] | None = None,
+    observe_operation: ObserveOperation | None = None,
 ) -> strawberry.Schema:
-    """The schema; `execution_context_class` is where the edge plugs in its shared-event executor."""
+    """The schema; `execution_context_class` is where the edge plugs in its shared-event executor,
+    `observe_operation` what hears of every operation's outcome (see OperationOutcomes)."""
     # The rule classes are made once: ValidationCache keys on them, so classes made
     # per request (as QueryDepthLimiter(...) would) would never hit the cache.
     rules: list[type[ASTValidationRule]] = [depth_rule(limits.query_depth, None, None), alias_rule(limits.aliases)]
@@ -214,6 +219,9 @@ def build_schema(
     ]
     if query_stats:
         extensions.append(QueryStats)
+    if observe_operation is not None:
+        # First: its on_operation exits last, after every error is coded.
+        extensions.insert(0, lambda: OperationOutcomes(observe_operation))
     return TallySchema(
         query=Query,
         mutation=Mutation,

@@ -46,6 +46,7 @@ from db.models import (
 )
 from db.organizations import ensure_organization
 from db.rules import check_text
+from db.run_counts import run_counts
 from db.stats_reader import RecountSteps
 from db.unit_of_work import Database
 
@@ -316,8 +317,10 @@ async def recalculate(db: Database, org_ids: list[str] | None, trigger: str) -> 
             recorded = f"{error.code}: {error.message}"
         else:
             recorded = "internal error (see the server log)"
+        run_counts(db).finished(run.corrections, failed=True)
         await db.write(lambda session: run.record(session, finished=True, error=recorded))
         raise
+    run_counts(db).finished(run.corrections, failed=False)
     return results
 
 

@@ -55,6 +55,7 @@ class Database:
             info={SHARDS: max(1, stats_shards)},
         )
         self.after_commit: list[AfterCommit] = []
+        self.write_retries = 0  # transactions run again after a retryable failure (/metrics)
         # SQLite has one writer at a time. Writers of this process queue here, in
         # order, instead of in SQLite's busy handler, which sleeps in growing steps
         # (1, 2, 5, 10 ms, ...) and so turns a 3 ms wait into 8 ms or more.
@@ -133,6 +134,7 @@ class Database:
             except DBAPIError as error:
                 if attempt == MAX_ATTEMPTS or not _retryable(error):
                     raise
+                self.write_retries += 1
                 log.info("retrying transaction (attempt %d): %s", attempt, type(error.orig))
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
         # Each changed org's sums as committed (or later); concurrent writers share reads.

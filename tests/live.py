@@ -11,11 +11,11 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import httpx
 import pytest
 from gql import Client, GraphQLRequest
 from gql.transport.websockets import WebsocketsTransport
 
+from tests.scrape import live
 from tests.server import free_port
 
 STATS_CHANGED = """
@@ -90,12 +90,11 @@ async def subscription(
 
 async def wait_live_subscribers(base: str, expected: int, timeout: float = 10) -> int:
     deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as client:
-        while True:
-            count = (await client.get(f"{base}/healthz")).json()["live"]["subscribers"]
-            if count == expected or time.monotonic() > deadline:
-                return int(count)
-            await asyncio.sleep(0.05)
+    while True:
+        count = (await live(base))["subscribers"]
+        if count == expected or time.monotonic() > deadline:
+            return count
+        await asyncio.sleep(0.05)
 
 
 def require_binary(name: str) -> str:

@@ -15,6 +15,7 @@ from gql.transport.exceptions import TransportQueryError
 from tests.databases import PG_SERVER, make_databases
 from tests.helpers import VERIFIER, token
 from tests.live import RedisServer, redis_server, subscription, wait_live_subscribers
+from tests.scrape import live
 from tests.server import running_server
 
 __all__ = ["redis_server"]  # the fixture, re-exported for pytest
@@ -163,9 +164,7 @@ async def test_subscribers_leave_nothing_behind(server: str) -> None:
 
     await asyncio.gather(*(client(bearer) for bearer in tokens))
     assert await wait_live_subscribers(server, 0) == 0
-    async with httpx.AsyncClient() as client:
-        live = (await client.get(f"{server}/healthz")).json()["live"]
-    assert live["channels"] == 0
+    assert (await live(server))["channels"] == 0
 
 
 @pytest.mark.parametrize("backend", ["redis", "postgres"])
@@ -195,8 +194,7 @@ async def test_subscriber_converges_after_redis_restarts(
             redis_server.stop()
             # The writer's publishes fail, yet its mutations commit; the reader misses them.
             assert await create_load(writer) and await create_load(writer)
-            async with httpx.AsyncClient() as client:
-                assert (await client.get(f"{writer}/healthz")).json()["live"]["publish_failures"] >= 1
+            assert (await live(writer))["publish_failures"] >= 1
             redis_server.start()
             restarted = time.monotonic()
             event = await sub.next(timeout=5)

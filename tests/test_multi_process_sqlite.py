@@ -18,6 +18,7 @@ from db.aggregates import StatsSnapshot
 from db.broadcast import StatsHub, fan_out_of
 from tests.helpers import token
 from tests.live import Subscriber, subscription, wait_live_subscribers
+from tests.scrape import scrape_async
 from tests.server import running_server
 
 ORG = "org_follow"
@@ -53,8 +54,9 @@ async def test_every_subscriber_on_every_process_sees_every_commit(tmp_path: Pat
             assert (await on_first.next())["version"] == 0 and (await on_second.next())["version"] == 0
             for base in (first, second):
                 assert await wait_live_subscribers(base, 1) == 1
-                health = (await client.get(f"{base}/healthz")).json()
-                assert health["fanOut"] == "sqlite-follow" and health["live"]["connected"] is True
+                samples = await scrape_async(base)
+                assert samples['tally_live_fan_out{kind="sqlite-follow"}'] == 1
+                assert samples["tally_live_connected"] == 1
 
             async def write_on(base: str) -> None:
                 for _ in range(WRITES_PER_PROCESS):
