@@ -56,7 +56,12 @@ def create_app(settings: Settings | None = None, *, schema_factory: Callable[...
         log.warning("TALLY_DEV_LOGIN is ignored: it only works with a SQLite database")
     elif dev_login_enabled(settings):
         log.warning("TALLY_DEV_LOGIN is on: anyone who can reach this server can sign in as an admin")
-    db = Database(settings.database_url, pool_size=settings.db_pool_size, stats_shards=settings.stats_shards)
+    db = Database(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        stats_shards=settings.stats_shards,
+        sqlite_fast_paths=settings.sqlite_fast_paths,
+    )
     hub = StatsHub(settings.broadcast_url, db.read_stats, database_url=settings.database_url)
     db.after_commit.append(hub.publish)
     scheduler = RecalculationScheduler(db, settings.recalc_interval_seconds)
@@ -217,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def operate(settings: Settings, command: str, org: str | None, as_json: bool) -> int:
     """The operator commands: rows out as a table (or JSON); 1 when drift was found."""
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, sqlite_fast_paths=settings.sqlite_fast_paths)
     hub = StatsHub(settings.broadcast_url, db.read_stats)
     db.after_commit.append(hub.publish)  # corrections reach live subscribers (redis/postgres)
     await hub.start()

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     cors_origins: str = ""  # comma-separated origins whose pages may call /graphql
     # The edge's fast paths (edge/): each can be turned off; CI runs the suite once more with all off.
     shared_events: bool = True  # a subscription event executed and encoded once per operation, not per subscriber
+    sqlite_fast_paths: bool = True  # SQLite: one-trip driver, inline count reads, recount thread (db/sqlite/)
 
     @property
     def cors_origin_list(self) -> list[str]:

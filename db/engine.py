@@ -1,4 +1,8 @@
-"""One engine factory for SQLite and PostgreSQL, and SQL statement counting."""
+"""One engine factory for SQLite and PostgreSQL, and SQL statement counting.
+
+On SQLite, statements go through the one-trip driver (`db/sqlite/driver.py`)
+unless its fast paths are off, then through SQLAlchemy's plain aiosqlite one.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from db.sqlite_driver import OneTripDbapi
+from db.sqlite.driver import OneTripDbapi
 
 WRITE = "tally_write"  # execution option: this transaction will write
 
@@ -24,9 +28,10 @@ class StatementCounter:
 statement_counter: ContextVar[StatementCounter | None] = ContextVar("statement_counter", default=None)
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 10, sqlite_fast_paths: bool = True) -> AsyncEngine:
     if make_url(url).get_backend_name() == "sqlite":
-        engine = create_async_engine(url, pool_size=pool_size, max_overflow=20, module=OneTripDbapi())
+        driver = {"module": OneTripDbapi()} if sqlite_fast_paths else {}
+        engine = create_async_engine(url, pool_size=pool_size, max_overflow=20, **driver)
         _make_sqlite_transactional(engine)
     else:
         engine = create_async_engine(url, pool_size=pool_size, max_overflow=20)

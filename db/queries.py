@@ -1,4 +1,5 @@
-"""Reads, and the locking reads that every write path uses before changing a row."""
+"""Reads (they take a `ReadSession`), and the locking reads that every write path uses
+before changing a row (they take the whole session)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db.aggregates import STATS_QUERY, StatsSnapshot, mark_locked
 from db.errors import BadInput, NotFound
 from db.models import Customer, Invoice, Lane, Load, Organization
+from db.work import ReadSession
 
 M = TypeVar("M", Load, Invoice)
 MAX_PAGE = 500
@@ -22,7 +24,7 @@ def parse_id(value: str) -> int | None:
     return int(value) if value.isascii() and value.isdigit() and len(value) < 19 else None
 
 
-async def get_stats(session: AsyncSession, org_id: str) -> StatsSnapshot:
+async def get_stats(session: ReadSession, org_id: str) -> StatsSnapshot:
     """The whole aggregate row in one statement (zeros, version 0 for an unknown org)."""
     row = (await session.execute(STATS_QUERY, {"org_id": org_id})).one_or_none()
     return StatsSnapshot.from_row(row) if row else StatsSnapshot.empty(org_id)
@@ -63,14 +65,14 @@ async def lock_where(session: AsyncSession, stmt: Select[Any]) -> list[Any]:
     return rows
 
 
-async def find(session: AsyncSession, model: type[Any], id_: str, scope: str | None) -> Any:
+async def find(session: ReadSession, model: type[Any], id_: str, scope: str | None) -> Any:
     parsed = parse_id(id_)
     if parsed is None:
         return None
     return (await session.scalars(_scoped(select(model).where(model.id == parsed), model, scope))).first()
 
 
-async def get_many(session: AsyncSession, model: type[Any], key: Any, keys: Sequence[Any]) -> list[Any]:
+async def get_many(session: ReadSession, model: type[Any], key: Any, keys: Sequence[Any]) -> list[Any]:
     return list((await session.scalars(select(model).where(key.in_(keys)))).all())
 
 
@@ -91,7 +93,7 @@ def decode_cursor(cursor: str | None) -> int:
 
 
 async def page(
-    session: AsyncSession,
+    session: ReadSession,
     model: type[M],
     org_id: str,
     filters: dict[str, str | None],
@@ -109,15 +111,15 @@ async def page(
     return rows[:first], len(rows) > first
 
 
-async def lanes_of(session: AsyncSession, org_id: str) -> list[Lane]:
+async def lanes_of(session: ReadSession, org_id: str) -> list[Lane]:
     return list((await session.scalars(select(Lane).where(Lane.org_id == org_id).order_by(Lane.id))).all())
 
 
-async def organizations(session: AsyncSession) -> list[Organization]:
+async def organizations(session: ReadSession) -> list[Organization]:
     return list((await session.scalars(select(Organization).order_by(Organization.org_id))).all())
 
 
-async def customer_in_org(session: AsyncSession, customer_id: str | None, org_id: str) -> Customer | None:
+async def customer_in_org(session: ReadSession, customer_id: str | None, org_id: str) -> Customer | None:
     if customer_id is None:
         return None
     customer = await find(session, Customer, customer_id, org_id)

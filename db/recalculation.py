@@ -5,11 +5,14 @@ consistent snapshot, so their difference is real drift, whatever writers do
 meanwhile: ONE statement (`DRIFT_QUERY`) on PostgreSQL; on SQLite the same
 reads as separate statements in one read transaction (`DRIFT_STEPS`), run off
 the event loop at the lowest CPU priority while this process's writers rest
-(`StatsReader.read_recounts`). It then applies that difference as a delta in
-a short write transaction (one single-row upsert, `db.aggregates.correct`).
-Writers are never blocked longer than by any other single-row update, and
-writes that commit in between are kept: their own deltas already moved both
-sides alike.
+(`StatsReader.read_recounts`; in a session when SQLite's fast paths are off).
+It then applies that difference as a delta in a short write transaction (one
+single-row upsert, `db.aggregates.correct`). Writers are never blocked longer
+than by any other single-row update, and writes that commit in between are
+kept: their own deltas already moved both sides alike.
+
+Runs are recorded here too (`Run`), and read back (`newest_runs`) for the
+`recalculationRuns` query and the CLI's `runs`.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from db.rules import check_text
 from db.run_counts import run_counts
 from db.stats_reader import RecountSteps
 from db.unit_of_work import Database
+from db.work import ReadSession
 
 log = logging.getLogger("tally.recalculation")
 MAX_ATTEMPTS = 5
@@ -159,7 +163,7 @@ async def drift_reports(db: Database, org_ids: list[str]) -> list[Drift]:
     ]
 
 
-async def _read_drift_row(session: AsyncSession, *, org_id: str) -> Any:
+async def _read_drift_row(session: ReadSession, *, org_id: str) -> Any:
     return (await session.execute(DRIFT_QUERY, {"org_id": org_id})).one()
 
 
@@ -324,24 +328,40 @@ async def recalculate(db: Database, org_ids: list[str] | None, trigger: str) -> 
     return results
 
 
-async def all_org_ids(session: AsyncSession) -> list[str]:
+async def all_org_ids(session: ReadSession) -> list[str]:
     return list((await session.scalars(select(Organization.org_id).order_by(Organization.org_id))).all())
 
 
-async def recent_runs(db: Database, limit: int) -> list[dict[str, Any]]:
-    async def work(session: AsyncSession) -> list[dict[str, Any]]:
-        runs = await session.scalars(select(RecalculationRun).order_by(RecalculationRun.id.desc()).limit(limit))
-        return [
-            {
-                "id": r.id,
-                "trigger": r.trigger,
-                "started_at": r.started_at,
-                "finished_at": r.finished_at,
-                "orgs_checked": r.orgs_checked,
-                "corrections": r.corrections,
-                "error": r.error,
-            }
-            for r in runs
-        ]
+@dataclass(frozen=True)
+class RunRecord:
+    run: RecalculationRun
+    corrections: list[StatsCorrection]
+
+    def summary(self) -> dict[str, Any]:
+        """The run's columns by name, without its corrections (the CLI's `runs`)."""
+        columns = ("id", "trigger", "started_at", "finished_at", "orgs_checked", "corrections", "error")
+        return {column: getattr(self.run, column) for column in columns}
+
+
+async def newest_runs(
+    db: Database, limit: int, *, with_corrections: bool = True, corrections_of: str | None = None
+) -> list[RunRecord]:
+    """The newest `limit` runs, newest first, each with its corrections in order (only
+    those of the org `corrections_of`, if given; none without `with_corrections`)."""
+
+    async def work(session: ReadSession) -> list[RunRecord]:
+        runs = (await session.scalars(select(RecalculationRun).order_by(RecalculationRun.id.desc()).limit(limit))).all()
+        by_run: dict[int, list[StatsCorrection]] = {}
+        if with_corrections and runs:
+            stmt = select(StatsCorrection).where(StatsCorrection.run_id.in_([run.id for run in runs]))
+            if corrections_of is not None:
+                stmt = stmt.where(StatsCorrection.org_id == corrections_of)
+            for correction in await session.scalars(stmt.order_by(StatsCorrection.id)):
+                by_run.setdefault(correction.run_id, []).append(correction)
+        return [RunRecord(run, by_run.get(run.id, [])) for run in runs]
 
     return await db.read(work)
+
+
+async def recent_runs(db: Database, limit: int) -> list[dict[str, Any]]:
+    return [record.summary() for record in await newest_runs(db, limit, with_corrections=False)]

@@ -1,10 +1,7 @@
 from __future__ import annotations
 
 import strawberry
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from db import models
 from db import recalculation as recalc
 from schema.context import Info
 from schema.types import (
@@ -52,32 +49,17 @@ async def recalculate_all_org_stats(info: Info) -> list[RecalculationResult]:
 
 async def recalculation_runs(info: Info, limit: int = 20) -> list[RecalculationRun]:
     scope = info.context.principal.scope
-    limit = max(0, min(limit, MAX_RUNS))
-
-    async def work(session: AsyncSession) -> list[RecalculationRun]:
-        runs = (
-            await session.scalars(
-                select(models.RecalculationRun).order_by(models.RecalculationRun.id.desc()).limit(limit)
-            )
-        ).all()
-        stmt = select(models.StatsCorrection).where(models.StatsCorrection.run_id.in_([r.id for r in runs]))
-        if scope is not None:
-            stmt = stmt.where(models.StatsCorrection.org_id == scope)
-        details: dict[int, list[StatsCorrection]] = {}
-        for row in await session.scalars(stmt.order_by(models.StatsCorrection.id)):
-            details.setdefault(row.run_id, []).append(StatsCorrection.of(row))
-        return [
-            RecalculationRun(
-                id=strawberry.ID(str(run.id)),
-                trigger=run.trigger,
-                started_at=as_utc(run.started_at),
-                finished_at=maybe_utc(run.finished_at),
-                orgs_checked=run.orgs_checked,
-                corrections=run.corrections,
-                error=run.error,
-                details=details.get(run.id, []),
-            )
-            for run in runs
-        ]
-
-    return await info.context.db.read(work)
+    records = await recalc.newest_runs(info.context.db, max(0, min(limit, MAX_RUNS)), corrections_of=scope)
+    return [
+        RecalculationRun(
+            id=strawberry.ID(str(record.run.id)),
+            trigger=record.run.trigger,
+            started_at=as_utc(record.run.started_at),
+            finished_at=maybe_utc(record.run.finished_at),
+            orgs_checked=record.run.orgs_checked,
+            corrections=record.run.corrections,
+            error=record.run.error,
+            details=[StatsCorrection.of(correction) for correction in record.corrections],
+        )
+        for record in records
+    ]

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from db.loads import create_load
-from db.stats_reader import SharedReads
+from db.shared_reads import SharedReads
 from db.unit_of_work import Database
 from main import create_app
 from settings import Settings

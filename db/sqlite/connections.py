@@ -1,0 +1,85 @@
+"""Read-only sqlite3 connections, one per thread that reads, and statements compiled for them."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import DateTime, Select
+from sqlalchemy.dialects import sqlite
+
+from db.engine import count_statement
+
+_DIALECT = sqlite.dialect()
+# SQLite keeps datetimes as text: parse them exactly as the ORM's DateTime columns do.
+_DATETIME = cast(
+    Callable[[Any], datetime | None], DateTime(timezone=True).dialect_impl(_DIALECT).result_processor(_DIALECT, None)
+)
+_DATETIME_COLUMNS = ("updated_at", "last_recalculated_at")
+
+
+class Compiled:
+    """A statement compiled once for sqlite3; its only free parameter is `org_id`."""
+
+    def __init__(self, statement: Select[Any]) -> None:
+        compiled = statement.compile(dialect=_DIALECT)
+        self.sql = str(compiled)
+        self._names = list(compiled.positiontup or ())
+        self._values = dict(compiled.params)
+
+    def params(self, org_id: str) -> tuple[Any, ...]:
+        return tuple(org_id if name == "org_id" else self._values[name] for name in self._names)
+
+
+_COMPILED: dict[Select[Any], Compiled] = {}  # by identity: statements built once, at import
+
+
+def compiled(statement: Select[Any]) -> Compiled:
+    found = _COMPILED.get(statement)
+    if found is None:
+        found = _COMPILED[statement] = Compiled(statement)
+    return found
+
+
+def first_row(connection: sqlite3.Connection, statement: Compiled, org_id: str) -> dict[str, Any]:
+    """The statement's first row by column name (all None if it has none)."""
+    cursor = connection.execute(statement.sql, statement.params(org_id))
+    rows = cursor.fetchall()
+    count_statement()
+    names = [column[0] for column in cursor.description]
+    values = dict(zip(names, rows[0], strict=True)) if rows else dict.fromkeys(names)
+    for column in _DATETIME_COLUMNS:
+        if values.get(column) is not None:
+            values[column] = _DATETIME(values[column])
+    return values
+
+
+class ReadOnlyConnections:
+    """One read-only sqlite3 connection, in autocommit, per thread that asks (the
+    event loop's, the recount thread's)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def this_thread(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            # timeout=0: never block the event loop; a busy database falls back instead.
+            connection = sqlite3.connect(self._path, timeout=0, isolation_level=None, check_same_thread=False)
+            connection.execute("PRAGMA query_only=ON")
+            self._local.connection = connection
+            with self._lock:
+                self._opened.append(connection)
+        return connection
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for connection in opened:
+            connection.close()
