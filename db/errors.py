@@ -1,4 +1,4 @@
-"""Domain errors. Each carries one of domain.md's error codes; schema/errors.py maps them."""
+"""Domain errors. Each carries one of domain.md's error codes; api/extensions.py puts it on the GraphQL error."""
 
 from __future__ import annotations
 

@@ -91,7 +91,7 @@ async def assert_exact(db: Database, org_id: str) -> None:
     assert counts == await recount(db, org_id)
 
 
-# --- Added for the write-path and access tests --------------------------------
+# --- Write paths and access --------------------------------------------------
 
 LOAD_FIELDS = (
     "id orgId status loadType requiresManualReview externalId loadNumber hcr tripNumber "
@@ -198,7 +198,7 @@ async def import_shipment(api: Api, shipment: dict[str, Any], org: str = "org_a"
     return data["importShipment"]
 
 
-# --- Added for the isolation, bad-input and fuzz tests ---------------------------------------------
+# --- Isolation, bad input and fuzzing -----------------------------------------
 
 LEAK_MARKERS = ("Traceback", "sqlalchemy", "SELECT ", "asyncpg", "sqlite3", '.py"')
 

@@ -680,6 +680,7 @@ def test_every_group_is_non_trivial() -> None:
 # --- The HTTP layer of a real server ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_http_layer_of_a_real_server(database_url: str) -> None:
     """The HTTP and token groups against uvicorn (status codes as a client sees them); once the
     server stopped and flushed its output, its log shows no bearer token and no traceback."""

@@ -31,6 +31,7 @@ async def wait_until(condition: object, timeout: float) -> None:
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.slow
 async def test_each_redis_outage_logs_one_warning_and_one_recovery(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -164,6 +164,7 @@ class Workload:
             )
 
 
+@pytest.mark.slow
 async def test_two_processes_64_clients_stay_exact(databases: Databases, redis_server: RedisServer) -> None:
     if databases.backend != "postgresql":
         pytest.skip("the concurrency proof is for PostgreSQL (SQLite serializes writers)")

@@ -264,6 +264,7 @@ def run_sql(database_url: str, sql: str) -> None:
         pool.submit(asyncio.run, work()).result()
 
 
+@pytest.mark.slow
 def test_dashboard_signs_in_updates_live_and_survives_a_restart(
     watch: Any, databases: Databases, database_url: str
 ) -> None:

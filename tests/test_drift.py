@@ -41,6 +41,7 @@ def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, env=env, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 async def test_injected_drift_is_reported_corrected_recorded_and_published(
     api: Api, db: Database, app_client: tuple[httpx.AsyncClient, Database], database_url: str
 ) -> None:
@@ -84,6 +85,7 @@ async def test_injected_drift_is_reported_corrected_recorded_and_published(
     assert again["corrected"] == [] and again["stats"]["version"] == version_before + 1
 
 
+@pytest.mark.slow
 async def test_cli_recalc_fixes_drift_and_lists_the_run(api: Api, db: Database, database_url: str) -> None:
     await api.ok(LOADS)
     await inject_drift(db, "UPDATE organization_stats SET type_unmapped = 0")
@@ -95,6 +97,7 @@ async def test_cli_recalc_fixes_drift_and_lists_the_run(api: Api, db: Database, 
     assert runs.returncode == 0 and "cli" in runs.stdout
 
 
+@pytest.mark.slow
 async def test_recalculation_beside_concurrent_writers_corrects_nothing(api: Api, db: Database) -> None:
     """No real drift: recalculations in a loop during concurrent writes find none."""
     stop = asyncio.Event()
@@ -181,6 +184,7 @@ async def test_recounts_wait_for_the_writers_of_their_process(db: Database, monk
     assert events[:2] == ["write done", "recount statement"] and drift.counters == []
 
 
+@pytest.mark.slow
 async def test_scheduler_runs_alone_across_two_instances_and_survives_a_dead_holder(
     database_url: str,
 ) -> None:

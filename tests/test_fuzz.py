@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 import graphql
 import httpx
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, literal, select, union, union_all
@@ -476,6 +477,7 @@ def check_response(response: httpx.Response) -> tuple[dict[str, Any] | None, str
     return body, None
 
 
+@pytest.mark.slow
 def test_fuzz_mutations(database_url: str, databases: Any) -> None:
     env = {"TALLY_DATABASE_URL": database_url, "TALLY_RECALC_INTERVAL_SECONDS": "0"}
     with running_server(env) as server:

@@ -130,6 +130,7 @@ def replace_editor_text(page: Page, editor: str, text: str) -> None:
     page.keyboard.insert_text(text)
 
 
+@pytest.mark.slow
 def test_graphiql_runs_offline_with_the_token_from_its_headers_pane(offline_page: Any, tmp_path: Path) -> None:
     env = {
         "TALLY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'graphiql.db'}",

@@ -27,6 +27,8 @@ from tests.server import ServerUrl, running_server
 AUDIT = Path(__file__).parent / "graphql_http_audit"
 COUNT_QUERY = '{ organizationStats(orgId: "org_a") { version } }'
 
+pytestmark = pytest.mark.slow  # each test talks to a real server
+
 
 @pytest.fixture(scope="module", params=["count cache on", "count cache off"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerUrl]:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -802,6 +803,7 @@ class TallyMachine(RuleBasedStateMachine):
                 self.check_stats(api[alias])
 
 
+@pytest.mark.slow
 def test_aggregate_invariant_under_random_writes(databases: Databases) -> None:
     TallyMachine.databases = databases
     # SQLite: a copy of the migrated template per example. PostgreSQL: one database,
@@ -820,9 +822,9 @@ def test_aggregate_invariant_under_random_writes(databases: Databases) -> None:
     assert TallyMachine.count_cache_hits > 0  # the per-step count queries did go through the cache
 
 
-# Found by the machine above: re-import ordering must compare instants, not wall clocks.
-# SQLite keeps no UTC offset, so an updatedAt stored as given came back as its local
-# wall-clock time read as UTC: a newer re-import was ignored, an older one applied.
+# Re-import ordering compares instants, not wall clocks. SQLite keeps no UTC offset: an
+# updatedAt stored as given would come back as its local wall-clock time read as UTC,
+# so a newer re-import would be ignored and an older one applied.
 REIMPORT = 'mutation($s: ShipmentInput!) { importShipment(orgId: "org_a", shipment: $s) { outcome load { status } } }'
 
 
@@ -844,10 +846,10 @@ async def test_reimport_order_compares_instants_across_utc_offsets(api: Api, db:
     assert (counts["loads_completed"], version) == (1, 2)
 
 
-# Found while running the machine above with the hub started: teardown hung for good in
-# StatsHub.stop(). On Python 3.11, asyncio.wait_for swallows a cancel that arrives as its
-# inner awaitable finishes (CPython gh-86296, fixed in 3.12), so the supervisor kept
-# running with the cancel lost. stop() now cancels until the supervisor is done.
+# StatsHub.stop() returns even when the loop is busy. On Python 3.11, asyncio.wait_for
+# swallows a cancel that arrives as its inner awaitable finishes (CPython gh-86296, fixed
+# in 3.12), which would leave the supervisor running with the cancel lost: stop() cancels
+# until the supervisor is done.
 def test_hub_stop_returns_after_a_busy_loop() -> None:
     async def empty(org_id: str) -> StatsSnapshot:
         return StatsSnapshot.empty(org_id)

@@ -771,6 +771,7 @@ async def ws_subscribe(base: str, bearer: str, call: Call) -> dict[str, Any]:
                 return dict(message)
 
 
+@pytest.mark.slow
 async def test_subscription_isolation_over_websocket(server: str, database_url: str) -> None:
     op = MATRIX["organizationStatsChanged"]
     async with httpx.AsyncClient(base_url=server, timeout=10) as client:

@@ -7,9 +7,12 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from tests.databases import Databases
 from tests.server import ROOT, running_server
+
+pytestmark = pytest.mark.slow
 
 
 def cli_token(env: dict[str, str], *args: str) -> str:

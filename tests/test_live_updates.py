@@ -19,6 +19,7 @@ from tests.scrape import live
 from tests.server import running_server
 
 __all__ = ["redis_server"]  # the fixture, re-exported for pytest
+pytestmark = pytest.mark.slow
 
 ORG = "org_live"
 TOKEN = token(ORG, "admin")

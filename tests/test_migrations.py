@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import text
 
 from db.migrate import upgrade_async
@@ -54,6 +55,7 @@ async def test_backfill_counts_rows_that_existed_before_the_stats_table(database
         await db.dispose()
 
 
+@pytest.mark.slow
 def test_processes_started_together_do_not_race_migrations(databases: Databases) -> None:
     """Four `main.py migrate` at the same moment on an empty database: all succeed, once."""
     import os

@@ -43,6 +43,7 @@ async def versions_until(sub: Subscriber, final: int) -> list[int]:
     return versions
 
 
+@pytest.mark.slow
 async def test_every_subscriber_on_every_process_sees_every_commit(tmp_path: Path) -> None:
     env = {"TALLY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'tally.db'}", "TALLY_RECALC_INTERVAL_SECONDS": "0"}
     with running_server(env) as first, running_server(env) as second:

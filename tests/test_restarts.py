@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from tests.helpers import token
 from tests.live import subscription
@@ -15,6 +16,7 @@ from tests.private_postgres import PrivatePostgres, private_postgres
 from tests.server import running_server
 
 __all__ = ["private_postgres"]
+pytestmark = pytest.mark.slow
 
 ORG = "org_restart"
 TOKEN = token(ORG, "admin")

@@ -105,8 +105,12 @@ async def test_rs256_token_from_jwks_is_accepted(client: httpx.AsyncClient, jwks
 
 
 async def test_keys_are_cached(client: httpx.AsyncClient, jwks: Jwks) -> None:
-    for _ in range(20):
-        assert await code_for(client, jwks.token("k1")) is None
+    # Twenty different tokens: each one's signature is checked (a token seen before
+    # would be answered by the verified-token cache without needing a key).
+    tokens = {jwks.token("k1", sub=f"user_{n}") for n in range(20)}
+    assert len(tokens) == 20
+    for bearer in tokens:
+        assert await code_for(client, bearer) is None
     assert jwks.fetches == 1
     jwks.add_key("k2")
     # Fetched a moment ago: the default bound (30 s) holds back an immediate refetch.

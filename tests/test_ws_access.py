@@ -18,6 +18,8 @@ from tests.server import running_server
 ORG = "org_ws"
 SUBSCRIBE = "subscription($o: ID!) { organizationStatsChanged(orgId: $o) { version } }"
 
+pytestmark = pytest.mark.slow  # each test talks to a real server
+
 
 @pytest.fixture
 def server(database_url: str) -> Iterator[str]:

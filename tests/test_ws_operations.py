@@ -24,6 +24,8 @@ PROTOCOLS = ["graphql-transport-ws", "graphql-ws"]
 LOAD_WITH_INVOICE = "query($id: ID!) { load(id: $id) { status invoice { id status } } }"
 INVOICE_WITH_LOAD = "query($id: ID!) { invoice(id: $id) { status load { status } } }"
 
+pytestmark = pytest.mark.slow  # each test talks to a real server
+
 
 @pytest.fixture
 def server(database_url: str) -> Iterator[ServerUrl]:
