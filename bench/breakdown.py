@@ -1,7 +1,6 @@
-"""Where a Tally read spends its time, step by step, in process: `python -m bench.breakdown SPEC`.
+"""Where a Tally read spends its time, step by step, in a fresh process: `python -m bench.breakdown SPEC`.
 
-Run in a fresh process (away from the caller's memory and event loops); prints JSON:
-the steps (median wall µs, CPU µs per call, calls into aiosqlite's thread) and the
+Prints JSON: the steps (median wall µs, CPU µs per call, calls into aiosqlite's thread) and the
 SQLite query plans of Tally's read and the naive resolver's.
 """
 
@@ -16,13 +15,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Any
 
 from bench.common import ROOT, child_env, run_async, self_cpu
 from bench.measure import count_body
-from edge.tokens import TokenVerifier
-from settings import DEV_SECRET
 
 NAIVE_SQL = "SELECT status, count(*) FROM loads WHERE org_id = ? GROUP BY status"  # what naive_app runs
 STATS_ROW = "SELECT * FROM organization_stats WHERE org_id = ?"
@@ -30,9 +27,7 @@ STATS_ROW = "SELECT * FROM organization_stats WHERE org_id = ?"
 
 def in_subprocess(path: str, url: str, org_id: str, token: str, calls: int) -> dict[str, Any]:
     spec = json.dumps({"path": path, "url": url, "org_id": org_id, "token": token, "calls": calls})
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.breakdown", spec], capture_output=True, text=True, cwd=ROOT, env=child_env(), timeout=900
-    )
+    done = subprocess.run([sys.executable, "-m", "bench.breakdown", spec], capture_output=True, text=True, cwd=ROOT, env=child_env(), timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"the in-process breakdown failed:\n{done.stderr}")
     return json.loads(done.stdout)
@@ -64,15 +59,13 @@ def counting_round_trips() -> Iterator[dict[str, int]]:
 
 async def call_asgi(app: Any, body: bytes, token: str) -> bytes:
     """One POST /graphql straight into an ASGI app (no server, no socket); the response body."""
-    headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]
-    headers += [(b"authorization", f"Bearer {token}".encode()), (b"content-length", str(len(body)).encode())]
+    headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), (b"authorization", f"Bearer {token}".encode()), (b"content-length", str(len(body)).encode())]
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": "/graphql", "raw_path": b"/graphql", "query_string": b"", "root_path": "", "headers": headers,
-        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80), "state": {},
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http", "path": "/graphql",
+        "raw_path": b"/graphql", "query_string": b"", "root_path": "", "headers": headers, "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80), "state": {},
     }  # fmt: skip
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-    chunks: list[bytes] = []
+    messages, chunks = [{"type": "http.request", "body": body, "more_body": False}], []
 
     async def receive() -> dict[str, Any]:
         return messages.pop() if messages else {"type": "http.disconnect"}
@@ -85,28 +78,9 @@ async def call_asgi(app: Any, body: bytes, token: str) -> bytes:
     return b"".join(chunks)
 
 
-async def in_process_rate(app: Any, body: bytes, token: str, concurrency: int, seconds: float) -> float:
-    """Requests per second through the ASGI app from `concurrency` closed-loop callers."""
-    done = 0
-    stop = time.perf_counter() + seconds
-
-    async def caller() -> None:
-        nonlocal done
-        while time.perf_counter() < stop:
-            await call_asgi(app, body, token)
-            done += 1
-
-    started = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
-    return done / (time.perf_counter() - started)
-
-
 def query_plan(path: str, statement: str, parameters: Any) -> list[str]:
-    conn = sqlite3.connect(path)
-    try:
+    with closing(sqlite3.connect(path)) as conn:
         return [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + statement, parameters)]
-    finally:
-        conn.close()
 
 
 async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) -> dict[str, Any]:
@@ -116,6 +90,8 @@ async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) ->
     from bench.servers import tally_app, uncached_app
     from db.queries import get_stats
     from db.unit_of_work import Database
+    from edge.tokens import TokenVerifier
+    from settings import DEV_SECRET
 
     steps: list[dict[str, Any]] = []
 
@@ -124,23 +100,20 @@ async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) ->
             await step()
         with counting_round_trips() as trips:
             await step()
-        samples = []
-        cpu_before = self_cpu()
+        samples, cpu_before = [], self_cpu()
         for _ in range(calls):
             started = time.perf_counter_ns()
             await step()
             samples.append(time.perf_counter_ns() - started)
-        samples.sort()
-        wall, cpu = samples[len(samples) // 2] / 1000, (self_cpu() - cpu_before) * 1e6 / calls
-        steps.append({"key": key, "name": name, "us": wall, "trips": trips["n"] if trips["n"] >= 0 else None, "cpu_us": cpu})
+        cpu = (self_cpu() - cpu_before) * 1e6 / calls
+        steps.append({"key": key, "name": name, "us": sorted(samples)[calls // 2] / 1000, "trips": trips["n"] if trips["n"] >= 0 else None, "cpu_us": cpu})
 
-    plain = sqlite3.connect(path)
+    with closing(sqlite3.connect(path)) as plain:
 
-    async def direct() -> None:
-        plain.execute(STATS_ROW, (org_id,)).fetchone()
+        async def direct() -> None:
+            plain.execute(STATS_ROW, (org_id,)).fetchone()
 
-    await timed("sqlite3", "sqlite3, same thread: SELECT the aggregate row", direct)
-    plain.close()
+        await timed("sqlite3", "sqlite3, same thread: SELECT the aggregate row", direct)
     async with aiosqlite.connect(path) as conn:
 
         async def raw() -> None:
@@ -151,13 +124,10 @@ async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) ->
     verifier = TokenVerifier(DEV_SECRET)
     await timed("jwt", "JWT signature check (a token not seen before)", lambda: verifier._verify_signature(token))
     await timed("jwt-cached", "`TokenVerifier.verify` of a token already verified", lambda: verifier.verify(token))
-    db = Database(url)
-    captured: list[tuple[str, Any]] = []
+    db, captured = Database(url), []
     try:
-        session_read = "`Database.read(get_stats)`: the same statement in an async session (BEGIN, SELECT, ROLLBACK)"
-        await timed("read-session", session_read, lambda: db.read(lambda s: get_stats(s, org_id)))
-        inline_read = "`Database.read_stats`: what count queries run (inline on the loop's thread, autocommit)"
-        await timed("read", inline_read, lambda: db.read_stats(org_id))
+        await timed("read-session", "`Database.read(get_stats)`: the same statement in an async session (BEGIN, SELECT, ROLLBACK)", lambda: db.read(lambda s: get_stats(s, org_id)))
+        await timed("read", "`Database.read_stats`: what count queries run (inline on the loop's thread, autocommit)", lambda: db.read_stats(org_id))
 
         def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
             if statement.lstrip().upper().startswith("SELECT"):
@@ -168,10 +138,7 @@ async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) ->
         event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
     finally:
         await db.dispose()
-    plans = [
-        {"what": "Tally's countLoadsByStatus read (`get_stats`)", "sql": " ".join(sql.split()), "plan": query_plan(path, sql, args)}
-        for sql, args in captured
-    ]
+    plans = [{"what": "Tally's countLoadsByStatus read (`get_stats`)", "sql": " ".join(sql.split()), "plan": query_plan(path, sql, args)} for sql, args in captured]
     plans.append({"what": "the naive resolver", "sql": NAIVE_SQL, "plan": query_plan(path, NAIVE_SQL, (org_id,))})
 
     os.environ["BENCH_DATABASE_URL"] = url
@@ -184,11 +151,18 @@ async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) ->
     try:
         await timed("app", "Tally's whole ASGI app, in process (no HTTP server): a count-cache hit", lambda: call_asgi(app, body, token))
         await timed("app-uncached", "the same with the count cache off: Starlette, Strawberry, the read", lambda: call_asgi(uncached, body, token))
-        seconds = 0.5 if calls < 500 else 3.0
         for concurrency in (1, 16):
-            callers = f"{concurrency} concurrent caller" + ("s" if concurrency > 1 else "")
-            rps = await in_process_rate(app, body, token, concurrency, seconds)
-            steps.append({"key": f"rate{concurrency}", "name": f"throughput of the app alone, {callers} (requests/s)", "us": rps, "trips": None, "cpu_us": math.nan})
+            done, stop = [0], time.perf_counter() + (0.5 if calls < 500 else 3.0)
+
+            async def caller(done: list[int] = done, stop: float = stop) -> None:
+                while time.perf_counter() < stop:
+                    await call_asgi(app, body, token)
+                    done[0] += 1
+
+            started = time.perf_counter()
+            await asyncio.gather(*(caller() for _ in range(concurrency)))
+            name = f"throughput of the app alone, {concurrency} concurrent caller{'s' if concurrency > 1 else ''} (requests/s)"
+            steps.append({"key": f"rate{concurrency}", "name": name, "us": done[0] / (time.perf_counter() - started), "trips": None, "cpu_us": math.nan})
     finally:
         await app.state.db.dispose()
         await uncached.state.db.dispose()

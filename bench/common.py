@@ -1,4 +1,4 @@
-"""What every scenario shares: statistics, formatting, machine facts, tokens, servers, reports."""
+"""What every scenario shares: statistics, machine facts, tokens, servers, and the report renderer."""
 
 from __future__ import annotations
 
@@ -6,29 +6,30 @@ import asyncio
 import math
 import os
 import platform
+import re
 import resource
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
+from importlib.util import find_spec
 from pathlib import Path
-from string import Template
 from typing import Any
-
-import httpx
 
 from edge.tokens import TokenVerifier
 from settings import DEV_SECRET
+from tests.scrape import live_figures, scrape
 from tests.server import ServerUrl, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-TEMPLATES = ROOT / "bench" / "templates"
 PACKAGES = ("strawberry-graphql", "starlette", "uvicorn", "uvloop", "httptools", "sqlalchemy", "aiosqlite")
+CORES = os.cpu_count() or 1
+TICK = os.sysconf("SC_CLK_TCK")
 STARTED = time.monotonic()
 
 
@@ -37,29 +38,23 @@ def log(message: str) -> None:
 
 
 def run_async(coro: Any) -> Any:
-    try:
+    if find_spec("uvloop"):
         import uvloop
 
         return uvloop.run(coro)
-    except ImportError:
-        return asyncio.run(coro)
-
-
-# --- statistics -------------------------------------------------------------------------------
+    return asyncio.run(coro)
 
 
 def percentile(values: list[float], p: float) -> float:
     """Nearest-rank percentile."""
     ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    return float(ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1])
+    return float(ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]) if ordered else math.nan
 
 
 def summarize(latencies: list[float], seconds: float) -> dict[str, float]:
     n = len(latencies)
     return {
-        "n": float(n),
+        "n": n,
         "p50": percentile(latencies, 50),
         "p99": percentile(latencies, 99),
         "mean": sum(latencies) / n if n else math.nan,
@@ -72,47 +67,6 @@ def weighted(pairs: list[tuple[float | None, int]]) -> float:
     known = [(v, n) for v, n in pairs if v is not None]
     total = sum(n for _, n in known)
     return sum(v * n for v, n in known) / total if total else math.nan
-
-
-# --- formatting -------------------------------------------------------------------------------
-
-
-def ms(us: float) -> str:
-    value = us / 1000
-    if value >= 100:
-        return f"{value:.0f}"
-    if value >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}" if value >= 1 else f"{value:.3f}"
-
-
-def x(ratio: float) -> str:
-    if math.isnan(ratio):
-        return "n/a"
-    if ratio >= 100:
-        return f"{ratio:.0f}x"
-    return f"{ratio:.1f}x" if ratio >= 10 else f"{ratio:.2f}x"
-
-
-def rate(value: float) -> str:
-    return f"{value:,.0f}"
-
-
-def cpu(value: float | None) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:,.0f} µs"
-
-
-def share(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0%}"
-
-
-def met(ok: bool) -> str:
-    return "met" if ok else "**NOT MET**"
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def human(n: int) -> str:
@@ -139,6 +93,52 @@ def loadavg() -> str:
     return " ".join(read("/proc/loadavg").split()[:3]) or "unknown"
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) so far."""
+    fields = read(f"/proc/{pid}/stat").rsplit(")", 1)[-1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK if len(fields) > 12 else math.nan
+
+
+def self_cpu(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rss_kib(pid: int) -> int:
+    return int(field_of(f"/proc/{pid}/status", "VmRSS:").split()[0])
+
+
+def busy_seconds() -> float:
+    """CPU time (all cores) the machine spent not idle since boot, from /proc/stat."""
+    fields = [int(v) for v in read("/proc/stat").split("\n", 1)[0].split()[1:9]]
+    return (sum(fields[:3]) + sum(fields[5:8])) / TICK if len(fields) == 8 else math.nan
+
+
+def foreign_meter(ours: Callable[[], float]) -> Callable[[], float | None]:
+    """Started now; when called, the share of the machine's CPUs that processes other than
+    ours (`ours()`: CPU seconds so far of everything the measurement runs) used meanwhile."""
+    busy, own, wall = busy_seconds(), ours(), time.monotonic()
+
+    def share() -> float | None:
+        value = (busy_seconds() - busy - (ours() - own)) / ((time.monotonic() - wall) * CORES)
+        return None if math.isnan(value) else max(0.0, value)
+
+    return share
+
+
+def wait_for_quiet(max_wait: float) -> float | None:
+    """Wait (up to max_wait seconds) until other processes leave the CPUs alone; the last reading."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        meter = foreign_meter(lambda: 0.0)
+        time.sleep(2.0)
+        busy = meter()
+        if busy is None or busy < 0.05 or time.monotonic() >= deadline:
+            return busy
+        log(f"the machine is {busy:.0%} busy with other processes; waiting for it to quiet down")
+        time.sleep(3)
+
+
 def git_revision() -> str:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
@@ -161,78 +161,22 @@ def describe(wait_quiet: float) -> dict[str, str]:
     """The machine table of every report; first waits (up to `wait_quiet` s) for the CPUs to quiet down."""
     waited = time.monotonic()
     busy = wait_for_quiet(wait_quiet)
-    waited = time.monotonic() - waited
     memory = field_of("/proc/meminfo", "MemTotal:").split()
     return {
         "Date (UTC)": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
         "CPU": field_of("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
-        "Cores (logical)": f"{os.cpu_count()} ({len(os.sched_getaffinity(0))} usable by this process)",
+        "Cores (logical)": f"{CORES} ({len(os.sched_getaffinity(0))} usable by this process)",
         "RAM": f"{int(memory[0]) / 1024 / 1024:.1f} GiB" if memory else "unknown",
         "Load average at start": loadavg(),
         "CPU used by other processes at start": "unknown"
         if busy is None
-        else f"{busy:.0%} of the cores (after waiting {waited:.0f} s for it to drop)",
+        else f"{busy:.0%} of the cores (after waiting {time.monotonic() - waited:.0f} s for it to drop)",
         "OS": platform.platform(),
         "Python": f"{sys.version.split()[0]} ({platform.python_implementation()})",
         "SQLite": sqlite3.sqlite_version,
         "Packages": ", ".join(map(version, PACKAGES)),
         "Tally revision": git_revision(),
     }
-
-
-def machine_table(machine: dict[str, str]) -> str:
-    return table(["", ""], [[k, v] for k, v in machine.items()])
-
-
-def process_cpu(pid: int) -> float | None:
-    """User + system CPU seconds of a process (all its threads) so far."""
-    fields = read(f"/proc/{pid}/stat").rsplit(")", 1)[-1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if len(fields) > 12 else None
-
-
-def self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def rss_kib(pid: int) -> int:
-    return int(field_of(f"/proc/{pid}/status", "VmRSS:").split()[0])
-
-
-def busy_seconds() -> float | None:
-    """CPU time (all cores) the machine spent not idle since boot, from /proc/stat."""
-    try:
-        fields = [int(v) for v in read("/proc/stat").splitlines()[0].split()[1:]]
-    except (ValueError, IndexError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def foreign_share(wall: float, busy: float | None, ours: float) -> float | None:
-    """Share of the machine's CPU capacity used by processes other than ours during `wall` seconds."""
-    if busy is None or wall <= 0:
-        return None
-    return max(0.0, (busy - ours) / (wall * (os.cpu_count() or 1)))
-
-
-def wait_for_quiet(max_wait: float) -> float | None:
-    """Wait (up to max_wait seconds) until other processes leave the CPUs alone; the last reading."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        before = busy_seconds()
-        time.sleep(2.0)
-        after = busy_seconds()
-        busy = None if before is None or after is None else (after - before) / (2.0 * (os.cpu_count() or 1))
-        if busy is None or busy < 0.05 or time.monotonic() >= deadline:
-            return busy
-        log(f"the machine is {busy:.0%} busy with other processes; waiting for it to quiet down")
-        time.sleep(3)
 
 
 # --- tokens and servers -----------------------------------------------------------------------
@@ -243,17 +187,8 @@ def token(org_id: str | None, role: str = "admin", ttl: int = 7200) -> str:
 
 
 def uvicorn_flags() -> list[str]:
-    loop = "uvloop" if _importable("uvloop") else "asyncio"
-    http = "httptools" if _importable("httptools") else "h11"
+    loop, http = ("uvloop" if find_spec("uvloop") else "asyncio"), ("httptools" if find_spec("httptools") else "h11")
     return ["--workers", "1", "--loop", loop, "--http", http, "--no-access-log", "--log-level", "warning"]
-
-
-def _importable(name: str) -> bool:
-    try:
-        __import__(name)
-    except ImportError:
-        return False
-    return True
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -267,37 +202,85 @@ def app_servers(*specs: tuple[str, str, dict[str, str]]) -> Iterator[list[Server
     """One uvicorn process per (name, bench.servers factory, BENCH_* env), side by side."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        command = ["{python}", "-m", "uvicorn", "", "--factory", "--host", "127.0.0.1", "--port", "{port}"]
         yield [
             stack.enter_context(
                 running_server(
                     {},
                     timeout=90,
-                    command=[*command[:3], f"bench.servers:{factory}", *command[4:], *uvicorn_flags()],
+                    command=["{python}", "-m", "uvicorn", f"bench.servers:{factory}", "--factory", "--host", "127.0.0.1", "--port", "{port}", *uvicorn_flags()],
                     base_env=child_env(**env),
                     log_path=RESULTS / f"server-{name}.log",
                 )
             )
             for name, factory, env in specs
-        ]
+        ]  # fmt: skip
 
 
-def live_metrics(base: str) -> dict[str, float]:
-    """A server's tally_live_* figures from its /metrics (Prometheus text), named without prefix and _total."""
-    figures = {}
-    for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
-        name, _, value = line.partition(" ")
-        if name.startswith("tally_live_") and "{" not in name and not name.endswith("_created"):
-            figures[name.removeprefix("tally_live_").removesuffix("_total")] = float(value)
-    return figures
+def live_metrics(base: str) -> dict[str, int]:
+    """A server's tally_live_* figures from its /metrics (tests/scrape.py's names)."""
+    return live_figures(scrape(base))
 
 
-# --- results and reports ----------------------------------------------------------------------
+# --- reports ----------------------------------------------------------------------------------
 
 
-def render(name: str, fields: dict[str, Any]) -> str:
-    """bench/templates/<name>.md with its $fields filled in."""
-    return Template((TEMPLATES / f"{name}.md").read_text()).substitute(fields)
+def ms(us: float) -> str:
+    value = us / 1000
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}" if value >= 1 else f"{value:.3f}"
+
+
+def x(ratio: float | None) -> str:
+    if ratio is None:
+        return "baseline"
+    if math.isnan(ratio):
+        return "n/a"
+    return f"{ratio:.0f}x" if ratio >= 100 else f"{ratio:.1f}x" if ratio >= 10 else f"{ratio:.2f}x"
+
+
+FORMATS: dict[str, Callable[[Any], str]] = {
+    "ms": ms,
+    "x": x,
+    "rate": lambda v: f"{v:,.0f}",
+    "cpu": lambda v: "n/a" if v is None or math.isnan(v) else f"{v:,.0f} µs",
+    "share": lambda v: "n/a" if v is None else f"{v:.0%}",
+    "met": lambda ok: "met" if ok else "**NOT MET**",
+    "yes": lambda ok: "yes" if ok else "**NO**",
+    "human": human,
+    "kv": lambda d: ", ".join(f"{k} ({v:,})" for k, v in d.items()),
+    "opt": lambda v: "" if v is None else str(v),
+    "list": lambda v: ", ".join(v) or "none",
+    "lines": "\n".join,
+    "codes": lambda v: "\n".join(f"- `{line}`" for line in v),
+}
+BLOCK = re.compile(r"^\{\{ each (\S+) \}\}\n(.*?)^\{\{ end \}\}\n", re.M | re.S)
+LINE = re.compile(r"^\{\{ each (\S+) \}\}(.*\n)", re.M)
+PLACEHOLDER = re.compile(r"\{\{\s*([^|}]*?)\s*(?:\|\s*([^}]*?)\s*)?\}\}")
+
+
+def lookup(data: Any, path: str) -> Any:
+    for part in filter(None, path.split(".")):
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
+
+
+def render(text: str, data: dict[str, Any]) -> str:
+    """`{{ path.to.value | format }}` from `data` (format: a FORMATS name or a format spec). A line
+    `{{ each path }}...` repeats the rest of the line per item of that list, a block from a line
+    `{{ each path }}` to a line `{{ end }}` the block; `{{ .key }}` names the item's value."""
+
+    def fill(chunk: str, item: Any = None) -> str:
+        def one(m: re.Match[str]) -> str:
+            value = lookup(item, m[1]) if m[1].startswith(".") else lookup(data, m[1])
+            return FORMATS[m[2]](value) if m[2] in FORMATS else format(value, m[2] or "")
+
+        return PLACEHOLDER.sub(one, chunk)
+
+    def each(m: re.Match[str]) -> str:
+        return "".join(fill(m[2], item) for item in lookup(data, m[1]))
+
+    return fill(LINE.sub(each, BLOCK.sub(each, text)))
 
 
 def keep_analysis(text: str, target: Path) -> str:

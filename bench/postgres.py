@@ -1,26 +1,24 @@
 """PostgreSQL (docs/benchmarks-postgres.md); needs PostgreSQL (--server) and Redis (BENCH_REDIS_URL).
 
-1. Creates a uniquely named database (dropped at the end), migrates it with Tally's
-   migrations and seeds orgs of 1k, 100k and 1M loads (1k and 10k with --quick), the hot
-   org and its reference org with `INSERT ... SELECT FROM generate_series`; fills
-   organization_stats with the app's own recalculation, then VACUUM ANALYZE.
-2. countLoadsByStatus over HTTP at 1 and 16 clients: Tally against the naive GROUP BY
-   resolver (bench/servers.py), one uvicorn process each, interleaved per org and clients.
-3. Mixed workload on the largest org: 90% countLoadsByStatus, 10% updateLoadStatus from
-   16 closed-loop clients over two Tally processes sharing the database and a Redis broadcast.
-4. The hot org (bench/hot_org.py): over HTTP and at the db layer, 1 and 16 stats shards.
-5. Checks every org's stats against a recount (the hot org: off by exactly what its
-   without-aggregate runs changed).
+In a uniquely named database (dropped at the end), migrated by Tally and seeded with
+`generate_series` (organization_stats by the app's own recalculation, then VACUUM ANALYZE):
+countLoadsByStatus at 1 and 16 clients, Tally against the naive GROUP BY (bench/servers.py),
+interleaved per org and clients; a 90/10 read/write mix from 16 clients over two Tally processes
+sharing a Redis broadcast; the hot org: status changes of one org from 1..64 writers with and
+without the aggregate, for 1 and 16 stats shards, over HTTP (two processes) and at the db layer;
+and every org's stats against a recount (the hot org's off by exactly what the without-aggregate
+runs changed).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import statistics
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -30,52 +28,48 @@ import redis
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql
 
-from bench import hot_org
-from bench.common import app_servers as running
-from bench.common import cpu, human, log, met, ms, rate, run_async, share, summarize, table, token, x
-from bench.hot_org import HOT_ORG, REFERENCE_ORG
+from bench.common import TICK, app_servers, human, live_metrics, log, run_async, summarize, token
 from bench.measure import (
     ALSO_OURS,
     QUICK,
-    RETRY_DEADLINE,
-    SET_STATUS,
+    VARIANTS,
     Cell,
     Pools,
     Profile,
-    cells,
+    alternating,
     count_answer,
     count_body,
+    db_writers,
+    log_cell,
     measure,
-    measure_read,
+    pooled,
     post,
+    ratios,
     toggle_bodies,
 )
 from bench.seed import STATUS_SQL, TYPE_SQL, org_name
+from bench.servers import write_without_aggregate
 from db.aggregates import STATS_QUERY
 from db.migrate import upgrade_async
 from db.models import Load
 from db.recalculation import drift_report, recalculate
 from db.unit_of_work import Database
 
-FULL = Profile("full", (1_000, 100_000, 1_000_000), 2.0, 8.0, 400, 20.0, 2, 4.0, 240.0)
-PROFILES = {"full": FULL, "quick": QUICK}
-STAMP = datetime(2026, 1, 1, tzinfo=UTC)
-LOADS_SQL = f"""
-    INSERT INTO loads (org_id, status, load_type, requires_manual_review, load_number, hcr, trip_number,
-                       created_at, updated_at)
-    SELECT $1, {{status}}, {TYPE_SQL}, false, 'L' || x, 'HCR' || (x % 997), 'T' || (x % 31), $2, $2
-    FROM generate_series(1, $3::int) AS n(x)
-"""
-COUNT_VARIANTS = ("tally", "uncached", "naive")  # bench/servers.py: {variant}_app
-VARIANT_NAMES = {"tally": "**Tally**", "uncached": "Tally, count cache off", "naive": "naive"}
-MIXED_CLIENTS = 16
-READS_PER_WRITE = 9
-MIXED_POOL = 1000
+PROFILES = {"full": Profile("full", (1_000, 100_000, 1_000_000), 2.0, 8.0, 400, 20.0, 2, 4.0, 240.0), "quick": QUICK}
+LOADS_SQL = f"""INSERT INTO loads (org_id, status, load_type, requires_manual_review, load_number, hcr, trip_number, created_at, updated_at)
+    SELECT $1, {{status}}, {TYPE_SQL}, false, 'L' || x, 'HCR' || (x % 997), 'T' || (x % 31), $2, $2 FROM generate_series(1, $3::int) AS n(x)"""
+NAMES = {"tally": "**Tally**", "uncached": "Tally, count cache off", "naive": "naive"}  # bench/servers.py: {variant}_app
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
-
-
-def sqlalchemy_url(server: str, name: str) -> str:
-    return f"{server.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
+C = {
+    "mixed_clients": 16, "reads_per_write": 9, "mixed_pool": 1000, "hot_org": "org_hot", "reference_org": "org_hot_ref",
+    "writers": (1, 8, 32, 64), "shards": (1, 16), "judged_at": 32, "target": 0.7, "http_pool": 1000, "loads_per_writer": 4,
+}
+HOT, REFERENCE, WRITERS, SHARDS = C["hot_org"], C["reference_org"], C["writers"], C["shards"]
+VERDICTS = {
+    "saturated": "The two cores (servers, PostgreSQL, Redis, load generator) are saturated at this concurrency, so throughput follows CPU per change: what the aggregate costs here is CPU, not idle waiting",
+    "waiting": "Throughput falls further than CPU per change explains: the rest is idle waiting (for the stats row's lock, or for commits to be flushed)",
+    "absorbed": "Throughput falls less than CPU per change would predict: the baseline did not saturate the cores (its changes wait too, e.g. for commits to be flushed), so idle time absorbed part of the aggregate's extra CPU",
+}
 
 
 async def sql(dsn: str, statement: str, *args: Any) -> Any:
@@ -88,8 +82,7 @@ async def sql(dsn: str, statement: str, *args: Any) -> Any:
 
 
 def service_cpu() -> float:
-    """CPU seconds so far of the PostgreSQL and Redis server processes (with the backends
-    PostgreSQL has reaped): their work is part of every measurement here."""
+    """CPU seconds so far of the PostgreSQL and Redis server processes (with the backends PostgreSQL has reaped)."""
     ticks = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -98,43 +91,35 @@ def service_cpu() -> float:
             continue
         if text[text.find("(") + 1 : text.rfind(")")] in ("postgres", "redis-server"):
             ticks += sum(int(v) for v in text.rsplit(")", 1)[1].split()[11:15])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-# --- the data --------------------------------------------------------------------------------
+    return ticks / TICK
 
 
 async def seed(dsn: str, url: str, orgs: dict[str, tuple[int, str]]) -> float:
-    """orgs: org_id -> (loads, SQL status expression of x); returns the seconds it took."""
+    """orgs: org_id -> (loads, SQL status expression of x); the seconds it took."""
     started = time.perf_counter()
     await upgrade_async(url)
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("SET session_replication_role = replica")  # no per-row FK triggers while loading
+        stamp = datetime(2026, 1, 1, tzinfo=UTC)
         for org_id, (size, status) in orgs.items():
-            await conn.execute(
-                "INSERT INTO organizations (org_id, name, created_at) VALUES ($1, $2, $3)", org_id, org_id, STAMP
-            )
-            await conn.execute(LOADS_SQL.format(status=status), org_id, STAMP, size)
+            await conn.execute("INSERT INTO organizations (org_id, name, created_at) VALUES ($1, $2, $3)", org_id, org_id, stamp)
+            await conn.execute(LOADS_SQL.format(status=status), org_id, stamp, size)
     finally:
         await conn.close()
     db = Database(url)
-    quiet = logging.getLogger("tally.recalculation")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # every counter it fills in would be logged as drift
+    logging.getLogger("tally.recalculation").setLevel(logging.ERROR)  # every counter it fills in would be logged as drift
     try:
-        await recalculate(db, None, "bench-seed")  # organization_stats from a recount, by the app itself
+        await recalculate(db, None, "bench-seed")
     finally:
-        quiet.setLevel(level)
+        logging.getLogger("tally.recalculation").setLevel(logging.NOTSET)
         await db.dispose()
     await sql(dsn, "VACUUM ANALYZE")  # statistics, and the visibility map for index-only scans
     return time.perf_counter() - started
 
 
 async def open_ids(dsn: str, org_id: str, count: int) -> list[int]:
-    rows = await sql(
-        dsn, "SELECT id FROM loads WHERE org_id = $1 AND status = 'OPEN' ORDER BY id LIMIT $2", org_id, count
-    )
+    rows = await sql(dsn, "SELECT id FROM loads WHERE org_id = $1 AND status = 'OPEN' ORDER BY id LIMIT $2", org_id, count)
     if len(rows) < count:
         raise RuntimeError(f"only {len(rows)} OPEN loads in {org_id}")
     return [row[0] for row in rows]
@@ -146,8 +131,7 @@ async def plans(dsn: str, org_id: str) -> list[dict[str, Any]]:
     out = []
     for what, statement in (("Tally (STATS_QUERY)", STATS_QUERY.params(org_id=org_id)), ("naive", naive)):
         text = str(statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
-        rows = await sql(dsn, f"EXPLAIN (ANALYZE, BUFFERS) {text}")
-        out.append({"what": what, "sql": " ".join(text.split()), "plan": [row[0] for row in rows]})
+        out.append({"what": what, "sql": " ".join(text.split()), "plan": [row[0] for row in await sql(dsn, f"EXPLAIN (ANALYZE, BUFFERS) {text}")]})
     return out
 
 
@@ -160,132 +144,111 @@ async def drifts(url: str, orgs: list[str]) -> dict[str, dict[str, Any]]:
         await db.dispose()
 
 
-# --- the measurements ------------------------------------------------------------------------
+def shards(n: int) -> str:
+    return f"{n} shard{'s' if n > 1 else ''}"
 
 
-def count_queries(url: str, tokens: dict[str, str], expected: dict[str, str], profile: Profile) -> list[Cell]:
-    """expected: org -> the exact answer (a recount) for each org of the profile's sizes."""
-    out = []
-    env = {"BENCH_DATABASE_URL": url}
-    with running(*((f"pg-{variant}", f"{variant}_app", env) for variant in COUNT_VARIANTS)) as servers:
-        for org in expected:
-            for variant, server in zip(COUNT_VARIANTS, servers, strict=True):
-                answer = post(server, "/graphql", tokens[org], json.loads(count_body(org))).decode()
-                if answer != expected[org]:
-                    raise RuntimeError(f"{variant} answers {answer} for {org}, expected {expected[org]}")
-        log(f"countLoadsByStatus, {', '.join(COUNT_VARIANTS)} interleaved per org and clients")
-        RETRY_DEADLINE[0] = time.monotonic() + profile.retry_until
-        for size in profile.sizes:
-            org = org_name(size)
-            for clients in (1, 16):
-                for variant, server in zip(COUNT_VARIANTS, servers, strict=True):
-                    out.append(
-                        measure_read(
-                            server,
-                            variant,
-                            human(size),
-                            path="/graphql",
-                            token=tokens[org],
-                            bodies=[count_body(org)],
-                            expect=expected[org],
-                            concurrency=clients,
-                            profile=profile,
-                        )
-                    )
-    return out
+async def hot_db_layer(url: str, ids: dict[bool, list[int]], profile: Profile) -> list[Cell]:
+    """Per shard count, writer count and variant: writers as tasks in this process, each toggling its own loads."""
+    state: dict[int, str] = {}
+    cells = []
+    for n in SHARDS:
+        log(f"hot org at the db layer, {shards(n)} (in process)")
+        db = Database(url, pool_size=max(WRITERS), stats_shards=n)  # no after-commit hooks: no publishing
+        try:
+            for writers, aggregate in alternating(profile.mutation_rounds, WRITERS):
+                write = db.write if aggregate else partial(write_without_aggregate, db)
+                cell = await db_writers(write, ids[aggregate][: writers * C["loads_per_writer"]], state, HOT, writers, profile)
+                cell.variant, cell.label = VARIANTS[aggregate], shards(n)
+                cells.append(cell)
+                log_cell(f"db layer {cell.variant} {cell.label} w={writers}", cell)
+        finally:
+            await db.dispose()
+    return cells
 
 
-def mixed(
-    url: str, broadcast: str, org: str, token: str, ids: list[int], profile: Profile
-) -> tuple[Cell, dict[str, int]]:
-    """Each write is followed by READS_PER_WRITE reads in the one sequence all clients share."""
-    env = {"BENCH_DATABASE_URL": url, "BENCH_BROADCAST_URL": broadcast}
-    log(f"mixed workload on {org}: {MIXED_CLIENTS} clients over two Tally processes")
-    read = count_body(org)
-    bodies = [body for write in toggle_bodies(SET_STATUS, ids) for body in (write, *[read] * READS_PER_WRITE)]
-    with running(("mixed-a", "tally_app", env), ("mixed-b", "tally_app", env)) as servers:
-        cell = measure(
-            servers,
-            "tally, 90% reads / 10% writes",
-            org,
-            path="/graphql",
-            token=token,
-            bodies=bodies,
-            expect=None,
-            concurrency=MIXED_CLIENTS,
-            profile=replace(profile, duration=2 * profile.duration),
-            split=True,
-        )
-        return cell, hot_org.broadcast_health(servers)
+def run(profile: Profile, server: str) -> dict[str, Any]:
+    name = f"tally_bench_{os.getpid()}_{int(time.time())}"
+    dsn, url = f"{server}/{name}", f"{server.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
+    run_async(sql(f"{server}/postgres", f'CREATE DATABASE "{name}"'))
+    log(f"PostgreSQL benchmark ({profile.name}) in database {name}")
+    ALSO_OURS.append(service_cpu)
+    try:
+        rounds = profile.mutation_rounds
+        hot_needed = len(SHARDS) * len(WRITERS) * 2 * rounds * C["http_pool"] + 2 * max(WRITERS) * C["loads_per_writer"]
+        orgs = {org_name(size): (size, STATUS_SQL) for size in profile.sizes} | {HOT: (hot_needed, "'OPEN'"), REFERENCE: (1_000, STATUS_SQL)}
+        seconds = run_async(seed(dsn, url, orgs))
+        log(f"seeded {sum(size for size, _ in orgs.values()):,} loads in {seconds:.1f} s")
+        tokens = {org: token(org) for org in orgs}
+        before = run_async(drifts(url, list(orgs)))
+        if any(d["stored"].counts != d["actual"] for d in before.values()):
+            raise RuntimeError("the seeded organization_stats differ from a recount")
+        counted = [org_name(size) for size in profile.sizes]
+        expected = {org: count_answer(before[org]["actual"]) for org in counted}
+        reads = []
+        with app_servers(*((f"pg-{v}", f"{v}_app", {"BENCH_DATABASE_URL": url}) for v in NAMES)) as up:
+            for org in counted:
+                for variant, srv in zip(NAMES, up, strict=True):
+                    if (answer := post(f"{srv}/graphql", count_body(org), tokens[org])) != expected[org]:
+                        raise RuntimeError(f"{variant} answers {answer} for {org}, expected {expected[org]}")
+            log(f"countLoadsByStatus, {', '.join(NAMES)} interleaved per org and clients")
+            retry_until = time.monotonic() + profile.retry_until
+            for size, org in zip(profile.sizes, counted, strict=True):
+                for clients in (1, 16):
+                    for variant, srv in zip(NAMES, up, strict=True):
+                        reads.append(measure(srv, variant, human(size), token=tokens[org], bodies=[count_body(org)], expect=expected[org],
+                                             concurrency=clients, profile=profile, retry_until=retry_until))
+        largest = counted[-1]
+        explained = run_async(plans(dsn, largest))
+        ids = run_async(open_ids(dsn, largest, C["mixed_pool"]))
+        bodies = [body for write in toggle_bodies(True, ids) for body in (write, *[count_body(largest)] * C["reads_per_write"])]
+        env = {"BENCH_DATABASE_URL": url, "BENCH_BROADCAST_URL": REDIS_URL}
+        log(f"mixed workload on {largest}: {C['mixed_clients']} clients over two Tally processes")
+        with app_servers(("mixed-a", "tally_app", env), ("mixed-b", "tally_app", env)) as up:
+            mixed = measure(up, "tally, 90% reads / 10% writes", largest, token=tokens[largest], bodies=bodies, concurrency=C["mixed_clients"],
+                            profile=replace(profile, duration=2 * profile.duration), split=True)
 
+        hot_profile = replace(profile, warmup=min(profile.warmup, 1.0), duration=min(profile.duration, 5.0))
+        ids = run_async(open_ids(dsn, HOT, hot_needed))
+        db_share = 2 * C["loads_per_writer"] * max(WRITERS)
+        db_ids, pools = {True: ids[-db_share::2], False: ids[-db_share + 1 :: 2]}, Pools(ids[:-db_share])
+        http, health = [], []
+        for n in SHARDS:
+            env = {"BENCH_DATABASE_URL": url, "BENCH_BROADCAST_URL": REDIS_URL, "BENCH_STATS_SHARDS": str(n)}
+            log(f"hot org over HTTP, {shards(n)}: two processes, {'/'.join(map(str, WRITERS))} writers")
+            with app_servers((f"hot{n}-a", "naive_app", env), (f"hot{n}-b", "naive_app", env)) as up:
+                for writers, aggregate in alternating(rounds, WRITERS):
+                    http.append(measure(up, VARIANTS[aggregate], shards(n), token=tokens[HOT], concurrency=writers, profile=hot_profile,
+                                        bodies=toggle_bodies(aggregate, pools.take(aggregate=aggregate, size=C["http_pool"]))))
+                figures = [live_metrics(s) for s in up]
+                health.append({"shards": shards(n), **{k: sum(f[k] for f in figures) for k in ("published", "publish_failures", "reconnects")}})
+        db = run_async(hot_db_layer(url, db_ids, hot_profile))
+        with app_servers(("hot-read", "tally_app", {"BENCH_DATABASE_URL": url})) as (tally,):
+            read = measure(tally, "tally, orgs interleaved", "sharded vs one row", token=token(None, "service", 3600), concurrency=1,
+                           bodies=[count_body(HOT), count_body(REFERENCE)], profile=hot_profile, split=True)
 
-def mixed_kinds(cell: Cell) -> dict[str, dict[str, float]]:
-    assert cell.by_body is not None
-    step = READS_PER_WRITE + 1
-    writes = sorted(v for i, samples in enumerate(cell.by_body) if i % step == 0 for v in samples)
-    reads = sorted(v for i, samples in enumerate(cell.by_body) if i % step != 0 for v in samples)
-    return {"reads": summarize(reads, cell.seconds), "writes": summarize(writes, cell.seconds)}
-
-
-def measure_all(server: str, name: str, profile: Profile) -> dict[str, Any]:
-    dsn, url = f"{server}/{name}", sqlalchemy_url(server, name)
-    rounds = profile.mutation_rounds
-    orgs = {org_name(size): (size, STATUS_SQL) for size in profile.sizes}
-    orgs[HOT_ORG] = (hot_org.loads_needed(rounds), "'OPEN'")
-    orgs[REFERENCE_ORG] = (1_000, STATUS_SQL)
-    seconds = run_async(seed(dsn, url, orgs))
-    log(f"seeded {sum(size for size, _ in orgs.values()):,} loads in {seconds:.1f} s")
-    tokens = {org: token(org) for org in orgs}
-    before = run_async(drifts(url, list(orgs)))
-    if any(d["stored"].counts != d["actual"] for d in before.values()):
-        raise RuntimeError("the seeded organization_stats differ from a recount")
-    results: dict[str, Any] = {"seed_seconds": seconds, "orgs": {org: size for org, (size, _) in orgs.items()}}
-    count_orgs = [org_name(size) for size in profile.sizes]
-    expected = {org: count_answer(before[org]["actual"]) for org in count_orgs}
-    results["cells"] = [c.json() for c in count_queries(url, tokens, expected, profile)]
-    largest = count_orgs[-1]
-    results["plans"] = run_async(plans(dsn, largest))
-    ids = run_async(open_ids(dsn, largest, MIXED_POOL))
-    mix, results["mixed_health"] = mixed(url, REDIS_URL, largest, tokens[largest], ids, profile)
-    results["mixed"] = mix.json()
-
-    hot_profile = hot_org.profile_of(profile)
-    ids = run_async(open_ids(dsn, HOT_ORG, hot_org.loads_needed(rounds)))
-    db_share = 2 * hot_org.LOADS_PER_WRITER * max(hot_org.WRITERS)
-    db_ids = {True: ids[-db_share::2], False: ids[-db_share + 1 :: 2]}
-    pools = Pools(ids[:-db_share])
-    http, results["hot_health"] = hot_org.http_runs(url, REDIS_URL, tokens, pools, hot_profile)
-    results["hot_http"] = [c.json() for c in http]
-    results["hot_db"] = [c.json() for c in run_async(hot_org.db_layer_runs(url, db_ids, hot_profile))]
-    results["hot_read"] = hot_org.shard_read_cost(url, token(None, "service", 3600), hot_profile).json()
-
-    # Exactness: stats == recount; the hot org's differ by exactly the bypassed changes.
-    without = [*pools.without_aggregate, *db_ids[False]]
-    after = run_async(drifts(url, list(orgs)))
-    bypassed = run_async(sql(dsn, "SELECT count(*) FROM loads WHERE status = 'ASSIGNED' AND id = ANY($1)", without))[0][0]
-    checks = []
-    for org, drift in after.items():
-        delta = {c: drift["actual"][c] - drift["stored"].counts[c] for c in drift["actual"]}
-        want = {"loads_open": -bypassed, "loads_assigned": bypassed} if org == HOT_ORG else {}
-        want = {c: want.get(c, 0) for c in delta}
-        note = f" (the {bypassed} loads its without-aggregate runs left ASSIGNED)" if org == HOT_ORG else ""
-        ok = delta == want
-        text = f"{org}: stored counters {'equal' if ok else 'DIFFER FROM'} the recount{note if ok else ''}"
-        checks.append([ok, text if ok or org != HOT_ORG else f"{org}: recount - stored = {delta}, expected {want}"])
-        log(f"  {checks[-1][1]}")
-    results["checks"] = checks
-    results["ok"] = all(ok for ok, _ in checks)
-    return results
+        without = [*pools.without_aggregate, *db_ids[False]]
+        bypassed = run_async(sql(dsn, "SELECT count(*) FROM loads WHERE status = 'ASSIGNED' AND id = ANY($1)", without))[0][0]
+        checks = []
+        for org, drift in run_async(drifts(url, list(orgs))).items():
+            delta = {c: drift["actual"][c] - drift["stored"].counts[c] for c in drift["actual"]}
+            allowed = bypassed if org == HOT else 0
+            want = {c: {"loads_open": -allowed, "loads_assigned": allowed}.get(c, 0) for c in delta}
+            checks.append({"org": org, "ok": delta == want, "bypassed": allowed, "delta": {c: v for c, v in delta.items() if v}})
+            log(f"  {checks[-1]}")
+    finally:
+        ALSO_OURS.remove(service_cpu)
+        run_async(sql(f"{server}/postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    data = report(profile, reads, http, db, mixed, read, hot_profile)
+    return {**data, "plans": explained, "health": health, "checks": checks, "ok": all(c["ok"] for c in checks), "seeded": {"orgs": {o: s for o, (s, _) in orgs.items()}, "seconds": seconds},
+            "cells": [c.json() for c in [*reads, *http, *db, mixed, read]], "machine": environment(server)}
 
 
 def environment(server: str) -> dict[str, str]:
     settings = "SELECT version(), current_setting('shared_buffers'), current_setting('synchronous_commit'), current_setting('fsync'), current_setting('max_connections')"
     version, buffers, sync_commit, fsync, connections = run_async(sql(f"{server}/postgres", settings))[0]
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
+    with redis.Redis.from_url(REDIS_URL) as client:
         redis_version = client.info("server")["redis_version"]
-    finally:
-        client.close()
     return {
         "Drivers": ", ".join(f"{name} {metadata.version(name)}" for name in ("asyncpg", "redis", "broadcaster")),
         "PostgreSQL": f"{version.split(' on ')[0]} at {server}: shared_buffers {buffers}, synchronous_commit {sync_commit}, fsync {fsync}, max_connections {connections}",
@@ -293,88 +256,58 @@ def environment(server: str) -> dict[str, str]:
     }
 
 
-def run(profile: Profile, server: str) -> dict[str, Any]:
-    """In a uniquely named database, dropped at the end."""
-    ALSO_OURS.append(service_cpu)
-    name = f"tally_bench_{os.getpid()}_{int(time.time())}"
-    run_async(sql(f"{server}/postgres", f'CREATE DATABASE "{name}"'))
-    log(f"PostgreSQL benchmark ({profile.name}) in database {name}")
-    try:
-        results = measure_all(server, name, profile)
-    finally:
-        run_async(sql(f"{server}/postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        ALSO_OURS.remove(service_cpu)
-    return {**results, "profile": profile.__dict__, "machine": environment(server)}
+def pairs(cells: list[Cell]) -> list[dict[str, Any]]:
+    """Per (shards, writers): both variants pooled over their rounds, and with/without."""
+    out = []
+    for label in map(shards, SHARDS):
+        for writers in WRITERS:
+            w, wo = ([c for c in cells if (c.variant, c.label, c.concurrency) == (name, label, writers)] for name in VARIANTS.values())
+            if w and wo:
+                a, b = pooled(w), pooled(wo)
+                foreign = [f for f in (a["foreign"], b["foreign"]) if f is not None]
+                out.append({"shards": label, "writers": writers, "with": a, "without": b, "ratio": a["rps"] / b["rps"], "foreign": max(foreign, default=None),
+                            "extra_cpu": a["server_cpu"] - b["server_cpu"], "extra_db_cpu": a["db_cpu"] - b["db_cpu"], "met": a["rps"] / b["rps"] >= C["target"]})
+    return out
 
 
-def fields(data: dict[str, Any]) -> dict[str, Any]:
-    profile = Profile(**{**data["profile"], "sizes": tuple(data["profile"]["sizes"])})
-    reads, http, db = cells(data["cells"]), cells(data["hot_http"]), cells(data["hot_db"])
-    by_key = {(c.variant, c.label, c.concurrency): c for c in reads}
+def report(profile: Profile, reads: list[Cell], http: list[Cell], db: list[Cell], mixed: Cell, read: Cell, hot_profile: Profile) -> dict[str, Any]:
     labels = [human(size) for size in profile.sizes]
     small, large = labels[0], labels[-1]
+    cell = {(c.variant, c.label, c.concurrency): c for c in reads}
 
-    def get(variant: str, label: str, clients: int) -> dict[str, float]:
-        return by_key[(variant, label, clients)].stats
+    def s(variant: str, label: str, clients: int) -> dict[str, Any]:
+        c = cell[(variant, label, clients)]
+        return {**c.stats, "org": label, "clients": clients, "name": NAMES[variant], "cpu": c.server_cpu, "db_cpu": c.also_cpu, "foreign": c.foreign}
 
-    targets = [
-        [f"Hot org, {hot_org.JUDGED_AT} writers {layer}, {shards}: with aggregates >= {hot_org.TARGET}x the throughput without",
-         f"{rate(pair.with_['rps'])} vs {rate(pair.without['rps'])} changes/s: **{x(pair.ratio)}**", met(pair.ratio >= hot_org.TARGET)]
-        for layer, group in (("over HTTP", http), ("at the db layer (stricter, secondary)", db))
-        for shards, pair in hot_org.judged(group).items()
-    ]  # fmt: skip
-    t, n, t_small = get("tally", large, 1), get("naive", large, 1), get("tally", small, 1)
-    targets.append([
-        f"countLoadsByStatus at least 20x faster than the naive GROUP BY at {large} loads",
-        f"p50 naive {ms(n['p50'])} ms vs Tally {ms(t['p50'])} ms at 1 client: **{x(n['p50'] / t['p50'])}** (16 clients, req/s: "
-        f"{x(get('tally', large, 16)['rps'] / get('naive', large, 16)['rps'])}; count cache off, p50: {x(n['p50'] / get('uncached', large, 1)['p50'])})",
-        met(n["p50"] / t["p50"] >= 20),
-    ])  # fmt: skip
-    targets.append([
-        f"Tally's count latency at {large} within 1.2x of its latency at {small}",
-        f"p50 {ms(t['p50'])} vs {ms(t_small['p50'])} ms at 1 client: **{x(t['p50'] / t_small['p50'])}** (16 clients: {x(get('tally', large, 16)['p50'] / get('tally', small, 16)['p50'])})",
-        met(t["p50"] / t_small["p50"] <= 1.2),
-    ])  # fmt: skip
-    targets.append([
-        "At least 1,000 count requests/s at 16 clients on one worker",
-        "Tally req/s: " + ", ".join(f"{label}: **{rate(get('tally', label, 16)['rps'])}**" for label in labels),
-        met(min(get("tally", label, 16)["rps"] for label in labels) >= 1000),
-    ])
-    rows = []
-    for label in labels:
-        for clients in (1, 16):
-            tally = get("tally", label, clients)
-            for variant in COUNT_VARIANTS:
-                c = by_key[(variant, label, clients)]
-                vs = ["baseline"] * 2 if variant == "tally" else [x(c.stats["p50"] / tally["p50"]), x(c.stats["rps"] / tally["rps"])]
-                rows.append([label, str(clients), VARIANT_NAMES[variant], ms(c.stats["p50"]), ms(c.stats["p99"]), rate(c.stats["rps"]), *vs,
-                             cpu(c.server_cpu_us_per_request), cpu(c.also_cpu_us_per_request), share(c.foreign_cpu)])  # fmt: skip
-    header = ["org", "clients", "variant", "p50 ms", "p99 ms", "req/s", "p50 / Tally's", "req/s / Tally's", "server CPU/req", "PostgreSQL CPU/req", "other processes"]
-    mix = Cell(**data["mixed"])
-    kinds = mixed_kinds(mix)
-    shares = [c.foreign_cpu for c in [*reads, *http, *db] if c.foreign_cpu is not None]
-    read = Cell(**data["hot_read"]) if data.get("hot_read") else None
+    hot = {"http": pairs(http), "db": pairs(db)}
+    judged = [{**p, "layer": layer} for layer, key in (("over HTTP", "http"), ("at the db layer (stricter, secondary)", "db")) for p in hot[key] if p["writers"] == C["judged_at"]]
+    p = judged[0]
+    total = {k: p[k]["server_cpu"] + p[k]["db_cpu"] for k in ("with", "without")}
+    cpu_ratio = total["without"] / total["with"]
+    verdict = "saturated" if abs(p["ratio"] / cpu_ratio - 1) <= 0.15 else "waiting" if p["ratio"] < cpu_ratio else "absorbed"
+    step = C["reads_per_write"] + 1
+    kinds = {kind: sorted(v for i, samples in enumerate(mixed.by_body or []) if (i % step == 0) == (kind == "writes") for v in samples) for kind in ("reads", "writes")}
+    hot_read, ref_read = read.split()
+    t, n = s("tally", large, 1), s("naive", large, 1)
+    foreign = [c.foreign for c in [*reads, *http, *db] if c.foreign is not None]
+    rates = {label: s("tally", label, 16) for label in labels}
+    slowest = min(rates.values(), key=lambda r: r["rps"])
     return {
-        "profile": profile.name,
-        "foreign": f"Processes other than the benchmark's own (its servers, load generator, PostgreSQL and Redis) used {sum(shares) / len(shares):.0%} of the machine's CPU on average during the measurements (max {max(shares):.0%}); the tables give the share per measurement." if shares else "",
-        "targets": table(["target", "measured (this run)", "met?"], targets),
-        "checks": "; ".join(("" if ok else "**FAILED**: ") + text for ok, text in data["checks"]),
-        **hot_org.fields(http, db, read, data.get("hot_health", {}), hot_org.profile_of(profile)),
-        "duration": f"{profile.duration:g}",
-        "warmup": f"{profile.warmup:g}",
-        "min_samples": profile.min_samples,
-        "max_duration": f"{profile.max_duration:g}",
-        "counts": table(header, rows),
-        "large": large,
-        "plans": "\n".join(f"Plan of {p['what']} at {large} (`EXPLAIN (ANALYZE, BUFFERS)`, once, after the measurements):\n\n```\n{p['sql']}\n" + "\n".join(p["plan"]) + "\n```\n" for p in data["plans"]),
-        "mixed_clients": MIXED_CLIENTS,
-        "mixed_pool": MIXED_POOL,
-        "reads_per_write": READS_PER_WRITE,
-        "mixed_org": mix.label,
-        "mixed_seconds": f"{mix.seconds:.0f}",
-        "mixed_cpu": cpu(mix.server_cpu_us_per_request),
-        "mixed_foreign": share(mix.foreign_cpu),
-        "mixed": table(["kind", "per second", "p50 ms", "p99 ms", "samples"], [[kind, rate(s["rps"]), ms(s["p50"]), ms(s["p99"]), f"{s['n']:,.0f}"] for kind, s in kinds.items()]),
-        "mixed_exact": "yes" if any(ok and text.startswith(f"{mix.label}:") for ok, text in data["checks"]) else "**NO**",
-        "seeded": f"{sum(data['orgs'].values()):,} loads in {data['seed_seconds']:.0f} s: orgs " + ", ".join(f"{org} ({size:,})" for org, size in data["orgs"].items()),
+        "profile": profile.__dict__, "hot_profile": hot_profile.__dict__, "c": C, "small": small, "large": large,
+        "foreign": {"mean": statistics.fmean(foreign) if foreign else None, "max": max(foreign, default=None)},
+        "judged": judged,
+        "t": {
+            "naive": {"naive": n, "tally": t, "ratio": n["p50"] / t["p50"], "rps16": s("tally", large, 16)["rps"] / s("naive", large, 16)["rps"],
+                      "uncached": n["p50"] / s("uncached", large, 1)["p50"], "met": n["p50"] / t["p50"] >= 20},
+            "flat": {"large": t, "small": s("tally", small, 1), "ratio": t["p50"] / s("tally", small, 1)["p50"],
+                     "c16": s("tally", large, 16)["p50"] / s("tally", small, 16)["p50"], "met": t["p50"] / s("tally", small, 1)["p50"] <= 1.2},
+            "rate": {"slowest": slowest, "met": slowest["rps"] >= 1000},
+        },
+        "counts": [{**s(v, label, n_), **({"vs_p50": None, "vs_rps": None} if v == "tally" else {f"vs_{k}": r for k, r in ratios(s(v, label, n_), s("tally", label, n_), ("p50", "rps")).items()})}
+                   for label in labels for n_ in (1, 16) for v in NAMES],
+        "hot": hot,
+        "why": {**p, "total_with": total["with"], "total_without": total["without"], "cpu_ratio": cpu_ratio, "verdict": VERDICTS[verdict]},
+        "read": {"hot": hot_read, "ref": ref_read, "ratio": hot_read["p50"] / ref_read["p50"]},
+        "mixed": {"org": mixed.label, "seconds": mixed.seconds, "cpu": mixed.server_cpu, "foreign": mixed.foreign,
+                  "kinds": [{"kind": kind, **summarize(samples, mixed.seconds)} for kind, samples in kinds.items()]},
     }

@@ -1,14 +1,11 @@
-"""Seeding: one SQLite file, migrated by Tally's own migrations, filled in bulk.
-
-Bench-only code: rows go in through sqlite3 directly (no ORM, no aggregate
-hooks), then each organization's `organization_stats` row is written from a
-recount, exactly as migration 0002 backfills it.
-"""
+"""Seeding: one SQLite file, migrated by Tally's migrations, filled in bulk through sqlite3 (no ORM, no
+aggregate hooks); each organization's `organization_stats` row is then written from a recount."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,25 +104,12 @@ def seed(path: Path, sizes: list[int], copies: dict[int, int] | None = None) -> 
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
-    return Seeded(
-        path=path,
-        url=url,
-        orgs=orgs,
-        seconds=time.perf_counter() - started,
-        file_bytes=path.stat().st_size,
-    )
+    return Seeded(path, url, orgs, time.perf_counter() - started, path.stat().st_size)
 
 
-def open_loads(path: Path, org_id: str, count: int, skip: int = 0) -> list[int]:
-    """Ids of `count` OPEN loads of the org (after skipping `skip` of them)."""
-    conn = sqlite3.connect(path)
-    try:
-        rows = conn.execute(
-            "SELECT id FROM loads WHERE org_id = ? AND status = 'OPEN' ORDER BY id LIMIT ? OFFSET ?",
-            (org_id, count, skip),
-        ).fetchall()
-    finally:
-        conn.close()
+def open_loads(path: Path, org_id: str, count: int) -> list[int]:
+    with closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute("SELECT id FROM loads WHERE org_id = ? AND status = 'OPEN' ORDER BY id LIMIT ?", (org_id, count)).fetchall()
     if len(rows) < count:
         raise RuntimeError(f"only {len(rows)} OPEN loads in {org_id}")
     return [row[0] for row in rows]
@@ -133,28 +117,17 @@ def open_loads(path: Path, org_id: str, count: int, skip: int = 0) -> list[int]:
 
 def recount(path: Path, org_id: str) -> dict[str, int]:
     """The load counters of one org counted from the loads table (GROUP BY)."""
-    conn = sqlite3.connect(path)
-    try:
-        counts = dict.fromkeys([*LOAD_STATUS_COUNTERS.values(), *LOAD_TYPE_COUNTERS.values()], 0)
-        for status, n in conn.execute("SELECT status, count(*) FROM loads WHERE org_id = ? GROUP BY status", (org_id,)):
-            counts[LOAD_STATUS_COUNTERS[status]] = n
-        for load_type, n in conn.execute(
-            "SELECT load_type, count(*) FROM loads WHERE org_id = ? GROUP BY load_type", (org_id,)
-        ):
-            counts[LOAD_TYPE_COUNTERS[load_type]] = n
-        return counts
-    finally:
-        conn.close()
+    counts = dict.fromkeys([*LOAD_STATUS_COUNTERS.values(), *LOAD_TYPE_COUNTERS.values()], 0)
+    with closing(sqlite3.connect(path)) as conn:
+        for column, names in (("status", LOAD_STATUS_COUNTERS), ("load_type", LOAD_TYPE_COUNTERS)):
+            for value, n in conn.execute(f"SELECT {column}, count(*) FROM loads WHERE org_id = ? GROUP BY {column}", (org_id,)):
+                counts[names[value]] = n
+    return counts
 
 
 def stored(path: Path, org_id: str) -> tuple[dict[str, int], int]:
-    """The load counters and version of the org's aggregate (summed over its rows, should the
-    aggregate be spread over several rows per org)."""
+    """The load counters and version of the org's aggregate, summed over its rows."""
     columns = [*LOAD_STATUS_COUNTERS.values(), *LOAD_TYPE_COUNTERS.values()]
-    sums = ", ".join(f"sum({c})" for c in [*columns, "version"])
-    conn = sqlite3.connect(path)
-    try:
-        row = conn.execute(f"SELECT {sums} FROM organization_stats WHERE org_id = ?", (org_id,)).fetchone()
-    finally:
-        conn.close()
+    with closing(sqlite3.connect(path)) as conn:
+        row = conn.execute(f"SELECT {', '.join(f'sum({c})' for c in [*columns, 'version'])} FROM organization_stats WHERE org_id = ?", (org_id,)).fetchone()
     return dict(zip(columns, row[:-1], strict=True)), int(row[-1])

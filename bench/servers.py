@@ -1,23 +1,12 @@
-"""The servers under test, as uvicorn app factories (`uvicorn --factory bench.servers:NAME`).
+"""The servers under test, uvicorn app factories (`uvicorn --factory bench.servers:NAME`), set up by
+BENCH_DATABASE_URL, BENCH_BROADCAST_URL, BENCH_STATS_SHARDS, BENCH_FLOOR_BODIES.
 
-- `tally_app`: Tally itself, `main.create_app(Settings(...))`, untouched.
-- `uncached_app`: Tally with its count cache off (TALLY_COUNT_CACHE_ENTRIES=0):
-  every count query runs GraphQL (Strawberry) around its one statement.
-- `naive_app`: the same app built by the same `main.create_app` (same Starlette,
-  Strawberry, TallyGraphQL, Context, TokenVerifier, permission classes, schema
-  extensions, Database, StatsHub), only with a bench schema (`schema_factory`): Tally's Query and
-  Mutation, where `countLoadsByStatus` counts with `SELECT status, count(*) ...
-  GROUP BY status` over the loads table, plus one bench-only mutation,
-  `updateLoadStatusWithoutAggregate`, which runs Tally's own `set_load_status`
-  in the same kind of transaction (BEGIN IMMEDIATE, commit) but through a plain
-  SQLAlchemy session: no AggregateSession hooks, so no counter deltas, no
-  upsert of organization_stats and no after-commit publish. Its count cache is
-  off: that cache is keyed by the stats row the naive resolver does not read.
-- `floor_app`: bare Starlette, one POST route per org returning a constant,
-  pre-encoded JSON body: the exact bytes Tally answers for that org.
-
-Settings come from BENCH_* environment variables set by the scenarios (bench/sqlite.py,
-bench/postgres.py): BENCH_DATABASE_URL, BENCH_BROADCAST_URL, BENCH_STATS_SHARDS.
+- `tally_app`: `main.create_app(Settings(...))`, untouched; `uncached_app`: the same, count cache off.
+- `naive_app`: the same `create_app` with a bench schema (`schema_factory`): Tally's Query and
+  Mutation, where `countLoadsByStatus` counts with `SELECT status, count(*) ... GROUP BY status`,
+  plus `updateLoadStatusWithoutAggregate`: Tally's `set_load_status` in the same transaction
+  (BEGIN IMMEDIATE, commit) through a plain session: no counter deltas, no stats upsert, no publish.
+- `floor_app`: bare Starlette, one POST route per org returning the exact bytes Tally answers.
 """
 
 from __future__ import annotations
@@ -53,7 +42,6 @@ T = TypeVar("T")
 
 
 def settings() -> Settings:
-    # Explicit values: no TALLY_* variable or .env file changes what is measured.
     return Settings(
         database_url=os.environ["BENCH_DATABASE_URL"],
         broadcast_url=os.environ.get("BENCH_BROADCAST_URL", "memory://"),
@@ -61,7 +49,7 @@ def settings() -> Settings:
         query_stats=False,
         db_pool_size=10,
         log_level="WARNING",
-        recalc_interval_seconds=0,  # no scheduled recount competing with the measurements
+        recalc_interval_seconds=0,
     )
 
 
@@ -73,12 +61,7 @@ def uncached_app() -> Starlette:
     return create_app(settings().model_copy(update={"count_cache_entries": 0}))
 
 
-# --- the naive resolver and the mutation without aggregate maintenance -------------------
-
-
 async def naive_count_loads_by_status(info: Info, org_id: strawberry.ID) -> LoadStatusCounts:
-    """Counts from the source rows on every request (what the aggregate replaces)."""
-
     async def work(session: AsyncSession) -> dict[str, int]:
         stmt = select(LoadRow.status, func.count()).where(LoadRow.org_id == org_id).group_by(LoadRow.status)
         return {status: n for status, n in (await session.execute(stmt)).all()}
@@ -87,7 +70,6 @@ async def naive_count_loads_by_status(info: Info, org_id: strawberry.ID) -> Load
     counts = dict.fromkeys(COUNTERS, 0)
     for status, n in by_status.items():
         counts[LOAD_STATUS_COUNTERS[status]] = n
-    # Shaped by the very code Tally's resolver uses.
     return LoadStatusCounts.of(StatsSnapshot(org_id, counts, 0, None, None))
 
 
@@ -108,7 +90,6 @@ async def write_without_aggregate(db: Database, work: Callable[[AsyncSession], A
 
 
 async def update_load_status_without_aggregate(info: Info, id: strawberry.ID, status: LoadStatus) -> Load:
-    """resolvers.loads.update_load_status with `write_without_aggregate` for `db.write`."""
     scope = info.context.principal.scope
     row = await write_without_aggregate(info.context.db, lambda s: loads.set_load_status(s, id, status.value, scope))
     return Load.of(row)
@@ -129,7 +110,6 @@ class BenchMutation(Mutation):
 
 
 def bench_schema(*args: Any, **kwargs: Any) -> strawberry.Schema:
-    """Tally's schema (same extensions: limits, caches, error codes; same config) with NaiveQuery and BenchMutation."""
     tally = build_schema(*args, **kwargs)
     return type(tally)(
         query=NaiveQuery,
@@ -144,11 +124,7 @@ def naive_app() -> Starlette:
     return create_app(settings().model_copy(update={"count_cache_entries": 0}), schema_factory=bench_schema)
 
 
-# --- the floor ----------------------------------------------------------------------------
-
-
 def floor_app() -> Starlette:
-    """Constant JSON bodies, one route each: {path: body} from BENCH_FLOOR_BODIES (a file)."""
     bodies: dict[str, str] = json.loads(Path(os.environ["BENCH_FLOOR_BODIES"]).read_text())
 
     def constant(body: bytes) -> Callable[[Request], Awaitable[Response]]:
