@@ -36,15 +36,10 @@ def in_subprocess(path: str, url: str, org_id: str, token: str, calls: int) -> d
 @contextmanager
 def counting_round_trips() -> Iterator[dict[str, int]]:
     """Counts calls from the event loop into aiosqlite's worker threads (its private
-    `Connection._execute`, one per driver call); {"n": -1} if that is missing."""
+    `Connection._execute`, one per driver call; pinned by tests/test_private_apis.py)."""
     import aiosqlite.core
 
-    counter = {"n": 0}
-    original = getattr(aiosqlite.core.Connection, "_execute", None)
-    if original is None:
-        counter["n"] = -1
-        yield counter
-        return
+    counter, original = {"n": 0}, aiosqlite.core.Connection._execute
 
     async def counting(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
         counter["n"] += 1
@@ -106,7 +101,7 @@ async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) ->
             await step()
             samples.append(time.perf_counter_ns() - started)
         cpu = (self_cpu() - cpu_before) * 1e6 / calls
-        steps.append({"key": key, "name": name, "us": sorted(samples)[calls // 2] / 1000, "trips": trips["n"] if trips["n"] >= 0 else None, "cpu_us": cpu})
+        steps.append({"key": key, "name": name, "us": sorted(samples)[calls // 2] / 1000, "trips": trips["n"], "cpu_us": cpu})
 
     with closing(sqlite3.connect(path)) as plain:
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from importlib import metadata
 from importlib.util import find_spec
 from pathlib import Path
@@ -22,7 +23,6 @@ from typing import Any
 
 from edge.tokens import TokenVerifier
 from settings import DEV_SECRET
-from tests.scrape import live_figures, scrape
 from tests.server import ServerUrl, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,43 +139,25 @@ def wait_for_quiet(max_wait: float) -> float | None:
         time.sleep(3)
 
 
-def git_revision() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        head, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{head} (with uncommitted changes)" if dirty else head
-
-
-def version(name: str) -> str:
-    try:
-        return f"{name} {metadata.version(name)}"
-    except metadata.PackageNotFoundError:
-        return f"{name} (absent)"
-
-
 def describe(wait_quiet: float) -> dict[str, str]:
     """The machine table of every report; first waits (up to `wait_quiet` s) for the CPUs to quiet down."""
-    waited = time.monotonic()
-    busy = wait_for_quiet(wait_quiet)
+    waited, busy = time.monotonic(), wait_for_quiet(wait_quiet)
     memory = field_of("/proc/meminfo", "MemTotal:").split()
+    installed = {d.metadata["Name"].lower(): d.version for d in metadata.distributions()}
+    git = partial(subprocess.run, cwd=ROOT, capture_output=True, text=True)
+    head, dirty = git(["git", "rev-parse", "--short", "HEAD"]).stdout.strip(), git(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
     return {
         "Date (UTC)": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
         "CPU": field_of("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
         "Cores (logical)": f"{CORES} ({len(os.sched_getaffinity(0))} usable by this process)",
         "RAM": f"{int(memory[0]) / 1024 / 1024:.1f} GiB" if memory else "unknown",
         "Load average at start": loadavg(),
-        "CPU used by other processes at start": "unknown"
-        if busy is None
-        else f"{busy:.0%} of the cores (after waiting {time.monotonic() - waited:.0f} s for it to drop)",
+        "CPU used by other processes at start": "unknown" if busy is None else f"{busy:.0%} of the cores (after waiting {time.monotonic() - waited:.0f} s for it to drop)",
         "OS": platform.platform(),
         "Python": f"{sys.version.split()[0]} ({platform.python_implementation()})",
         "SQLite": sqlite3.sqlite_version,
-        "Packages": ", ".join(map(version, PACKAGES)),
-        "Tally revision": git_revision(),
+        "Packages": ", ".join(f"{name} {installed.get(name, '(absent)')}" for name in PACKAGES),
+        "Tally revision": f"{head or 'unknown'}{' (with uncommitted changes)' if dirty else ''}",
     }
 
 
@@ -214,11 +196,6 @@ def app_servers(*specs: tuple[str, str, dict[str, str]]) -> Iterator[list[Server
             )
             for name, factory, env in specs
         ]  # fmt: skip
-
-
-def live_metrics(base: str) -> dict[str, int]:
-    """A server's tally_live_* figures from its /metrics (tests/scrape.py's names)."""
-    return live_figures(scrape(base))
 
 
 # --- reports ----------------------------------------------------------------------------------
@@ -261,18 +238,43 @@ PLACEHOLDER = re.compile(r"\{\{\s*([^|}]*?)\s*(?:\|\s*([^}]*?)\s*)?\}\}")
 
 def lookup(data: Any, path: str) -> Any:
     for part in filter(None, path.split(".")):
-        data = data[int(part)] if isinstance(data, list) else data[part]
+        data = None if data is None else data[int(part)] if isinstance(data, list) else data[part]
     return data
 
 
+NAME = re.compile(r"(?<![\w.])(\.?[A-Za-z_]\w*(?:[.-]\w+)*)")
+FUNCTIONS = {"abs": abs, "min": min, "max": max}
+
+
+def evaluate(expression: str, data: Any, item: Any) -> Any:
+    """A path (`.path`: of the current item), or arithmetic and comparisons of paths and numbers:
+    `a.p50 / b.p50`; nan where it divides by zero, None (a baseline) where a path is None."""
+    values: dict[str, Any] = {}
+
+    def name(m: re.Match[str]) -> str:
+        if m[1] in FUNCTIONS:
+            return m[1]
+        values[f"_{len(values)}"] = lookup(item if m[1].startswith(".") else data, m[1])
+        return f"_{len(values) - 1}"
+
+    if " " not in expression:
+        return lookup(item if expression.startswith(".") else data, expression)
+    try:
+        return eval(NAME.sub(name, expression), {"__builtins__": FUNCTIONS}, values)
+    except ZeroDivisionError:
+        return math.nan
+    except TypeError:
+        return None
+
+
 def render(text: str, data: dict[str, Any]) -> str:
-    """`{{ path.to.value | format }}` from `data` (format: a FORMATS name or a format spec). A line
+    """`{{ expression | format }}` from `data` (format: a FORMATS name or a format spec). A line
     `{{ each path }}...` repeats the rest of the line per item of that list, a block from a line
     `{{ each path }}` to a line `{{ end }}` the block; `{{ .key }}` names the item's value."""
 
     def fill(chunk: str, item: Any = None) -> str:
         def one(m: re.Match[str]) -> str:
-            value = lookup(item, m[1]) if m[1].startswith(".") else lookup(data, m[1])
+            value = evaluate(m[1], data, item)
             return FORMATS[m[2]](value) if m[2] in FORMATS else format(value, m[2] or "")
 
         return PLACEHOLDER.sub(one, chunk)

@@ -28,8 +28,9 @@ from websockets.frames import Opcode
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from bench.common import live_metrics, log, percentile, process_cpu, rss_kib, run_async, token
+from bench.common import log, percentile, process_cpu, rss_kib, run_async, token
 from tests.live import STATS_CHANGED, RedisServer
+from tests.scrape import live_figures, scrape
 from tests.server import ServerUrl, running_server
 
 ORG = "org_live"
@@ -208,7 +209,7 @@ async def run_mode(profile: dict[str, Any], mode: str, mutations_server: ServerU
                     batch = [Subscriber(arrivals) for _ in range(min(50, size - start))]
                     subscribers += batch
                     await asyncio.gather(*(s.open(subscriptions_server.replace("http", "ws", 1) + "/graphql", bearer) for s in batch))
-                if (live := (await asyncio.to_thread(live_metrics, subscriptions_server))["subscribers"]) != size:
+                if (live := (await asyncio.to_thread(lambda: live_figures(scrape(subscriptions_server))))["subscribers"]) != size:
                     raise RuntimeError(f"server reports {live} live subscribers, expected {size}")
                 await asyncio.sleep(2)  # idle
                 rss[size] = rss_kib(pid)
@@ -222,7 +223,7 @@ async def run_mode(profile: dict[str, Any], mode: str, mutations_server: ServerU
             errors = sum(s.errors for s in subscribers)
             for s in subscribers:
                 s.close()
-    return report(mode, runs, rss, errors, live_metrics(subscriptions_server), profile["sizes"])
+    return report(mode, runs, rss, errors, live_figures(scrape(subscriptions_server)), profile["sizes"])
 
 
 def report(mode: str, runs: list[dict[str, Any]], rss: dict[int, int], errors: int, health: dict[str, int], sizes: list[int]) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import resource
 import subprocess
 import sys
@@ -85,10 +84,6 @@ def pooled(group: list[Cell]) -> dict[str, float]:
     stats["db_cpu"] = weighted([(c.also_cpu, c.completed_ok) for c in group])
     stats["foreign"] = max((c.foreign for c in group if c.foreign is not None), default=None)
     return stats
-
-
-def ratios(a: dict[str, float], b: dict[str, float], keys: tuple[str, ...] = ("p50", "p99", "rps", "mean", "server_cpu")) -> dict[str, float]:
-    return {k: a[k] / b[k] if b.get(k) else math.nan for k in keys if k in a and k in b}
 
 
 # CPU seconds so far of other processes whose work is part of every measurement (a database

@@ -28,7 +28,7 @@ import redis
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql
 
-from bench.common import TICK, app_servers, human, live_metrics, log, run_async, summarize, token
+from bench.common import TICK, app_servers, human, log, run_async, summarize, token
 from bench.measure import (
     ALSO_OURS,
     QUICK,
@@ -44,7 +44,6 @@ from bench.measure import (
     measure,
     pooled,
     post,
-    ratios,
     toggle_bodies,
 )
 from bench.seed import STATUS_SQL, TYPE_SQL, org_name
@@ -54,6 +53,7 @@ from db.migrate import upgrade_async
 from db.models import Load
 from db.recalculation import drift_report, recalculate
 from db.unit_of_work import Database
+from tests.scrape import live_figures, scrape
 
 PROFILES = {"full": Profile("full", (1_000, 100_000, 1_000_000), 2.0, 8.0, 400, 20.0, 2, 4.0, 240.0), "quick": QUICK}
 LOADS_SQL = f"""INSERT INTO loads (org_id, status, load_type, requires_manual_review, load_number, hcr, trip_number, created_at, updated_at)
@@ -220,7 +220,7 @@ def run(profile: Profile, server: str) -> dict[str, Any]:
                 for writers, aggregate in alternating(rounds, WRITERS):
                     http.append(measure(up, VARIANTS[aggregate], shards(n), token=tokens[HOT], concurrency=writers, profile=hot_profile,
                                         bodies=toggle_bodies(aggregate, pools.take(aggregate=aggregate, size=C["http_pool"]))))
-                figures = [live_metrics(s) for s in up]
+                figures = [live_figures(scrape(s)) for s in up]
                 health.append({"shards": shards(n), **{k: sum(f[k] for f in figures) for k in ("published", "publish_failures", "reconnects")}})
         db = run_async(hot_db_layer(url, db_ids, hot_profile))
         with app_servers(("hot-read", "tally_app", {"BENCH_DATABASE_URL": url})) as (tally,):
@@ -257,16 +257,14 @@ def environment(server: str) -> dict[str, str]:
 
 
 def pairs(cells: list[Cell]) -> list[dict[str, Any]]:
-    """Per (shards, writers): both variants pooled over their rounds, and with/without."""
+    """Per (shards, writers): both variants pooled over their rounds."""
     out = []
     for label in map(shards, SHARDS):
         for writers in WRITERS:
             w, wo = ([c for c in cells if (c.variant, c.label, c.concurrency) == (name, label, writers)] for name in VARIANTS.values())
             if w and wo:
                 a, b = pooled(w), pooled(wo)
-                foreign = [f for f in (a["foreign"], b["foreign"]) if f is not None]
-                out.append({"shards": label, "writers": writers, "with": a, "without": b, "ratio": a["rps"] / b["rps"], "foreign": max(foreign, default=None),
-                            "extra_cpu": a["server_cpu"] - b["server_cpu"], "extra_db_cpu": a["db_cpu"] - b["db_cpu"], "met": a["rps"] / b["rps"] >= C["target"]})
+                out.append({"shards": label, "writers": writers, "with": a, "without": b, "foreign": max((f for f in (a["foreign"], b["foreign"]) if f is not None), default=None)})
     return out
 
 
@@ -283,31 +281,22 @@ def report(profile: Profile, reads: list[Cell], http: list[Cell], db: list[Cell]
     judged = [{**p, "layer": layer} for layer, key in (("over HTTP", "http"), ("at the db layer (stricter, secondary)", "db")) for p in hot[key] if p["writers"] == C["judged_at"]]
     p = judged[0]
     total = {k: p[k]["server_cpu"] + p[k]["db_cpu"] for k in ("with", "without")}
-    cpu_ratio = total["without"] / total["with"]
-    verdict = "saturated" if abs(p["ratio"] / cpu_ratio - 1) <= 0.15 else "waiting" if p["ratio"] < cpu_ratio else "absorbed"
+    ratio, cpu_ratio = p["with"]["rps"] / p["without"]["rps"], total["without"] / total["with"]
+    verdict = "saturated" if abs(ratio / cpu_ratio - 1) <= 0.15 else "waiting" if ratio < cpu_ratio else "absorbed"
     step = C["reads_per_write"] + 1
     kinds = {kind: sorted(v for i, samples in enumerate(mixed.by_body or []) if (i % step == 0) == (kind == "writes") for v in samples) for kind in ("reads", "writes")}
     hot_read, ref_read = read.split()
-    t, n = s("tally", large, 1), s("naive", large, 1)
     foreign = [c.foreign for c in [*reads, *http, *db] if c.foreign is not None]
-    rates = {label: s("tally", label, 16) for label in labels}
-    slowest = min(rates.values(), key=lambda r: r["rps"])
     return {
         "profile": profile.__dict__, "hot_profile": hot_profile.__dict__, "c": C, "small": small, "large": large,
         "foreign": {"mean": statistics.fmean(foreign) if foreign else None, "max": max(foreign, default=None)},
         "judged": judged,
-        "t": {
-            "naive": {"naive": n, "tally": t, "ratio": n["p50"] / t["p50"], "rps16": s("tally", large, 16)["rps"] / s("naive", large, 16)["rps"],
-                      "uncached": n["p50"] / s("uncached", large, 1)["p50"], "met": n["p50"] / t["p50"] >= 20},
-            "flat": {"large": t, "small": s("tally", small, 1), "ratio": t["p50"] / s("tally", small, 1)["p50"],
-                     "c16": s("tally", large, 16)["p50"] / s("tally", small, 16)["p50"], "met": t["p50"] / s("tally", small, 1)["p50"] <= 1.2},
-            "rate": {"slowest": slowest, "met": slowest["rps"] >= 1000},
-        },
-        "counts": [{**s(v, label, n_), **({"vs_p50": None, "vs_rps": None} if v == "tally" else {f"vs_{k}": r for k, r in ratios(s(v, label, n_), s("tally", label, n_), ("p50", "rps")).items()})}
-                   for label in labels for n_ in (1, 16) for v in NAMES],
+        "at": {v: {f"{size}{'16' if n == 16 else ''}": s(v, label, n) for size, label in (("small", small), ("large", large)) for n in (1, 16)} for v in NAMES},
+        "slowest": min((s("tally", label, 16) for label in labels), key=lambda r: r["rps"]),
+        "counts": [{**s(v, label, n), "tally": None if v == "tally" else s("tally", label, n)} for label in labels for n in (1, 16) for v in NAMES],
         "hot": hot,
-        "why": {**p, "total_with": total["with"], "total_without": total["without"], "cpu_ratio": cpu_ratio, "verdict": VERDICTS[verdict]},
-        "read": {"hot": hot_read, "ref": ref_read, "ratio": hot_read["p50"] / ref_read["p50"]},
+        "why": {**p, "total_with": total["with"], "total_without": total["without"], "verdict": VERDICTS[verdict]},
+        "read": {"hot": hot_read, "ref": ref_read},
         "mixed": {"org": mixed.label, "seconds": mixed.seconds, "cpu": mixed.server_cpu, "foreign": mixed.foreign,
                   "kinds": [{"kind": kind, **summarize(samples, mixed.seconds)} for kind, samples in kinds.items()]},
     }

@@ -51,59 +51,30 @@ def seed(path: Path, sizes: list[int], copies: dict[int, int] | None = None) -> 
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     url = f"sqlite+aiosqlite:///{path}"
     upgrade(url)
-    orgs = {org_id: size for size in sizes for org_id in org_names(size, (copies or {}).get(size, 1))}
-    orgs[MUTATION_ORG] = MUTATION_ORG_LOADS
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=OFF")
-        conn.execute("PRAGMA cache_size=-262144")  # 256 MiB while building indexes
+    orgs = {org_id: size for size in sizes for org_id in org_names(size, (copies or {}).get(size, 1))} | {MUTATION_ORG: MUTATION_ORG_LOADS}
+    counters = {**{f"status = '{v}'": c for v, c in LOAD_STATUS_COUNTERS.items()}, **{f"load_type = '{v}'": c for v, c in LOAD_TYPE_COUNTERS.items()}}
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        for pragma in ("journal_mode=WAL", "synchronous=OFF", "cache_size=-262144"):
+            conn.execute(f"PRAGMA {pragma}")
         conn.execute("BEGIN")
         # Indexes are rebuilt after the bulk insert (much faster than maintaining them row by row).
-        indexes = conn.execute(
-            "SELECT name, sql FROM sqlite_master WHERE type='index' AND tbl_name='loads' AND sql IS NOT NULL"
-        ).fetchall()
-        for name, _sql in indexes:
+        indexes = conn.execute("SELECT name, sql FROM sqlite_master WHERE type='index' AND tbl_name='loads' AND sql IS NOT NULL").fetchall()
+        for name, _ in indexes:
             conn.execute(f"DROP INDEX {name}")
-        for org_id, size in orgs.items():
-            conn.execute(
-                "INSERT INTO organizations (org_id, name, created_at) VALUES (?, ?, ?)",
-                (org_id, f"Bench {org_id}", STAMP),
-            )
-            conn.execute(
-                f"""
-                WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < ?)
-                INSERT INTO loads (org_id, status, load_type, requires_manual_review, load_number,
-                                   hcr, trip_number, created_at, updated_at)
-                SELECT ?, {STATUS_SQL}, {TYPE_SQL}, 0, 'L' || x, 'HCR' || (x % 997), 'T' || (x % 31),
-                       ?, ?
-                FROM n
-                """,
-                (size, org_id, STAMP, STAMP),
-            )
-        for _name, sql in indexes:
+        conn.executemany("INSERT INTO organizations (org_id, name, created_at) VALUES (?, ?, ?)", [(org_id, f"Bench {org_id}", STAMP) for org_id in orgs])
+        conn.executemany(
+            "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < ?) INSERT INTO loads (org_id, status, load_type, requires_manual_review,"
+            f" load_number, hcr, trip_number, created_at, updated_at) SELECT ?, {STATUS_SQL}, {TYPE_SQL}, 0, 'L' || x, 'HCR' || (x % 997), 'T' || (x % 31), ?, ? FROM n",
+            [(size, org_id, STAMP, STAMP) for org_id, size in orgs.items()],
+        )
+        for _, sql in indexes:
             conn.execute(sql)
         conn.execute("DELETE FROM organization_stats")
-        status_cols = {v: k for k, v in LOAD_STATUS_COUNTERS.items()}
-        type_cols = {v: k for k, v in LOAD_TYPE_COUNTERS.items()}
-        selects = [
-            f"(SELECT count(*) FROM loads l WHERE l.org_id = o.org_id AND l.status = '{status}')"
-            for status in status_cols.values()
-        ] + [
-            f"(SELECT count(*) FROM loads l WHERE l.org_id = o.org_id AND l.load_type = '{t}')"
-            for t in type_cols.values()
-        ]
-        conn.execute(
-            f"INSERT INTO organization_stats (org_id, {', '.join([*status_cols, *type_cols])}, version, "
-            f"updated_at, last_recalculated_at) SELECT o.org_id, {', '.join(selects)}, 1, ?, ? "
-            "FROM organizations o",
-            (STAMP, STAMP),
-        )
+        recounts = ", ".join(f"(SELECT count(*) FROM loads l WHERE l.org_id = o.org_id AND l.{where})" for where in counters)
+        conn.execute(f"INSERT INTO organization_stats (org_id, {', '.join(counters.values())}, version, updated_at, last_recalculated_at) SELECT o.org_id, {recounts}, 1, ?, ? FROM organizations o", (STAMP, STAMP))
         conn.execute("COMMIT")
         conn.execute("ANALYZE")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        conn.close()
     return Seeded(path, url, orgs, time.perf_counter() - started, path.stat().st_size)
 
 

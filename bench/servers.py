@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from api.permissions import Authenticated
@@ -62,14 +62,10 @@ def uncached_app() -> Starlette:
 
 
 async def naive_count_loads_by_status(info: Info, org_id: strawberry.ID) -> LoadStatusCounts:
-    async def work(session: AsyncSession) -> dict[str, int]:
-        stmt = select(LoadRow.status, func.count()).where(LoadRow.org_id == org_id).group_by(LoadRow.status)
-        return {status: n for status, n in (await session.execute(stmt)).all()}
+    async def work(session: AsyncSession) -> list[Any]:
+        return list((await session.execute(select(LoadRow.status, func.count()).where(LoadRow.org_id == org_id).group_by(LoadRow.status))).all())
 
-    by_status = await info.context.db.read(work)
-    counts = dict.fromkeys(COUNTERS, 0)
-    for status, n in by_status.items():
-        counts[LOAD_STATUS_COUNTERS[status]] = n
+    counts = dict.fromkeys(COUNTERS, 0) | {LOAD_STATUS_COUNTERS[status]: n for status, n in await info.context.db.read(work)}
     return LoadStatusCounts.of(StatsSnapshot(org_id, counts, 0, None, None))
 
 
@@ -79,8 +75,7 @@ _plain_sessions: dict[int, async_sessionmaker[AsyncSession]] = {}
 async def write_without_aggregate(db: Database, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """`Database.write` minus the aggregate: same engine, pool, BEGIN (IMMEDIATE on SQLite) and commit,
     but a plain Session (no AggregateSession hooks) and therefore no snapshots to publish."""
-    sessions = _plain_sessions.get(id(db))
-    if sessions is None:
+    if (sessions := _plain_sessions.get(id(db))) is None:
         sessions = _plain_sessions[id(db)] = async_sessionmaker(db.engine, expire_on_commit=False)
     async with sessions() as session:
         await session.connection(execution_options={WRITE: True})
@@ -91,33 +86,22 @@ async def write_without_aggregate(db: Database, work: Callable[[AsyncSession], A
 
 async def update_load_status_without_aggregate(info: Info, id: strawberry.ID, status: LoadStatus) -> Load:
     scope = info.context.principal.scope
-    row = await write_without_aggregate(info.context.db, lambda s: loads.set_load_status(s, id, status.value, scope))
-    return Load.of(row)
+    return Load.of(await write_without_aggregate(info.context.db, lambda s: loads.set_load_status(s, id, status.value, scope)))
 
 
 @strawberry.type
 class NaiveQuery(Query):
-    count_loads_by_status: LoadStatusCounts = strawberry.field(
-        resolver=naive_count_loads_by_status, permission_classes=[Authenticated]
-    )
+    count_loads_by_status: LoadStatusCounts = strawberry.field(resolver=naive_count_loads_by_status, permission_classes=[Authenticated])
 
 
 @strawberry.type
 class BenchMutation(Mutation):
-    update_load_status_without_aggregate: Load = strawberry.mutation(
-        resolver=update_load_status_without_aggregate, permission_classes=[Authenticated]
-    )
+    update_load_status_without_aggregate: Load = strawberry.mutation(resolver=update_load_status_without_aggregate, permission_classes=[Authenticated])
 
 
 def bench_schema(*args: Any, **kwargs: Any) -> strawberry.Schema:
     tally = build_schema(*args, **kwargs)
-    return type(tally)(
-        query=NaiveQuery,
-        mutation=BenchMutation,
-        subscription=tally.subscription,
-        extensions=list(tally.extensions),
-        config=tally.config,
-    )
+    return type(tally)(query=NaiveQuery, mutation=BenchMutation, subscription=tally.subscription, extensions=list(tally.extensions), config=tally.config)
 
 
 def naive_app() -> Starlette:
@@ -125,17 +109,11 @@ def naive_app() -> Starlette:
 
 
 def floor_app() -> Starlette:
-    bodies: dict[str, str] = json.loads(Path(os.environ["BENCH_FLOOR_BODIES"]).read_text())
-
     def constant(body: bytes) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(_request: Request) -> Response:
             return Response(body, media_type="application/json")
 
         return endpoint
 
-    async def healthz(_request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    routes: list[Any] = [Route(path, constant(body.encode()), methods=["POST"]) for path, body in bodies.items()]
-    routes.append(Route("/healthz", healthz))
-    return Starlette(routes=routes)
+    bodies: dict[str, str] = json.loads(Path(os.environ["BENCH_FLOOR_BODIES"]).read_text())
+    return Starlette(routes=[*(Route(path, constant(body.encode()), methods=["POST"]) for path, body in bodies.items()), Route("/healthz", constant(b'{"status":"ok"}'))])

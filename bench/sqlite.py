@@ -36,7 +36,6 @@ from bench.measure import (
     measure,
     pooled,
     post,
-    ratios,
     toggle_bodies,
 )
 from bench.seed import MUTATION_ORG, open_loads, org_name, recount, seed, stored
@@ -132,7 +131,7 @@ def report(profile: Profile, reads: list[Cell], interleaved: list[Cell], http: l
     small, large = labels[0], labels[-1]
     cell = {(c.variant, c.label, c.concurrency): c for c in reads}
 
-    def s(variant: str, label: str, clients: int) -> dict[str, float]:
+    def s(variant: str, label: str, clients: int) -> dict[str, Any]:
         c = cell[(variant, label, clients)]
         return {**c.stats, "cpu": c.server_cpu, "org": label, "name": NAMES[variant], "variant": variant, "clients": clients}
 
@@ -141,54 +140,33 @@ def report(profile: Profile, reads: list[Cell], interleaved: list[Cell], http: l
     hw, hwo = pooled(groups["with aggregate"]), pooled(groups["without aggregate"])
     dw, dwo = (pooled([c for c in db if c.variant == name]) for name in VARIANTS.values())
     trips = {c.variant: c.round_trips for c in db}
-    mutations = []
-    for name, group in groups.items():
-        baseline = name == "without aggregate"
-        runs = [("all", pooled(group))] + ([(c.label, {**c.stats, "server_cpu": c.server_cpu}) for c in group] if len(group) > 1 else [])
-        for run_, st in runs:
-            vs = {} if baseline and run_ == "all" else {f"vs_{k}": v for k, v in ratios(st, hwo).items()}
-            mutations.append({**st, "name": f"**{name}**" if run_ == "all" and not baseline else name, "run": run_, "vs_p50": None, "vs_mean": None, "vs_server_cpu": None, **vs})
-    floor = {label: s("tally", label, 1)["p50"] / s("floor", label, 1)["p50"] for label in labels}
-    worst = max(floor, key=floor.__getitem__)
-    rates = {label: s("tally", label, 16)["rps"] for label in labels}
-    slowest = min(rates, key=rates.__getitem__)
+    mutations = [{**st, "name": f"**{name}**" if run_ == "all" and name != "without aggregate" else name, "run": run_, "base": None if st is hwo else hwo}
+                 for name, group in groups.items()
+                 for run_, st in [("all", hwo if name == "without aggregate" else pooled(group))] + ([(c.label, {**c.stats, "server_cpu": c.server_cpu}) for c in group] if len(group) > 1 else [])]
+    worst = max(labels, key=lambda label: s("tally", label, 1)["p50"] / s("floor", label, 1)["p50"])
+    slowest = min(labels, key=lambda label: s("tally", label, 16)["rps"])
     foreign = [c.foreign for c in [*reads, *http, *db] if c.foreign is not None]
-    client = [c.client_cpu for c in reads if c.client_cpu is not None]
+    client = sorted(c.client_cpu for c in reads if c.client_cpu is not None)
     steps = {step["key"]: step for step in spent["steps"]}
-    flat = by_size[1][large]["p50"] / by_size[1][small]["p50"]
-    speedup = s("naive", large, 1)["p50"] / s("tally", large, 1)["p50"]
     return {
-        "profile": profile.__dict__,
-        "small": small,
-        "large": large,
-        "reads": {str(n): [{**s(v, label, n), **{f"vs_{k}": None if v == "floor" else s(v, label, n)[k] / s("floor", label, n)[k] for k in ("p50", "p99", "rps")}}
-                           for label in labels for v in NAMES] for n in (1, 16)},
-        "versus": [{"org": label, "clients": n, **ratios(s("naive", label, n), s("tally", label, n), ("p50", "p99")), "rps": s("tally", label, n)["rps"] / s("naive", label, n)["rps"]}
-                   for label in labels for n in (1, 16)],
-        "by_org_size": [{"variant": v, "clients": n, "org": label, **ratios(s(v, label, n), s(v, small, n), ("p50", "p99", "rps"))}
+        "profile": profile.__dict__, "small": small, "large": large,
+        "reads": {str(n): [{**s(v, label, n), "floor": None if v == "floor" else s("floor", label, n)} for label in labels for v in NAMES] for n in (1, 16)},
+        "versus": [{"org": label, "clients": n, "naive": s("naive", label, n), "tally": s("tally", label, n)} for label in labels for n in (1, 16)],
+        "by_org_size": [{"variant": v, "clients": n, "org": label, "at": s(v, label, n), "small": s(v, small, n)}
                         for v in ("tally", "uncached", "naive", "floor") for n in (1, 16) for label in labels[1:]],
-        "interleaved": [{**st, "clients": n, "org": label, "vs_p50": None if label == small else st["p50"] / by_size[n][small]["p50"], "vs_p99": None if label == small else st["p99"] / by_size[n][small]["p99"]}
-                        for n in (1, 16) for label, st in by_size[n].items()],
+        "interleaved": [{**st, "clients": n, "org": label, "small": None if label == small else by_size[n][small]} for n in (1, 16) for label, st in by_size[n].items()],
+        "by_size": {str(n): {"small": by_size[n][small], "large": by_size[n][large]} for n in (1, 16)},
         "steps": sorted(({**st, "unit": "" if st["key"].startswith("rate") else " µs"} for st in spent["steps"]), key=lambda st: STEPS.index(st["key"])),
         "step": {key: steps.get(key, {"cpu_us": float("nan"), "trips": None}) for key in STEPS},
         "plans": spent["plans"],
         "mutations": mutations,
-        "db_layer": [{**st, "name": name, "trips": trips.get(name), **({"vs_p50": None, "vs_mean": None} if name == "without aggregate" else {f"vs_{k}": v for k, v in ratios(st, dwo).items()})}
-                     for name, st in (("with aggregate", dw), ("without aggregate", dwo))],
-        "t": {
-            "flat": {"ratio": flat, "p99": by_size[1][large]["p99"] / by_size[1][small]["p99"], "c16": by_size[16][large]["p50"] / by_size[16][small]["p50"],
-                     "small": by_size[1][small], "large": by_size[1][large], "separate": s("tally", large, 1)["p50"] / s("tally", small, 1)["p50"], "met": flat <= 1.2},
-            "naive": {"ratio": speedup, "rps16": s("tally", large, 16)["rps"] / s("naive", large, 16)["rps"], "met": speedup >= 20},
-            "floor": {"worst": worst, "ratio": floor[worst], "tally": s("tally", worst, 1), "floor": s("floor", worst, 1), "met": floor[worst] <= 4},
-            "rate": {"slowest": slowest, "tally": s("tally", slowest, 16), "floor": s("floor", slowest, 16), "uncached": s("uncached", slowest, 16),
-                     "ceiling": 1e6 / s("tally", slowest, 16)["cpu"], "vs_floor": rates[slowest] / s("floor", slowest, 16)["rps"], "met": rates[slowest] >= 1000},
-            "http": {"with": hw, "without": hwo, **ratios(hw, hwo), "met": hw["p50"] / hwo["p50"] <= 1.3},
-            "db": {"with": dw, "without": dwo, **ratios(dw, dwo), "trips_with": trips.get("with aggregate"), "trips_without": trips.get("without aggregate"), "met": dw["p50"] / dwo["p50"] <= 1.3},
-        },
-        "at": {v: {"small": s(v, small, 1), "large": s(v, large, 1)} for v in NAMES},
-        "drift": {v: abs(s(v, large, 1)["p50"] / s(v, small, 1)["p50"] - 1) for v in ("tally", "floor")},
+        "db_layer": [{**dw, "name": "with aggregate", "trips": trips.get("with aggregate"), "base": dwo}, {**dwo, "name": "without aggregate", "trips": trips.get("without aggregate"), "base": None}],
+        "http": {"with": hw, "without": hwo}, "db": {"with": dw, "without": dwo},
+        "worst": {"org": worst, "tally": s("tally", worst, 1), "floor": s("floor", worst, 1)},
+        "slowest": {"org": slowest, **{v: s(v, slowest, 16) for v in NAMES}},
+        "at": {v: {"small": s(v, small, 1), "large": s(v, large, 1), "large16": s(v, large, 16)} for v in NAMES},
         "foreign": {"mean": statistics.fmean(foreign) if foreign else None, "max": max(foreign, default=None),
                     "disturbed": [f"{c.variant} {c.label} c={c.concurrency} ({c.foreign:.0%})" for c in [*reads, *http, *db] if (c.foreign or 0) >= 0.05],
                     "repeated": sum(1 for c in reads if c.attempts > 1)},
-        "client_cpu": {"median": sorted(client)[len(client) // 2], "min": min(client), "max": max(client)},
+        "client_cpu": {"median": client[len(client) // 2], "min": client[0], "max": client[-1]},
     }
