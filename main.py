@@ -1,4 +1,4 @@
-"""Tally: settings, the app factory and the command line. `python main.py --help`."""
+"""Tally composed: the app factory (every part built from settings) and the command line. `python main.py --help`."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""The GraphQL surface: root fields, permissions, schema extensions (above the resolvers)."""

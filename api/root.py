@@ -1,4 +1,4 @@
-"""The schema: every field of contract.graphql, its resolver and who may call it."""
+"""The GraphQL surface: every field of contract.graphql, its resolver and who may call it."""
 
 from __future__ import annotations
 

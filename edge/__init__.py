@@ -1,0 +1,1 @@
+"""The ASGI edge: HTTP and WebSocket handling around GraphQL, including the fast paths."""

@@ -1,3 +1,5 @@
+"""importShipment / importShipments: the sync script's path (db/imports.py does the work)."""
+
 from __future__ import annotations
 
 import strawberry

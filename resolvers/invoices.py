@@ -1,3 +1,5 @@
+"""Invoice reads and writes: single and bulk status changes, voids, deletes."""
+
 from __future__ import annotations
 
 import strawberry

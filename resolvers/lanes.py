@@ -1,3 +1,5 @@
+"""Lanes: creation with its backfill, and the promotion of SPOT loads."""
+
 from __future__ import annotations
 
 import strawberry

@@ -1,3 +1,5 @@
+"""Load reads and writes."""
+
 from __future__ import annotations
 
 import strawberry

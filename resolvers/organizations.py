@@ -1,3 +1,5 @@
+"""Organizations and customers."""
+
 from __future__ import annotations
 
 import strawberry

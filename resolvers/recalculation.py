@@ -1,3 +1,5 @@
+"""Drift reports, recalculation and its history (db/recalculation.py does the work)."""
+
 from __future__ import annotations
 
 import strawberry

@@ -1,3 +1,5 @@
+"""The counts: one read of the org's stats row, and the live subscription to its changes."""
+
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator

@@ -1,1 +1,1 @@
-"""The GraphQL surface: types, inputs, enums, errors, permissions, context, the schema."""
+"""The GraphQL vocabulary resolvers speak: types, inputs, enums, the context, the caller, the limits."""

@@ -1,3 +1,5 @@
+"""GraphQL input types of the mutations."""
+
 from __future__ import annotations
 
 from datetime import datetime

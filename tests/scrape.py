@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[str, float]  # 'name{label="value",...}' (labels sorted; no braces without labels) -> value
 
-# The hub's figures under the names /healthz used to report them.
+# The hub's figures by short name.
 LIVE = {
     "subscribers": "tally_live_subscribers",
     "channels": "tally_live_channels",

@@ -16,6 +16,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -28,6 +29,8 @@ from db.migrate import alembic_config
 from db.models import Base, Invoice, Load, OrganizationStats
 from tests.databases import Databases
 from tests.server import ROOT
+
+pytestmark = pytest.mark.slow  # real servers, subprocesses or mypy runs
 
 NEW_MEMBER = '    ON_HOLD = "ON_HOLD"\n'
 AFTER = '    ASSIGNED = "ASSIGNED"\n'  # LoadStatus's; the new member goes after it

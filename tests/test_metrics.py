@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import token
 from tests.live import subscription, wait_live_subscribers
 from tests.scrape import Samples, key, parsed, scrape_async
 from tests.server import running_server
+
+pytestmark = pytest.mark.slow  # real servers, subprocesses or mypy runs
 
 ORG = "org_metrics"
 ADMIN = token(ORG, "admin")

@@ -18,6 +18,8 @@ from db.queries import organizations
 from db.unit_of_work import Database
 from db.work import ReadSession
 
+pytestmark = pytest.mark.slow  # real servers, subprocesses or mypy runs
+
 
 async def create(session: AsyncSession) -> None:
     session.add(Organization(org_id="org_x", name="x"))
