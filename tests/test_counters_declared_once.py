@@ -30,7 +30,7 @@ from db.models import Base, Invoice, Load, OrganizationStats
 from tests.databases import Databases
 from tests.server import ROOT
 
-pytestmark = pytest.mark.slow  # real servers, subprocesses or mypy runs
+pytestmark = pytest.mark.slow  # a copy of the tree, subprocesses
 
 NEW_MEMBER = '    ON_HOLD = "ON_HOLD"\n'
 AFTER = '    ASSIGNED = "ASSIGNED"\n'  # LoadStatus's; the new member goes after it

@@ -15,7 +15,7 @@ from tests.live import subscription, wait_live_subscribers
 from tests.scrape import Samples, key, parsed, scrape_async
 from tests.server import running_server
 
-pytestmark = pytest.mark.slow  # real servers, subprocesses or mypy runs
+pytestmark = pytest.mark.slow  # real servers
 
 ORG = "org_metrics"
 ADMIN = token(ORG, "admin")

@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from mypy import api
+
+pytestmark = pytest.mark.slow  # mypy runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,8 +20,6 @@ from db.models import Organization
 from db.queries import organizations
 from db.unit_of_work import Database
 from db.work import ReadSession
-
-pytestmark = pytest.mark.slow  # real servers, subprocesses or mypy runs
 
 
 async def create(session: AsyncSession) -> None:
