@@ -288,8 +288,9 @@ class TallyMachine(RuleBasedStateMachine):
                 await self.client.aclose()
                 await self.db.dispose()
 
-        if self.client is not None:
-            TallyMachine.count_cache_hits += self.app.state.graphql.count_cache.hits
+        cache = self.app.state.graphql.count_cache if self.client is not None else None
+        if cache is not None:
+            TallyMachine.count_cache_hits += cache.hits
         try:
             self.run(close())
         finally:
@@ -819,7 +820,8 @@ def test_aggregate_invariant_under_random_writes(databases: Databases) -> None:
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
     )
-    assert TallyMachine.count_cache_hits > 0  # the per-step count queries did go through the cache
+    if Settings().count_cache_entries > 0:  # off in CI's pass without fast paths
+        assert TallyMachine.count_cache_hits > 0  # the per-step count queries did go through the cache
 
 
 # Re-import ordering compares instants, not wall clocks. SQLite keeps no UTC offset: an
