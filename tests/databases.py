@@ -20,7 +20,8 @@ import pytest
 from db.migrate import upgrade
 
 PG_SERVER = os.environ.get("TALLY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
-BACKENDS = ["sqlite", "postgresql"]
+# The fast tier (-m "not slow") runs on SQLite; every run of the whole suite, as CI does, on both.
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
 
 
 def require_service(name: str, error: BaseException | str) -> None:
