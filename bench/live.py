@@ -250,7 +250,7 @@ def run(profile: dict[str, Any]) -> dict[str, Any]:
     want = 10_000 if hard == resource.RLIM_INFINITY else min(10_000, hard)
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # inherited by the servers too
-    settings = {"TALLY_RECALC_INTERVAL_SECONDS": "0", "TALLY_LOG_LEVEL": "WARNING", "TALLY_QUERY_STATS": "0", "TALLY_STATS_SHARDS": "1", "TALLY_MAX_CONNECTIONS_PER_TOKEN": "5000"}
+    settings = {"TALLY_RECALC_INTERVAL_SECONDS": "0", "TALLY_LOG_LEVEL": "WARNING", "TALLY_QUERY_STATS": "0", "TALLY_STATS_SHARDS": "1", "TALLY_MAX_CONNECTIONS_PER_TOKEN": "5000", "TALLY_MAX_PENDING_SOCKETS": "5000", "TALLY_MAX_PENDING_SOCKETS_PER_ADDRESS": "5000"}
     modes = []
     with tempfile.TemporaryDirectory(prefix="tally-bench-live-") as tmp:
         memory = {**settings, "TALLY_DATABASE_URL": f"sqlite+aiosqlite:///{Path(tmp) / 'memory.db'}", "TALLY_BROADCAST_URL": "memory://"}

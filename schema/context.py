@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterator
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol, TypeVar
 
 import strawberry
@@ -55,12 +56,27 @@ def _loader(
 
 
 class Loaders:
+    """One operation's loaders, each made on first use: a subscription, which lives as
+    long as its socket and never loads rows, carries none."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.customer = _loader(db, models.Customer, models.Customer.id, types.Customer.of)
-        self.lane = _loader(db, models.Lane, models.Lane.id, types.Lane.of)
-        self.load = _loader(db, models.Load, models.Load.id, types.Load.of)
-        self.invoice_of_load = _loader(db, models.Invoice, models.Invoice.load_id, types.Invoice.of)
+
+    @cached_property
+    def customer(self) -> Callable[[Any], Awaitable[types.Customer | None]]:
+        return _loader(self.db, models.Customer, models.Customer.id, types.Customer.of)
+
+    @cached_property
+    def lane(self) -> Callable[[Any], Awaitable[types.Lane | None]]:
+        return _loader(self.db, models.Lane, models.Lane.id, types.Lane.of)
+
+    @cached_property
+    def load(self) -> Callable[[Any], Awaitable[types.Load | None]]:
+        return _loader(self.db, models.Load, models.Load.id, types.Load.of)
+
+    @cached_property
+    def invoice_of_load(self) -> Callable[[Any], Awaitable[types.Invoice | None]]:
+        return _loader(self.db, models.Invoice, models.Invoice.load_id, types.Invoice.of)
 
 
 class Hub(Protocol):
