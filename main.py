@@ -25,6 +25,7 @@ from db import recalculation as recalc
 from db.broadcast import StatsHub
 from db.scheduler import RecalculationScheduler
 from db.unit_of_work import Database
+from edge.count_cache import CountCache
 from edge.guards import BodySizeLimit
 from edge.metrics import Metrics
 from edge.shared_events import SharedEventExecutor
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None, *, schema_factory: Callable[...
         pool_size=settings.db_pool_size,
         stats_shards=settings.stats_shards,
         sqlite_fast_paths=settings.sqlite_fast_paths,
+        postgres_read_pool=settings.db_read_pool_size if settings.postgres_fast_paths else 0,
     )
     hub = StatsHub(settings.broadcast_url, db.read_stats, database_url=settings.database_url)
     db.after_commit.append(hub.publish)
@@ -78,13 +80,15 @@ def create_app(settings: Settings | None = None, *, schema_factory: Callable[...
             observe_operation=metrics.count_operation,
         ),
         ide_page=graphiql.page_response,
-        count_cache_entries=0 if settings.query_stats else settings.count_cache_entries,
         shared_events=settings.shared_events,
         graphql_ide="graphiql",
         keep_alive=True,
     )
 
-    metrics.watch_count_cache(graphql.count_cache)
+    cors = cors_middleware(settings.cors_origin_list)
+    cache_entries = 0 if settings.query_stats else settings.count_cache_entries
+    count_cache = CountCache(db, verifier, cache_entries, cors=bool(cors)) if cache_entries > 0 else None
+    metrics.watch_count_cache(count_cache)
 
     async def healthz(_request: Request) -> Response:
         """Liveness only: the figures are on /metrics."""
@@ -103,7 +107,6 @@ def create_app(settings: Settings | None = None, *, schema_factory: Callable[...
             await hub.stop()
             await db.dispose()
 
-    cors = cors_middleware(settings.cors_origin_list)
     graphql_methods = ["GET", "POST", "OPTIONS"] if cors else ["GET", "POST"]
     app = Starlette(
         routes=[
@@ -115,8 +118,12 @@ def create_app(settings: Settings | None = None, *, schema_factory: Callable[...
             *graphiql.routes(),
         ],
         lifespan=lifespan,
-        middleware=[Middleware(BodySizeLimit, limit=settings.max_body_bytes)],
+        middleware=[
+            Middleware(BodySizeLimit, limit=settings.max_body_bytes),
+            *([Middleware(count_cache.in_front_of)] if count_cache else []),
+        ],
     )
+    app.state.count_cache = count_cache
     app.state.db = db
     app.state.graphql = graphql
     app.state.hub = hub

@@ -27,7 +27,11 @@ class Settings(BaseSettings):
     # Count-query responses kept per stats row (edge/count_cache.py); 0 = off.
     # TALLY_QUERY_STATS=1 turns it off: each response then reports its own statements.
     count_cache_entries: int = 1024
+    # PostgreSQL connections per process: db_pool_size for transactions (no overflow: a steady
+    # load opens no sessions) + db_read_pool_size for count reads (fast path) + 1 to LISTEN
+    # with a postgres:// broadcast. 10 + 4 + 1 = 15: six processes fit max_connections = 100.
     db_pool_size: int = 10
+    db_read_pool_size: int = 4
     stats_shards: int = 1
     log_level: str = "INFO"
     dev_login: bool = False  # TALLY_DEV_LOGIN=1: the dashboard's one-click sign-in (SQLite only)
@@ -46,6 +50,7 @@ class Settings(BaseSettings):
     # The edge's fast paths (edge/): each can be turned off; CI runs the suite once more with all off.
     shared_events: bool = True  # a subscription event executed and encoded once per operation, not per subscriber
     sqlite_fast_paths: bool = True  # SQLite: one-trip driver, inline count reads, recount thread (db/sqlite/)
+    postgres_fast_paths: bool = True  # PostgreSQL: count reads straight through asyncpg (db/postgres/)
 
     @property
     def cors_origin_list(self) -> list[str]:

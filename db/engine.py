@@ -33,8 +33,8 @@ def create_engine(url: str, *, pool_size: int = 10, sqlite_fast_paths: bool = Tr
         driver = {"module": OneTripDbapi()} if sqlite_fast_paths else {}
         engine = create_async_engine(url, pool_size=pool_size, max_overflow=20, **driver)
         _make_sqlite_transactional(engine)
-    else:
-        engine = create_async_engine(url, pool_size=pool_size, max_overflow=20)
+    else:  # a fixed pool: overflow connections would be opened and closed under load
+        engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
     event.listen(engine.sync_engine, "before_cursor_execute", _count_statement)
     return engine
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
@@ -137,13 +137,13 @@ DRIFT_QUERY = _drift_query()
 DRIFT_STEPS = RecountSteps(STATS_QUERY, _counts())
 
 
-def _drift(org_id: str, row: Any) -> Drift:
-    has_row = row.org_id is not None
+def _drift(org_id: str, row: Mapping[str, Any]) -> Drift:
+    has_row = row["org_id"] is not None
     return Drift(
         org_id=org_id,
-        stored=StatsSnapshot.from_row(row) if has_row else StatsSnapshot.empty(org_id),
-        epoch=int(row.corrections) if has_row else 0,
-        actual={c: int(getattr(row, f"actual_{c}")) for c in COUNTERS},
+        stored=StatsSnapshot.from_mapping(row) if has_row else StatsSnapshot.empty(org_id),
+        epoch=int(row["corrections"]) if has_row else 0,
+        actual={c: int(row[f"actual_{c}"]) for c in COUNTERS},
         checked_at=utcnow(),
         has_stats_row=has_row,
     )
@@ -163,8 +163,8 @@ async def drift_reports(db: Database, org_ids: list[str]) -> list[Drift]:
     ]
 
 
-async def _read_drift_row(session: ReadSession, *, org_id: str) -> Any:
-    return (await session.execute(DRIFT_QUERY, {"org_id": org_id})).one()
+async def _read_drift_row(session: ReadSession, *, org_id: str) -> Mapping[str, Any]:
+    return (await session.execute(DRIFT_QUERY, {"org_id": org_id})).one()._mapping
 
 
 @dataclass

@@ -3,8 +3,10 @@
 A count query reads one org's aggregate (`STATS_QUERY`: one indexed row per
 shard) and nothing else, so what it costs is everything around that statement.
 
-- PostgreSQL: one round trip in autocommit instead of BEGIN, SELECT, ROLLBACK;
-  recounts run in its own server process, through the session.
+- PostgreSQL with its fast paths (the default): the statement goes straight
+  through asyncpg on a small pool of its own (`db/postgres/reads.py`).
+- PostgreSQL without them: one round trip in autocommit instead of BEGIN,
+  SELECT, ROLLBACK. Recounts run in its own server process, through the session.
 - SQLite with its fast paths (the default): the statement runs inline on the
   event loop's thread (`db/sqlite/inline_reads.py`) and recounts on a
   low-priority thread (`db/sqlite/recount_thread.py`).
@@ -16,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.aggregates import STATS_QUERY, StatsSnapshot
+from db.postgres.reads import PostgresStatsReads
 from db.sqlite.connections import ReadOnlyConnections
 from db.sqlite.inline_reads import InlineStatsReads
 from db.sqlite.recount_thread import RecountSteps, RecountThread
@@ -35,13 +37,23 @@ SessionRead = Callable[[str], Awaitable[StatsSnapshot]]
 
 class StatsReader:
     def __init__(
-        self, engine: AsyncEngine, in_session: SessionRead, writers: WritersInFlight, *, sqlite_fast_paths: bool
+        self,
+        engine: AsyncEngine,
+        in_session: SessionRead,
+        writers: WritersInFlight,
+        *,
+        sqlite_fast_paths: bool,
+        postgres_read_pool: int = 0,
     ) -> None:
-        """`in_session` reads the stats in an ordinary read transaction."""
+        """`in_session` reads the stats in an ordinary read transaction. On PostgreSQL,
+        `postgres_read_pool` > 0 reads through asyncpg with that many connections."""
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._in_session = in_session
-        url = make_url(str(engine.url))
+        url = engine.url
         self._sqlite = url.get_backend_name() == "sqlite"
+        self.postgres: PostgresStatsReads | None = None
+        if url.get_backend_name() == "postgresql" and postgres_read_pool > 0:
+            self.postgres = PostgresStatsReads(url, postgres_read_pool)
         path = url.database if self._sqlite and sqlite_fast_paths else None
         self._connections = ReadOnlyConnections(path) if path and path != ":memory:" else None
         self.inline: InlineStatsReads | None = None
@@ -56,6 +68,8 @@ class StatsReader:
             return snapshot if snapshot is not None else await self._in_session(org_id)
         if self._sqlite:
             return await self._in_session(org_id)
+        if self.postgres is not None:
+            return await self.postgres.read(org_id)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 async with self._engine.connect() as connection:
@@ -75,7 +89,9 @@ class StatsReader:
             return [None]
         return await self.recount_thread.read(steps, org_ids)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        if self.postgres is not None:
+            await self.postgres.close()
         if self.recount_thread is not None:
             self.recount_thread.close()
         if self._connections is not None:

@@ -35,7 +35,16 @@ T = TypeVar("T")
 
 
 class Database:
-    def __init__(self, url: str, *, pool_size: int = 10, stats_shards: int = 1, sqlite_fast_paths: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        stats_shards: int = 1,
+        sqlite_fast_paths: bool = True,
+        postgres_read_pool: int = 0,
+    ) -> None:
+        """`postgres_read_pool`: connections of the count reads' own asyncpg pool (0: none)."""
         self.url = url
         self.engine: AsyncEngine = create_engine(url, pool_size=pool_size, sqlite_fast_paths=sqlite_fast_paths)
         self.sessions = async_sessionmaker(
@@ -53,6 +62,7 @@ class Database:
             lambda org_id: self.read(partial(get_stats, org_id=org_id)),
             self.writers,
             sqlite_fast_paths=sqlite_fast_paths,
+            postgres_read_pool=postgres_read_pool,
         )
         self._reads_after_commit = SharedReads(self.read_stats)
 
@@ -121,5 +131,5 @@ class Database:
         raise AssertionError("unreachable")
 
     async def dispose(self) -> None:
-        self.stats.close()
+        await self.stats.close()
         await self.engine.dispose()

@@ -24,7 +24,7 @@ from db.broadcast import StatsHub
 from db.errors import BadInput, TallyError, Unauthenticated
 from db.unit_of_work import Database
 from edge import responses
-from edge.count_cache import PINNED, CountCache
+from edge.count_cache import PINNED
 from edge.guards import ConnectionsPerToken, PendingSockets
 from edge.live_transport import TallyTransportWSHandler
 from edge.shared_events import SharedEvents, TappedHub
@@ -51,7 +51,6 @@ class TallyGraphQL(GraphQL[Context, None]):
         limits: Limits,
         *,
         ide_page: Callable[[], Response],
-        count_cache_entries: int = 0,
         shared_events: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -70,14 +69,10 @@ class TallyGraphQL(GraphQL[Context, None]):
         self.limits = limits
         self.connections = ConnectionsPerToken(limits.connections_per_token)
         self.pending = PendingSockets(limits.pending_sockets, limits.pending_sockets_per_address)
-        self.count_cache = CountCache(db, verifier, count_cache_entries) if count_cache_entries > 0 else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            if self.count_cache is not None and scope["method"] == "POST":
-                await self.count_cache(scope, receive, send, self.serve_http)
-            else:
-                await self.serve_http(scope, receive, send)
+            await self.serve_http(scope, receive, send)
             return
         address = str((scope.get("client") or ("unknown",))[0])
         if not self.pending.admit(address):

@@ -28,7 +28,7 @@ def settings(database_url: str) -> Settings:
 def cache(app_client: tuple[httpx.AsyncClient, Database]) -> CountCache:
     transport = app_client[0]._transport
     assert isinstance(transport, httpx.ASGITransport)
-    count_cache = transport.app.state.graphql.count_cache  # type: ignore[attr-defined]
+    count_cache = transport.app.state.count_cache  # type: ignore[attr-defined]
     assert count_cache is not None
     return count_cache
 

@@ -288,7 +288,7 @@ class TallyMachine(RuleBasedStateMachine):
                 await self.client.aclose()
                 await self.db.dispose()
 
-        cache = self.app.state.graphql.count_cache if self.client is not None else None
+        cache = self.app.state.count_cache if self.client is not None else None
         if cache is not None:
             TallyMachine.count_cache_hits += cache.hits
         try:

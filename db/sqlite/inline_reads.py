@@ -12,7 +12,6 @@ every other statement.
 from __future__ import annotations
 
 import sqlite3
-from types import SimpleNamespace
 
 from db.aggregates import STATS_QUERY, StatsSnapshot
 from db.sqlite.connections import ReadOnlyConnections, compiled, first_row
@@ -27,7 +26,7 @@ class InlineStatsReads:
     def read(self, org_id: str) -> StatsSnapshot | None:
         """The org's stats, or None if SQLite is busy (read through the session instead)."""
         try:
-            row = SimpleNamespace(**first_row(self._connections.this_thread(), _STATS, org_id))
+            row = first_row(self._connections.this_thread(), _STATS, org_id)
         except sqlite3.OperationalError:
             return None
-        return StatsSnapshot.from_row(row) if row.org_id is not None else StatsSnapshot.empty(org_id)
+        return StatsSnapshot.from_mapping(row) if row["org_id"] is not None else StatsSnapshot.empty(org_id)

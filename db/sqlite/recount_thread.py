@@ -26,7 +26,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Select
@@ -86,7 +85,7 @@ class RecountThread:
         self._no_writers = no_writers
         self._pool: ThreadPoolExecutor | None = None
 
-    async def read(self, steps: RecountSteps, org_ids: list[str]) -> list[SimpleNamespace | None]:
+    async def read(self, steps: RecountSteps, org_ids: list[str]) -> list[dict[str, Any] | None]:
         """The drift rows of the first of `org_ids` (at least one) and of as many more as
         fit in one trip (RECOUNT_TRIP_SECONDS). An org's row is None if SQLite was busy."""
         if self._pool is None:
@@ -96,7 +95,7 @@ class RecountThread:
             self._pool, call, self.recounts, _compiled_steps(steps), org_ids
         )
 
-    def recounts(self, steps: _CompiledSteps, org_ids: list[str]) -> list[SimpleNamespace | None]:
+    def recounts(self, steps: _CompiledSteps, org_ids: list[str]) -> list[dict[str, Any] | None]:
         """`recount` of the first org, then of more while the trip is short enough."""
         started = time.monotonic()
         rows = [self.recount(steps, org_ids[0])]
@@ -106,7 +105,7 @@ class RecountThread:
             rows.append(self.recount(steps, org_id))
         return rows
 
-    def recount(self, steps: _CompiledSteps, org_id: str) -> SimpleNamespace | None:
+    def recount(self, steps: _CompiledSteps, org_id: str) -> dict[str, Any] | None:
         """The stored row and each count, in one read transaction (one snapshot). Before
         each statement it waits until no write of this process is under way (for
         RECOUNT_YIELD_SECONDS in all, so constant writes delay a recount by that much
@@ -129,7 +128,7 @@ class RecountThread:
             if connection.in_transaction:  # never leave the next recount inside this one
                 connection.rollback()
             return None
-        return SimpleNamespace(**values)
+        return values
 
     def _first(self, connection: sqlite3.Connection, statement: Compiled, org_id: str) -> dict[str, Any]:
         return first_row(connection, statement, org_id)
