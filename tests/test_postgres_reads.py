@@ -1,0 +1,108 @@
+"""PostgreSQL's count-read fast path (db/postgres/reads.py): fixed connections, no session churn,
+and a read that survives a server-side disconnect or its own cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from db import loads
+from db.organizations import create_organization
+from db.unit_of_work import Database
+from tests.databases import PG_SERVER, Databases, make_databases
+
+pytestmark = pytest.mark.slow
+ORG = "org_reads"
+TRANSACTION_POOL, READ_POOL = 3, 2
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Databases]:
+    made = make_databases("postgresql", tmp_path_factory.mktemp("pg_reads"))
+    yield made
+    made.drop_all()
+
+
+@pytest.fixture
+async def db(postgres: Databases) -> AsyncIterator[Database]:
+    url = postgres.migrated()
+    database = Database(url, pool_size=TRANSACTION_POOL, postgres_read_pool=READ_POOL)
+    assert database.stats.postgres is not None  # the fast path is what this file tests
+    await database.write(lambda s: create_organization(s, ORG, "Reads"))
+    await database.write(lambda s: loads.create_load(s, ORG, status="OPEN", load_type="UNMAPPED"))  # version 1
+    yield database
+    await database.dispose()
+    postgres.drop(url)
+
+
+async def server_side(db: Database, sql: str) -> int:
+    """One figure about this test's database, read over a connection of its own."""
+    name = db.url.rsplit("/", 1)[1]
+    connection = await asyncpg.connect(f"{PG_SERVER}/postgres")
+    try:
+        return int(await connection.fetchval(sql, name))
+    finally:
+        await connection.close()
+
+
+SESSIONS = "SELECT sessions FROM pg_stat_database WHERE datname = $1"
+CONNECTED = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
+
+
+async def load_of(db: Database, readers: int, writers: int, rounds: int) -> None:
+    async def read() -> None:
+        for _ in range(rounds):
+            await db.read_stats(ORG)
+
+    async def write() -> None:
+        for _ in range(rounds // 10):
+            await db.write(lambda s: loads.create_load(s, ORG, status="OPEN", load_type="UNMAPPED"))
+
+    await asyncio.gather(*(read() for _ in range(readers)), *(write() for _ in range(writers)))
+
+
+async def test_a_steady_load_opens_no_sessions(db: Database) -> None:
+    await load_of(db, readers=32, writers=8, rounds=20)  # warm-up: every connection opened
+    await asyncio.sleep(0.5)  # pg_stat_database is updated when a backend reports its counters
+    before = await server_side(db, SESSIONS)
+    await load_of(db, readers=32, writers=8, rounds=100)
+    assert await server_side(db, CONNECTED) <= TRANSACTION_POOL + READ_POOL
+    await asyncio.sleep(0.5)
+    assert await server_side(db, SESSIONS) == before
+    stats = await db.read_stats(ORG)
+    assert stats.counts["loads_open"] == 1 + 8 * (20 // 10 + 100 // 10)
+
+
+async def test_a_read_survives_the_server_dropping_its_connections(db: Database) -> None:
+    assert (await db.read_stats(ORG)).version == 1
+    name = db.url.rsplit("/", 1)[1]
+    connection = await asyncpg.connect(f"{PG_SERVER}/postgres")
+    try:
+        dropped = await connection.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1", name
+        )
+    finally:
+        await connection.close()
+    assert dropped >= 1
+    for _ in range(2 * READ_POOL):  # every slot meets its dead connection once
+        assert (await db.read_stats(ORG)).version == 1
+
+
+async def test_a_cancelled_read_leaves_its_slot_usable(db: Database) -> None:
+    for _ in range(5):
+        task = asyncio.create_task(db.read_stats(ORG))
+        await asyncio.sleep(0)  # under way: waiting for PostgreSQL's answer or for its connection
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    reads = await asyncio.gather(*(db.read_stats(ORG) for _ in range(4 * READ_POOL)))
+    assert {stats.version for stats in reads} == {1}
+
+
+def test_without_the_fast_path_reads_go_through_the_engine(tmp_path: Path) -> None:
+    database = Database("postgresql+asyncpg://postgres@127.0.0.1:5432/unused", postgres_read_pool=0)
+    assert database.stats.postgres is None
