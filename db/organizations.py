@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Any
+
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -11,15 +13,21 @@ from db.models import Customer, Organization, utcnow
 from db.rules import check_text
 
 
+def _build_ensure_statement(insert: Any) -> Any:
+    values = {column: bindparam(column) for column in ("org_id", "name", "created_at")}
+    return insert(Organization).values(**values).on_conflict_do_nothing(index_elements=["org_id"])
+
+
+# On every write's path, so built once (building one per write cost ~0.1 ms of CPU).
+_ENSURE = {"postgresql": _build_ensure_statement(postgresql.insert), "sqlite": _build_ensure_statement(sqlite.insert)}
+
+
 async def ensure_organization(session: AsyncSession, org_id: str, name: str | None = None) -> None:
     """Create the org on its first write (named after its id unless a name is given)."""
     check_text(org_id, "orgId", required=True)
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    await session.execute(
-        insert(Organization)
-        .values(org_id=org_id, name=name or org_id, created_at=utcnow())
-        .on_conflict_do_nothing(index_elements=["org_id"])
-    )
+    connection = await session.connection()
+    params = {"org_id": org_id, "name": name or org_id, "created_at": utcnow()}
+    await connection.execute(_ENSURE[connection.dialect.name], params)
 
 
 async def create_organization(session: AsyncSession, org_id: str, name: str) -> Organization:
