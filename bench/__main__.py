@@ -14,9 +14,14 @@ import signal
 import sys
 import time
 
-from bench.common import RESULTS, ROOT, describe, keep_analysis, loadavg, log, render, uvicorn_flags
+from bench.common import RESULTS, ROOT, UVICORN_FLAGS, describe, keep_analysis, loadavg, log, render
 
-REPORTS = {"sqlite": "benchmarks.md", "live": "benchmarks-live.md", "recalc": "benchmarks-recalc.md", "postgres": "benchmarks-postgres.md"}
+REPORTS = {
+    "sqlite": "benchmarks.md",
+    "live": "benchmarks-live.md",
+    "recalc": "benchmarks-recalc.md",
+    "postgres": "benchmarks-postgres.md",
+}
 
 parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
 parser.add_argument("--only", default=",".join(REPORTS), help="comma-separated scenarios")
@@ -28,6 +33,7 @@ if unknown := set(chosen := args.only.split(",")) - set(REPORTS):
     parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop the servers, drop databases
 profile = "quick" if args.quick else "full"
+RESULTS.mkdir(parents=True, exist_ok=True)
 ok = True
 for name in chosen:
     scenario = importlib.import_module(f"bench.{name}")
@@ -38,12 +44,14 @@ for name in chosen:
         log(f"{name} ({profile}) on {machine['CPU']}, {machine['Cores (logical)']}")
         data = scenario.run(scenario.PROFILES[profile], **({"server": args.server} if name == "postgres" else {}))
         machine.update({"Load average at end": loadavg(), **data.pop("machine", {})})
-        data["run"] = {"machine": list(machine.items()), "seconds": time.monotonic() - started, "server_flags": " ".join(uvicorn_flags())}
+        seconds = time.monotonic() - started
+        data["run"] = {"machine": list(machine.items()), "seconds": seconds, "server_flags": UVICORN_FLAGS}
         saved.write_text(json.dumps(data, default=str))
     data = json.loads(saved.read_text())
     ok = ok and data.get("ok", True)
     target = (RESULTS / "quick" if args.quick else ROOT / "docs") / REPORTS[name]
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(keep_analysis(render((ROOT / "bench" / "templates" / f"{name}.md").read_text(), data), target))
+    template = (ROOT / "bench" / "templates" / f"{name}.md").read_text()
+    target.write_text(keep_analysis(render(template, data), target))
     log(f"wrote {target} (figures: {saved})")
 sys.exit(0 if ok else 1)

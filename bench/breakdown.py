@@ -1,14 +1,13 @@
 """Where a Tally read spends its time, step by step, in a fresh process: `python -m bench.breakdown SPEC`.
 
-Prints JSON: the steps (median wall µs, CPU µs per call, calls into aiosqlite's thread) and the
-SQLite query plans of Tally's read and the naive resolver's.
+Prints JSON: per step (the rows of docs/benchmarks.md's table) the median wall µs, the CPU µs per call
+and the calls into aiosqlite's thread; and the SQLite query plans of Tally's read and the naive one's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import sqlite3
 import subprocess
@@ -26,8 +25,8 @@ STATS_ROW = "SELECT * FROM organization_stats WHERE org_id = ?"
 
 
 def in_subprocess(path: str, url: str, org_id: str, token: str, calls: int) -> dict[str, Any]:
-    spec = json.dumps({"path": path, "url": url, "org_id": org_id, "token": token, "calls": calls})
-    done = subprocess.run([sys.executable, "-m", "bench.breakdown", spec], capture_output=True, text=True, cwd=ROOT, env=child_env(), timeout=900)
+    command = [sys.executable, "-m", "bench.breakdown", json.dumps([path, url, org_id, token, calls])]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=child_env(), timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"the in-process breakdown failed:\n{done.stderr}")
     return json.loads(done.stdout)
@@ -54,11 +53,12 @@ def counting_round_trips() -> Iterator[dict[str, int]]:
 
 async def call_asgi(app: Any, body: bytes, token: str) -> bytes:
     """One POST /graphql straight into an ASGI app (no server, no socket); the response body."""
-    headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"), (b"authorization", f"Bearer {token}".encode()), (b"content-length", str(len(body)).encode())]
+    headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")]
+    headers += [(b"authorization", f"Bearer {token}".encode()), (b"content-length", str(len(body)).encode())]
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http", "path": "/graphql",
-        "raw_path": b"/graphql", "query_string": b"", "root_path": "", "headers": headers, "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 80), "state": {},
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/graphql", "raw_path": b"/graphql", "query_string": b"", "root_path": "", "headers": headers,
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80), "state": {},
     }  # fmt: skip
     messages, chunks = [{"type": "http.request", "body": body, "more_body": False}], []
 
@@ -73,24 +73,25 @@ async def call_asgi(app: Any, body: bytes, token: str) -> bytes:
     return b"".join(chunks)
 
 
-def query_plan(path: str, statement: str, parameters: Any) -> list[str]:
+def query_plan(path: str, what: str, statement: str, parameters: Any) -> dict[str, Any]:
     with closing(sqlite3.connect(path)) as conn:
-        return [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + statement, parameters)]
+        plan = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + statement, parameters)]
+    return {"what": what, "sql": " ".join(statement.split()), "plan": plan}
 
 
 async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) -> dict[str, Any]:
     import aiosqlite
     from sqlalchemy import event
 
+    from bench.seed import database
     from bench.servers import tally_app, uncached_app
     from db.queries import get_stats
-    from db.unit_of_work import Database
     from edge.tokens import TokenVerifier
     from settings import DEV_SECRET
 
-    steps: list[dict[str, Any]] = []
+    steps: dict[str, dict[str, Any]] = {}
 
-    async def timed(key: str, name: str, step: Callable[[], Awaitable[Any]]) -> None:
+    async def timed(key: str, step: Callable[[], Awaitable[Any]]) -> None:
         for _ in range(calls // 10):
             await step()
         with counting_round_trips() as trips:
@@ -101,28 +102,28 @@ async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) ->
             await step()
             samples.append(time.perf_counter_ns() - started)
         cpu = (self_cpu() - cpu_before) * 1e6 / calls
-        steps.append({"key": key, "name": name, "us": sorted(samples)[calls // 2] / 1000, "trips": trips["n"], "cpu_us": cpu})
+        steps[key] = {"us": sorted(samples)[calls // 2] / 1000, "trips": trips["n"], "cpu_us": cpu}
 
     with closing(sqlite3.connect(path)) as plain:
 
         async def direct() -> None:
             plain.execute(STATS_ROW, (org_id,)).fetchone()
 
-        await timed("sqlite3", "sqlite3, same thread: SELECT the aggregate row", direct)
+        await timed("sqlite3", direct)
     async with aiosqlite.connect(path) as conn:
 
         async def raw() -> None:
             async with conn.execute(STATS_ROW, (org_id,)) as cursor:
                 await cursor.fetchone()
 
-        await timed("aiosqlite", "aiosqlite: the same SELECT via its worker thread (no SQLAlchemy)", raw)
+        await timed("aiosqlite", raw)
     verifier = TokenVerifier(DEV_SECRET)
-    await timed("jwt", "JWT signature check (a token not seen before)", lambda: verifier._verify_signature(token))
-    await timed("jwt-cached", "`TokenVerifier.verify` of a token already verified", lambda: verifier.verify(token))
-    db, captured = Database(url), []
-    try:
-        await timed("read-session", "`Database.read(get_stats)`: the same statement in an async session (BEGIN, SELECT, ROLLBACK)", lambda: db.read(lambda s: get_stats(s, org_id)))
-        await timed("read", "`Database.read_stats`: what count queries run (inline on the loop's thread, autocommit)", lambda: db.read_stats(org_id))
+    await timed("jwt", lambda: verifier._verify_signature(token))
+    await timed("jwt-cached", lambda: verifier.verify(token))
+    captured: list[tuple[str, Any]] = []
+    async with database(url) as db:
+        await timed("read-session", lambda: db.read(lambda s: get_stats(s, org_id)))
+        await timed("read", lambda: db.read_stats(org_id))
 
         def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
             if statement.lstrip().upper().startswith("SELECT"):
@@ -131,10 +132,8 @@ async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) ->
         event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
         await db.read(lambda s: get_stats(s, org_id))
         event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
-    finally:
-        await db.dispose()
-    plans = [{"what": "Tally's countLoadsByStatus read (`get_stats`)", "sql": " ".join(sql.split()), "plan": query_plan(path, sql, args)} for sql, args in captured]
-    plans.append({"what": "the naive resolver", "sql": NAIVE_SQL, "plan": query_plan(path, NAIVE_SQL, (org_id,))})
+    plans = [query_plan(path, "Tally's countLoadsByStatus read (`get_stats`)", *select) for select in captured]
+    plans.append(query_plan(path, "the naive resolver", NAIVE_SQL, (org_id,)))
 
     os.environ["BENCH_DATABASE_URL"] = url
     app, uncached = tally_app(), uncached_app()
@@ -144,8 +143,8 @@ async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) ->
         if "errors" in answer or answer.get("data", {}).get("countLoadsByStatus") is None:
             raise RuntimeError(f"in-process Tally app failed: {answer}")
     try:
-        await timed("app", "Tally's whole ASGI app, in process (no HTTP server): a count-cache hit", lambda: call_asgi(app, body, token))
-        await timed("app-uncached", "the same with the count cache off: Starlette, Strawberry, the read", lambda: call_asgi(uncached, body, token))
+        await timed("app", lambda: call_asgi(app, body, token))
+        await timed("app-uncached", lambda: call_asgi(uncached, body, token))
         for concurrency in (1, 16):
             done, stop = [0], time.perf_counter() + (0.5 if calls < 500 else 3.0)
 
@@ -156,14 +155,12 @@ async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) ->
 
             started = time.perf_counter()
             await asyncio.gather(*(caller() for _ in range(concurrency)))
-            name = f"throughput of the app alone, {concurrency} concurrent caller{'s' if concurrency > 1 else ''} (requests/s)"
-            steps.append({"key": f"rate{concurrency}", "name": name, "us": done[0] / (time.perf_counter() - started), "trips": None, "cpu_us": math.nan})
+            steps[f"rate{concurrency}"] = {"us": done[0] / (time.perf_counter() - started)}  # requests/s
     finally:
         await app.state.db.dispose()
         await uncached.state.db.dispose()
-    return {"steps": steps, "plans": plans}
+    return {"step": steps, "plans": plans}
 
 
 if __name__ == "__main__":
-    spec = json.loads(sys.argv[1])
-    print(json.dumps(run_async(breakdown(spec["path"], spec["url"], spec["org_id"], spec["token"], spec["calls"]))))
+    print(json.dumps(run_async(breakdown(*json.loads(sys.argv[1])))))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import platform
@@ -13,13 +12,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import UTC, datetime
-from functools import partial
 from importlib import metadata
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 from edge.tokens import TokenVerifier
 from settings import DEV_SECRET
@@ -28,21 +27,16 @@ from tests.server import ServerUrl, running_server
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PACKAGES = ("strawberry-graphql", "starlette", "uvicorn", "uvloop", "httptools", "sqlalchemy", "aiosqlite")
+UVICORN = ["{python}", "-m", "uvicorn", "--factory", "--host", "127.0.0.1", "--port", "{port}"]
+UVICORN_FLAGS = "--workers 1 --loop uvloop --http httptools --no-access-log --log-level warning"
 CORES = os.cpu_count() or 1
 TICK = os.sysconf("SC_CLK_TCK")
 STARTED = time.monotonic()
+run_async = uvloop.run
 
 
 def log(message: str) -> None:
     print(f"[{time.monotonic() - STARTED:5.0f} s] {message}", file=sys.stderr, flush=True)
-
-
-def run_async(coro: Any) -> Any:
-    if find_spec("uvloop"):
-        import uvloop
-
-        return uvloop.run(coro)
-    return asyncio.run(coro)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -51,31 +45,22 @@ def percentile(values: list[float], p: float) -> float:
     return float(ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]) if ordered else math.nan
 
 
-def summarize(latencies: list[float], seconds: float) -> dict[str, float]:
-    n = len(latencies)
+def summarize(values: list[float], seconds: float = 0.0) -> dict[str, float]:
+    n = len(values)
     return {
         "n": n,
-        "p50": percentile(latencies, 50),
-        "p99": percentile(latencies, 99),
-        "mean": sum(latencies) / n if n else math.nan,
-        "max": float(max(latencies)) if n else math.nan,
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "mean": sum(values) / n if n else math.nan,
+        "max": float(max(values)) if n else math.nan,
         "rps": n / seconds if seconds else math.nan,
     }
-
-
-def weighted(pairs: list[tuple[float | None, int]]) -> float:
-    known = [(v, n) for v, n in pairs if v is not None]
-    total = sum(n for _, n in known)
-    return sum(v * n for v, n in known) / total if total else math.nan
 
 
 def human(n: int) -> str:
     if n >= 1_000_000 and n % 1_000_000 == 0:
         return f"{n // 1_000_000}m"
     return f"{n // 1_000}k" if n >= 1_000 and n % 1_000 == 0 else str(n)
-
-
-# --- the machine ------------------------------------------------------------------------------
 
 
 def read(path: str) -> str:
@@ -102,10 +87,6 @@ def process_cpu(pid: int) -> float:
 def self_cpu(who: int = resource.RUSAGE_SELF) -> float:
     usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
-
-
-def rss_kib(pid: int) -> int:
-    return int(field_of(f"/proc/{pid}/status", "VmRSS:").split()[0])
 
 
 def busy_seconds() -> float:
@@ -141,36 +122,32 @@ def wait_for_quiet(max_wait: float) -> float | None:
 
 def describe(wait_quiet: float) -> dict[str, str]:
     """The machine table of every report; first waits (up to `wait_quiet` s) for the CPUs to quiet down."""
-    waited, busy = time.monotonic(), wait_for_quiet(wait_quiet)
+    since, busy = time.monotonic(), wait_for_quiet(wait_quiet)
+    waited = f"after waiting {time.monotonic() - since:.0f} s for it to drop"
     memory = field_of("/proc/meminfo", "MemTotal:").split()
     installed = {d.metadata["Name"].lower(): d.version for d in metadata.distributions()}
-    git = partial(subprocess.run, cwd=ROOT, capture_output=True, text=True)
-    head, dirty = git(["git", "rev-parse", "--short", "HEAD"]).stdout.strip(), git(["git", "status", "--porcelain", "--untracked-files=no"]).stdout.strip()
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
     return {
         "Date (UTC)": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
         "CPU": field_of("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
         "Cores (logical)": f"{CORES} ({len(os.sched_getaffinity(0))} usable by this process)",
         "RAM": f"{int(memory[0]) / 1024 / 1024:.1f} GiB" if memory else "unknown",
         "Load average at start": loadavg(),
-        "CPU used by other processes at start": "unknown" if busy is None else f"{busy:.0%} of the cores (after waiting {time.monotonic() - waited:.0f} s for it to drop)",
+        "CPU used by other processes at start": "unknown" if busy is None else f"{busy:.0%} of the cores ({waited})",
         "OS": platform.platform(),
         "Python": f"{sys.version.split()[0]} ({platform.python_implementation()})",
         "SQLite": sqlite3.sqlite_version,
         "Packages": ", ".join(f"{name} {installed.get(name, '(absent)')}" for name in PACKAGES),
-        "Tally revision": f"{head or 'unknown'}{' (with uncommitted changes)' if dirty else ''}",
+        "Tally revision": f"{git('rev-parse', '--short', 'HEAD') or 'unknown'}{dirty}",
     }
 
 
-# --- tokens and servers -----------------------------------------------------------------------
-
-
-def token(org_id: str | None, role: str = "admin", ttl: int = 7200) -> str:
-    return TokenVerifier(DEV_SECRET).issue(org_id=org_id, role=role, subject="bench", ttl_seconds=ttl)
-
-
-def uvicorn_flags() -> list[str]:
-    loop, http = ("uvloop" if find_spec("uvloop") else "asyncio"), ("httptools" if find_spec("httptools") else "h11")
-    return ["--workers", "1", "--loop", loop, "--http", http, "--no-access-log", "--log-level", "warning"]
+def token(org_id: str | None, role: str = "admin") -> str:
+    return TokenVerifier(DEV_SECRET).issue(org_id=org_id, role=role, subject="bench", ttl_seconds=7200)
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -182,38 +159,29 @@ def child_env(**extra: str) -> dict[str, str]:
 @contextmanager
 def app_servers(*specs: tuple[str, str, dict[str, str]]) -> Iterator[list[ServerUrl]]:
     """One uvicorn process per (name, bench.servers factory, BENCH_* env), side by side."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        yield [
-            stack.enter_context(
-                running_server(
-                    {},
-                    timeout=90,
-                    command=["{python}", "-m", "uvicorn", f"bench.servers:{factory}", "--factory", "--host", "127.0.0.1", "--port", "{port}", *uvicorn_flags()],
-                    base_env=child_env(**env),
-                    log_path=RESULTS / f"server-{name}.log",
-                )
-            )
-            for name, factory, env in specs
-        ]  # fmt: skip
+        yield [stack.enter_context(app_server(*spec)) for spec in specs]
 
 
-# --- reports ----------------------------------------------------------------------------------
+def app_server(name: str, factory: str, env: dict[str, str]) -> AbstractContextManager[ServerUrl]:
+    command = [*UVICORN, f"bench.servers:{factory}", *UVICORN_FLAGS.split()]
+    log_path = RESULTS / f"server-{name}.log"
+    return running_server({}, timeout=90, command=command, base_env=child_env(**env), log_path=log_path)
 
 
 def ms(us: float) -> str:
     value = us / 1000
     if math.isnan(value):
         return "n/a"
-    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}" if value >= 1 else f"{value:.3f}"
+    return f"{value:.{0 if value >= 100 else 1 if value >= 10 else 2 if value >= 1 else 3}f}"
 
 
 def x(ratio: float | None) -> str:
     if ratio is None:
         return "baseline"
-    if math.isnan(ratio):
+    if math.isnan(ratio) or ratio <= 0:  # a ratio of a negative time (an event that overtook its response)
         return "n/a"
-    return f"{ratio:.0f}x" if ratio >= 100 else f"{ratio:.1f}x" if ratio >= 10 else f"{ratio:.2f}x"
+    return f"{ratio:.{0 if ratio >= 100 else 1 if ratio >= 10 else 2}f}x"
 
 
 FORMATS: dict[str, Callable[[Any], str]] = {
@@ -224,7 +192,6 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "share": lambda v: "n/a" if v is None else f"{v:.0%}",
     "met": lambda ok: "met" if ok else "**NOT MET**",
     "yes": lambda ok: "yes" if ok else "**NO**",
-    "human": human,
     "kv": lambda d: ", ".join(f"{k} ({v:,})" for k, v in d.items()),
     "opt": lambda v: "" if v is None else str(v),
     "list": lambda v: ", ".join(v) or "none",
@@ -234,16 +201,14 @@ FORMATS: dict[str, Callable[[Any], str]] = {
 BLOCK = re.compile(r"^\{\{ each (\S+) \}\}\n(.*?)^\{\{ end \}\}\n", re.M | re.S)
 LINE = re.compile(r"^\{\{ each (\S+) \}\}(.*\n)", re.M)
 PLACEHOLDER = re.compile(r"\{\{\s*([^|}]*?)\s*(?:\|\s*([^}]*?)\s*)?\}\}")
+NAME = re.compile(r"(?<![\w.])(\.?[A-Za-z_]\w*(?:[.-]\w+)*)")
+FUNCTIONS = {"abs": abs, "max": max}
 
 
 def lookup(data: Any, path: str) -> Any:
     for part in filter(None, path.split(".")):
         data = None if data is None else data[int(part)] if isinstance(data, list) else data[part]
     return data
-
-
-NAME = re.compile(r"(?<![\w.])(\.?[A-Za-z_]\w*(?:[.-]\w+)*)")
-FUNCTIONS = {"abs": abs, "min": min, "max": max}
 
 
 def evaluate(expression: str, data: Any, item: Any) -> Any:

@@ -1,10 +1,8 @@
 """Live-update latency (docs/benchmarks-live.md): `python main.py serve` processes on loopback, WebSocket
-subscribers (graphql-transport-ws) and HTTP mutations, all timed in this one process on one clock.
-
-Modes: one process on `memory://`; two processes over a private redis-server (subscribers on B,
-mutations to A, one SQLite file). For 0 and each subscriber count, `updateLoadStatus` toggles one
-load; each commit bumps the org's version by one, so event version `base + k` is mutation k's. The
-next mutation goes once every subscriber has the event (or after DELIVERY_TIMEOUT), plus GAP.
+subscribers (graphql-transport-ws) and HTTP mutations, all timed in this one process on one clock. For 0
+and each subscriber count, `updateLoadStatus` toggles one load; each commit bumps the org's version by
+one, so event version `base + k` is mutation k's. The next mutation goes once every subscriber has the
+event (or after DELIVERY_TIMEOUT), plus GAP.
 """
 
 from __future__ import annotations
@@ -12,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import resource
 import socket
 import struct
@@ -28,7 +27,7 @@ from websockets.frames import Opcode
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from bench.common import log, percentile, process_cpu, rss_kib, run_async, token
+from bench.common import field_of, log, percentile, process_cpu, run_async, token
 from tests.live import STATS_CHANGED, RedisServer
 from tests.scrape import live_figures, scrape
 from tests.server import ServerUrl, running_server
@@ -36,34 +35,43 @@ from tests.server import ServerUrl, running_server
 ORG = "org_live"
 GAP = 0.05  # seconds between the last delivery of one event and the next mutation
 DELIVERY_TIMEOUT = 10.0
-PROFILES = {"full": {"sizes": [1, 100, 1000], "mutations": 30, "at_largest": 15, "warmup": 10}, "quick": {"sizes": [1, 5, 10], "mutations": 5, "at_largest": 5, "warmup": 3}}
+PROFILES = {
+    "full": {"sizes": [1, 100, 1000], "mutations": 30, "at_largest": 15, "warmup": 10},
+    "quick": {"sizes": [1, 5, 10], "mutations": 5, "at_largest": 5, "warmup": 3},
+}
+SETTINGS = dict(
+    TALLY_RECALC_INTERVAL_SECONDS="0", TALLY_LOG_LEVEL="WARNING", TALLY_QUERY_STATS="0", TALLY_STATS_SHARDS="1",
+    TALLY_MAX_CONNECTIONS_PER_TOKEN="5000", TALLY_MAX_PENDING_SOCKETS="5000",
+    TALLY_MAX_PENDING_SOCKETS_PER_ADDRESS="5000",  # a thousand subscribers from one address
+)  # fmt: skip
+CREATE = "mutation($o: ID!) { createLoad(input: {orgId: $o, status: OPEN}) { id status } }"
+TOGGLE = "mutation($id: ID!, $s: LoadStatus!) { updateLoadStatus(id: $id, status: $s) { id status } }"
+VERSION = "query($o: ID!) { organizationStats(orgId: $o) { version } }"
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # the kernel stamps each received segment (CLOCK_REALTIME)
 REALTIME_OFFSET_NS = time.time_ns() - time.perf_counter_ns()  # puts those stamps on perf_counter's clock
 
 
 class Arrivals:
-    """Receive times by version, across all subscribers: the kernel's, and when this process read them."""
+    """Per version, across all subscribers: (receive time by the kernel, time this process read it)."""
 
     def __init__(self) -> None:
-        self.times: dict[int, list[float]] = {}
-        self.read_times: dict[int, list[float]] = {}
+        self.times: dict[int, list[tuple[float, float]]] = {}
         self.changed = asyncio.Event()
         self.awaited = (-1, 0)
 
     def add(self, version: int, at: float, read_at: float) -> None:
-        self.read_times.setdefault(version, []).append(read_at)
         arrived = self.times.setdefault(version, [])
-        arrived.append(at)
+        arrived.append((at, read_at))
         if (version, len(arrived)) == self.awaited:
             self.changed.set()  # once, not per message: a wake-up per message costs the client ~10 µs
 
-    async def wait_for(self, version: int, count: int) -> bool:
+    async def wait_for(self, version: int, count: int) -> list[tuple[float, float]]:
         self.changed.clear()
         self.awaited = (version, count)
         if len(self.times.get(version, ())) < count:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), DELIVERY_TIMEOUT)
-        return len(self.times.get(version, ())) >= count
+        return self.times.get(version, [])
 
 
 class Subscriber:
@@ -72,19 +80,18 @@ class Subscriber:
     its arrival (SO_TIMESTAMPNS), so the figures measure the server and the network, not this
     process working through a thousand sockets (~40 µs each)."""
 
-    def __init__(self, arrivals: Arrivals) -> None:
+    def __init__(self, arrivals: Arrivals, url: str) -> None:
         self.loop, self.arrivals, self.errors = asyncio.get_running_loop(), arrivals, 0
         self.opened, self.acked, self.ready = (self.loop.create_future() for _ in range(3))
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.ws: ClientProtocol | None = None
+        self.uri = parse_uri(url)
+        self.ws = ClientProtocol(self.uri, subprotocols=[Subprotocol("graphql-transport-ws")], max_size=2**20)
 
-    async def open(self, url: str, bearer: str) -> None:
-        uri = parse_uri(url)
-        self.ws = ClientProtocol(uri, subprotocols=[Subprotocol("graphql-transport-ws")], max_size=2**20)
+    async def open(self, bearer: str) -> None:
         self.sock.setblocking(False)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        await self.loop.sock_connect(self.sock, (uri.host, uri.port))
+        await self.loop.sock_connect(self.sock, (self.uri.host, self.uri.port))
         self.loop.add_reader(self.sock.fileno(), self.readable)
         self.ws.send_request(self.ws.connect())
         self.flush()
@@ -95,7 +102,6 @@ class Subscriber:
         await asyncio.wait_for(self.ready, 30)  # the initial snapshot: subscribed
 
     def readable(self) -> None:
-        assert self.ws is not None
         try:
             data, ancillary, _, _ = self.sock.recvmsg(1 << 16, 64)
         except (BlockingIOError, InterruptedError):
@@ -118,11 +124,10 @@ class Subscriber:
                 self.opened.set_result(None)
             if message.get("type") == "connection_ack":
                 self.acked.set_result(None)
+            elif message.get("type") == "next" and self.ready.done():
+                self.arrivals.add(message["payload"]["data"]["organizationStatsChanged"]["version"], at, read_at)
             elif message.get("type") == "next":
-                if self.ready.done():
-                    self.arrivals.add(message["payload"]["data"]["organizationStatsChanged"]["version"], at, read_at)
-                else:
-                    self.ready.set_result(None)
+                self.ready.set_result(None)
             elif message.get("type") == "ping":
                 self.send({"type": "pong"})
             elif message.get("type") in ("error", "complete"):
@@ -137,12 +142,10 @@ class Subscriber:
                 future.set_exception(RuntimeError(f"subscription ended: {error}"))
 
     def send(self, message: dict[str, Any]) -> None:
-        assert self.ws is not None
         self.ws.send_text(json.dumps(message).encode())
         self.flush()
 
     def flush(self) -> None:
-        assert self.ws is not None
         for chunk in self.ws.data_to_send():
             self.sock.sendall(chunk)  # a few hundred bytes at most: never blocks in practice
 
@@ -152,49 +155,67 @@ class Subscriber:
         self.sock.close()  # reset, no closing handshake: a thousand of them take seconds
 
 
-async def graphql(client: httpx.AsyncClient, bearer: str, query: str, **variables: str) -> dict[str, Any]:
-    response = await client.post("/graphql", json={"query": query, "variables": variables}, headers={"Authorization": f"Bearer {bearer}"})
-    data = response.json()
-    if response.status_code != 200 or data.get("errors"):
-        raise RuntimeError(f"{query[:40]}... failed: {response.status_code} {data}")
-    return data["data"]
+def rss_kib(pid: int) -> int:
+    return int(field_of(f"/proc/{pid}/status", "VmRSS:").split()[0])
 
 
-async def run_mode(profile: dict[str, Any], mode: str, mutations_server: ServerUrl, subscriptions_server: ServerUrl) -> dict[str, Any]:
-    bearer, pid = token(ORG, ttl=3600), subscriptions_server.process.pid if subscriptions_server.process else 0
-    arrivals, runs, rss, subscribers = Arrivals(), [], {}, []
-    async with httpx.AsyncClient(base_url=mutations_server, limits=httpx.Limits(max_keepalive_connections=1, max_connections=1), timeout=30) as client:
-        load = (await graphql(client, bearer, "mutation($o: ID!) { createLoad(input: {orgId: $o, status: OPEN}) { id status } }", o=ORG))["createLoad"]
+async def run_mode(
+    profile: dict[str, Any], mode: str, mutations_to: ServerUrl, subscribers_on: ServerUrl
+) -> dict[str, Any]:
+    """The mutation alone, then with each count of subscribers: its figures per count (rows), and
+    the subscribers' server's memory."""
+    bearer, pid = token(ORG), subscribers_on.process.pid if subscribers_on.process else 0
+    arrivals, rows, rss, subscribers = Arrivals(), [], {}, []
+    one_connection = httpx.Limits(max_keepalive_connections=1, max_connections=1)
+    async with httpx.AsyncClient(base_url=mutations_to, limits=one_connection, timeout=30) as client:
+
+        async def graphql(query: str, **variables: str) -> dict[str, Any]:
+            headers = {"Authorization": f"Bearer {bearer}"}
+            response = await client.post("/graphql", json={"query": query, "variables": variables}, headers=headers)
+            if response.status_code != 200 or response.json().get("errors"):
+                raise RuntimeError(f"{query[:40]}... failed: {response.status_code} {response.text}")
+            return response.json()["data"]
+
+        load = (await graphql(CREATE, o=ORG))["createLoad"]
 
         async def toggle() -> tuple[float, float]:
             load["status"] = "ASSIGNED" if load["status"] == "OPEN" else "OPEN"
             sent = time.perf_counter()
-            await graphql(client, bearer, "mutation($id: ID!, $s: LoadStatus!) { updateLoadStatus(id: $id, status: $s) { id status } }", id=load["id"], s=load["status"])
+            await graphql(TOGGLE, id=load["id"], s=load["status"])
             return sent, time.perf_counter()
 
         async def version() -> int:
-            return int((await graphql(client, bearer, "query($o: ID!) { organizationStats(orgId: $o) { version } }", o=ORG))["organizationStats"]["version"])
+            return int((await graphql(VERSION, o=ORG))["organizationStats"]["version"])
 
-        async def measure(size: int, mutations: int) -> None:
-            base, cpu = await version(), (process_cpu(pid), time.process_time())
+        async def measure(size: int, mutations: int) -> dict[str, Any]:
+            base, cpu, client_cpu = await version(), process_cpu(pid), time.process_time()
             arrivals.times.clear()
-            arrivals.read_times.clear()
-            run: dict[str, Any] = {"subscribers": size, "mutations": mutations, "mutation_ms": [], "commit_ms": [], "send_ms": [], "read_ms": [], "incomplete": 0}
-            started = time.perf_counter()
+            times: dict[str, list[float]] = {"mutation": [], "commit": [], "send": [], "read": []}
+            incomplete, started = 0, time.perf_counter()
             for k in range(1, mutations + 1):
-                sent, arrived = await toggle()
-                run["mutation_ms"].append((arrived - sent) * 1000)
+                sent, answered = await toggle()
+                times["mutation"].append((answered - sent) * 1000)
                 if size:
-                    run["incomplete"] += not await arrivals.wait_for(base + k, size)
-                    run["commit_ms"] += [(at - arrived) * 1000 for at in arrivals.times.get(base + k, ())]
-                    run["send_ms"] += [(at - sent) * 1000 for at in arrivals.times.get(base + k, ())]
-                    run["read_ms"] += [(at - arrived) * 1000 for at in arrivals.read_times.get(base + k, ())]
+                    arrived = await arrivals.wait_for(base + k, size)
+                    incomplete += len(arrived) < size
+                    times["commit"] += [(at - answered) * 1000 for at, _ in arrived]
+                    times["send"] += [(at - sent) * 1000 for at, _ in arrived]
+                    times["read"] += [(read_at - answered) * 1000 for _, read_at in arrived]
                 await asyncio.sleep(GAP)
-            run.update(seconds=time.perf_counter() - started, server_cpu=process_cpu(pid) - cpu[0], client_cpu=time.process_time() - cpu[1])
+            wall, cpu = time.perf_counter() - started, process_cpu(pid) - cpu
+            client_cpu = time.process_time() - client_cpu
             if await version() != base + mutations:
                 raise RuntimeError("another writer moved the version: events cannot be matched to mutations")
-            run["received"] = sum(len(v) for v in arrivals.times.values())
-            runs.append(run)
+            received = sum(len(v) for v in arrivals.times.values())
+            events, alone = max(1, received), rows[0]["server_cpu"] if rows else cpu
+            rows.append({
+                "mode": mode, "subscribers": size, "events": size * mutations, "received": received,
+                "incomplete": incomplete, "wall": wall, "server_cpu": cpu, "server_ms": cpu / mutations * 1000,
+                "extra_us": (cpu - alone) / events * 1e6, "client_us": client_cpu / events * 1e6,
+                "commit_max": max(times["commit"], default=math.nan),
+                **{f"{kind}{q}": percentile(values, q) for kind, values in times.items() for q in (50, 99)},
+            })  # fmt: skip
+            return rows[-1]
 
         for _ in range(profile["warmup"]):
             await toggle()
@@ -202,47 +223,43 @@ async def run_mode(profile: dict[str, Any], mode: str, mutations_server: ServerU
         rss[0] = rss_kib(pid)
         log(f"[{mode}] 0 subscribers (mutation alone) ...")
         await measure(0, profile["mutations"])
+        url = subscribers_on.replace("http", "ws", 1) + "/graphql"
         try:
             for size in profile["sizes"]:
                 log(f"[{mode}] opening subscribers up to {size} ...")
                 for start in range(len(subscribers), size, 50):  # 50 connect at a time
-                    batch = [Subscriber(arrivals) for _ in range(min(50, size - start))]
+                    batch = [Subscriber(arrivals, url) for _ in range(min(50, size - start))]
                     subscribers += batch
-                    await asyncio.gather(*(s.open(subscriptions_server.replace("http", "ws", 1) + "/graphql", bearer) for s in batch))
-                if (live := (await asyncio.to_thread(lambda: live_figures(scrape(subscriptions_server))))["subscribers"]) != size:
-                    raise RuntimeError(f"server reports {live} live subscribers, expected {size}")
+                    await asyncio.gather(*(s.open(bearer) for s in batch))
+                live = await asyncio.to_thread(lambda: live_figures(scrape(subscribers_on)))
+                if live["subscribers"] != size:
+                    raise RuntimeError(f"server reports {live['subscribers']} live subscribers, expected {size}")
                 await asyncio.sleep(2)  # idle
                 rss[size] = rss_kib(pid)
                 for _ in range(2):  # warm the fan-out path at this size
                     await toggle()
                     await asyncio.sleep(0.3)
-                await measure(size, profile["at_largest"] if size == profile["sizes"][-1] else profile["mutations"])
-                r = runs[-1]
-                log(f"[{mode}] {size}: commit-to-client p50 {percentile(r['commit_ms'], 50):.1f} p99 {percentile(r['commit_ms'], 99):.1f} ms, {r['received']}/{size * r['mutations']} events")
+                row = await measure(
+                    size, profile["at_largest"] if size == profile["sizes"][-1] else profile["mutations"]
+                )
+                log(f"[{mode}] {size}: commit-to-client p50 {row['commit50']:.1f} p99 {row['commit99']:.1f} ms, "
+                    f"{row['received']}/{row['events']} events")  # fmt: skip
         finally:
             errors = sum(s.errors for s in subscribers)
             for s in subscribers:
                 s.close()
-    return report(mode, runs, rss, errors, live_figures(scrape(subscriptions_server)), profile["sizes"])
-
-
-def report(mode: str, runs: list[dict[str, Any]], rss: dict[int, int], errors: int, health: dict[str, int], sizes: list[int]) -> dict[str, Any]:
-    def p(values: list[float], q: float) -> float:
-        return percentile(values, q)
-
-    alone, one = runs[0], runs[1]
-    rows = []
-    for r in runs:
-        events = max(1, r["received"])
-        row = {"mode": mode, "subscribers": r["subscribers"], "events": r["subscribers"] * r["mutations"], "received": r["received"], "incomplete": r["incomplete"], "wall": r["seconds"],
-               "server_ms": r["server_cpu"] / r["mutations"] * 1000, "extra_us": (r["server_cpu"] - alone["server_cpu"]) / events * 1e6, "client_us": r["client_cpu"] / events * 1e6,
-               **{f"{k}{q}": p(r[f"{k}_ms"], q) for k in ("mutation", "commit", "send", "read") for q in (50, 99)}, "commit_max": max(r["commit_ms"], default=float("nan"))}
-        row.update({f"x_{k}": row[k] / base if base > 0 and row[k] > 0 else float("nan") for k, base in (("mutation50", p(alone["mutation_ms"], 50)), ("mutation99", p(alone["mutation_ms"], 99)),
-                    ("commit50", row["mutation50"]), ("commit99", row["mutation99"]), ("send50", p(one["send_ms"], 50)), ("send99", p(one["send_ms"], 99)))})
-        rows.append(row)
-    middle, largest = sizes[-2], sizes[-1]
-    return {"mode": mode, "alone": rows[0], "rows": rows, "errors": errors, "health": health, "rss": [{"mode": mode, "n": n, "mib": kib / 1024} for n, kib in sorted(rss.items())],
-            "per_idle": (rss[largest] - rss[0]) / largest, "marginal": (rss[largest] - rss[middle]) / (largest - middle), "middle": middle, "largest": largest}
+    middle, largest = profile["sizes"][-2:]
+    return {
+        "mode": mode,
+        "rows": [rows[0], *({**row, "alone": rows[0], "one": rows[1]} for row in rows[1:])],
+        "rss": [{"mode": mode, "n": n, "mib": kib / 1024} for n, kib in sorted(rss.items())],
+        "per_idle": (rss[largest] - rss[0]) / largest,
+        "marginal": (rss[largest] - rss[middle]) / (largest - middle),
+        "middle": middle,
+        "largest": largest,
+        "errors": errors,
+        "health": live_figures(scrape(subscribers_on)),
+    }
 
 
 def run(profile: dict[str, Any]) -> dict[str, Any]:
@@ -250,22 +267,32 @@ def run(profile: dict[str, Any]) -> dict[str, Any]:
     want = 10_000 if hard == resource.RLIM_INFINITY else min(10_000, hard)
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # inherited by the servers too
-    settings = {"TALLY_RECALC_INTERVAL_SECONDS": "0", "TALLY_LOG_LEVEL": "WARNING", "TALLY_QUERY_STATS": "0", "TALLY_STATS_SHARDS": "1", "TALLY_MAX_CONNECTIONS_PER_TOKEN": "5000", "TALLY_MAX_PENDING_SOCKETS": "5000", "TALLY_MAX_PENDING_SOCKETS_PER_ADDRESS": "5000"}
     modes = []
+    redis = RedisServer()
     with tempfile.TemporaryDirectory(prefix="tally-bench-live-") as tmp:
-        memory = {**settings, "TALLY_DATABASE_URL": f"sqlite+aiosqlite:///{Path(tmp) / 'memory.db'}", "TALLY_BROADCAST_URL": "memory://"}
-        with running_server(memory, timeout=90) as server:
+        database = {"TALLY_DATABASE_URL": f"sqlite+aiosqlite:///{Path(tmp) / 'memory.db'}"}
+        with running_server({**SETTINGS, **database, "TALLY_BROADCAST_URL": "memory://"}, timeout=90) as server:
             modes.append(run_async(run_mode(profile, "one process (memory://)", server, server)))
-        redis = RedisServer()
         redis.start()
         try:
-            shared = {**settings, "TALLY_DATABASE_URL": f"sqlite+aiosqlite:///{Path(tmp) / 'redis.db'}", "TALLY_BROADCAST_URL": redis.url}
+            database = {"TALLY_DATABASE_URL": f"sqlite+aiosqlite:///{Path(tmp) / 'redis.db'}"}
+            shared = {**SETTINGS, **database, "TALLY_BROADCAST_URL": redis.url}
             with running_server(shared, timeout=90) as a, running_server(shared, timeout=90) as b:
-                modes.append(run_async(run_mode(profile, "two processes over Redis (mutations -> A, subscribers on B)", a, b)))
+                mode = "two processes over Redis (mutations -> A, subscribers on B)"
+                modes.append(run_async(run_mode(profile, mode, a, b)))
         finally:
             redis.stop()
-    target = modes[0]["rows"][-1]["commit99"]
-    redis_version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.strip()
+    target = modes[0]["rows"][-1]["commit99"]  # one process, the most subscribers
     rows = [row for mode in modes for row in mode.pop("rows")]
-    return {"profile": profile, "modes": modes, "rows": rows, "fanned": [r for r in rows if r["subscribers"]], "rss": [r for mode in modes for r in mode.pop("rss")], "target": {"p99": target, "met": target < 50}, "gap_ms": GAP * 1000, "timeout": DELIVERY_TIMEOUT,
-            "machine": {"Redis": redis_version, "websockets (client)": websockets.__version__}}
+    redis_version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.strip()
+    return {
+        "profile": profile,
+        "modes": modes,
+        "rows": rows,
+        "fanned": [row for row in rows if row["subscribers"]],
+        "rss": [r for mode in modes for r in mode.pop("rss")],
+        "target": target,
+        "gap_ms": GAP * 1000,
+        "timeout": DELIVERY_TIMEOUT,
+        "machine": {"Redis": redis_version, "websockets (client)": websockets.__version__},
+    }

@@ -1,13 +1,12 @@
 """Closed-loop HTTP/1.1 load generator, its own process: `python -m bench.loadgen` < spec JSON > result JSON.
 
-Spec: ports (client k connects to ports[k % len]), path, headers, bodies (sent in turn: one
-sequence shared by all clients), expect (the exact response body, one per body, or null),
-concurrency, warmup, duration, min_samples, max_duration (s), split (also the latencies per body).
-Each client holds one keep-alive connection and sends its next pre-encoded request when the
-previous response (parsed just enough: status, Content-Length) has arrived. A response that
-is not HTTP 200, contains `"errors"` or differs from `expect` is an error. Samples are the
-requests completed in the window, which opens after the warm-up and lasts `duration`
-(extended up to `max_duration` until there are `min_samples`).
+Spec: ports (client k connects to ports[k % len]), path, headers, bodies (sent in turn: one sequence shared
+by all clients), expect (the exact response body per body, or null), concurrency, warmup, duration,
+min_samples, max_duration (s). Each client holds one keep-alive connection and sends its next pre-encoded
+request when the previous response (parsed just enough: status, Content-Length) has arrived. A response
+that is not HTTP 200, contains `"errors"` or differs from `expect` is an error. Samples are the requests
+completed in the window, which opens after the warm-up and lasts `duration` (extended up to
+`max_duration` until there are `min_samples`); the result has their latencies, also per body.
 """
 
 from __future__ import annotations
@@ -69,10 +68,10 @@ class HttpClient(asyncio.Protocol):
 async def run(spec: dict[str, Any]) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     ports = spec["ports"]
-    headers = "".join(f"{k}: {v}\r\n" for k, v in {"Host": f"{HOST}:{ports[0]}", "Content-Type": "application/json", **spec["headers"]}.items())
-    requests = [f"POST {spec['path']} HTTP/1.1\r\n{headers}Content-Length: {len(b.encode())}\r\n\r\n{b}".encode() for b in spec["bodies"]]
-    expect = spec.get("expect")
-    expects = [e.encode() for e in expect] if isinstance(expect, list) else [expect and expect.encode()] * len(requests)
+    headers = {"Host": f"{HOST}:{ports[0]}", "Content-Type": "application/json", **spec["headers"]}
+    head = f"POST {spec['path']} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    requests = [f"{head}Content-Length: {len(b.encode())}\r\n\r\n{b}".encode() for b in spec["bodies"]]
+    expects = [e.encode() for e in spec["expect"]] if spec["expect"] else [None] * len(requests)
     by_body: list[list[int]] = [[] for _ in requests]
     latencies_us: list[int] = []
     errors: list[str] = []
@@ -86,7 +85,8 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
             failed.set()
             enough.set()
 
-    connections = [await loop.create_connection(HttpClient, HOST, ports[k % len(ports)]) for k in range(spec["concurrency"])]
+    clients = range(spec["concurrency"])
+    connections = [await loop.create_connection(HttpClient, HOST, ports[k % len(ports)]) for k in clients]
 
     async def client(transport: asyncio.Transport, protocol: HttpClient) -> None:
         while not state["stopped"]:
@@ -125,7 +125,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "seconds": seconds,
         "latencies_us": latencies_us,
-        **({"latencies_by_body": by_body} if spec.get("split") else {}),
+        "latencies_by_body": by_body,
         "completed_ok": state["ok"],
         "errors": len(errors),
         "first_errors": errors[:3],

@@ -1,11 +1,14 @@
 """Closed-loop measurements: over HTTP (bench/loadgen.py in its own process) and of db-layer writers
-in this process, each with what it cost and how much other processes disturbed it."""
+in this process, each with what it cost and how much other processes disturbed it; and the figures
+the SQLite and PostgreSQL reports both take from them."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -16,11 +19,17 @@ from typing import Any
 
 import httpx
 
-from bench.common import ROOT, child_env, foreign_meter, log, process_cpu, self_cpu, summarize, wait_for_quiet, weighted
+from bench.common import ROOT, child_env, foreign_meter, log, process_cpu, self_cpu, summarize, wait_for_quiet
+from bench.seed import database
+from bench.servers import write_without_aggregate
 from tests.server import ServerUrl
 
-COUNT_QUERY = "query CountLoads($org: ID!) { countLoadsByStatus(orgId: $org) { open assigned completed canceled total } }"
-SET_STATUS = "mutation SetStatus($id: ID!, $status: LoadStatus!) { updateLoadStatus(id: $id, status: $status) { id status } }"
+COUNT_QUERY = (
+    "query CountLoads($org: ID!) { countLoadsByStatus(orgId: $org) { open assigned completed canceled total } }"
+)
+SET_STATUS = (
+    "mutation SetStatus($id: ID!, $status: LoadStatus!) { updateLoadStatus(id: $id, status: $status) { id status } }"
+)
 # The bench-only mutation, aliased so that its response has the same shape and size.
 SET_STATUS_WITHOUT_AGGREGATE = (
     "mutation SetStatus($id: ID!, $status: LoadStatus!) "
@@ -76,14 +85,10 @@ class Cell:
     def json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in ("latencies_us", "by_body")}
 
-
-def pooled(group: list[Cell]) -> dict[str, float]:
-    """Statistics over the samples of several runs of the same variant, CPU weighted by their requests."""
-    stats = summarize([v for c in group for v in c.latencies_us], sum(c.seconds for c in group))
-    stats["server_cpu"] = weighted([(c.server_cpu, c.completed_ok) for c in group])
-    stats["db_cpu"] = weighted([(c.also_cpu, c.completed_ok) for c in group])
-    stats["foreign"] = max((c.foreign for c in group if c.foreign is not None), default=None)
-    return stats
+    def row(self) -> dict[str, Any]:
+        """Its figures for a report's table."""
+        costs = {"server_cpu": self.server_cpu, "db_cpu": self.also_cpu, "foreign": self.foreign}
+        return {**self.stats, **costs, "variant": self.variant, "org": self.label, "clients": self.concurrency}
 
 
 # CPU seconds so far of other processes whose work is part of every measurement (a database
@@ -95,59 +100,65 @@ def also_ours() -> float:
     return sum(f() for f in ALSO_OURS)
 
 
-def log_cell(what: str, cell: Cell) -> None:
+def per_change(cpu_seconds: float, changes: int) -> float | None:
+    return cpu_seconds * 1e6 / changes if changes else None
+
+
+def log_cell(cell: Cell) -> None:
     s, f = cell.stats, cell.foreign
     note = f"  (other processes: {f:.0%} of the CPUs)" if f and f >= 0.05 else ""
-    log(f"  {what:<40} p50 {s['p50'] / 1000:8.3f} ms  p99 {s['p99'] / 1000:8.3f} ms  {s['rps']:8.0f}/s  n={s['n']:.0f}{note}")
+    what, p50, p99 = f"{cell.variant} {cell.label} c={cell.concurrency}", s["p50"] / 1000, s["p99"] / 1000
+    log(f"  {what:<40} p50 {p50:8.3f} ms  p99 {p99:8.3f} ms  {s['rps']:8.0f}/s  n={s['n']}{note}")
 
 
 def measure(
-    servers: ServerUrl | list[ServerUrl], variant: str, label: str, *, bodies: list[str], token: str | None, concurrency: int,
-    profile: Profile, path: str = "/graphql", expect: str | list[str] | None = None, split: bool = False, retry_until: float = 0.0,
+    servers: ServerUrl | list[ServerUrl], variant: str, label: str, profile: Profile, clients: int,
+    bodies: list[str], token: str | None, *, path: str = "/graphql", expect: list[str] | None = None,
+    retry_until: float = 0.0,
 ) -> Cell:  # fmt: skip
     """bench/loadgen.py against the servers (clients spread over them), with the servers' CPU. Until
     `retry_until` (monotonic), a run disturbed by other processes is redone (3 attempts at most) and
     the least disturbed one kept."""
     servers = servers if isinstance(servers, list) else [servers]
     spec = {
-        "ports": [s.port for s in servers], "path": path, "headers": {"Authorization": f"Bearer {token}"} if token else {},
-        "bodies": bodies, "expect": expect, "concurrency": concurrency, "split": split,
+        "ports": [s.port for s in servers], "path": path, "bodies": bodies, "expect": expect,
+        "concurrency": clients, "headers": {"Authorization": f"Bearer {token}"} if token else {},
         **{k: getattr(profile, k) for k in ("warmup", "duration", "min_samples", "max_duration")},
     }  # fmt: skip
 
     def servers_cpu() -> float:
         return sum(process_cpu(s.process.pid) for s in servers if s.process)
 
-    best: Cell | None = None
-    for attempt in range(1, 4):
-        if best is not None:
-            if best.foreign is None or best.foreign < DISTURBED or time.monotonic() >= retry_until:
-                break
-            log(f"  (disturbed: other processes used {best.foreign:.0%} of the CPUs; measuring again)")
-            wait_for_quiet(15)
-        cpu_before, also_before = servers_cpu(), also_ours()
+    def once() -> Cell:
+        cpu, also = servers_cpu(), also_ours()
         foreign = foreign_meter(lambda: servers_cpu() + self_cpu(resource.RUSAGE_CHILDREN) + also_ours())
         done = subprocess.run(
-            [sys.executable, "-m", "bench.loadgen"], input=json.dumps(spec), capture_output=True, text=True, cwd=ROOT,
-            env=child_env(), timeout=profile.warmup + profile.max_duration + 60,
+            [sys.executable, "-m", "bench.loadgen"], input=json.dumps(spec), capture_output=True, text=True,
+            cwd=ROOT, env=child_env(), timeout=profile.warmup + profile.max_duration + 60,
         )  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"load generator failed:\n{done.stderr}")
         result = json.loads(done.stdout)
         if result["errors"]:
-            raise RuntimeError(f"{variant} {label} c={concurrency}: {result['errors']} errors: {result['first_errors']}")
+            raise RuntimeError(f"{variant} {label} c={clients}: {result['errors']} errors: {result['first_errors']}")
         ok = result["completed_ok"]
-        cpu, also = servers_cpu() - cpu_before, also_ours() - also_before
+        cpu, also = servers_cpu() - cpu, also_ours() - also
         cell = Cell(
-            variant, label, concurrency, sorted(result["latencies_us"]), result["seconds"], ok, cpu * 1e6 / ok if ok else None,
-            result["client_cpu_us_per_request"], foreign(), also * 1e6 / ok if ALSO_OURS and ok else None,
-            by_body=result.get("latencies_by_body"), attempts=attempt,
+            variant, label, clients, sorted(result["latencies_us"]), result["seconds"], ok, per_change(cpu, ok),
+            result["client_cpu_us_per_request"], foreign(), per_change(also, ok) if ALSO_OURS else None,
+            by_body=result["latencies_by_body"],
         )  # fmt: skip
-        log_cell(f"{variant} {label} c={concurrency}", cell)
-        if best is None or (cell.foreign or 0) < (best.foreign or 0):
-            best = cell
+        log_cell(cell)
+        return cell
+
+    best = once()
+    for attempt in (2, 3):
+        if (best.foreign or 0) < DISTURBED or time.monotonic() >= retry_until:
+            break
+        log(f"  (disturbed: other processes used {best.foreign:.0%} of the CPUs; measuring again)")
+        wait_for_quiet(15)
+        best = min(best, once(), key=lambda cell: cell.foreign or 0)
         best.attempts = attempt
-    assert best is not None
     return best
 
 
@@ -165,7 +176,89 @@ def count_body(org_id: str) -> str:
 def count_answer(truth: dict[str, int]) -> str:
     """The exact bytes countLoadsByStatus answers for these counters (loads_open, ...)."""
     counts = {k: truth[f"loads_{k}"] for k in ("open", "assigned", "completed", "canceled")}
-    return json.dumps({"data": {"countLoadsByStatus": {**counts, "total": sum(counts.values())}}}, separators=(",", ":"))
+    answer = {"data": {"countLoadsByStatus": {**counts, "total": sum(counts.values())}}}
+    return json.dumps(answer, separators=(",", ":"))
+
+
+def count_reads(
+    servers: dict[str, ServerUrl], tokens: dict[str, str], expected: dict[str, str], profile: Profile
+) -> list[Cell]:
+    """countLoadsByStatus of each org (`expected`: its answer) at 1 and 16 clients, the variants (servers)
+    back to back, each answer compared with the expected one, first once and then in every request. The
+    floor answers at /floor/<org> without a token."""
+
+    def target(variant: str, org: str) -> dict[str, Any]:
+        return {"path": f"/floor/{org}", "token": None} if variant == "floor" else {"token": tokens[org]}
+
+    for org, answer in expected.items():
+        for variant, server in servers.items():
+            spot = {"path": "/graphql", **target(variant, org)}
+            if (got := post(server + spot["path"], count_body(org), spot["token"])) != answer:
+                raise RuntimeError(f"{variant} answers {got} for {org}, expected {answer}")
+    log(f"countLoadsByStatus, {', '.join(servers)} interleaved per org and clients")
+    retry_until, cells = time.monotonic() + profile.retry_until, []
+    for org, answer in expected.items():
+        for clients in (1, 16):
+            for variant, server in servers.items():
+                options = {"expect": [answer], "retry_until": retry_until, **target(variant, org)}
+                size = org.removeprefix("org_")
+                cells.append(measure(server, variant, size, profile, clients, [count_body(org)], **options))
+    return cells
+
+
+def count_figures(reads: list[Cell], names: dict[str, str]) -> tuple[dict[Any, Any], dict[str, Any]]:
+    """The count reads' rows by (variant, org, clients), and the figures both reports quote: every
+    variant at the smallest and the largest org, and at the org where Tally's rate is lowest."""
+    rows = {(c.variant, c.label, c.concurrency): {**c.row(), "name": names[c.variant]} for c in reads}
+    labels = list(dict.fromkeys(c.label for c in reads))
+    small, large = labels[0], labels[-1]
+    spots = {"small": (small, 1), "small16": (small, 16), "large": (large, 1), "large16": (large, 16)}
+    slowest = min(labels, key=lambda label: rows["tally", label, 16]["rps"])
+    return rows, {
+        "small": small,
+        "large": large,
+        "at": {v: {spot: rows[v, *where] for spot, where in spots.items()} for v in names},
+        "slowest": {"org": slowest, **{v: rows[v, slowest, 16] for v in names}},
+    }
+
+
+def against(rows: dict[tuple[str, str, int], dict[str, Any]], base: str) -> list[dict[str, Any]]:
+    """Each row with its baseline: the `base` variant's row at the same org and clients (None: its own)."""
+    return [{**row, "base": None if v == base else rows[base, org, n]} for (v, org, n), row in rows.items()]
+
+
+def disturbance(cells: list[Cell]) -> dict[str, Any]:
+    """How much other processes used the machine's CPUs during these measurements."""
+    shares = [c.foreign for c in cells if c.foreign is not None]
+    disturbed = [c for c in cells if (c.foreign or 0) >= 0.05]
+    return {
+        "mean": statistics.fmean(shares) if shares else None,
+        "max": max(shares, default=None),
+        "disturbed": [f"{c.variant} {c.label} c={c.concurrency} ({c.foreign:.0%})" for c in disturbed],
+        "repeated": sum(c.attempts > 1 for c in cells),
+    }
+
+
+def pooled(group: list[Cell]) -> dict[str, Any]:
+    """Statistics over the samples of several runs of the same variant, CPU weighted by their requests."""
+
+    def weighted(values: list[float | None]) -> float:
+        known = [(v, c.completed_ok) for v, c in zip(values, group, strict=True) if v is not None]
+        total = sum(n for _, n in known)
+        return sum(v * n for v, n in known) / total if total else math.nan
+
+    return {
+        **summarize([v for c in group for v in c.latencies_us], sum(c.seconds for c in group)),
+        "server_cpu": weighted([c.server_cpu for c in group]),
+        "db_cpu": weighted([c.also_cpu for c in group]),
+        "foreign": max((c.foreign for c in group if c.foreign is not None), default=None),
+        "trips": group[-1].round_trips if group else None,
+    }
+
+
+def sides(cells: list[Cell]) -> dict[str, dict[str, Any]]:
+    """The runs of a status change with and without the aggregate, each variant's pooled."""
+    return {key: pooled([c for c in cells if c.variant == VARIANTS[key == "with"]]) for key in ("with", "without")}
 
 
 def toggle_bodies(aggregate: bool, ids: list[int]) -> list[str]:
@@ -193,7 +286,7 @@ class Pools:
     def __init__(self, ids: list[int]) -> None:
         self.ids, self.taken, self.without_aggregate = ids, 0, []
 
-    def take(self, *, aggregate: bool, size: int = POOL) -> list[int]:
+    def take(self, aggregate: bool, size: int = POOL) -> list[int]:
         ids = self.ids[self.taken : self.taken + size]
         if len(ids) < size:
             raise RuntimeError(f"only {len(self.ids)} OPEN loads in the pools")
@@ -203,14 +296,32 @@ class Pools:
         return ids
 
 
+async def db_layer(
+    url: str, label: str, profile: Profile, writers: tuple[int, ...], ids: Callable[[bool, int], list[int]],
+    state: dict[int, str], scope: str, **options: Any,
+) -> list[Cell]:  # fmt: skip
+    """Status changes through `Database.write(set_load_status)` and `write_without_aggregate` in this
+    process, per round and writer count both variants (`alternating`), on the loads `ids(aggregate,
+    writers)`. One Database(url, **options) without after-commit hooks: nothing is published."""
+    cells = []
+    async with database(url, **options) as db:
+        for n, aggregate in alternating(profile.mutation_rounds, writers):
+            write = db.write if aggregate else partial(write_without_aggregate, db)
+            cells.append(await db_writers(write, ids(aggregate, n), state, scope, n, profile))
+            cells[-1].variant, cells[-1].label = VARIANTS[aggregate], label
+            log_cell(cells[-1])
+    return cells
+
+
 async def db_writers(
     write: Callable[[Any], Awaitable[Any]], ids: list[int], state: dict[int, str], scope: str, writers: int,
-    profile: Profile, count_trips: bool = False,
+    profile: Profile,
 ) -> Cell:  # fmt: skip
-    """`writers` closed-loop coroutines in this process, writer k toggling its share of `ids` in turn
-    through `write(set_load_status)` (state: each load's current status); after a warm-up
-    (min(1 s, profile.warmup)), the changes ending in the next db_ops_seconds are the samples.
-    CPU per change: this process's and the ALSO_OURS processes', over all changes."""
+    """`writers` closed-loop coroutines, writer k toggling its share of `ids` in turn through
+    `write(set_load_status)` (state: each load's current status); after a warm-up (min(1 s,
+    profile.warmup)), the changes ending in the next db_ops_seconds are the samples. CPU per change:
+    this process's and the ALSO_OURS processes', over all changes. With one writer, its third change
+    (a warm one) counts the calls into aiosqlite's thread."""
     from bench.breakdown import counting_round_trips
     from db.loads import set_load_status
 
@@ -227,7 +338,7 @@ async def db_writers(
             load_id, n = mine[n % len(mine)], n + 1
             status = "ASSIGNED" if state.get(load_id, "OPEN") == "OPEN" else "OPEN"
             work = write(partial(set_load_status, load_id=str(load_id), status=status, scope=scope))
-            if count_trips and completed == 2:  # a warm call (pooled connection)
+            if writers == 1 and completed == 2:
                 with counting_round_trips() as counted:
                     await work
                 trips = counted["n"]
@@ -238,12 +349,10 @@ async def db_writers(
             if start <= (ended := time.perf_counter()) <= stop:
                 latencies.append(int((ended - began) * 1e6))
 
-    cpu_before, also_before = self_cpu(), also_ours()
+    cpu, also = self_cpu(), also_ours()
     foreign = foreign_meter(lambda: self_cpu() + also_ours())
     await asyncio.gather(*(writer(k) for k in range(writers)))
-    cpu, also = self_cpu() - cpu_before, also_ours() - also_before
-    share = foreign()
     return Cell(
-        "", "", writers, latencies, profile.db_ops_seconds, completed, cpu * 1e6 / completed if completed else None,
-        None, share, also * 1e6 / completed if ALSO_OURS and completed else None, trips,
+        "", "", writers, latencies, profile.db_ops_seconds, completed, per_change(self_cpu() - cpu, completed), None,
+        foreign(), per_change(also_ours() - also, completed) if ALSO_OURS else None, trips,
     )  # fmt: skip

@@ -1,24 +1,17 @@
-"""PostgreSQL (docs/benchmarks-postgres.md); needs PostgreSQL (--server) and Redis (BENCH_REDIS_URL).
-
-In a uniquely named database (dropped at the end), migrated by Tally and seeded with
-`generate_series` (organization_stats by the app's own recalculation, then VACUUM ANALYZE):
-countLoadsByStatus at 1 and 16 clients, Tally against the naive GROUP BY (bench/servers.py),
-interleaved per org and clients; a 90/10 read/write mix from 16 clients over two Tally processes
-sharing a Redis broadcast; the hot org: status changes of one org from 1..64 writers with and
-without the aggregate, for 1 and 16 stats shards, over HTTP (two processes) and at the db layer;
-and every org's stats against a recount (the hot org's off by exactly what the without-aggregate
-runs changed).
+"""PostgreSQL (docs/benchmarks-postgres.md); needs PostgreSQL (--server) and Redis (BENCH_REDIS_URL). In
+a database of its own (dropped at the end): count queries, Tally against the naive GROUP BY; a 90/10
+read/write mix over two Tally processes sharing a Redis broadcast; the hot org's status changes from
+1..64 writers with and without the aggregate, for 1 and 16 stats shards; every org's stats against a
+recount (the hot org's off by exactly what the without-aggregate runs changed).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import statistics
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
-from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,47 +21,56 @@ import redis
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql
 
-from bench.common import TICK, app_servers, human, log, run_async, summarize, token
+from bench.common import TICK, app_servers, log, run_async, summarize, token
 from bench.measure import (
     ALSO_OURS,
+    FULL,
     QUICK,
     VARIANTS,
     Cell,
     Pools,
     Profile,
+    against,
     alternating,
     count_answer,
     count_body,
-    db_writers,
-    log_cell,
+    count_figures,
+    count_reads,
+    db_layer,
+    disturbance,
     measure,
-    pooled,
-    post,
+    sides,
     toggle_bodies,
 )
-from bench.seed import STATUS_SQL, TYPE_SQL, org_name
-from bench.servers import write_without_aggregate
+from bench.seed import LOAD_COLUMNS, LOAD_VALUES, STATUS_SQL, audit, database, open_loads, org_name
 from db.aggregates import STATS_QUERY
 from db.migrate import upgrade_async
 from db.models import Load
-from db.recalculation import drift_report, recalculate
-from db.unit_of_work import Database
+from db.recalculation import recalculate
 from tests.scrape import live_figures, scrape
 
-PROFILES = {"full": Profile("full", (1_000, 100_000, 1_000_000), 2.0, 8.0, 400, 20.0, 2, 4.0, 240.0), "quick": QUICK}
-LOADS_SQL = f"""INSERT INTO loads (org_id, status, load_type, requires_manual_review, load_number, hcr, trip_number, created_at, updated_at)
-    SELECT $1, {{status}}, {TYPE_SQL}, false, 'L' || x, 'HCR' || (x % 997), 'T' || (x % 31), $2, $2 FROM generate_series(1, $3::int) AS n(x)"""
-NAMES = {"tally": "**Tally**", "uncached": "Tally, count cache off", "naive": "naive"}  # bench/servers.py: {variant}_app
+PROFILES = {"full": replace(FULL, db_ops_seconds=4.0, retry_until=240.0), "quick": QUICK}
+NAMES = {"tally": "**Tally**", "uncached": "Tally, count cache off", "naive": "naive"}  # bench/servers.py's *_app
+ORGANIZATION = "INSERT INTO organizations (org_id, name, created_at) VALUES ($1, $1, $2)"
+LOADS = (  # $1 org_id, $2 the timestamps, $3 its number of loads; {status}: an SQL expression of x
+    f"INSERT INTO loads ({LOAD_COLUMNS}) SELECT $1, {{status}}, {LOAD_VALUES}, $2, $2 "
+    "FROM generate_series(1, $3::int) AS n(x)"
+)
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
-C = {
+C = {  # the scenario's constants, also in the report
     "mixed_clients": 16, "reads_per_write": 9, "mixed_pool": 1000, "hot_org": "org_hot", "reference_org": "org_hot_ref",
-    "writers": (1, 8, 32, 64), "shards": (1, 16), "judged_at": 32, "target": 0.7, "http_pool": 1000, "loads_per_writer": 4,
-}
+    "writers": (1, 8, 32, 64), "shards": (1, 16), "judged_at": 32, "target": 0.7, "http_pool": 1000,
+    "loads_per_writer": 4,
+}  # fmt: skip
+HEALTH = ("published", "publish_failures", "reconnects")  # tally_live_* of /metrics, summed over the servers
 HOT, REFERENCE, WRITERS, SHARDS = C["hot_org"], C["reference_org"], C["writers"], C["shards"]
 VERDICTS = {
-    "saturated": "The two cores (servers, PostgreSQL, Redis, load generator) are saturated at this concurrency, so throughput follows CPU per change: what the aggregate costs here is CPU, not idle waiting",
-    "waiting": "Throughput falls further than CPU per change explains: the rest is idle waiting (for the stats row's lock, or for commits to be flushed)",
-    "absorbed": "Throughput falls less than CPU per change would predict: the baseline did not saturate the cores (its changes wait too, e.g. for commits to be flushed), so idle time absorbed part of the aggregate's extra CPU",
+    "saturated": "The two cores (servers, PostgreSQL, Redis, load generator) are saturated at this concurrency, so "
+    "throughput follows CPU per change: what the aggregate costs here is CPU, not idle waiting",
+    "waiting": "Throughput falls further than CPU per change explains: the rest is idle waiting (for the stats row's "
+    "lock, or for commits to be flushed)",
+    "absorbed": "Throughput falls less than CPU per change would predict: the baseline did not saturate the cores (its "
+    "changes wait too, e.g. for commits to be flushed), so idle time absorbed part of the aggregate's extra CPU",
 }
 
 
@@ -96,33 +98,25 @@ def service_cpu() -> float:
 
 async def seed(dsn: str, url: str, orgs: dict[str, tuple[int, str]]) -> float:
     """orgs: org_id -> (loads, SQL status expression of x); the seconds it took."""
-    started = time.perf_counter()
+    started, stamp = time.perf_counter(), datetime(2026, 1, 1, tzinfo=UTC)
     await upgrade_async(url)
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("SET session_replication_role = replica")  # no per-row FK triggers while loading
-        stamp = datetime(2026, 1, 1, tzinfo=UTC)
         for org_id, (size, status) in orgs.items():
-            await conn.execute("INSERT INTO organizations (org_id, name, created_at) VALUES ($1, $2, $3)", org_id, org_id, stamp)
-            await conn.execute(LOADS_SQL.format(status=status), org_id, stamp, size)
+            await conn.execute(ORGANIZATION, org_id, stamp)
+            await conn.execute(LOADS.format(status=status), org_id, stamp, size)
     finally:
         await conn.close()
-    db = Database(url)
-    logging.getLogger("tally.recalculation").setLevel(logging.ERROR)  # every counter it fills in would be logged as drift
+    drift_log = logging.getLogger("tally.recalculation")  # would log every counter it fills in
+    drift_log.setLevel(logging.ERROR)
     try:
-        await recalculate(db, None, "bench-seed")
+        async with database(url) as db:
+            await recalculate(db, None, "bench-seed")
     finally:
-        logging.getLogger("tally.recalculation").setLevel(logging.NOTSET)
-        await db.dispose()
+        drift_log.setLevel(logging.NOTSET)
     await sql(dsn, "VACUUM ANALYZE")  # statistics, and the visibility map for index-only scans
     return time.perf_counter() - started
-
-
-async def open_ids(dsn: str, org_id: str, count: int) -> list[int]:
-    rows = await sql(dsn, "SELECT id FROM loads WHERE org_id = $1 AND status = 'OPEN' ORDER BY id LIMIT $2", org_id, count)
-    if len(rows) < count:
-        raise RuntimeError(f"only {len(rows)} OPEN loads in {org_id}")
-    return [row[0] for row in rows]
 
 
 async def plans(dsn: str, org_id: str) -> list[dict[str, Any]]:
@@ -131,40 +125,32 @@ async def plans(dsn: str, org_id: str) -> list[dict[str, Any]]:
     out = []
     for what, statement in (("Tally (STATS_QUERY)", STATS_QUERY.params(org_id=org_id)), ("naive", naive)):
         text = str(statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
-        out.append({"what": what, "sql": " ".join(text.split()), "plan": [row[0] for row in await sql(dsn, f"EXPLAIN (ANALYZE, BUFFERS) {text}")]})
+        plan = [row[0] for row in await sql(dsn, f"EXPLAIN (ANALYZE, BUFFERS) {text}")]
+        out.append({"what": what, "sql": " ".join(text.split()), "plan": plan})
     return out
 
 
-async def drifts(url: str, orgs: list[str]) -> dict[str, dict[str, Any]]:
-    """org -> the app's drift report: stored counters vs a recount, read in one snapshot."""
-    db = Database(url)
-    try:
-        return {org: vars(await drift_report(db, org)) for org in orgs}
-    finally:
-        await db.dispose()
+def environment(server: str) -> dict[str, str]:
+    settings = "shared_buffers", "synchronous_commit", "fsync", "max_connections"
+    query = f"SELECT version(), {', '.join(f'current_setting({s!r})' for s in settings)}"
+    version, *values = run_async(sql(f"{server}/postgres", query))[0]
+    with redis.Redis.from_url(REDIS_URL) as client:
+        redis_version = client.info("server")["redis_version"]
+    settings_now = ", ".join(f"{s} {v}" for s, v in zip(settings, values, strict=True))
+    return {
+        "Drivers": ", ".join(f"{name} {metadata.version(name)}" for name in ("asyncpg", "redis", "broadcaster")),
+        "PostgreSQL": f"{version.split(' on ')[0]} at {server}: {settings_now}",
+        "Redis": f"{redis_version} at {REDIS_URL}",
+    }
 
 
 def shards(n: int) -> str:
     return f"{n} shard{'s' if n > 1 else ''}"
 
 
-async def hot_db_layer(url: str, ids: dict[bool, list[int]], profile: Profile) -> list[Cell]:
-    """Per shard count, writer count and variant: writers as tasks in this process, each toggling its own loads."""
-    state: dict[int, str] = {}
-    cells = []
-    for n in SHARDS:
-        log(f"hot org at the db layer, {shards(n)} (in process)")
-        db = Database(url, pool_size=max(WRITERS), stats_shards=n)  # no after-commit hooks: no publishing
-        try:
-            for writers, aggregate in alternating(profile.mutation_rounds, WRITERS):
-                write = db.write if aggregate else partial(write_without_aggregate, db)
-                cell = await db_writers(write, ids[aggregate][: writers * C["loads_per_writer"]], state, HOT, writers, profile)
-                cell.variant, cell.label = VARIANTS[aggregate], shards(n)
-                cells.append(cell)
-                log_cell(f"db layer {cell.variant} {cell.label} w={writers}", cell)
-        finally:
-            await db.dispose()
-    return cells
+def two(name: str, factory: str, **env: str) -> list[tuple[str, str, dict[str, str]]]:
+    """Two processes of one app, side by side."""
+    return [(f"{name}-{x}", factory, env) for x in "ab"]
 
 
 def run(profile: Profile, server: str) -> dict[str, Any]:
@@ -174,129 +160,121 @@ def run(profile: Profile, server: str) -> dict[str, Any]:
     log(f"PostgreSQL benchmark ({profile.name}) in database {name}")
     ALSO_OURS.append(service_cpu)
     try:
-        rounds = profile.mutation_rounds
-        hot_needed = len(SHARDS) * len(WRITERS) * 2 * rounds * C["http_pool"] + 2 * max(WRITERS) * C["loads_per_writer"]
-        orgs = {org_name(size): (size, STATUS_SQL) for size in profile.sizes} | {HOT: (hot_needed, "'OPEN'"), REFERENCE: (1_000, STATUS_SQL)}
-        seconds = run_async(seed(dsn, url, orgs))
-        log(f"seeded {sum(size for size, _ in orgs.values()):,} loads in {seconds:.1f} s")
-        tokens = {org: token(org) for org in orgs}
-        before = run_async(drifts(url, list(orgs)))
-        if any(d["stored"].counts != d["actual"] for d in before.values()):
-            raise RuntimeError("the seeded organization_stats differ from a recount")
-        counted = [org_name(size) for size in profile.sizes]
-        expected = {org: count_answer(before[org]["actual"]) for org in counted}
-        reads = []
-        with app_servers(*((f"pg-{v}", f"{v}_app", {"BENCH_DATABASE_URL": url}) for v in NAMES)) as up:
-            for org in counted:
-                for variant, srv in zip(NAMES, up, strict=True):
-                    if (answer := post(f"{srv}/graphql", count_body(org), tokens[org])) != expected[org]:
-                        raise RuntimeError(f"{variant} answers {answer} for {org}, expected {expected[org]}")
-            log(f"countLoadsByStatus, {', '.join(NAMES)} interleaved per org and clients")
-            retry_until = time.monotonic() + profile.retry_until
-            for size, org in zip(profile.sizes, counted, strict=True):
-                for clients in (1, 16):
-                    for variant, srv in zip(NAMES, up, strict=True):
-                        reads.append(measure(srv, variant, human(size), token=tokens[org], bodies=[count_body(org)], expect=expected[org],
-                                             concurrency=clients, profile=profile, retry_until=retry_until))
-        largest = counted[-1]
-        explained = run_async(plans(dsn, largest))
-        ids = run_async(open_ids(dsn, largest, C["mixed_pool"]))
-        bodies = [body for write in toggle_bodies(True, ids) for body in (write, *[count_body(largest)] * C["reads_per_write"])]
-        env = {"BENCH_DATABASE_URL": url, "BENCH_BROADCAST_URL": REDIS_URL}
-        log(f"mixed workload on {largest}: {C['mixed_clients']} clients over two Tally processes")
-        with app_servers(("mixed-a", "tally_app", env), ("mixed-b", "tally_app", env)) as up:
-            mixed = measure(up, "tally, 90% reads / 10% writes", largest, token=tokens[largest], bodies=bodies, concurrency=C["mixed_clients"],
-                            profile=replace(profile, duration=2 * profile.duration), split=True)
-
-        hot_profile = replace(profile, warmup=min(profile.warmup, 1.0), duration=min(profile.duration, 5.0))
-        ids = run_async(open_ids(dsn, HOT, hot_needed))
-        db_share = 2 * C["loads_per_writer"] * max(WRITERS)
-        db_ids, pools = {True: ids[-db_share::2], False: ids[-db_share + 1 :: 2]}, Pools(ids[:-db_share])
-        http, health = [], []
-        for n in SHARDS:
-            env = {"BENCH_DATABASE_URL": url, "BENCH_BROADCAST_URL": REDIS_URL, "BENCH_STATS_SHARDS": str(n)}
-            log(f"hot org over HTTP, {shards(n)}: two processes, {'/'.join(map(str, WRITERS))} writers")
-            with app_servers((f"hot{n}-a", "naive_app", env), (f"hot{n}-b", "naive_app", env)) as up:
-                for writers, aggregate in alternating(rounds, WRITERS):
-                    http.append(measure(up, VARIANTS[aggregate], shards(n), token=tokens[HOT], concurrency=writers, profile=hot_profile,
-                                        bodies=toggle_bodies(aggregate, pools.take(aggregate=aggregate, size=C["http_pool"]))))
-                figures = [live_figures(scrape(s)) for s in up]
-                health.append({"shards": shards(n), **{k: sum(f[k] for f in figures) for k in ("published", "publish_failures", "reconnects")}})
-        db = run_async(hot_db_layer(url, db_ids, hot_profile))
-        with app_servers(("hot-read", "tally_app", {"BENCH_DATABASE_URL": url})) as (tally,):
-            read = measure(tally, "tally, orgs interleaved", "sharded vs one row", token=token(None, "service", 3600), concurrency=1,
-                           bodies=[count_body(HOT), count_body(REFERENCE)], profile=hot_profile, split=True)
-
-        without = [*pools.without_aggregate, *db_ids[False]]
-        bypassed = run_async(sql(dsn, "SELECT count(*) FROM loads WHERE status = 'ASSIGNED' AND id = ANY($1)", without))[0][0]
-        checks = []
-        for org, drift in run_async(drifts(url, list(orgs))).items():
-            delta = {c: drift["actual"][c] - drift["stored"].counts[c] for c in drift["actual"]}
-            allowed = bypassed if org == HOT else 0
-            want = {c: {"loads_open": -allowed, "loads_assigned": allowed}.get(c, 0) for c in delta}
-            checks.append({"org": org, "ok": delta == want, "bypassed": allowed, "delta": {c: v for c, v in delta.items() if v}})
-            log(f"  {checks[-1]}")
+        figures = measure_all(profile, dsn, url)
     finally:
         ALSO_OURS.remove(service_cpu)
         run_async(sql(f"{server}/postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    data = report(profile, reads, http, db, mixed, read, hot_profile)
-    return {**data, "plans": explained, "health": health, "checks": checks, "ok": all(c["ok"] for c in checks), "seeded": {"orgs": {o: s for o, (s, _) in orgs.items()}, "seconds": seconds},
-            "cells": [c.json() for c in [*reads, *http, *db, mixed, read]], "machine": environment(server)}
+    return {**figures, "machine": environment(server)}
 
 
-def environment(server: str) -> dict[str, str]:
-    settings = "SELECT version(), current_setting('shared_buffers'), current_setting('synchronous_commit'), current_setting('fsync'), current_setting('max_connections')"
-    version, buffers, sync_commit, fsync, connections = run_async(sql(f"{server}/postgres", settings))[0]
-    with redis.Redis.from_url(REDIS_URL) as client:
-        redis_version = client.info("server")["redis_version"]
+def measure_all(profile: Profile, dsn: str, url: str) -> dict[str, Any]:
+    hot_needed = len(SHARDS) * len(WRITERS) * 2 * profile.mutation_rounds * C["http_pool"]
+    db_share = 2 * max(WRITERS) * C["loads_per_writer"]
+    orgs = {org_name(size): (size, STATUS_SQL) for size in profile.sizes}
+    orgs |= {HOT: (hot_needed + db_share, "'OPEN'"), REFERENCE: (1_000, STATUS_SQL)}
+    seconds = run_async(seed(dsn, url, orgs))
+    log(f"seeded {sum(size for size, _ in orgs.values()):,} loads in {seconds:.1f} s")
+    tokens = {org: token(org) for org in orgs}
+    before = run_async(audit(url, list(orgs), []))
+    if not all(check["ok"] for check in before):
+        raise RuntimeError("the seeded organization_stats differ from a recount")
+    expected = {c["org"]: count_answer(c["actual"]) for c in before if c["org"] not in (HOT, REFERENCE)}
+    with app_servers(*((f"pg-{v}", f"{v}_app", {"BENCH_DATABASE_URL": url}) for v in NAMES)) as up:
+        reads = count_reads(dict(zip(NAMES, up, strict=True)), tokens, expected, profile)
+    largest = org_name(profile.sizes[-1])
+    explained = run_async(plans(dsn, largest))
+    mixed = mixed_workload(url, largest, tokens[largest], profile)
+
+    hot = replace(profile, warmup=min(profile.warmup, 1.0), duration=min(profile.duration, 5.0))
+    ids = run_async(open_loads(url, HOT, hot_needed + db_share))
+    pools, db_ids = Pools(ids[:hot_needed]), {True: ids[hot_needed::2], False: ids[hot_needed + 1 :: 2]}
+    http, health = hot_over_http(url, pools, tokens[HOT], hot)
+
+    def loads(aggregate: bool, writers: int) -> list[int]:
+        return db_ids[aggregate][: writers * C["loads_per_writer"]]
+
+    db, state = [], {}
+    for n in SHARDS:
+        log(f"hot org at the db layer, {shards(n)} (in process)")
+        options = {"pool_size": max(WRITERS), "stats_shards": n}
+        db += run_async(db_layer(url, shards(n), hot, WRITERS, loads, state, HOT, **options))
+    with app_servers(("hot-read", "tally_app", {"BENCH_DATABASE_URL": url})) as (tally,):
+        bodies, service = [count_body(HOT), count_body(REFERENCE)], token(None, "service")
+        read = measure(tally, "tally, orgs interleaved", "sharded vs one row", hot, 1, bodies, service)
+
+    checks = run_async(audit(url, list(orgs), [*pools.without_aggregate, *db_ids[False]], HOT))
+    for c in checks:
+        log(f"  {c['org']}: {'exact' if c['ok'] else 'NOT EXACT'} (bypassed {c['bypassed']}) {c['delta']}")
     return {
-        "Drivers": ", ".join(f"{name} {metadata.version(name)}" for name in ("asyncpg", "redis", "broadcaster")),
-        "PostgreSQL": f"{version.split(' on ')[0]} at {server}: shared_buffers {buffers}, synchronous_commit {sync_commit}, fsync {fsync}, max_connections {connections}",
-        "Redis": f"{redis_version} at {REDIS_URL}",
+        **report(reads, http, db, mixed, read),
+        "profile": profile.__dict__,
+        "hot_profile": hot.__dict__,
+        "c": C,
+        "plans": explained,
+        "health": health,
+        "checks": checks,
+        "ok": all(c["ok"] for c in checks),
+        "seeded": {"orgs": {o: s for o, (s, _) in orgs.items()}, "seconds": seconds},
+        "cells": [c.json() for c in [*reads, *http, *db, mixed, read]],
     }
 
 
+def mixed_workload(url: str, org: str, bearer: str, profile: Profile) -> Cell:
+    """Two Tally processes sharing the Redis broadcast; each status change followed by count queries."""
+    log(f"mixed workload on {org}: {C['mixed_clients']} clients over two Tally processes")
+    ids = run_async(open_loads(url, org, C["mixed_pool"]))
+    reads = [count_body(org)] * C["reads_per_write"]
+    bodies = [body for write in toggle_bodies(True, ids) for body in (write, *reads)]
+    longer = replace(profile, duration=2 * profile.duration)
+    with app_servers(*two("mixed", "tally_app", BENCH_DATABASE_URL=url, BENCH_BROADCAST_URL=REDIS_URL)) as up:
+        return measure(up, "tally, 90% reads / 10% writes", org, longer, C["mixed_clients"], bodies, bearer)
+
+
+def hot_over_http(url: str, pools: Pools, bearer: str, profile: Profile) -> tuple[list[Cell], list[dict[str, Any]]]:
+    """The hot org's status changes through two naive_app processes per shard count; their broadcast health."""
+    cells, health = [], []
+    for n in SHARDS:
+        log(f"hot org over HTTP, {shards(n)}: two processes, {'/'.join(map(str, WRITERS))} writers")
+        env = {"BENCH_DATABASE_URL": url, "BENCH_BROADCAST_URL": REDIS_URL, "BENCH_STATS_SHARDS": str(n)}
+        with app_servers(*two(f"hot{n}", "naive_app", **env)) as up:
+            for writers, aggregate in alternating(profile.mutation_rounds, WRITERS):
+                bodies = toggle_bodies(aggregate, pools.take(aggregate, C["http_pool"]))
+                cells.append(measure(up, VARIANTS[aggregate], shards(n), profile, writers, bodies, bearer))
+            live = [live_figures(scrape(server)) for server in up]
+        health.append({"shards": shards(n), **{k: sum(f[k] for f in live) for k in HEALTH}})
+    return cells, health
+
+
 def pairs(cells: list[Cell]) -> list[dict[str, Any]]:
-    """Per (shards, writers): both variants pooled over their rounds."""
+    """Per (shards, writers), in measuring order: both variants pooled over their rounds."""
     out = []
-    for label in map(shards, SHARDS):
-        for writers in WRITERS:
-            w, wo = ([c for c in cells if (c.variant, c.label, c.concurrency) == (name, label, writers)] for name in VARIANTS.values())
-            if w and wo:
-                a, b = pooled(w), pooled(wo)
-                out.append({"shards": label, "writers": writers, "with": a, "without": b, "foreign": max((f for f in (a["foreign"], b["foreign"]) if f is not None), default=None)})
+    for label, writers in dict.fromkeys((c.label, c.concurrency) for c in cells):
+        same = [c for c in cells if (c.label, c.concurrency) == (label, writers)]
+        out.append({"shards": label, "writers": writers, **sides(same)})
     return out
 
 
-def report(profile: Profile, reads: list[Cell], http: list[Cell], db: list[Cell], mixed: Cell, read: Cell, hot_profile: Profile) -> dict[str, Any]:
-    labels = [human(size) for size in profile.sizes]
-    small, large = labels[0], labels[-1]
-    cell = {(c.variant, c.label, c.concurrency): c for c in reads}
-
-    def s(variant: str, label: str, clients: int) -> dict[str, Any]:
-        c = cell[(variant, label, clients)]
-        return {**c.stats, "org": label, "clients": clients, "name": NAMES[variant], "cpu": c.server_cpu, "db_cpu": c.also_cpu, "foreign": c.foreign}
-
+def report(reads: list[Cell], http: list[Cell], db: list[Cell], mixed: Cell, read: Cell) -> dict[str, Any]:
+    rows, figures = count_figures(reads, NAMES)
     hot = {"http": pairs(http), "db": pairs(db)}
-    judged = [{**p, "layer": layer} for layer, key in (("over HTTP", "http"), ("at the db layer (stricter, secondary)", "db")) for p in hot[key] if p["writers"] == C["judged_at"]]
+    layers = {"http": "over HTTP", "db": "at the db layer (stricter, secondary)"}
+    judged = [{**p, "layer": layers[key]} for key in hot for p in hot[key] if p["writers"] == C["judged_at"]]
     p = judged[0]
     total = {k: p[k]["server_cpu"] + p[k]["db_cpu"] for k in ("with", "without")}
     ratio, cpu_ratio = p["with"]["rps"] / p["without"]["rps"], total["without"] / total["with"]
     verdict = "saturated" if abs(ratio / cpu_ratio - 1) <= 0.15 else "waiting" if ratio < cpu_ratio else "absorbed"
-    step = C["reads_per_write"] + 1
-    kinds = {kind: sorted(v for i, samples in enumerate(mixed.by_body or []) if (i % step == 0) == (kind == "writes") for v in samples) for kind in ("reads", "writes")}
+    kinds: dict[str, list[int]] = {"reads": [], "writes": []}
+    for i, samples in enumerate(mixed.by_body or []):
+        kinds["reads" if i % (C["reads_per_write"] + 1) else "writes"] += samples
     hot_read, ref_read = read.split()
-    foreign = [c.foreign for c in [*reads, *http, *db] if c.foreign is not None]
     return {
-        "profile": profile.__dict__, "hot_profile": hot_profile.__dict__, "c": C, "small": small, "large": large,
-        "foreign": {"mean": statistics.fmean(foreign) if foreign else None, "max": max(foreign, default=None)},
+        **figures,
+        "foreign": disturbance([*reads, *http, *db]),
         "judged": judged,
-        "at": {v: {f"{size}{'16' if n == 16 else ''}": s(v, label, n) for size, label in (("small", small), ("large", large)) for n in (1, 16)} for v in NAMES},
-        "slowest": min((s("tally", label, 16) for label in labels), key=lambda r: r["rps"]),
-        "counts": [{**s(v, label, n), "tally": None if v == "tally" else s("tally", label, n)} for label in labels for n in (1, 16) for v in NAMES],
+        "counts": against(rows, "tally"),
         "hot": hot,
-        "why": {**p, "total_with": total["with"], "total_without": total["without"], "verdict": VERDICTS[verdict]},
+        "why": {**p, "verdict": VERDICTS[verdict]},
         "read": {"hot": hot_read, "ref": ref_read},
-        "mixed": {"org": mixed.label, "seconds": mixed.seconds, "cpu": mixed.server_cpu, "foreign": mixed.foreign,
-                  "kinds": [{"kind": kind, **summarize(samples, mixed.seconds)} for kind, samples in kinds.items()]},
+        "mixed": {**mixed.row(), "seconds": mixed.seconds},
+        "kinds": [{"kind": kind, **summarize(samples, mixed.seconds)} for kind, samples in kinds.items()],
     }

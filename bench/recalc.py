@@ -1,12 +1,6 @@
-"""Recalculation beside a writer (docs/benchmarks-recalc.md).
-
-On SQLite (WAL), orgs of each size seeded by `bench.seed.seed` (copies of the smaller sizes, so a
-run over all orgs of one size recounts as many loads as the largest org). Per size, in one process
-and one `Database` (as the scheduler runs in a server): "run over all orgs" (`recalculate(db, orgs)`)
-and "one org" (`recalculate(db, [org])`), while a writer toggles loads of those orgs through
-`Database.write(set_load_status)`, timing every write. Windows alternate: baseline (writer alone),
-then recalculations back to back (at least MIN_RECALCS); before each recalculation window one org's
-row is given a known drift, so the first recalculation corrects it.
+"""Recalculation beside a writer (docs/benchmarks-recalc.md, whose Method section tells how): per org
+size, recalculations of all orgs of that size and of one org, in one process and one `Database` (as the
+scheduler runs in a server), in windows alternating with windows of the writer alone.
 """
 
 from __future__ import annotations
@@ -22,29 +16,37 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.common import human, log, percentile
-from bench.seed import open_loads, org_names, recount, seed, stored
+from bench.common import human, log, summarize
+from bench.seed import database, open_loads, org_name, seed
 from db.loads import set_load_status
-from db.recalculation import recalculate
+from db.recalculation import drift_report, recalculate
 from db.unit_of_work import Database
 
 MIN_RECALCS = 2  # per recalculation window, even when it outlasts the window
 WRITER_PAUSE = 0.005  # seconds between the writer's writes
-DRIFT = 7
-# copies: loads per org -> orgs of that size; window: seconds per baseline / recalculation window; rounds of both per case
+DRIFT = 7  # added to one org's loads_open before each recalculation window
+MAX_SEED_SECONDS = 90.0  # beyond, the largest size is not measured
+# copies: loads per org -> orgs of that size; window: seconds per baseline / recalculation window; rounds of both
 PROFILES = {
-    "full": {"copies": {10_000: 100, 100_000: 10, 1_000_000: 1}, "max_seed_seconds": 90.0, "window": 1.0, "rounds": 32},
-    "quick": {"copies": {1_000: 10, 10_000: 1}, "max_seed_seconds": 90.0, "window": 0.3, "rounds": 2},
+    "full": {"copies": {10_000: 100, 100_000: 10, 1_000_000: 1}, "window": 1.0, "rounds": 32},
+    "quick": {"copies": {1_000: 10, 10_000: 1}, "window": 0.3, "rounds": 2},
 }
 
 
 def add_drift(path: Path, org_id: str) -> None:
     with closing(sqlite3.connect(path, timeout=30)) as conn, conn:
-        conn.execute("UPDATE organization_stats SET loads_open = loads_open + ? WHERE org_id = ? AND shard = 0", (DRIFT, org_id))
+        drift = "UPDATE organization_stats SET loads_open = loads_open + ? WHERE org_id = ? AND shard = 0"
+        conn.execute(drift, (DRIFT, org_id))
+
+
+def within(spans: list[tuple[float, float]], at: float) -> bool:
+    """Whether `at` falls in one of the spans (in time order, not overlapping)."""
+    i = bisect.bisect_right(spans, (at, math.inf)) - 1
+    return i >= 0 and spans[i][0] <= at < spans[i][1]
 
 
 async def case(db: Database, path: Path, size: int, orgs: list[str], profile: dict[str, Any]) -> dict[str, Any]:
-    loads = [(org_id, str(open_loads(path, org_id, 1)[0])) for org_id in orgs]
+    loads = [(org_id, str((await open_loads(db.url, org_id, 1))[0])) for org_id in orgs]
     samples: list[tuple[float, float]] = []  # (start, ms) of every write
     recalcs: list[tuple[float, float]] = []  # (start, end)
     baselines: list[tuple[float, float]] = []
@@ -55,8 +57,9 @@ async def case(db: Database, path: Path, size: int, orgs: list[str], profile: di
             if stop.is_set():
                 return
             org_id, load_id = loads[turn % len(loads)]
+            status = "ASSIGNED" if turn // len(loads) % 2 == 0 else "OPEN"
             started = time.perf_counter()
-            await db.write(partial(set_load_status, load_id=load_id, status="ASSIGNED" if turn // len(loads) % 2 == 0 else "OPEN", scope=org_id))
+            await db.write(partial(set_load_status, load_id=load_id, status=status, scope=org_id))
             samples.append((started, (time.perf_counter() - started) * 1000))
             await asyncio.sleep(WRITER_PAUSE)
 
@@ -80,36 +83,26 @@ async def case(db: Database, path: Path, size: int, orgs: list[str], profile: di
         stop.set()
         await task
 
-    def inside(at: float, spans: list[tuple[float, float]]) -> bool:
-        """Spans are in time order and do not overlap: look at the last one starting by `at`."""
-        i = bisect.bisect_right(spans, (at, math.inf)) - 1
-        return i >= 0 and spans[i][0] <= at < spans[i][1]
-
-    def stats(values: list[float]) -> dict[str, float]:
-        return {"p50": percentile(values, 50), "p99": percentile(values, 99), "max": max(values, default=math.nan), "n": len(values)}
-
-    without, during = stats([ms for at, ms in samples if inside(at, baselines)]), stats([ms for at, ms in samples if inside(at, recalcs)])
-    recalc = stats([(end - start) * 1000 for start, end in recalcs])
-    exact = all(stored(path, org_id)[0] == recount(path, org_id) for org_id in orgs)
+    without = summarize([ms for at, ms in samples if within(baselines, at)])
+    during = summarize([ms for at, ms in samples if within(recalcs, at)])
+    recalc = summarize([(end - start) * 1000 for start, end in recalcs])
+    exact = not any([(await drift_report(db, org_id)).delta for org_id in orgs])
     log(f"  writer p99 without {without['p99']:.2f} ms, with {during['p99']:.2f} ms")
     return {
-        "org": human(size), "case": "one org" if len(orgs) == 1 else f"run over {len(orgs)} orgs", "orgs": len(orgs), "recalc": recalc,
-        "per_org": recalc["p50"] / len(orgs), "without": without, "with": during, **{f"x{k}": during[k] / without[k] for k in ("p50", "p99", "max")},
-        "corrections": corrections, "expected": profile["rounds"], "exact": exact, "met": during["p99"] / without["p99"] <= 1.5,
-    }
+        "org": human(size), "case": "one org" if len(orgs) == 1 else f"run over {len(orgs)} orgs", "orgs": len(orgs),
+        "recalc": recalc, "per_org": recalc["p50"] / len(orgs), "without": without, "with": during,
+        "corrections": corrections, "expected": profile["rounds"], "exact": exact,
+    }  # fmt: skip
 
 
-async def measure(path: Path, url: str, sizes: list[int], profile: dict[str, Any]) -> list[dict[str, Any]]:
-    db = Database(url, pool_size=10)
+async def measure(url: str, path: Path, sizes: list[int], profile: dict[str, Any]) -> list[dict[str, Any]]:
     results = []
-    try:
+    async with database(url, pool_size=10) as db:
         for size in sizes:
-            orgs = org_names(size, profile["copies"][size])
+            orgs = [org_name(size, k) for k in range(1, profile["copies"][size] + 1)]
             for chosen in [orgs, orgs[:1]] if len(orgs) > 1 else [orgs]:
                 log(f"{human(size)}: recalculating {len(chosen)} org(s) ...")
                 results.append(await case(db, path, size, chosen, profile))
-    finally:
-        await db.dispose()
     return results
 
 
@@ -117,18 +110,21 @@ def run(profile: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tally-bench-recalc-") as tmp:
         log("seeding ...")
         sizes = list(profile["copies"])
-        seeded = seed(Path(tmp) / "recalc.db", sizes, profile["copies"])
-        skipped = seeded.seconds > profile["max_seed_seconds"]
-        largest = sizes.pop() if skipped else None
-        cases = asyncio.run(measure(seeded.path, seeded.url, sizes, profile))
+        seeded = seed(Path(tmp) / "recalc.db", profile["copies"])
+        largest = sizes.pop() if seeded.seconds > MAX_SEED_SECONDS else None
+        cases = asyncio.run(measure(seeded.url, seeded.path, sizes, profile))
     one = [c for c in cases if c["orgs"] == 1]
+    skipped = f"The {human(largest)} org was not measured: seeding took {seeded.seconds:.0f} s." if largest else ""
     return {
         "profile": {**profile, "copies": [{"n": n, "size": human(size)} for size, n in profile["copies"].items()]},
         "cases": cases,
         "growth": [{"org": c["org"], "x": c["per_org"] / one[0]["per_org"]} for c in one[1:]],
         "smallest": one[0]["org"],
         "seeded": {"loads": sum(seeded.orgs.values()), "seconds": seeded.seconds, "mib": seeded.file_bytes / 2**20},
-        "skipped": f"The {human(largest)} org was not measured: seeding took {seeded.seconds:.0f} s." if largest else "",
+        "skipped": skipped,
         "ok": all(c["exact"] for c in cases),
-        "machine": {"SQLite": f"{sqlite3.sqlite_version} (WAL, synchronous=NORMAL, busy_timeout 30 s)", "Redis": "not used"},
+        "machine": {
+            "SQLite": f"{sqlite3.sqlite_version} (WAL, synchronous=NORMAL, busy_timeout 30 s)",
+            "Redis": "not used",
+        },
     }

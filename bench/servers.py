@@ -41,7 +41,7 @@ from settings import Settings
 T = TypeVar("T")
 
 
-def settings() -> Settings:
+def settings(**changes: Any) -> Settings:
     return Settings(
         database_url=os.environ["BENCH_DATABASE_URL"],
         broadcast_url=os.environ.get("BENCH_BROADCAST_URL", "memory://"),
@@ -50,6 +50,7 @@ def settings() -> Settings:
         db_pool_size=10,
         log_level="WARNING",
         recalc_interval_seconds=0,
+        **changes,
     )
 
 
@@ -58,14 +59,17 @@ def tally_app() -> Starlette:
 
 
 def uncached_app() -> Starlette:
-    return create_app(settings().model_copy(update={"count_cache_entries": 0}))
+    return create_app(settings(count_cache_entries=0))
 
 
 async def naive_count_loads_by_status(info: Info, org_id: strawberry.ID) -> LoadStatusCounts:
     async def work(session: AsyncSession) -> list[Any]:
-        return list((await session.execute(select(LoadRow.status, func.count()).where(LoadRow.org_id == org_id).group_by(LoadRow.status))).all())
+        query = select(LoadRow.status, func.count()).where(LoadRow.org_id == org_id).group_by(LoadRow.status)
+        return list((await session.execute(query)).all())
 
-    counts = dict.fromkeys(COUNTERS, 0) | {LOAD_STATUS_COUNTERS[status]: n for status, n in await info.context.db.read(work)}
+    counts = dict.fromkeys(COUNTERS, 0) | {
+        LOAD_STATUS_COUNTERS[status]: n for status, n in await info.context.db.read(work)
+    }
     return LoadStatusCounts.of(StatsSnapshot(org_id, counts, 0, None, None))
 
 
@@ -86,26 +90,34 @@ async def write_without_aggregate(db: Database, work: Callable[[AsyncSession], A
 
 async def update_load_status_without_aggregate(info: Info, id: strawberry.ID, status: LoadStatus) -> Load:
     scope = info.context.principal.scope
-    return Load.of(await write_without_aggregate(info.context.db, lambda s: loads.set_load_status(s, id, status.value, scope)))
+    load = await write_without_aggregate(info.context.db, lambda s: loads.set_load_status(s, id, status.value, scope))
+    return Load.of(load)
 
 
 @strawberry.type
 class NaiveQuery(Query):
-    count_loads_by_status: LoadStatusCounts = strawberry.field(resolver=naive_count_loads_by_status, permission_classes=[Authenticated])
+    count_loads_by_status: LoadStatusCounts = strawberry.field(
+        resolver=naive_count_loads_by_status, permission_classes=[Authenticated]
+    )
 
 
 @strawberry.type
 class BenchMutation(Mutation):
-    update_load_status_without_aggregate: Load = strawberry.mutation(resolver=update_load_status_without_aggregate, permission_classes=[Authenticated])
+    update_load_status_without_aggregate: Load = strawberry.mutation(
+        resolver=update_load_status_without_aggregate, permission_classes=[Authenticated]
+    )
 
 
 def bench_schema(*args: Any, **kwargs: Any) -> strawberry.Schema:
     tally = build_schema(*args, **kwargs)
-    return type(tally)(query=NaiveQuery, mutation=BenchMutation, subscription=tally.subscription, extensions=list(tally.extensions), config=tally.config)
+    return type(tally)(
+        query=NaiveQuery, mutation=BenchMutation, subscription=tally.subscription,
+        extensions=list(tally.extensions), config=tally.config,
+    )  # fmt: skip
 
 
 def naive_app() -> Starlette:
-    return create_app(settings().model_copy(update={"count_cache_entries": 0}), schema_factory=bench_schema)
+    return create_app(settings(count_cache_entries=0), schema_factory=bench_schema)
 
 
 def floor_app() -> Starlette:
@@ -116,4 +128,5 @@ def floor_app() -> Starlette:
         return endpoint
 
     bodies: dict[str, str] = json.loads(Path(os.environ["BENCH_FLOOR_BODIES"]).read_text())
-    return Starlette(routes=[*(Route(path, constant(body.encode()), methods=["POST"]) for path, body in bodies.items()), Route("/healthz", constant(b'{"status":"ok"}'))])
+    routes = [Route(path, constant(body.encode()), methods=["POST"]) for path, body in bodies.items()]
+    return Starlette(routes=[*routes, Route("/healthz", constant(b'{"status":"ok"}'))])
