@@ -7,7 +7,7 @@ import base64
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.aggregates import STATS_QUERY, StatsSnapshot, mark_locked
@@ -34,6 +34,21 @@ def _scoped(stmt: Select[Any], model: type, scope: str | None) -> Select[Any]:
     return stmt if scope is None else stmt.where(model.org_id == scope)  # type: ignore[attr-defined]
 
 
+_LOCKING: dict[tuple[type, bool], Select[Any]] = {}
+
+
+def _locking_select(model: type[M], *, scoped: bool) -> Select[Any]:
+    """SELECT ... FOR UPDATE by :ids (and :scope), built once: every status change runs one,
+    and building a statement (its cache key) costs more CPU than running it."""
+    stmt = _LOCKING.get((model, scoped))
+    if stmt is None:
+        stmt = select(model).where(model.id.in_(bindparam("ids", expanding=True)))
+        if scoped:
+            stmt = stmt.where(model.org_id == bindparam("scope"))
+        stmt = _LOCKING[(model, scoped)] = stmt.order_by(model.id).with_for_update()
+    return stmt
+
+
 async def lock_rows(session: AsyncSession, model: type[M], ids: Iterable[str], scope: str | None) -> list[M]:
     """SELECT ... FOR UPDATE the rows (in id order, so writers never deadlock).
 
@@ -44,8 +59,8 @@ async def lock_rows(session: AsyncSession, model: type[M], ids: Iterable[str], s
     numeric = sorted({i for i in parsed.values() if i is not None})
     rows: Sequence[M] = []
     if numeric:
-        stmt = _scoped(select(model).where(model.id.in_(numeric)), model, scope)
-        rows = (await session.scalars(stmt.order_by(model.id).with_for_update())).all()
+        params: dict[str, Any] = {"ids": numeric, "scope": scope}
+        rows = (await session.scalars(_locking_select(model, scoped=scope is not None), params)).all()
     found = {row.id for row in rows}
     missing = [raw for raw, i in parsed.items() if i not in found]
     if missing:
