@@ -201,7 +201,7 @@ FORMATS: dict[str, Callable[[Any], str]] = {
 BLOCK = re.compile(r"^\{\{ each (\S+) \}\}\n(.*?)^\{\{ end \}\}\n", re.M | re.S)
 LINE = re.compile(r"^\{\{ each (\S+) \}\}(.*\n)", re.M)
 PLACEHOLDER = re.compile(r"\{\{\s*([^|}]*?)\s*(?:\|\s*([^}]*?)\s*)?\}\}")
-NAME = re.compile(r"(?<![\w.])(\.?[A-Za-z_]\w*(?:[.-]\w+)*)")
+NAME = re.compile(r"'[^']*'|(?<![\w.])(\.?[A-Za-z_]\w*(?:[.-]\w+)*)")  # a quoted string, or a path
 FUNCTIONS = {"abs": abs, "max": max}
 
 
@@ -217,8 +217,8 @@ def evaluate(expression: str, data: Any, item: Any) -> Any:
     values: dict[str, Any] = {}
 
     def name(m: re.Match[str]) -> str:
-        if m[1] in FUNCTIONS:
-            return m[1]
+        if m[1] is None or m[1] in FUNCTIONS:
+            return m[0]
         values[f"_{len(values)}"] = lookup(item if m[1].startswith(".") else data, m[1])
         return f"_{len(values) - 1}"
 
@@ -233,14 +233,17 @@ def evaluate(expression: str, data: Any, item: Any) -> Any:
 
 
 def render(text: str, data: dict[str, Any]) -> str:
-    """`{{ expression | format }}` from `data` (format: a FORMATS name or a format spec). A line
-    `{{ each path }}...` repeats the rest of the line per item of that list, a block from a line
-    `{{ each path }}` to a line `{{ end }}` the block; `{{ .key }}` names the item's value."""
+    """`{{ expression | format }}` from `data` (format: a FORMATS name, a format spec, or `?text`: that
+    text if the expression is true). A line `{{ each path }}...` repeats the rest of the line per item
+    of that list, a block from a line `{{ each path }}` to a line `{{ end }}` the block; `{{ .key }}`
+    names the item's value."""
 
     def fill(chunk: str, item: Any = None) -> str:
         def one(m: re.Match[str]) -> str:
-            value = evaluate(m[1], data, item)
-            return FORMATS[m[2]](value) if m[2] in FORMATS else format(value, m[2] or "")
+            value, spec = evaluate(m[1], data, item), m[2] or ""
+            if spec.startswith("?"):  # the text after "?" if the value is true
+                return spec[1:] if value else ""
+            return FORMATS[spec](value) if spec in FORMATS else format(value, spec)
 
         return PLACEHOLDER.sub(one, chunk)
 

@@ -172,9 +172,10 @@ async def run_mode(
         async def graphql(query: str, **variables: str) -> dict[str, Any]:
             headers = {"Authorization": f"Bearer {bearer}"}
             response = await client.post("/graphql", json={"query": query, "variables": variables}, headers=headers)
-            if response.status_code != 200 or response.json().get("errors"):
-                raise RuntimeError(f"{query[:40]}... failed: {response.status_code} {response.text}")
-            return response.json()["data"]
+            data = response.json()
+            if response.status_code != 200 or data.get("errors"):
+                raise RuntimeError(f"{query[:40]}... failed: {response.status_code} {data}")
+            return data["data"]
 
         load = (await graphql(CREATE, o=ORG))["createLoad"]
 
@@ -239,9 +240,8 @@ async def run_mode(
                 for _ in range(2):  # warm the fan-out path at this size
                     await toggle()
                     await asyncio.sleep(0.3)
-                row = await measure(
-                    size, profile["at_largest"] if size == profile["sizes"][-1] else profile["mutations"]
-                )
+                mutations = profile["at_largest"] if size == profile["sizes"][-1] else profile["mutations"]
+                row = await measure(size, mutations)
                 log(f"[{mode}] {size}: commit-to-client p50 {row['commit50']:.1f} p99 {row['commit99']:.1f} ms, "
                     f"{row['received']}/{row['events']} events")  # fmt: skip
         finally:

@@ -307,15 +307,16 @@ async def db_layer(
     async with database(url, **options) as db:
         for n, aggregate in alternating(profile.mutation_rounds, writers):
             write = db.write if aggregate else partial(write_without_aggregate, db)
-            cells.append(await db_writers(write, ids(aggregate, n), state, scope, n, profile))
-            cells[-1].variant, cells[-1].label = VARIANTS[aggregate], label
+            cells.append(
+                await db_writers(VARIANTS[aggregate], label, write, ids(aggregate, n), state, scope, n, profile)
+            )
             log_cell(cells[-1])
     return cells
 
 
 async def db_writers(
-    write: Callable[[Any], Awaitable[Any]], ids: list[int], state: dict[int, str], scope: str, writers: int,
-    profile: Profile,
+    variant: str, label: str, write: Callable[[Any], Awaitable[Any]], ids: list[int], state: dict[int, str],
+    scope: str, writers: int, profile: Profile,
 ) -> Cell:  # fmt: skip
     """`writers` closed-loop coroutines, writer k toggling its share of `ids` in turn through
     `write(set_load_status)` (state: each load's current status); after a warm-up (min(1 s,
@@ -352,7 +353,8 @@ async def db_writers(
     cpu, also = self_cpu(), also_ours()
     foreign = foreign_meter(lambda: self_cpu() + also_ours())
     await asyncio.gather(*(writer(k) for k in range(writers)))
+    cpu, also = per_change(self_cpu() - cpu, completed), per_change(also_ours() - also, completed)
+    seconds = profile.db_ops_seconds
     return Cell(
-        "", "", writers, latencies, profile.db_ops_seconds, completed, per_change(self_cpu() - cpu, completed), None,
-        foreign(), per_change(also_ours() - also, completed) if ALSO_OURS else None, trips,
-    )  # fmt: skip
+        variant, label, writers, latencies, seconds, completed, cpu, None, foreign(), also if ALSO_OURS else None, trips
+    )

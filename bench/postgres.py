@@ -64,14 +64,6 @@ C = {  # the scenario's constants, also in the report
 }  # fmt: skip
 HEALTH = ("published", "publish_failures", "reconnects")  # tally_live_* of /metrics, summed over the servers
 HOT, REFERENCE, WRITERS, SHARDS = C["hot_org"], C["reference_org"], C["writers"], C["shards"]
-VERDICTS = {
-    "saturated": "The two cores (servers, PostgreSQL, Redis, load generator) are saturated at this concurrency, so "
-    "throughput follows CPU per change: what the aggregate costs here is CPU, not idle waiting",
-    "waiting": "Throughput falls further than CPU per change explains: the rest is idle waiting (for the stats row's "
-    "lock, or for commits to be flushed)",
-    "absorbed": "Throughput falls less than CPU per change would predict: the baseline did not saturate the cores (its "
-    "changes wait too, e.g. for commits to be flushed), so idle time absorbed part of the aggregate's extra CPU",
-}
 
 
 async def sql(dsn: str, statement: str, *args: Any) -> Any:
@@ -273,7 +265,7 @@ def report(reads: list[Cell], http: list[Cell], db: list[Cell], mixed: Cell, rea
         "judged": judged,
         "counts": against(rows, "tally"),
         "hot": hot,
-        "why": {**p, "verdict": VERDICTS[verdict]},
+        "why": {**p, "verdict": verdict},
         "read": {"hot": hot_read, "ref": ref_read},
         "mixed": {**mixed.row(), "seconds": mixed.seconds},
         "kinds": [{"kind": kind, **summarize(samples, mixed.seconds)} for kind, samples in kinds.items()],
