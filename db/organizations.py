@@ -14,7 +14,7 @@ from db.rules import check_text
 
 
 def _build_ensure_statement(insert: Any) -> Any:
-    values = {column: bindparam(column) for column in ("org_id", "name", "created_at")}
+    values: dict[str, Any] = {column: bindparam(column) for column in ("org_id", "name", "created_at")}
     return insert(Organization).values(**values).on_conflict_do_nothing(index_elements=["org_id"])
 
 
