@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 
 
 class LoadStatus(StrEnum):
@@ -49,12 +50,12 @@ class CounterGroup:
     def counter(self, value: str) -> str:
         return f"{self.prefix}_{value.lower()}"
 
-    @property
+    @cached_property
     def counters(self) -> dict[str, str]:
         """The organization_stats column of each counted value."""
         return {value.value: self.counter(value.value) for value in self.values}
 
-    @property
+    @cached_property
     def fields(self) -> dict[str, str]:
         """The organization_stats column of each field of the GraphQL count type (snake case)."""
         return {value.value.lower(): self.counter(value.value) for value in self.values}
