@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import shutil
 import signal
 import sys
 import time
@@ -32,6 +33,8 @@ args = parser.parse_args()
 if unknown := set(chosen := args.only.split(",")) - set(REPORTS):
     parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop the servers, drop databases
+if not args.render_only and {"sqlite", "postgres"} & set(chosen) and not shutil.which("wrk"):
+    sys.exit("bench: the sqlite and postgres scenarios need wrk as their HTTP client: apt-get install wrk")
 profile = "quick" if args.quick else "full"
 RESULTS.mkdir(parents=True, exist_ok=True)
 ok = True

@@ -1,4 +1,4 @@
-"""Closed-loop measurements: over HTTP (bench/loadgen.py in its own process) and of db-layer writers
+"""Closed-loop measurements: over HTTP (wrk processes, bench/wrk.lua) and of db-layer writers
 in this process, each with what it cost and how much other processes disturbed it; and the figures
 the SQLite and PostgreSQL reports both take from them."""
 
@@ -8,18 +8,20 @@ import asyncio
 import json
 import math
 import resource
+import signal
 import statistics
 import subprocess
-import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.common import ROOT, child_env, foreign_meter, log, process_cpu, self_cpu, summarize, wait_for_quiet
+from bench.common import ROOT, foreign_meter, log, process_cpu, self_cpu, summarize, wait_for_quiet
 from bench.seed import database
 from bench.servers import write_without_aggregate
 from tests.server import ServerUrl
@@ -37,7 +39,9 @@ SET_STATUS_WITHOUT_AGGREGATE = (
 )
 DISTURBED = 0.10  # a read measurement during which other processes used this share of the CPUs is redone
 POOL = 500  # loads per mutation run; each run toggles its own, so every change is a real one
+WARM_POOL = 100  # loads per mutation run's warm-up
 VARIANTS = {True: "with aggregate", False: "without aggregate"}
+WRK = ["wrk", "-t1", "--timeout", "10s", "-s", str(ROOT / "bench" / "wrk.lua")]
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,19 @@ FULL = Profile("full", (1_000, 100_000, 1_000_000), 2.0, 8.0, 400, 20.0, 2, 5.0,
 QUICK = Profile("quick", (1_000, 10_000), 0.2, 0.8, 20, 1.5, 1, 0.8, 0.0)
 
 
+@dataclass(frozen=True)
+class Stream:
+    """One wrk process: `connections` keep-alive connections to `server` + `path`, POSTing `bodies` in turn;
+    `expect`: every response's exact body; `part`: which of the measurement's parts its latencies join."""
+
+    server: ServerUrl
+    connections: int
+    bodies: list[str]
+    expect: str | None = None
+    part: int = 0
+    path: str = "/graphql"
+
+
 @dataclass
 class Cell:
     """One measurement: latencies (µs) of a closed-loop run and what it cost (CPU µs per request)."""
@@ -66,13 +83,14 @@ class Cell:
     concurrency: int
     latencies_us: list[int]
     seconds: float
-    completed_ok: int
+    answered: int  # requests answered, warm-up included
     server_cpu: float | None = None  # the servers' (or, at the db layer, this process's)
     client_cpu: float | None = None
     foreign: float | None = None  # share of the machine's CPUs used by other processes meanwhile
     also_cpu: float | None = None  # of the ALSO_OURS processes (PostgreSQL, Redis)
     round_trips: int | None = None  # calls into aiosqlite's thread per change (db layer)
-    by_body: list[list[int]] | None = None  # latencies per request body (split measurements)
+    parts: list[list[int]] | None = None  # latencies per part (streams run side by side)
+    sent: int | None = None  # requests sent, warm-up included: answered + those in flight when wrk stopped
     attempts: int = 1
     stats: dict[str, float] = field(default_factory=dict)
 
@@ -80,10 +98,10 @@ class Cell:
         self.stats = summarize(self.latencies_us, self.seconds)
 
     def split(self) -> list[dict[str, float]]:
-        return [summarize(samples, self.seconds) for samples in self.by_body or []]
+        return [summarize(samples, self.seconds) for samples in self.parts or []]
 
     def json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in ("latencies_us", "by_body")}
+        return {k: v for k, v in asdict(self).items() if k not in ("latencies_us", "parts")}
 
     def row(self) -> dict[str, Any]:
         """Its figures for a report's table."""
@@ -111,42 +129,70 @@ def log_cell(cell: Cell) -> None:
     log(f"  {what:<40} p50 {p50:8.3f} ms  p99 {p99:8.3f} ms  {s['rps']:8.0f}/s  n={s['n']}{note}")
 
 
+def run_wrk(streams: list[Stream], seconds: float, token: str | None) -> list[dict[str, Any]]:
+    """One wrk process per stream (bench/wrk.lua), side by side, interrupted after `seconds`; their results."""
+    auth = ["-H", f"Authorization: Bearer {token}"] if token else []
+    with tempfile.TemporaryDirectory(prefix="tally-wrk-") as tmp:
+        processes = []
+        for k, stream in enumerate(streams):
+            bodies, expect = Path(tmp, f"{k}.bodies"), Path(tmp, f"{k}.expect")
+            bodies.write_text("".join(f"{body}\n" for body in stream.bodies))
+            expect.write_text(stream.expect or "")
+            script = [str(stream.connections), str(bodies), str(expect) if stream.expect else ""]
+            command = [*WRK, f"-c{stream.connections}", f"-d{math.ceil(seconds) + 10}s", *auth]
+            command += [stream.server + stream.path, "--", *script]
+            processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        time.sleep(seconds)
+        for process in processes:
+            process.send_signal(signal.SIGINT)  # wrk stops, then runs the script's done()
+        outputs = [(process, *process.communicate(timeout=60)) for process in processes]
+    if failed := [f"{p.args}: {out}{err}" for p, out, err in outputs if p.returncode or '"sent"' not in out]:
+        raise RuntimeError(f"wrk failed: {failed[0]}")
+    return [json.loads(out.strip().splitlines()[-1]) for _, out, _ in outputs]
+
+
 def measure(
-    servers: ServerUrl | list[ServerUrl], variant: str, label: str, profile: Profile, clients: int,
-    bodies: list[str], token: str | None, *, path: str = "/graphql", expect: list[str] | None = None,
-    retry_until: float = 0.0,
+    streams: list[Stream], variant: str, label: str, profile: Profile, clients: int, token: str | None,
+    retry_until: float = 0.0, warmup: list[Stream] | None = None,
 ) -> Cell:  # fmt: skip
-    """bench/loadgen.py against the servers (clients spread over them), with the servers' CPU. Until
-    `retry_until` (monotonic), a run disturbed by other processes is redone (3 attempts at most) and
-    the least disturbed one kept."""
-    servers = servers if isinstance(servers, list) else [servers]
-    spec = {
-        "ports": [s.port for s in servers], "path": path, "bodies": bodies, "expect": expect,
-        "concurrency": clients, "headers": {"Authorization": f"Bearer {token}"} if token else {},
-        **{k: getattr(profile, k) for k in ("warmup", "duration", "min_samples", "max_duration")},
-    }  # fmt: skip
+    """The streams' wrk processes side by side against their servers, with the servers' CPU: a warm-up (of
+    `warmup`, default the same streams; status changes warm up on loads of their own, since a request in
+    flight when wrk stops may or may not be carried out), then the window (profile.duration, longer up
+    to max_duration when the warm-up's rate says min_samples needs it). Until `retry_until` (monotonic),
+    a run disturbed by other processes is redone (3 attempts at most) and the least disturbed one kept."""
+    servers = list({s.server.port: s.server for s in streams}.values())
+    total = {"requests": 0, "sent": 0}
 
     def servers_cpu() -> float:
         return sum(process_cpu(s.process.pid) for s in servers if s.process)
 
-    def once() -> Cell:
-        cpu, also = servers_cpu(), also_ours()
+    def window(runs: list[Stream], seconds: float) -> tuple[list[dict[str, Any]], float, float, float, float | None]:
+        cpu, also, client = servers_cpu(), also_ours(), self_cpu(resource.RUSAGE_CHILDREN)
         foreign = foreign_meter(lambda: servers_cpu() + self_cpu(resource.RUSAGE_CHILDREN) + also_ours())
-        done = subprocess.run(
-            [sys.executable, "-m", "bench.loadgen"], input=json.dumps(spec), capture_output=True, text=True,
-            cwd=ROOT, env=child_env(), timeout=profile.warmup + profile.max_duration + 60,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise RuntimeError(f"load generator failed:\n{done.stderr}")
-        result = json.loads(done.stdout)
-        if result["errors"]:
-            raise RuntimeError(f"{variant} {label} c={clients}: {result['errors']} errors: {result['first_errors']}")
-        ok = result["completed_ok"]
-        cpu, also = servers_cpu() - cpu, also_ours() - also
+        results = run_wrk(runs, seconds, token)
+        if errors := [r for r in results if r["errors"]]:
+            raise RuntimeError(
+                f"{variant} {label} c={clients}: {errors[0]['errors']} errors: {errors[0]['first_error']}"
+            )
+        for key in total:
+            total[key] += sum(r[key] for r in results)
+        client = self_cpu(resource.RUSAGE_CHILDREN) - client
+        return results, servers_cpu() - cpu, also_ours() - also, client, foreign()
+
+    def once() -> Cell:
+        warm, *_ = window(warmup or streams, profile.warmup)
+        rate = sum(r["requests"] for r in warm) / profile.warmup
+        seconds = min(profile.max_duration, max(profile.duration, profile.min_samples / max(rate, 1e-9)))
+        results, cpu, also, client, foreign = window(streams, seconds)
+        served = sum(r["sent"] for r in results)
+        parts: list[list[int]] = [[] for _ in range(1 + max(s.part for s in streams))]
+        for stream, result in zip(streams, results, strict=True):
+            parts[stream.part] += [us for us, count in result["latency_us"] for _ in range(count)]
         cell = Cell(
-            variant, label, clients, sorted(result["latencies_us"]), result["seconds"], ok, per_change(cpu, ok),
-            result["client_cpu_us_per_request"], foreign(), per_change(also, ok) if ALSO_OURS else None,
-            by_body=result["latencies_by_body"],
+            variant, label, clients, sorted(us for part in parts for us in part),
+            max(r["duration_us"] for r in results) / 1e6, total["requests"], per_change(cpu, served),
+            per_change(client, served), foreign, per_change(also, served) if ALSO_OURS else None, parts=parts,
+            sent=total["sent"],
         )  # fmt: skip
         log_cell(cell)
         return cell
@@ -160,6 +206,13 @@ def measure(
         best = min(best, once(), key=lambda cell: cell.foreign or 0)
         best.attempts = attempt
     return best
+
+
+def spread(servers: list[ServerUrl], clients: int) -> list[tuple[ServerUrl, int]]:
+    """The clients spread evenly over the servers (the first ones take the rest); servers left without one
+    are left out."""
+    shares = [(server, clients // len(servers) + (k < clients % len(servers))) for k, server in enumerate(servers)]
+    return [(server, n) for server, n in shares if n]
 
 
 def post(url: str, body: str, token: str | None) -> str:
@@ -187,22 +240,23 @@ def count_reads(
     back to back, each answer compared with the expected one, first once and then in every request. The
     floor answers at /floor/<org> without a token."""
 
-    def target(variant: str, org: str) -> dict[str, Any]:
-        return {"path": f"/floor/{org}", "token": None} if variant == "floor" else {"token": tokens[org]}
+    def target(variant: str, org: str) -> tuple[str, str | None]:
+        return (f"/floor/{org}", None) if variant == "floor" else ("/graphql", tokens[org])
 
     for org, answer in expected.items():
         for variant, server in servers.items():
-            spot = {"path": "/graphql", **target(variant, org)}
-            if (got := post(server + spot["path"], count_body(org), spot["token"])) != answer:
+            path, bearer = target(variant, org)
+            if (got := post(server + path, count_body(org), bearer)) != answer:
                 raise RuntimeError(f"{variant} answers {got} for {org}, expected {answer}")
     log(f"countLoadsByStatus, {', '.join(servers)} interleaved per org and clients")
     retry_until, cells = time.monotonic() + profile.retry_until, []
     for org, answer in expected.items():
         for clients in (1, 16):
             for variant, server in servers.items():
-                options = {"expect": [answer], "retry_until": retry_until, **target(variant, org)}
+                path, bearer = target(variant, org)
+                streams = [Stream(server, clients, [count_body(org)], answer, path=path)]
                 size = org.removeprefix("org_")
-                cells.append(measure(server, variant, size, profile, clients, [count_body(org)], **options))
+                cells.append(measure(streams, variant, size, profile, clients, bearer, retry_until))
     return cells
 
 
@@ -243,7 +297,7 @@ def pooled(group: list[Cell]) -> dict[str, Any]:
     """Statistics over the samples of several runs of the same variant, CPU weighted by their requests."""
 
     def weighted(values: list[float | None]) -> float:
-        known = [(v, c.completed_ok) for v, c in zip(values, group, strict=True) if v is not None]
+        known = [(v, c.answered) for v, c in zip(values, group, strict=True) if v is not None]
         total = sum(n for _, n in known)
         return sum(v * n for v, n in known) / total if total else math.nan
 
@@ -259,6 +313,11 @@ def pooled(group: list[Cell]) -> dict[str, Any]:
 def sides(cells: list[Cell]) -> dict[str, dict[str, Any]]:
     """The runs of a status change with and without the aggregate, each variant's pooled."""
     return {key: pooled([c for c in cells if c.variant == VARIANTS[key == "with"]]) for key in ("with", "without")}
+
+
+def toggles(shares: list[tuple[ServerUrl, int]], aggregate: bool, ids: list[int]) -> list[Stream]:
+    """Status-change streams: per (server, clients), a wrk process toggling its own share of `ids`."""
+    return [Stream(s, n, toggle_bodies(aggregate, ids[k :: len(shares)])) for k, (s, n) in enumerate(shares)]
 
 
 def toggle_bodies(aggregate: bool, ids: list[int]) -> list[str]:

@@ -21,7 +21,7 @@ import redis
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql
 
-from bench.common import TICK, app_servers, log, run_async, summarize, token
+from bench.common import TICK, app_servers, log, run_async, token
 from bench.measure import (
     ALSO_OURS,
     FULL,
@@ -30,6 +30,7 @@ from bench.measure import (
     Cell,
     Pools,
     Profile,
+    Stream,
     against,
     alternating,
     count_answer,
@@ -40,7 +41,8 @@ from bench.measure import (
     disturbance,
     measure,
     sides,
-    toggle_bodies,
+    spread,
+    toggles,
 )
 from bench.seed import LOAD_COLUMNS, LOAD_VALUES, STATUS_SQL, audit, database, open_loads, org_name
 from db.aggregates import STATS_QUERY
@@ -58,8 +60,8 @@ LOADS = (  # $1 org_id, $2 the timestamps, $3 its number of loads; {status}: an 
 )
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 C = {  # the scenario's constants, also in the report
-    "mixed_clients": 16, "reads_per_write": 9, "mixed_pool": 1000, "hot_org": "org_hot", "reference_org": "org_hot_ref",
-    "writers": (1, 8, 32, 64), "shards": (1, 16), "judged_at": 32, "target": 0.7, "http_pool": 1000,
+    "mixed_clients": 16, "mixed_writers": 6, "mixed_pool": 1000, "hot_org": "org_hot", "reference_org": "org_hot_ref",
+    "writers": (1, 8, 32, 64), "shards": (1, 16), "judged_at": 32, "target": 0.7, "http_pool": 1000, "warm_pool": 256,
     "loads_per_writer": 4,
 }  # fmt: skip
 HEALTH = ("published", "publish_failures", "reconnects")  # tally_live_* of /metrics, summed over the servers
@@ -160,7 +162,7 @@ def run(profile: Profile, server: str) -> dict[str, Any]:
 
 
 def measure_all(profile: Profile, dsn: str, url: str) -> dict[str, Any]:
-    hot_needed = len(SHARDS) * len(WRITERS) * 2 * profile.mutation_rounds * C["http_pool"]
+    hot_needed = len(SHARDS) * len(WRITERS) * 2 * profile.mutation_rounds * (C["http_pool"] + C["warm_pool"])
     db_share = 2 * max(WRITERS) * C["loads_per_writer"]
     orgs = {org_name(size): (size, STATUS_SQL) for size in profile.sizes}
     orgs |= {HOT: (hot_needed + db_share, "'OPEN'"), REFERENCE: (1_000, STATUS_SQL)}
@@ -191,8 +193,8 @@ def measure_all(profile: Profile, dsn: str, url: str) -> dict[str, Any]:
         options = {"pool_size": max(WRITERS), "stats_shards": n}
         db += run_async(db_layer(url, shards(n), hot, WRITERS, loads, state, HOT, **options))
     with app_servers(("hot-read", "tally_app", {"BENCH_DATABASE_URL": url})) as (tally,):
-        bodies, service = [count_body(HOT), count_body(REFERENCE)], token(None, "service")
-        read = measure(tally, "tally, orgs interleaved", "sharded vs one row", hot, 1, bodies, service)
+        streams = [Stream(tally, 1, [count_body(org)], part=k) for k, org in enumerate((HOT, REFERENCE))]
+        read = measure(streams, "tally, orgs interleaved", "sharded vs one row", hot, 1, token(None, "service"))
 
     checks = run_async(audit(url, list(orgs), [*pools.without_aggregate, *db_ids[False]], HOT))
     for c in checks:
@@ -212,14 +214,16 @@ def measure_all(profile: Profile, dsn: str, url: str) -> dict[str, Any]:
 
 
 def mixed_workload(url: str, org: str, bearer: str, profile: Profile) -> Cell:
-    """Two Tally processes sharing the Redis broadcast; each status change followed by count queries."""
+    """Two Tally processes sharing the Redis broadcast; clients changing statuses beside clients counting."""
     log(f"mixed workload on {org}: {C['mixed_clients']} clients over two Tally processes")
-    ids = run_async(open_loads(url, org, C["mixed_pool"]))
-    reads = [count_body(org)] * C["reads_per_write"]
-    bodies = [body for write in toggle_bodies(True, ids) for body in (write, *reads)]
+    ids, pool = run_async(open_loads(url, org, C["mixed_pool"] + C["warm_pool"])), C["mixed_pool"]
     longer = replace(profile, duration=2 * profile.duration)
     with app_servers(*two("mixed", "tally_app", BENCH_DATABASE_URL=url, BENCH_BROADCAST_URL=REDIS_URL)) as up:
-        return measure(up, "tally, 90% reads / 10% writes", org, longer, C["mixed_clients"], bodies, bearer)
+        writers, readers = spread(up, C["mixed_writers"]), spread(up, C["mixed_clients"] - C["mixed_writers"])
+        reads = [Stream(server, n, [count_body(org)], part=1) for server, n in readers]
+        window, warm = (toggles(writers, True, loads) + reads for loads in (ids[:pool], ids[pool:]))
+        variant = "tally, 90% reads / 10% writes"
+        return measure(window, variant, org, longer, C["mixed_clients"], bearer, warmup=warm)
 
 
 def hot_over_http(url: str, pools: Pools, bearer: str, profile: Profile) -> tuple[list[Cell], list[dict[str, Any]]]:
@@ -230,8 +234,9 @@ def hot_over_http(url: str, pools: Pools, bearer: str, profile: Profile) -> tupl
         env = {"BENCH_DATABASE_URL": url, "BENCH_BROADCAST_URL": REDIS_URL, "BENCH_STATS_SHARDS": str(n)}
         with app_servers(*two(f"hot{n}", "naive_app", **env)) as up:
             for writers, aggregate in alternating(profile.mutation_rounds, WRITERS):
-                bodies = toggle_bodies(aggregate, pools.take(aggregate, C["http_pool"]))
-                cells.append(measure(up, VARIANTS[aggregate], shards(n), profile, writers, bodies, bearer))
+                shares, sizes = spread(up, writers), (C["http_pool"], C["warm_pool"])
+                window, warm = (toggles(shares, aggregate, pools.take(aggregate, size)) for size in sizes)
+                cells.append(measure(window, VARIANTS[aggregate], shards(n), profile, writers, bearer, warmup=warm))
             live = [live_figures(scrape(server)) for server in up]
         health.append({"shards": shards(n), **{k: sum(f[k] for f in live) for k in HEALTH}})
     return cells, health
@@ -255,9 +260,7 @@ def report(reads: list[Cell], http: list[Cell], db: list[Cell], mixed: Cell, rea
     total = {k: p[k]["server_cpu"] + p[k]["db_cpu"] for k in ("with", "without")}
     ratio, cpu_ratio = p["with"]["rps"] / p["without"]["rps"], total["without"] / total["with"]
     verdict = "saturated" if abs(ratio / cpu_ratio - 1) <= 0.15 else "waiting" if ratio < cpu_ratio else "absorbed"
-    kinds: dict[str, list[int]] = {"reads": [], "writes": []}
-    for i, samples in enumerate(mixed.by_body or []):
-        kinds["reads" if i % (C["reads_per_write"] + 1) else "writes"] += samples
+    mixed_writes, mixed_reads = mixed.split()
     hot_read, ref_read = read.split()
     return {
         **figures,
@@ -268,5 +271,5 @@ def report(reads: list[Cell], http: list[Cell], db: list[Cell], mixed: Cell, rea
         "why": {**p, "verdict": verdict},
         "read": {"hot": hot_read, "ref": ref_read},
         "mixed": {**mixed.row(), "seconds": mixed.seconds},
-        "kinds": [{"kind": kind, **summarize(samples, mixed.seconds)} for kind, samples in kinds.items()],
+        "kinds": [{"kind": "reads", **mixed_reads}, {"kind": "writes", **mixed_writes}],
     }
