@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -83,6 +84,18 @@ async def test_a_cached_answer_never_reaches_a_caller_who_may_not_read_it(api: A
     # Members and service tokens may read it, and get the same answer.
     for bearer in (token("org_a", "member"), token(None, "service")):
         assert (await counts(api.as_(bearer)))["open"] == 1
+
+
+async def test_a_decided_request_is_refused_once_its_token_expires(api: Api, cache: CountCache) -> None:
+    """The cache remembers which org a (token, body) may read only while that token is valid."""
+    await create_load(api)
+    short = api.as_(token("org_a", "admin", ttl=2))
+    for expected_hits in (0, 1):
+        assert (await counts(short))["open"] == 1
+        assert cache.hits == expected_hits
+    await asyncio.sleep(3)
+    assert (await short.error(COUNT_LOADS, o="org_a"))["extensions"]["code"] == "UNAUTHENTICATED"
+    assert cache.hits == 1
 
 
 async def test_each_count_query_runs_exactly_one_statement_hit_or_miss(api: Api, cache: CountCache) -> None:
