@@ -1,8 +1,7 @@
 """Tally benchmarks: `uv run python -m bench [--only sqlite,live,recalc,postgres] [--quick] [--render-only]`.
 
-Each scenario measures and saves its figures as JSON (bench/results/<scenario>-<profile>.json);
-its report is bench/templates/<scenario>.md filled from that JSON: into docs/ for a full run,
-bench/results/quick/ for a quick one.
+Each scenario saves its figures as bench/results/<scenario>-<profile>.json, rendered through
+bench/templates/<scenario>.md into docs/ (a quick run: bench/results/quick/).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import signal
 import sys
 import time
 
-from bench.common import RESULTS, ROOT, UVICORN_FLAGS, describe, keep_analysis, loadavg, log, render
+from bench.common import RESULTS, ROOT, UVICORN_FLAGS, describe, loadavg, log, render
 
 REPORTS = {
     "sqlite": "benchmarks.md",
@@ -55,6 +54,7 @@ for name in chosen:
     target = (RESULTS / "quick" if args.quick else ROOT / "docs") / REPORTS[name]
     target.parent.mkdir(parents=True, exist_ok=True)
     template = (ROOT / "bench" / "templates" / f"{name}.md").read_text()
-    target.write_text(keep_analysis(render(template, data), target))
+    kept = target.read_text().partition("\n## Analysis")[1:] if target.exists() else ()  # a hand-written section
+    target.write_text(render(template, data) + "".join(kept))
     log(f"wrote {target} (figures: {saved})")
 sys.exit(0 if ok else 1)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -27,7 +27,6 @@ from tests.server import ServerUrl, running_server
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PACKAGES = ("strawberry-graphql", "starlette", "uvicorn", "uvloop", "httptools", "sqlalchemy", "aiosqlite")
-UVICORN = ["{python}", "-m", "uvicorn", "--factory", "--host", "127.0.0.1", "--port", "{port}"]
 UVICORN_FLAGS = "--workers 1 --loop uvloop --http httptools --no-access-log --log-level warning"
 CORES = os.cpu_count() or 1
 TICK = os.sysconf("SC_CLK_TCK")
@@ -96,8 +95,7 @@ def busy_seconds() -> float:
 
 
 def foreign_meter(ours: Callable[[], float]) -> Callable[[], float | None]:
-    """Started now; when called, the share of the machine's CPUs that processes other than
-    ours (`ours()`: CPU seconds so far of everything the measurement runs) used meanwhile."""
+    """When called, the share of the CPUs other processes than `ours()` (CPU seconds so far) used since now."""
     busy, own, wall = busy_seconds(), ours(), time.monotonic()
 
     def share() -> float | None:
@@ -159,14 +157,15 @@ def child_env(**extra: str) -> dict[str, str]:
 @contextmanager
 def app_servers(*specs: tuple[str, str, dict[str, str]]) -> Iterator[list[ServerUrl]]:
     """One uvicorn process per (name, bench.servers factory, BENCH_* env), side by side."""
+    uvicorn = ["{python}", "-m", "uvicorn", "--factory", "--host", "127.0.0.1", "--port", "{port}"]
     with ExitStack() as stack:
-        yield [stack.enter_context(app_server(*spec)) for spec in specs]
-
-
-def app_server(name: str, factory: str, env: dict[str, str]) -> AbstractContextManager[ServerUrl]:
-    command = [*UVICORN, f"bench.servers:{factory}", *UVICORN_FLAGS.split()]
-    log_path = RESULTS / f"server-{name}.log"
-    return running_server({}, timeout=90, command=command, base_env=child_env(**env), log_path=log_path)
+        servers = []
+        for name, factory, env in specs:
+            command = [*uvicorn, f"bench.servers:{factory}", *UVICORN_FLAGS.split()]
+            log_path = RESULTS / f"server-{name}.log"
+            server = running_server({}, timeout=90, command=command, base_env=child_env(**env), log_path=log_path)
+            servers.append(stack.enter_context(server))
+        yield servers
 
 
 def ms(us: float) -> str:
@@ -251,9 +250,3 @@ def render(text: str, data: dict[str, Any]) -> str:
         return "".join(fill(m[2], item) for item in lookup(data, m[1]))
 
     return fill(LINE.sub(each, BLOCK.sub(each, text)))
-
-
-def keep_analysis(text: str, target: Path) -> str:
-    """A hand-written `## Analysis` section of the report being replaced stays at its end."""
-    kept = target.read_text().partition("\n## Analysis") if target.exists() else ("", "", "")
-    return text + kept[1] + kept[2] if kept[1] else text

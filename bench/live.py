@@ -1,9 +1,4 @@
-"""Live-update latency (docs/benchmarks-live.md): `python main.py serve` processes on loopback, WebSocket
-subscribers (graphql-transport-ws) and HTTP mutations, all timed in this one process on one clock. For 0
-and each subscriber count, `updateLoadStatus` toggles one load; each commit bumps the org's version by
-one, so event version `base + k` is mutation k's. The next mutation goes once every subscriber has the
-event (or after DELIVERY_TIMEOUT), plus GAP.
-"""
+"""Live-update latency (docs/benchmarks-live.md, whose Method section tells how)."""
 
 from __future__ import annotations
 
@@ -75,10 +70,8 @@ class Arrivals:
 
 
 class Subscriber:
-    """One WebSocket and subscription: the websockets library's sans-I/O protocol on a raw socket the
-    loop watches (no task per connection); each message's receive time is the kernel's timestamp of
-    its arrival (SO_TIMESTAMPNS), so the figures measure the server and the network, not this
-    process working through a thousand sockets (~40 µs each)."""
+    """One subscription: websockets' sans-I/O protocol on a raw socket the loop watches (no task per connection);
+    receive times are the kernel's (SO_TIMESTAMPNS), not this process's, busy with a thousand sockets."""
 
     def __init__(self, arrivals: Arrivals, url: str) -> None:
         self.loop, self.arrivals, self.errors = asyncio.get_running_loop(), arrivals, 0
@@ -162,8 +155,7 @@ def rss_kib(pid: int) -> int:
 async def run_mode(
     profile: dict[str, Any], mode: str, mutations_to: ServerUrl, subscribers_on: ServerUrl
 ) -> dict[str, Any]:
-    """The mutation alone, then with each count of subscribers: its figures per count (rows), and
-    the subscribers' server's memory."""
+    """The mutation alone, then with each count of subscribers; the subscribers' server's memory."""
     bearer, pid = token(ORG), subscribers_on.process.pid if subscribers_on.process else 0
     arrivals, rows, rss, subscribers = Arrivals(), [], {}, []
     one_connection = httpx.Limits(max_keepalive_connections=1, max_connections=1)
@@ -267,12 +259,11 @@ def run(profile: dict[str, Any]) -> dict[str, Any]:
     want = 10_000 if hard == resource.RLIM_INFINITY else min(10_000, hard)
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # inherited by the servers too
-    modes = []
     redis = RedisServer()
     with tempfile.TemporaryDirectory(prefix="tally-bench-live-") as tmp:
         database = {"TALLY_DATABASE_URL": f"sqlite+aiosqlite:///{Path(tmp) / 'memory.db'}"}
         with running_server({**SETTINGS, **database, "TALLY_BROADCAST_URL": "memory://"}, timeout=90) as server:
-            modes.append(run_async(run_mode(profile, "one process (memory://)", server, server)))
+            modes = [run_async(run_mode(profile, "one process (memory://)", server, server))]
         redis.start()
         try:
             database = {"TALLY_DATABASE_URL": f"sqlite+aiosqlite:///{Path(tmp) / 'redis.db'}"}

@@ -1,6 +1,5 @@
-"""Closed-loop measurements: over HTTP (wrk processes, bench/wrk.lua) and of db-layer writers
-in this process, each with what it cost and how much other processes disturbed it; and the figures
-the SQLite and PostgreSQL reports both take from them."""
+"""Closed-loop measurements over HTTP (wrk, bench/wrk.lua) and of db-layer writers in this process, with
+their CPU cost and disturbance; the figures the SQLite and PostgreSQL reports share; what they read."""
 
 from __future__ import annotations
 
@@ -13,17 +12,21 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import func, select
 
-from bench.common import ROOT, foreign_meter, log, process_cpu, self_cpu, summarize, wait_for_quiet
-from bench.seed import database
+from bench.common import ROOT, foreign_meter, human, log, process_cpu, self_cpu, summarize, wait_for_quiet
 from bench.servers import write_without_aggregate
+from db.models import Load
+from db.recalculation import drift_report
+from db.unit_of_work import Database
 from tests.server import ServerUrl
 
 COUNT_QUERY = (
@@ -63,8 +66,7 @@ QUICK = Profile("quick", (1_000, 10_000), 0.2, 0.8, 20, 1.5, 1, 0.8, 0.0)
 
 @dataclass(frozen=True)
 class Stream:
-    """One wrk process: `connections` keep-alive connections to `server` + `path`, POSTing `bodies` in turn;
-    `expect`: every response's exact body; `part`: which of the measurement's parts its latencies join."""
+    """One wrk process; `expect`: every response's exact body; `part`: which part its latencies join."""
 
     server: ServerUrl
     connections: int
@@ -76,7 +78,7 @@ class Stream:
 
 @dataclass
 class Cell:
-    """One measurement: latencies (µs) of a closed-loop run and what it cost (CPU µs per request)."""
+    """One measurement: latencies (µs) and what it cost (CPU µs per request)."""
 
     variant: str
     label: str
@@ -100,11 +102,7 @@ class Cell:
     def split(self) -> list[dict[str, float]]:
         return [summarize(samples, self.seconds) for samples in self.parts or []]
 
-    def json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in ("latencies_us", "parts")}
-
     def row(self) -> dict[str, Any]:
-        """Its figures for a report's table."""
         costs = {"server_cpu": self.server_cpu, "db_cpu": self.also_cpu, "foreign": self.foreign}
         return {**self.stats, **costs, "variant": self.variant, "org": self.label, "clients": self.concurrency}
 
@@ -151,15 +149,12 @@ def run_wrk(streams: list[Stream], seconds: float, token: str | None) -> list[di
     return [json.loads(out.strip().splitlines()[-1]) for _, out, _ in outputs]
 
 
-def measure(
+def closed_loop(
     streams: list[Stream], variant: str, label: str, profile: Profile, clients: int, token: str | None,
     retry_until: float = 0.0, warmup: list[Stream] | None = None,
 ) -> Cell:  # fmt: skip
-    """The streams' wrk processes side by side against their servers, with the servers' CPU: a warm-up (of
-    `warmup`, default the same streams; status changes warm up on loads of their own, since a request in
-    flight when wrk stops may or may not be carried out), then the window (profile.duration, longer up
-    to max_duration when the warm-up's rate says min_samples needs it). Until `retry_until` (monotonic),
-    a run disturbed by other processes is redone (3 attempts at most) and the least disturbed one kept."""
+    """A warm-up (status changes warm up on loads of their own: a request in flight when wrk stops may or may
+    not be carried out), then the window; until `retry_until`, a disturbed run is redone (3 attempts)."""
     servers = list({s.server.port: s.server for s in streams}.values())
     total = {"requests": 0, "sent": 0}
 
@@ -209,17 +204,9 @@ def measure(
 
 
 def spread(servers: list[ServerUrl], clients: int) -> list[tuple[ServerUrl, int]]:
-    """The clients spread evenly over the servers (the first ones take the rest); servers left without one
-    are left out."""
+    """The clients spread evenly over the servers; servers left without one are left out."""
     shares = [(server, clients // len(servers) + (k < clients % len(servers))) for k, server in enumerate(servers)]
     return [(server, n) for server, n in shares if n]
-
-
-def post(url: str, body: str, token: str | None) -> str:
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
-    response = httpx.post(url, content=body, headers=headers, timeout=60)
-    response.raise_for_status()
-    return response.text
 
 
 def count_body(org_id: str) -> str:
@@ -236,9 +223,8 @@ def count_answer(truth: dict[str, int]) -> str:
 def count_reads(
     servers: dict[str, ServerUrl], tokens: dict[str, str], expected: dict[str, str], profile: Profile
 ) -> list[Cell]:
-    """countLoadsByStatus of each org (`expected`: its answer) at 1 and 16 clients, the variants (servers)
-    back to back, each answer compared with the expected one, first once and then in every request. The
-    floor answers at /floor/<org> without a token."""
+    """countLoadsByStatus of each org at 1 and 16 clients, the variants back to back; every answer must be
+    `expected`'s. The floor answers at /floor/<org> without a token."""
 
     def target(variant: str, org: str) -> tuple[str, str | None]:
         return (f"/floor/{org}", None) if variant == "floor" else ("/graphql", tokens[org])
@@ -246,7 +232,9 @@ def count_reads(
     for org, answer in expected.items():
         for variant, server in servers.items():
             path, bearer = target(variant, org)
-            if (got := post(server + path, count_body(org), bearer)) != answer:
+            headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {bearer}"} if bearer else {})}
+            got = httpx.post(server + path, content=count_body(org), headers=headers, timeout=60).text
+            if got != answer:
                 raise RuntimeError(f"{variant} answers {got} for {org}, expected {answer}")
     log(f"countLoadsByStatus, {', '.join(servers)} interleaved per org and clients")
     retry_until, cells = time.monotonic() + profile.retry_until, []
@@ -256,7 +244,7 @@ def count_reads(
                 path, bearer = target(variant, org)
                 streams = [Stream(server, clients, [count_body(org)], answer, path=path)]
                 size = org.removeprefix("org_")
-                cells.append(measure(streams, variant, size, profile, clients, bearer, retry_until))
+                cells.append(closed_loop(streams, variant, size, profile, clients, bearer, retry_until))
     return cells
 
 
@@ -316,17 +304,17 @@ def sides(cells: list[Cell]) -> dict[str, dict[str, Any]]:
 
 
 def toggles(shares: list[tuple[ServerUrl, int]], aggregate: bool, ids: list[int]) -> list[Stream]:
-    """Status-change streams: per (server, clients), a wrk process toggling its own share of `ids`."""
-    return [Stream(s, n, toggle_bodies(aggregate, ids[k :: len(shares)])) for k, (s, n) in enumerate(shares)]
-
-
-def toggle_bodies(aggregate: bool, ids: list[int]) -> list[str]:
-    """Each load OPEN -> ASSIGNED, then each back: every request a real change."""
+    """Per (server, clients), a wrk process toggling its own share of `ids`: each load OPEN -> ASSIGNED, then
+    each back, every request a real change."""
     query = SET_STATUS if aggregate else SET_STATUS_WITHOUT_AGGREGATE
+
+    def body(load_id: int, status: str) -> str:
+        variables = {"id": str(load_id), "status": status}
+        return json.dumps({"query": query, "variables": variables, "operationName": "SetStatus"})
+
+    mine = [ids[k :: len(shares)] for k in range(len(shares))]
     return [
-        json.dumps({"query": query, "variables": {"id": str(i), "status": status}, "operationName": "SetStatus"})
-        for status in ("ASSIGNED", "OPEN")
-        for i in ids
+        Stream(s, n, [body(i, st) for st in ("ASSIGNED", "OPEN") for i in mine[k]]) for k, (s, n) in enumerate(shares)
     ]
 
 
@@ -355,65 +343,110 @@ class Pools:
         return ids
 
 
+@contextmanager
+def counting_round_trips() -> Iterator[dict[str, int]]:
+    """Counts calls into aiosqlite's worker threads (private `Connection._execute`; tests/test_private_apis.py)."""
+    import aiosqlite.core
+
+    counter, original = {"n": 0}, aiosqlite.core.Connection._execute
+
+    async def counting(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        counter["n"] += 1
+        return await original(self, fn, *args, **kwargs)
+
+    aiosqlite.core.Connection._execute = counting  # type: ignore[method-assign]
+    try:
+        yield counter
+    finally:
+        aiosqlite.core.Connection._execute = original  # type: ignore[method-assign]
+
+
 async def db_layer(
     url: str, label: str, profile: Profile, writers: tuple[int, ...], ids: Callable[[bool, int], list[int]],
     state: dict[int, str], scope: str, **options: Any,
 ) -> list[Cell]:  # fmt: skip
-    """Status changes through `Database.write(set_load_status)` and `write_without_aggregate` in this
-    process, per round and writer count both variants (`alternating`), on the loads `ids(aggregate,
-    writers)`. One Database(url, **options) without after-commit hooks: nothing is published."""
+    """Status changes with and without the aggregate in this process, on the loads `ids(aggregate, writers)`
+    (state: each load's status); one writer's third change (a warm one) counts aiosqlite round trips."""
+    from db.loads import set_load_status
+
+    async def closed_loop(aggregate: bool, ids: list[int], writers: int) -> Cell:
+        write = db.write if aggregate else partial(write_without_aggregate, db)
+        per = len(ids) // writers
+        start = time.perf_counter() + min(1.0, profile.warmup)
+        stop = start + profile.db_ops_seconds
+        latencies: list[int] = []
+        completed, trips = 0, None
+
+        async def writer(k: int) -> None:
+            nonlocal completed, trips
+            mine, n = ids[k * per : (k + 1) * per], 0
+            while (began := time.perf_counter()) < stop:
+                load_id, n = mine[n % len(mine)], n + 1
+                status = "ASSIGNED" if state.get(load_id, "OPEN") == "OPEN" else "OPEN"
+                work = write(partial(set_load_status, load_id=str(load_id), status=status, scope=scope))
+                if writers == 1 and completed == 2:
+                    with counting_round_trips() as counted:
+                        await work
+                    trips = counted["n"]
+                else:
+                    await work
+                state[load_id] = status
+                completed += 1
+                if start <= (ended := time.perf_counter()) <= stop:
+                    latencies.append(int((ended - began) * 1e6))
+
+        cpu, also = self_cpu(), also_ours()
+        foreign = foreign_meter(lambda: self_cpu() + also_ours())
+        await asyncio.gather(*(writer(k) for k in range(writers)))
+        cpu, also = per_change(self_cpu() - cpu, completed), per_change(also_ours() - also, completed)
+        return Cell(
+            VARIANTS[aggregate], label, writers, latencies, profile.db_ops_seconds, completed, cpu, None, foreign(),
+            also if ALSO_OURS else None, trips,
+        )  # fmt: skip
+
     cells = []
     async with database(url, **options) as db:
         for n, aggregate in alternating(profile.mutation_rounds, writers):
-            write = db.write if aggregate else partial(write_without_aggregate, db)
-            cells.append(
-                await db_writers(VARIANTS[aggregate], label, write, ids(aggregate, n), state, scope, n, profile)
-            )
+            cells.append(await closed_loop(aggregate, ids(aggregate, n), n))
             log_cell(cells[-1])
     return cells
 
 
-async def db_writers(
-    variant: str, label: str, write: Callable[[Any], Awaitable[Any]], ids: list[int], state: dict[int, str],
-    scope: str, writers: int, profile: Profile,
-) -> Cell:  # fmt: skip
-    """`writers` closed-loop coroutines, writer k toggling its share of `ids` in turn through
-    `write(set_load_status)` (state: each load's current status); after a warm-up (min(1 s,
-    profile.warmup)), the changes ending in the next db_ops_seconds are the samples. CPU per change:
-    this process's and the ALSO_OURS processes', over all changes. With one writer, its third change
-    (a warm one) counts the calls into aiosqlite's thread."""
-    from bench.breakdown import counting_round_trips
-    from db.loads import set_load_status
+def org_name(size: int, copy: int = 1) -> str:
+    """org_10k, then org_10k_2, org_10k_3, ... for more orgs of the same size."""
+    return f"org_{human(size)}" + (f"_{copy}" if copy > 1 else "")
 
-    per = len(ids) // writers
-    start = time.perf_counter() + min(1.0, profile.warmup)
-    stop = start + profile.db_ops_seconds
-    latencies: list[int] = []
-    completed, trips = 0, None
 
-    async def writer(k: int) -> None:
-        nonlocal completed, trips
-        mine, n = ids[k * per : (k + 1) * per], 0
-        while (began := time.perf_counter()) < stop:
-            load_id, n = mine[n % len(mine)], n + 1
-            status = "ASSIGNED" if state.get(load_id, "OPEN") == "OPEN" else "OPEN"
-            work = write(partial(set_load_status, load_id=str(load_id), status=status, scope=scope))
-            if writers == 1 and completed == 2:
-                with counting_round_trips() as counted:
-                    await work
-                trips = counted["n"]
-            else:
-                await work
-            state[load_id] = status
-            completed += 1
-            if start <= (ended := time.perf_counter()) <= stop:
-                latencies.append(int((ended - began) * 1e6))
+@asynccontextmanager
+async def database(url: str, **options: Any) -> AsyncIterator[Database]:
+    db = Database(url, **options)
+    try:
+        yield db
+    finally:
+        await db.dispose()
 
-    cpu, also = self_cpu(), also_ours()
-    foreign = foreign_meter(lambda: self_cpu() + also_ours())
-    await asyncio.gather(*(writer(k) for k in range(writers)))
-    cpu, also = per_change(self_cpu() - cpu, completed), per_change(also_ours() - also, completed)
-    seconds = profile.db_ops_seconds
-    return Cell(
-        variant, label, writers, latencies, seconds, completed, cpu, None, foreign(), also if ALSO_OURS else None, trips
-    )
+
+async def open_loads(url: str, org_id: str, count: int) -> list[int]:
+    """The ids of the org's first `count` OPEN loads."""
+    query = select(Load.id).where(Load.org_id == org_id, Load.status == "OPEN").order_by(Load.id).limit(count)
+    async with database(url) as db:
+        ids = list(await db.read(lambda session: session.scalars(query)))
+    if len(ids) < count:
+        raise RuntimeError(f"only {len(ids)} OPEN loads in {org_id}")
+    return ids
+
+
+async def audit(url: str, orgs: list[str], bypassing: list[int], changed_org: str = "") -> list[dict[str, Any]]:
+    """Every org's stored counters against a recount: equal, but in `changed_org` off by the loads of
+    `bypassing` (changed without the aggregate) left ASSIGNED."""
+    query = select(func.count()).where(Load.status == "ASSIGNED", Load.id.in_(bypassing))
+    async with database(url) as db:
+        bypassed = await db.read(lambda session: session.scalar(query))
+        checks = []
+        for org in orgs:
+            drift = await drift_report(db, org)
+            allowed = bypassed if org == changed_org else 0
+            want = {"loads_open": -allowed, "loads_assigned": allowed} if allowed else {}
+            checks.append({"org": org, "ok": drift.delta == want, "bypassed": allowed, "delta": drift.delta,
+                           "version": drift.stored.version, "actual": drift.actual})  # fmt: skip
+    return checks

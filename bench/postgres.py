@@ -1,9 +1,4 @@
-"""PostgreSQL (docs/benchmarks-postgres.md); needs PostgreSQL (--server) and Redis (BENCH_REDIS_URL). In
-a database of its own (dropped at the end): count queries, Tally against the naive GROUP BY; a 90/10
-read/write mix over two Tally processes sharing a Redis broadcast; the hot org's status changes from
-1..64 writers with and without the aggregate, for 1 and 16 stats shards; every org's stats against a
-recount (the hot org's off by exactly what the without-aggregate runs changed).
-"""
+"""PostgreSQL (docs/benchmarks-postgres.md, whose Method section tells how); needs PostgreSQL and Redis."""
 
 from __future__ import annotations
 
@@ -21,37 +16,17 @@ import redis
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql
 
+from bench import measure
 from bench.common import TICK, app_servers, log, run_async, token
-from bench.measure import (
-    ALSO_OURS,
-    FULL,
-    QUICK,
-    VARIANTS,
-    Cell,
-    Pools,
-    Profile,
-    Stream,
-    against,
-    alternating,
-    count_answer,
-    count_body,
-    count_figures,
-    count_reads,
-    db_layer,
-    disturbance,
-    measure,
-    sides,
-    spread,
-    toggles,
-)
-from bench.seed import LOAD_COLUMNS, LOAD_VALUES, STATUS_SQL, audit, database, open_loads, org_name
+from bench.measure import ALSO_OURS, VARIANTS, Cell, Pools, Profile, Stream, audit, database, open_loads, org_name
+from bench.sqlite import LOAD_COLUMNS, LOAD_VALUES, STATUS_SQL
 from db.aggregates import STATS_QUERY
 from db.migrate import upgrade_async
 from db.models import Load
 from db.recalculation import recalculate
 from tests.scrape import live_figures, scrape
 
-PROFILES = {"full": replace(FULL, db_ops_seconds=4.0, retry_until=240.0), "quick": QUICK}
+PROFILES = {"full": replace(measure.FULL, db_ops_seconds=4.0, retry_until=240.0), "quick": measure.QUICK}
 NAMES = {"tally": "**Tally**", "uncached": "Tally, count cache off", "naive": "naive"}  # bench/servers.py's *_app
 ORGANIZATION = "INSERT INTO organizations (org_id, name, created_at) VALUES ($1, $1, $2)"
 LOADS = (  # $1 org_id, $2 the timestamps, $3 its number of loads; {status}: an SQL expression of x
@@ -172,9 +147,9 @@ def measure_all(profile: Profile, dsn: str, url: str) -> dict[str, Any]:
     before = run_async(audit(url, list(orgs), []))
     if not all(check["ok"] for check in before):
         raise RuntimeError("the seeded organization_stats differ from a recount")
-    expected = {c["org"]: count_answer(c["actual"]) for c in before if c["org"] not in (HOT, REFERENCE)}
+    expected = {c["org"]: measure.count_answer(c["actual"]) for c in before if c["org"] not in (HOT, REFERENCE)}
     with app_servers(*((f"pg-{v}", f"{v}_app", {"BENCH_DATABASE_URL": url}) for v in NAMES)) as up:
-        reads = count_reads(dict(zip(NAMES, up, strict=True)), tokens, expected, profile)
+        reads = measure.count_reads(dict(zip(NAMES, up, strict=True)), tokens, expected, profile)
     largest = org_name(profile.sizes[-1])
     explained = run_async(plans(dsn, largest))
     mixed = mixed_workload(url, largest, tokens[largest], profile)
@@ -191,10 +166,11 @@ def measure_all(profile: Profile, dsn: str, url: str) -> dict[str, Any]:
     for n in SHARDS:
         log(f"hot org at the db layer, {shards(n)} (in process)")
         options = {"pool_size": max(WRITERS), "stats_shards": n}
-        db += run_async(db_layer(url, shards(n), hot, WRITERS, loads, state, HOT, **options))
+        db += run_async(measure.db_layer(url, shards(n), hot, WRITERS, loads, state, HOT, **options))
     with app_servers(("hot-read", "tally_app", {"BENCH_DATABASE_URL": url})) as (tally,):
-        streams = [Stream(tally, 1, [count_body(org)], part=k) for k, org in enumerate((HOT, REFERENCE))]
-        read = measure(streams, "tally, orgs interleaved", "sharded vs one row", hot, 1, token(None, "service"))
+        streams = [Stream(tally, 1, [measure.count_body(org)], part=k) for k, org in enumerate((HOT, REFERENCE))]
+        variant, service = "tally, orgs interleaved", token(None, "service")
+        read = measure.closed_loop(streams, variant, "sharded vs one row", hot, 1, service)
 
     checks = run_async(audit(url, list(orgs), [*pools.without_aggregate, *db_ids[False]], HOT))
     for c in checks:
@@ -209,7 +185,6 @@ def measure_all(profile: Profile, dsn: str, url: str) -> dict[str, Any]:
         "checks": checks,
         "ok": all(c["ok"] for c in checks),
         "seeded": {"orgs": {o: s for o, (s, _) in orgs.items()}, "seconds": seconds},
-        "cells": [c.json() for c in [*reads, *http, *db, mixed, read]],
     }
 
 
@@ -219,11 +194,12 @@ def mixed_workload(url: str, org: str, bearer: str, profile: Profile) -> Cell:
     ids, pool = run_async(open_loads(url, org, C["mixed_pool"] + C["warm_pool"])), C["mixed_pool"]
     longer = replace(profile, duration=2 * profile.duration)
     with app_servers(*two("mixed", "tally_app", BENCH_DATABASE_URL=url, BENCH_BROADCAST_URL=REDIS_URL)) as up:
-        writers, readers = spread(up, C["mixed_writers"]), spread(up, C["mixed_clients"] - C["mixed_writers"])
-        reads = [Stream(server, n, [count_body(org)], part=1) for server, n in readers]
-        window, warm = (toggles(writers, True, loads) + reads for loads in (ids[:pool], ids[pool:]))
+        writers = measure.spread(up, C["mixed_writers"])
+        readers = measure.spread(up, C["mixed_clients"] - C["mixed_writers"])
+        reads = [Stream(server, n, [measure.count_body(org)], part=1) for server, n in readers]
+        window, warm = (measure.toggles(writers, True, loads) + reads for loads in (ids[:pool], ids[pool:]))
         variant = "tally, 90% reads / 10% writes"
-        return measure(window, variant, org, longer, C["mixed_clients"], bearer, warmup=warm)
+        return measure.closed_loop(window, variant, org, longer, C["mixed_clients"], bearer, warmup=warm)
 
 
 def hot_over_http(url: str, pools: Pools, bearer: str, profile: Profile) -> tuple[list[Cell], list[dict[str, Any]]]:
@@ -233,10 +209,12 @@ def hot_over_http(url: str, pools: Pools, bearer: str, profile: Profile) -> tupl
         log(f"hot org over HTTP, {shards(n)}: two processes, {'/'.join(map(str, WRITERS))} writers")
         env = {"BENCH_DATABASE_URL": url, "BENCH_BROADCAST_URL": REDIS_URL, "BENCH_STATS_SHARDS": str(n)}
         with app_servers(*two(f"hot{n}", "naive_app", **env)) as up:
-            for writers, aggregate in alternating(profile.mutation_rounds, WRITERS):
-                shares, sizes = spread(up, writers), (C["http_pool"], C["warm_pool"])
-                window, warm = (toggles(shares, aggregate, pools.take(aggregate, size)) for size in sizes)
-                cells.append(measure(window, VARIANTS[aggregate], shards(n), profile, writers, bearer, warmup=warm))
+            for writers, aggregate in measure.alternating(profile.mutation_rounds, WRITERS):
+                shares, sizes = measure.spread(up, writers), (C["http_pool"], C["warm_pool"])
+                window, warm = (measure.toggles(shares, aggregate, pools.take(aggregate, size)) for size in sizes)
+                cells.append(
+                    measure.closed_loop(window, VARIANTS[aggregate], shards(n), profile, writers, bearer, warmup=warm)
+                )
             live = [live_figures(scrape(server)) for server in up]
         health.append({"shards": shards(n), **{k: sum(f[k] for f in live) for k in HEALTH}})
     return cells, health
@@ -247,12 +225,12 @@ def pairs(cells: list[Cell]) -> list[dict[str, Any]]:
     out = []
     for label, writers in dict.fromkeys((c.label, c.concurrency) for c in cells):
         same = [c for c in cells if (c.label, c.concurrency) == (label, writers)]
-        out.append({"shards": label, "writers": writers, **sides(same)})
+        out.append({"shards": label, "writers": writers, **measure.sides(same)})
     return out
 
 
 def report(reads: list[Cell], http: list[Cell], db: list[Cell], mixed: Cell, read: Cell) -> dict[str, Any]:
-    rows, figures = count_figures(reads, NAMES)
+    rows, figures = measure.count_figures(reads, NAMES)
     hot = {"http": pairs(http), "db": pairs(db)}
     layers = {"http": "over HTTP", "db": "at the db layer (stricter, secondary)"}
     judged = [{**p, "layer": layers[key]} for key in hot for p in hot[key] if p["writers"] == C["judged_at"]]
@@ -264,9 +242,9 @@ def report(reads: list[Cell], http: list[Cell], db: list[Cell], mixed: Cell, rea
     hot_read, ref_read = read.split()
     return {
         **figures,
-        "foreign": disturbance([*reads, *http, *db]),
+        "foreign": measure.disturbance([*reads, *http, *db]),
         "judged": judged,
-        "counts": against(rows, "tally"),
+        "counts": measure.against(rows, "tally"),
         "hot": hot,
         "why": {**p, "verdict": verdict},
         "read": {"hot": hot_read, "ref": ref_read},

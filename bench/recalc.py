@@ -1,7 +1,4 @@
-"""Recalculation beside a writer (docs/benchmarks-recalc.md, whose Method section tells how): per org
-size, recalculations of all orgs of that size and of one org, in one process and one `Database` (as the
-scheduler runs in a server), in windows alternating with windows of the writer alone.
-"""
+"""Recalculation beside a writer (docs/benchmarks-recalc.md, whose Method section tells how)."""
 
 from __future__ import annotations
 
@@ -17,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import human, log, summarize
-from bench.seed import database, open_loads, org_name, seed
+from bench.measure import database, open_loads, org_name
+from bench.sqlite import seed
 from db.loads import set_load_status
 from db.recalculation import drift_report, recalculate
 from db.unit_of_work import Database

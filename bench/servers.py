@@ -1,13 +1,6 @@
-"""The servers under test, uvicorn app factories (`uvicorn --factory bench.servers:NAME`), set up by
-BENCH_DATABASE_URL, BENCH_BROADCAST_URL, BENCH_STATS_SHARDS, BENCH_FLOOR_BODIES.
-
-- `tally_app`: `main.create_app(Settings(...))`, untouched; `uncached_app`: the same, count cache off.
-- `naive_app`: the same `create_app` with a bench schema (`schema_factory`): Tally's Query and
-  Mutation, where `countLoadsByStatus` counts with `SELECT status, count(*) ... GROUP BY status`,
-  plus `updateLoadStatusWithoutAggregate`: Tally's `set_load_status` in the same transaction
-  (BEGIN IMMEDIATE, commit) through a plain session: no counter deltas, no stats upsert, no publish.
-- `floor_app`: bare Starlette, one POST route per org returning the exact bytes Tally answers.
-"""
+"""The servers under test, uvicorn app factories (`uvicorn --factory bench.servers:NAME`) set up by BENCH_* env:
+Tally's app (`tally_app`, `uncached_app`: count cache off), `naive_app` (a GROUP BY count and a status change
+without the aggregate), `floor_app` (bare Starlette answering Tally's exact bytes)."""
 
 from __future__ import annotations
 
@@ -77,8 +70,7 @@ _plain_sessions: dict[int, async_sessionmaker[AsyncSession]] = {}
 
 
 async def write_without_aggregate(db: Database, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """`Database.write` minus the aggregate: same engine, pool, BEGIN (IMMEDIATE on SQLite) and commit,
-    but a plain Session (no AggregateSession hooks) and therefore no snapshots to publish."""
+    """`Database.write` with a plain Session: same engine, pool, BEGIN and commit; no aggregate, no publish."""
     if (sessions := _plain_sessions.get(id(db))) is None:
         sessions = _plain_sessions[id(db)] = async_sessionmaker(db.engine, expire_on_commit=False)
     async with sessions() as session:
