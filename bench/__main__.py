@@ -21,6 +21,7 @@ REPORTS = {
     "live": "benchmarks-live.md",
     "recalc": "benchmarks-recalc.md",
     "postgres": "benchmarks-postgres.md",
+    "production": "benchmarks-production.md",
 }
 
 parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
@@ -32,8 +33,8 @@ args = parser.parse_args()
 if unknown := set(chosen := args.only.split(",")) - set(REPORTS):
     parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop the servers, drop databases
-if not args.render_only and {"sqlite", "postgres"} & set(chosen) and not shutil.which("wrk"):
-    sys.exit("bench: the sqlite and postgres scenarios need wrk as their HTTP client: apt-get install wrk")
+if not args.render_only and {"sqlite", "postgres", "production"} & set(chosen) and not shutil.which("wrk"):
+    sys.exit("bench: the sqlite, postgres and production scenarios need wrk as their HTTP client: apt-get install wrk")
 profile = "quick" if args.quick else "full"
 RESULTS.mkdir(parents=True, exist_ok=True)
 ok = True
@@ -44,7 +45,9 @@ for name in chosen:
         started = time.monotonic()
         machine = describe(0.0 if args.quick else 60.0)
         log(f"{name} ({profile}) on {machine['CPU']}, {machine['Cores (logical)']}")
-        data = scenario.run(scenario.PROFILES[profile], **({"server": args.server} if name == "postgres" else {}))
+        data = scenario.run(
+            scenario.PROFILES[profile], **({"server": args.server} if name in ("postgres", "production") else {})
+        )
         machine.update({"Load average at end": loadavg(), **data.pop("machine", {})})
         seconds = time.monotonic() - started
         data["run"] = {"machine": list(machine.items()), "seconds": seconds, "server_flags": UVICORN_FLAGS}

@@ -1,6 +1,6 @@
 """The servers under test, uvicorn app factories (`uvicorn --factory bench.servers:NAME`) set up by BENCH_* env:
 Tally's app (`tally_app`, `uncached_app`: count cache off), `naive_app` (a GROUP BY count and a status change
-without the aggregate), `floor_app` (bare Starlette answering Tally's exact bytes)."""
+without the aggregate), `floor_app` (bare Starlette answering Tally's exact bytes), `write_floor_app` (bench/floors.py)."""
 
 from __future__ import annotations
 
@@ -122,3 +122,10 @@ def floor_app() -> Starlette:
     bodies: dict[str, str] = json.loads(Path(os.environ["BENCH_FLOOR_BODIES"]).read_text())
     routes = [Route(path, constant(body.encode()), methods=["POST"]) for path, body in bodies.items()]
     return Starlette(routes=[*routes, Route("/healthz", constant(b'{"status":"ok"}'))])
+
+
+def write_floor_app() -> Starlette:
+    """The raw-driver write floor (bench/floors.py)."""
+    from bench.floors import write_floor_app as floor
+
+    return floor()

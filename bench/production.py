@@ -1,0 +1,233 @@
+"""Speed where production runs (docs/benchmarks-production.md); needs PostgreSQL (--server) and wrk.
+
+Count queries on PostgreSQL against a bare Starlette floor answering the same bytes: at 1, 32 (three
+times) and 100 clients, the count cache on and off, with PostgreSQL's session count around the steady
+runs. Writes on both databases against a raw-driver floor (bench/floors.py): createLoad at 8 clients,
+updateLoadStatus and updateInvoiceStatus at 8 clients, importShipments of 1,000 shipments per call.
+Every Tally org's counters are checked against a recount at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import app_servers, log, process_cpu, run_async, token
+from bench.measure import (
+    ALSO_OURS,
+    FULL,
+    QUICK,
+    Cell,
+    Pools,
+    Profile,
+    Stream,
+    audit,
+    closed_loop,
+    database,
+    open_loads,
+    toggles,
+)
+from bench.postgres import environment, service_cpu, sql
+from db.migrate import upgrade_async
+from db.models import Invoice
+from tests.server import ServerUrl
+
+PROFILES = {"full": replace(FULL, duration=5.0, warmup=1.0), "quick": QUICK}
+C = {"org": "org_speed", "floor_org": "org_floor", "seeded": 1_000, "repeats": 3, "read_clients": (1, 32, 100),
+     "write_clients": 8, "batch": 1_000, "imports": 5, "pool": 500}  # fmt: skip
+ORG, FLOOR_ORG = C["org"], C["floor_org"]
+STATS = "query Stats($org: ID!) { organizationStats(orgId: $org) { version loads { open assigned completed canceled } invoices { missingData draft billed pendingPayment paid void } } }"
+CREATE = "mutation Create($org: ID!) { createLoad(input: {orgId: $org}) { id status } }"
+SET_INVOICE = "mutation SetInvoice($id: ID!, $status: InvoiceStatus!) { updateInvoiceStatus(id: $id, status: $status) { id status } }"
+IMPORT = "mutation Import($org: ID!, $s: [ShipmentInput!]!) { importShipments(orgId: $org, shipments: $s) { outcome } }"
+TO_DRAFT = "mutation($ids: [ID!]!) { bulkUpdateInvoiceStatus(ids: $ids, status: DRAFT) { updated } }"
+SESSIONS = "SELECT sessions FROM pg_stat_database WHERE datname = $1"  # asked from another database
+
+
+def body(query: str, **variables: Any) -> str:
+    return json.dumps({"query": query, "variables": variables})
+
+
+def post(url: str, request: str, bearer: str) -> str:
+    response = httpx.post(
+        url,
+        content=request,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {bearer}"},
+        timeout=60,
+    )
+    if response.status_code != 200 or '"errors"' in response.text:
+        raise RuntimeError(f"{url}: {response.status_code} {response.text[:300]}")
+    return response.text
+
+
+def run(profile: Profile, server: str) -> dict[str, Any]:
+    name = f"tally_bench_speed_{uuid.uuid4().hex[:8]}"
+    dsn, url = f"{server}/{name}", f"{server.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
+    run_async(sql(f"{server}/postgres", f'CREATE DATABASE "{name}"'))
+    ALSO_OURS.append(service_cpu)
+    try:
+        with tempfile.TemporaryDirectory(prefix="tally-speed-") as tmp:
+            sqlite_url = f"sqlite+aiosqlite:///{Path(tmp) / 'speed.db'}"
+            for each in (url, sqlite_url):
+                run_async(prepare(each))
+            reads = count_queries(url, dsn, profile)
+            writes = [
+                write_paths(label, each, profile) for label, each in (("SQLite", sqlite_url), ("PostgreSQL", url))
+            ]
+    finally:
+        ALSO_OURS.remove(service_cpu)
+        run_async(sql(f"{server}/postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    return {"c": C, "profile": {"name": profile.name, "duration": profile.duration, "warmup": profile.warmup},
+            "reads": reads, "writes": writes, "machine": environment(server)}  # fmt: skip
+
+
+async def prepare(url: str) -> None:
+    """A migrated database with both orgs; Tally's holding C["seeded"] OPEN loads made through the app."""
+    from db import loads
+    from db.organizations import create_organization
+
+    await upgrade_async(url)
+    async with database(url) as db:
+        for org in (ORG, FLOOR_ORG):
+            await db.write(lambda s, org=org: create_organization(s, org, org))
+        for _ in range(C["seeded"] // 100):
+            await db.write(lambda s: _many(s, loads.create_load, 100))
+
+
+async def _many(session: Any, create: Any, n: int) -> None:
+    for _ in range(n):
+        await create(session, ORG, status="OPEN", load_type="UNMAPPED")
+
+
+def count_queries(url: str, dsn: str, profile: Profile) -> dict[str, Any]:
+    """organizationStats through the floor, Tally, and Tally without its count cache."""
+    member = token(ORG, "member")
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as bodies:
+        with app_servers(("speed-tally", "tally_app", {"BENCH_DATABASE_URL": url})) as (tally,):
+            answer = post(tally + "/graphql", body(STATS, org=ORG), member)
+        json.dump({"/graphql": answer}, bodies)
+        bodies.flush()
+        servers = [("floor", "floor_app", {"BENCH_FLOOR_BODIES": bodies.name}),
+                   ("tally", "tally_app", {"BENCH_DATABASE_URL": url}),
+                   ("uncached", "uncached_app", {"BENCH_DATABASE_URL": url})]  # fmt: skip
+        out: dict[str, Any] = {}
+        with app_servers(*((f"speed-{v}", f, env) for v, f, env in servers)) as up:
+            for (variant, _, _), server in zip(servers, up, strict=True):
+                out[variant] = reads_of(variant, server, body(STATS, org=ORG), answer, member, dsn, profile)
+    return out
+
+
+def reads_of(
+    variant: str, server: ServerUrl, request: str, answer: str, bearer: str, dsn: str, profile: Profile
+) -> dict[str, Any]:
+    one, many, most = C["read_clients"]
+
+    def at(clients: int) -> Cell:
+        return closed_loop(
+            [Stream(server, clients, [request], answer)], variant, "organizationStats", profile, clients, bearer
+        )
+
+    figures: dict[str, Any] = {"c1": at(one).row()}
+    sessions = [sessions_now(dsn)]
+    steady = [at(many).row() for _ in range(C["repeats"])]
+    sessions.append(sessions_now(dsn))
+    figures["c100"] = at(most).row()
+    sessions.append(sessions_now(dsn))
+    rates = [row["rps"] for row in steady]
+    median = statistics.median(rates)
+    figures["c32"] = {**min(steady, key=lambda row: abs(row["rps"] - median)), "spread": (max(rates) - min(rates)) / median,
+                      "rates": [f"{rate:,.0f}" for rate in rates]}  # fmt: skip
+    figures["sessions"] = {"c32": sessions[1] - sessions[0], "c100": sessions[2] - sessions[1]}
+    return figures
+
+
+def sessions_now(dsn: str) -> int:
+    """Sessions ever opened to the benchmark's database (read over a connection to another one)."""
+    time.sleep(0.5)  # pg_stat_database catches up with the backends' reports
+    server, name = dsn.rsplit("/", 1)
+    return int(run_async(sql(f"{server}/postgres", SESSIONS, name))[0][0])
+
+
+def write_paths(label: str, url: str, profile: Profile) -> dict[str, Any]:
+    """createLoad (floor and Tally), importShipments (both), then status changes on Tally's new rows."""
+    log(f"writes on {label}")
+    member, clients, env = token(ORG, "member"), C["write_clients"], {"BENCH_DATABASE_URL": url}
+    with app_servers((f"{label}-write-floor", "write_floor_app", env), (f"{label}-writes", "tally_app", env)) as up:
+        floor, tally = up
+        create = {
+            "floor": closed_loop([Stream(floor, clients, [json.dumps({"orgId": FLOOR_ORG})], path="/createLoad")],
+                             "floor", "createLoad", profile, clients, None).row(),
+            "tally": closed_loop([Stream(tally, clients, [body(CREATE, org=ORG)])], "tally", "createLoad", profile,
+                             clients, member).row(),
+        }  # fmt: skip
+        imports = {"floor": import_rate(floor, "/importShipments", FLOOR_ORG, None, profile),
+                   "tally": import_rate(tally, "/graphql", ORG, member, profile)}  # fmt: skip
+        pools = Pools(run_async(open_loads(url, ORG, C["pool"] + 100)))
+        loads = closed_loop(toggles([(tally, clients)], True, pools.take(True, C["pool"])), "tally", "updateLoadStatus",
+                        profile, clients, member, warmup=toggles([(tally, clients)], True, pools.take(True, 100))).row()  # fmt: skip
+        invoices = invoice_changes(tally, url, member, profile)
+    checks = run_async(audit(url, [ORG, FLOOR_ORG], []))
+    return {"db": label, "create": create, "imports": imports, "update_load": loads, "update_invoice": invoices,
+            "checks": checks}  # fmt: skip
+
+
+def import_rate(server: ServerUrl, path: str, org: str, bearer: str | None, profile: Profile) -> dict[str, Any]:
+    """Calls of C["batch"] new shipments each, one after another: shipments per second and CPU per shipment."""
+    calls = C["imports"] if profile.name == "full" else 1
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    pid = server.process.pid if server.process else 0
+
+    def call(k: int) -> None:
+        shipments = [{"shipmentId": f"{org}-{uuid.uuid4().hex}", "loadNumber": f"L{k}-{i}"} for i in range(C["batch"])]
+        payload = (
+            body(IMPORT, org=org, s=shipments)
+            if path == "/graphql"
+            else json.dumps({"orgId": org, "shipments": shipments})
+        )
+        response = httpx.post(
+            server + path, content=payload, headers={"Content-Type": "application/json", **headers}, timeout=300
+        )
+        if response.status_code != 200 or '"errors"' in response.text:
+            raise RuntimeError(f"import at {server}{path}: {response.status_code} {response.text[:300]}")
+
+    call(-1)  # warm-up
+    cpu, also, started = process_cpu(pid), service_cpu(), time.perf_counter()
+    for k in range(calls):
+        call(k)
+    seconds, shipments = time.perf_counter() - started, calls * C["batch"]
+    return {"rate": shipments / seconds, "server_cpu": (process_cpu(pid) - cpu) * 1e6 / shipments,
+            "db_cpu": (service_cpu() - also) * 1e6 / shipments, "calls": calls}  # fmt: skip
+
+
+def invoice_changes(tally: ServerUrl, url: str, bearer: str, profile: Profile) -> dict[str, Any]:
+    """updateInvoiceStatus DRAFT -> BILLED, then each back, on invoices the imports created (MISSING_DATA,
+    moved to DRAFT first)."""
+    ids = run_async(missing_data_invoices(url, C["pool"] + 100))
+    for k in range(0, len(ids), 500):
+        post(tally + "/graphql", body(TO_DRAFT, ids=[str(i) for i in ids[k : k + 500]]), bearer)
+
+    def streams(share: list[int]) -> list[Stream]:
+        bodies = [body(SET_INVOICE, id=str(i), status=s) for s in ("BILLED", "DRAFT") for i in share]
+        return [Stream(tally, C["write_clients"], bodies)]
+
+    return closed_loop(streams(ids[100:]), "tally", "updateInvoiceStatus", profile, C["write_clients"], bearer,
+                   warmup=streams(ids[:100])).row()  # fmt: skip
+
+
+async def missing_data_invoices(url: str, n: int) -> list[int]:
+    from sqlalchemy import select
+
+    query = select(Invoice.id).where(Invoice.org_id == ORG, Invoice.status == "MISSING_DATA").order_by(Invoice.id)
+    async with database(url) as db:
+        ids = list(await db.read(lambda session: session.scalars(query.limit(n))))
+    if len(ids) < n:
+        raise RuntimeError(f"only {len(ids)} MISSING_DATA invoices in {ORG}")
+    return ids
