@@ -44,9 +44,15 @@ PROFILES = {"full": replace(FULL, duration=5.0, warmup=1.0), "quick": QUICK}
 C = {"org": "org_speed", "floor_org": "org_floor", "seeded": 1_000, "repeats": 3, "read_clients": (1, 32, 100),
      "write_clients": 8, "batch": 1_000, "imports": 5, "pool": 500}  # fmt: skip
 ORG, FLOOR_ORG = C["org"], C["floor_org"]
-STATS = "query Stats($org: ID!) { organizationStats(orgId: $org) { version loads { open assigned completed canceled } invoices { missingData draft billed pendingPayment paid void } } }"
+STATS = (
+    "query Stats($org: ID!) { organizationStats(orgId: $org) { version loads { open assigned completed canceled } "
+    "invoices { missingData draft billed pendingPayment paid void } } }"
+)
 CREATE = "mutation Create($org: ID!) { createLoad(input: {orgId: $org}) { id status } }"
-SET_INVOICE = "mutation SetInvoice($id: ID!, $status: InvoiceStatus!) { updateInvoiceStatus(id: $id, status: $status) { id status } }"
+SET_INVOICE = (
+    "mutation SetInvoice($id: ID!, $status: InvoiceStatus!) "
+    "{ updateInvoiceStatus(id: $id, status: $status) { id status } }"
+)
 IMPORT = "mutation Import($org: ID!, $s: [ShipmentInput!]!) { importShipments(orgId: $org, shipments: $s) { outcome } }"
 TO_DRAFT = "mutation($ids: [ID!]!) { bulkUpdateInvoiceStatus(ids: $ids, status: DRAFT) { updated } }"
 SESSIONS = "SELECT sessions FROM pg_stat_database WHERE datname = $1"  # asked from another database
@@ -143,8 +149,11 @@ def reads_of(
     sessions.append(sessions_now(dsn))
     rates = [row["rps"] for row in steady]
     median = statistics.median(rates)
-    figures["c32"] = {**min(steady, key=lambda row: abs(row["rps"] - median)), "spread": (max(rates) - min(rates)) / median,
-                      "rates": [f"{rate:,.0f}" for rate in rates]}  # fmt: skip
+    figures["c32"] = {
+        **min(steady, key=lambda row: abs(row["rps"] - median)),
+        "spread": (max(rates) - min(rates)) / median,
+        "rates": [f"{rate:,.0f}" for rate in rates],
+    }
     figures["sessions"] = {"c32": sessions[1] - sessions[0], "c100": sessions[2] - sessions[1]}
     return figures
 
@@ -162,21 +171,28 @@ def write_paths(label: str, url: str, profile: Profile) -> dict[str, Any]:
     member, clients, env = token(ORG, "member"), C["write_clients"], {"BENCH_DATABASE_URL": url}
     with app_servers((f"{label}-write-floor", "write_floor_app", env), (f"{label}-writes", "tally_app", env)) as up:
         floor, tally = up
+
+        def run_at(streams: list[Stream], variant: str, what: str, bearer: str | None, **warm: Any) -> dict[str, Any]:
+            return closed_loop(streams, variant, what, profile, clients, bearer, **warm).row()
+
+        floor_create = Stream(floor, clients, [json.dumps({"orgId": FLOOR_ORG})], path="/createLoad")
         create = {
-            "floor": closed_loop([Stream(floor, clients, [json.dumps({"orgId": FLOOR_ORG})], path="/createLoad")],
-                             "floor", "createLoad", profile, clients, None).row(),
-            "tally": closed_loop([Stream(tally, clients, [body(CREATE, org=ORG)])], "tally", "createLoad", profile,
-                             clients, member).row(),
-        }  # fmt: skip
-        imports = {"floor": import_rate(floor, "/importShipments", FLOOR_ORG, None, profile),
-                   "tally": import_rate(tally, "/graphql", ORG, member, profile)}  # fmt: skip
+            "floor": run_at([floor_create], "floor", "createLoad", None),
+            "tally": run_at([Stream(tally, clients, [body(CREATE, org=ORG)])], "tally", "createLoad", member),
+        }
+        imports = {
+            "floor": import_rate(floor, "/importShipments", FLOOR_ORG, None, profile),
+            "tally": import_rate(tally, "/graphql", ORG, member, profile),
+        }
         pools = Pools(run_async(open_loads(url, ORG, C["pool"] + 100)))
-        loads = closed_loop(toggles([(tally, clients)], True, pools.take(True, C["pool"])), "tally", "updateLoadStatus",
-                        profile, clients, member, warmup=toggles([(tally, clients)], True, pools.take(True, 100))).row()  # fmt: skip
-        invoices = invoice_changes(tally, url, member, profile)
+        warm_loads = toggles([(tally, clients)], True, pools.take(True, 100))
+        loads = run_at(toggles([(tally, clients)], True, pools.take(True, C["pool"])), "tally", "updateLoadStatus",
+                       member, warmup=warm_loads)  # fmt: skip
+        invoices = invoice_streams(tally, url, member)
+        update_invoice = run_at(invoices[1], "tally", "updateInvoiceStatus", member, warmup=invoices[0])
     checks = run_async(audit(url, [ORG, FLOOR_ORG], []))
-    return {"db": label, "create": create, "imports": imports, "update_load": loads, "update_invoice": invoices,
-            "checks": checks}  # fmt: skip
+    return {"db": label, "create": create, "imports": imports, "update_load": loads,
+            "update_invoice": update_invoice, "checks": checks}  # fmt: skip
 
 
 def import_rate(server: ServerUrl, path: str, org: str, bearer: str | None, profile: Profile) -> dict[str, Any]:
@@ -207,9 +223,9 @@ def import_rate(server: ServerUrl, path: str, org: str, bearer: str | None, prof
             "db_cpu": (service_cpu() - also) * 1e6 / shipments, "calls": calls}  # fmt: skip
 
 
-def invoice_changes(tally: ServerUrl, url: str, bearer: str, profile: Profile) -> dict[str, Any]:
-    """updateInvoiceStatus DRAFT -> BILLED, then each back, on invoices the imports created (MISSING_DATA,
-    moved to DRAFT first)."""
+def invoice_streams(tally: ServerUrl, url: str, bearer: str) -> tuple[list[Stream], list[Stream]]:
+    """(warm-up, window) streams of updateInvoiceStatus DRAFT -> BILLED, then each back, on invoices the
+    imports created (MISSING_DATA, moved to DRAFT first)."""
     ids = run_async(missing_data_invoices(url, C["pool"] + 100))
     for k in range(0, len(ids), 500):
         post(tally + "/graphql", body(TO_DRAFT, ids=[str(i) for i in ids[k : k + 500]]), bearer)
@@ -218,8 +234,7 @@ def invoice_changes(tally: ServerUrl, url: str, bearer: str, profile: Profile) -
         bodies = [body(SET_INVOICE, id=str(i), status=s) for s in ("BILLED", "DRAFT") for i in share]
         return [Stream(tally, C["write_clients"], bodies)]
 
-    return closed_loop(streams(ids[100:]), "tally", "updateInvoiceStatus", profile, C["write_clients"], bearer,
-                   warmup=streams(ids[:100])).row()  # fmt: skip
+    return streams(ids[:100]), streams(ids[100:])
 
 
 async def missing_data_invoices(url: str, n: int) -> list[int]:
