@@ -173,6 +173,7 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        access_log=settings.access_log,
         # uvicorn's sans-I/O websockets protocol: a send is one frame written to the
         # transport, without the legacy protocol's drain lock and per-send futures
         # (it halved the server's CPU per delivered event in bench.live).

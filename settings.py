@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     db_read_pool_size: int = 4
     stats_shards: int = 1
     log_level: str = "INFO"
+    access_log: bool = False  # uvicorn's line per request (at INFO); a load balancer's log costs this process nothing
     dev_login: bool = False  # TALLY_DEV_LOGIN=1: the dashboard's one-click sign-in (SQLite only)
     max_query_depth: int = Limits.query_depth
     max_query_tokens: int = Limits.query_tokens
