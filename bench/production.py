@@ -84,6 +84,7 @@ def run(profile: Profile, server: str) -> dict[str, Any]:
             sqlite_url = f"sqlite+aiosqlite:///{Path(tmp) / 'speed.db'}"
             for each in (url, sqlite_url):
                 run_async(prepare(each))
+            run_async(sql(dsn, "VACUUM ANALYZE"))  # no autovacuum of the new tables during the measurements
             reads = count_queries(url, dsn, profile)
             writes = [
                 write_paths(label, each, profile) for label, each in (("SQLite", sqlite_url), ("PostgreSQL", url))
