@@ -1,12 +1,7 @@
-"""Raw-driver write floors (`uvicorn --factory bench.floors:write_floor_app`, BENCH_DATABASE_URL): what
-Tally's writes cost with no GraphQL, no ORM, no SQLAlchemy. Bare Starlette, hand-written SQL, asyncpg
-(a pool of 10, no reset query on release) on PostgreSQL, sqlite3 (one connection, BEGIN IMMEDIATE) on SQLite.
-
-- POST /createLoad `{"orgId"}`: one transaction: the load's INSERT and the org's counter upsert
-  (+1 OPEN, +1 UNMAPPED, version +1); answers `{"data": {"createLoad": {"id", "status"}}}`.
-- POST /importShipments `{"orgId", "shipments": [{"shipmentId", "loadNumber"}]}`: one transaction:
-  each shipment's load (ASSIGNED, UNMAPPED) and its invoice (MISSING_DATA), then one counter upsert.
-"""
+"""Raw-driver write floors (`bench.servers:write_floor_app`, BENCH_DATABASE_URL): Tally's writes with no GraphQL,
+no ORM: bare Starlette, hand-written SQL, asyncpg (a pool of 10, no reset query on release) on PostgreSQL,
+sqlite3 (one connection, BEGIN IMMEDIATE) on SQLite. POST /createLoad `{"orgId"}` and /importShipments
+`{"orgId", "shipments": [{"shipmentId", "loadNumber"}]}`: the rows and the org's counter upsert in one transaction."""
 
 from __future__ import annotations
 
@@ -29,16 +24,16 @@ from db.rules import REASON_NO_LANE
 
 COUNTERS = (  # parameters: org_id, each named counter's increment, now; version +1
     "INSERT INTO organization_stats (org_id, shard, {columns}, version, corrections, updated_at) "
-    "VALUES (?, 0, {values}, 1, 0, ?) ON CONFLICT (org_id, shard) DO UPDATE SET {adds}, "
+    "VALUES ($1, 0, {values}, 1, 0, ${now}) ON CONFLICT (org_id, shard) DO UPDATE SET {adds}, "
     "version = organization_stats.version + 1, updated_at = excluded.updated_at"
 )
 LOAD = (
     "INSERT INTO loads (org_id, status, load_type, requires_manual_review, external_source, external_id, "
-    "load_number, created_at, updated_at) VALUES (?, ?, 'UNMAPPED', false, ?, ?, ?, ?, ?) RETURNING id"
+    "load_number, created_at, updated_at) VALUES ($1, $2, 'UNMAPPED', false, $3, $4, $5, $6, $6) RETURNING id"
 )
 INVOICE = (
     "INSERT INTO invoices (org_id, load_id, status, missing_data_reason, created_at, updated_at) "
-    "VALUES (?, ?, 'MISSING_DATA', ?, ?, ?)"
+    "VALUES ($1, $2, 'MISSING_DATA', $3, $4, $4)"
 )
 IMPORT_ROWS = (  # PostgreSQL: every load and its invoice in one statement
     "WITH new AS (INSERT INTO loads (org_id, status, load_type, requires_manual_review, external_source, "
@@ -49,20 +44,19 @@ IMPORT_ROWS = (  # PostgreSQL: every load and its invoice in one statement
 )
 
 
-def counters_sql(columns: tuple[str, ...]) -> str:
+def counters_sql(*columns: str) -> str:
     adds = ", ".join(f"{c} = organization_stats.{c} + excluded.{c}" for c in columns)
-    return COUNTERS.format(columns=", ".join(columns), values=", ".join("?" for _ in columns), adds=adds)
+    values = ", ".join(f"${k}" for k in range(2, len(columns) + 2))
+    return COUNTERS.format(columns=", ".join(columns), values=values, now=len(columns) + 2, adds=adds)
 
 
-def numbered(sql: str) -> str:
-    """`?` placeholders as asyncpg's $1, $2, ..."""
-    parts = sql.split("?")
-    return "".join(part + (f"${i}" if i < len(parts) else "") for i, part in enumerate(parts, start=1))
+CREATE_COUNTERS = counters_sql("loads_open", "type_unmapped")
+IMPORT_COUNTERS = counters_sql("loads_assigned", "type_unmapped", "invoices_missing_data")
 
 
-CREATE_COUNTERS = counters_sql(("loads_open", "type_unmapped"))
-IMPORT_COUNTERS = counters_sql(("loads_assigned", "type_unmapped", "invoices_missing_data"))
-PG = {sql: numbered(sql) for sql in (LOAD, CREATE_COUNTERS, IMPORT_COUNTERS)}
+def sqlite(sql: str) -> str:
+    """`$1` placeholders as SQLite's `?1`."""
+    return sql.replace("$", "?")
 
 
 def answer(data: dict[str, Any]) -> Response:
@@ -85,17 +79,16 @@ class PostgresWrites:
     async def create_load(self, org_id: str) -> int:
         now = datetime.now(UTC)
         async with await self.connection() as connection, connection.transaction():
-            load_id = await connection.fetchval(PG[LOAD], org_id, "OPEN", None, None, None, now, now)
-            await connection.execute(PG[CREATE_COUNTERS], org_id, 1, 1, now)
+            load_id = await connection.fetchval(LOAD, org_id, "OPEN", None, None, None, now)
+            await connection.execute(CREATE_COUNTERS, org_id, 1, 1, now)
         return int(load_id)
 
     async def import_shipments(self, org_id: str, shipments: list[dict[str, Any]]) -> int:
         now = datetime.now(UTC)
-        ids, numbers = [s["shipmentId"] for s in shipments], [s.get("loadNumber") for s in shipments]
-        n = len(shipments)
+        ids, numbers, n = [s["shipmentId"] for s in shipments], [s.get("loadNumber") for s in shipments], len(shipments)
         async with await self.connection() as connection, connection.transaction():
             await connection.execute(IMPORT_ROWS, org_id, ids, numbers, now, REASON_NO_LANE)
-            await connection.execute(PG[IMPORT_COUNTERS], org_id, n, n, n, now)
+            await connection.execute(IMPORT_COUNTERS, org_id, n, n, n, now)
         return n
 
 
@@ -108,31 +101,25 @@ class SqliteWrites:
     async def create_load(self, org_id: str) -> int:
         now = datetime.now(UTC).isoformat(sep=" ")
         with self.transaction() as c:
-            load_id = c.execute(LOAD, (org_id, "OPEN", None, None, None, now, now)).fetchone()[0]
-            c.execute(CREATE_COUNTERS, (org_id, 1, 1, now))
+            load_id = c.execute(sqlite(LOAD), (org_id, "OPEN", None, None, None, now)).fetchone()[0]
+            c.execute(sqlite(CREATE_COUNTERS), (org_id, 1, 1, now))
         return int(load_id)
 
     async def import_shipments(self, org_id: str, shipments: list[dict[str, Any]]) -> int:
-        now = datetime.now(UTC).isoformat(sep=" ")
+        now, n = datetime.now(UTC).isoformat(sep=" "), len(shipments)
         with self.transaction() as c:
             for s in shipments:
-                load_id = c.execute(
-                    LOAD, (org_id, "ASSIGNED", "fourkites", s["shipmentId"], s.get("loadNumber"), now, now)
-                ).fetchone()[0]
-                c.execute(INVOICE, (org_id, load_id, REASON_NO_LANE, now, now))
-            n = len(shipments)
-            c.execute(IMPORT_COUNTERS, (org_id, n, n, n, now))
-        return len(shipments)
+                row = (org_id, "ASSIGNED", "fourkites", s["shipmentId"], s.get("loadNumber"), now)
+                load_id = c.execute(sqlite(LOAD), row).fetchone()[0]
+                c.execute(sqlite(INVOICE), (org_id, load_id, REASON_NO_LANE, now))
+            c.execute(sqlite(IMPORT_COUNTERS), (org_id, n, n, n, now))
+        return n
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.connection.execute("BEGIN IMMEDIATE")
-        try:
+        with self.connection:  # COMMIT, or ROLLBACK on an exception
+            self.connection.execute("BEGIN IMMEDIATE")
             yield self.connection
-        except BaseException:
-            self.connection.execute("ROLLBACK")
-            raise
-        self.connection.execute("COMMIT")
 
 
 def write_floor_app() -> Starlette:
@@ -152,12 +139,9 @@ def write_floor_app() -> Starlette:
         created = await writes.import_shipments(body["orgId"], body["shipments"])
         return answer({"importShipments": {"created": created}})
 
-    async def healthz(_request: Request) -> Response:
-        return answer({})
-
     return Starlette(
         routes=[
-            Route("/healthz", healthz),
+            Route("/healthz", lambda _request: answer({})),
             Route("/createLoad", create_load, methods=["POST"]),
             Route("/importShipments", import_shipments, methods=["POST"]),
         ]

@@ -4,6 +4,7 @@ their CPU cost and disturbance; the figures the SQLite and PostgreSQL reports sh
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import resource
@@ -13,8 +14,8 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager, contextmanager, nullcontext
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -91,16 +92,16 @@ class Cell:
     foreign: float | None = None  # share of the machine's CPUs used by other processes meanwhile
     also_cpu: float | None = None  # of the ALSO_OURS processes (PostgreSQL, Redis)
     round_trips: int | None = None  # calls into aiosqlite's thread per change (db layer)
-    parts: list[list[int]] | None = None  # latencies per part (streams run side by side)
+    parts: tuple[list[int], ...] = ()  # latencies per part (streams run side by side)
     sent: int | None = None  # requests sent, warm-up included: answered + those in flight when wrk stopped
     attempts: int = 1
-    stats: dict[str, float] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.stats = summarize(self.latencies_us, self.seconds)
+    @property
+    def stats(self) -> dict[str, float]:
+        return summarize(self.latencies_us, self.seconds)
 
     def split(self) -> list[dict[str, float]]:
-        return [summarize(samples, self.seconds) for samples in self.parts or []]
+        return [summarize(samples, self.seconds) for samples in self.parts]
 
     def row(self) -> dict[str, Any]:
         costs = {"server_cpu": self.server_cpu, "db_cpu": self.also_cpu, "foreign": self.foreign}
@@ -125,6 +126,15 @@ def log_cell(cell: Cell) -> None:
     note = f"  (other processes: {f:.0%} of the CPUs)" if f and f >= 0.05 else ""
     what, p50, p99 = f"{cell.variant} {cell.label} c={cell.concurrency}", s["p50"] / 1000, s["p99"] / 1000
     log(f"  {what:<40} p50 {p50:8.3f} ms  p99 {p99:8.3f} ms  {s['rps']:8.0f}/s  n={s['n']}{note}")
+
+
+def post(url: str, body: str, bearer: str | None = None, timeout: float = 60) -> str:
+    """One POST of a JSON body; its response, which must be HTTP 200 without errors."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {bearer}"} if bearer else {})}
+    response = httpx.post(url, content=body, headers=headers, timeout=timeout)
+    if response.status_code != 200 or '"errors"' in response.text:
+        raise RuntimeError(f"{url}: {response.status_code} {response.text[:300]}")
+    return response.text
 
 
 def run_wrk(streams: list[Stream], seconds: float, token: str | None) -> list[dict[str, Any]]:
@@ -158,12 +168,13 @@ def closed_loop(
     servers = list({s.server.port: s.server for s in streams}.values())
     total = {"requests": 0, "sent": 0}
 
-    def servers_cpu() -> float:
-        return sum(process_cpu(s.process.pid) for s in servers if s.process)
+    def meters() -> list[float]:
+        """CPU seconds so far: of the servers, of the ALSO_OURS processes, of wrk."""
+        cpu = sum(process_cpu(s.process.pid) for s in servers if s.process)
+        return [cpu, also_ours(), self_cpu(resource.RUSAGE_CHILDREN)]
 
-    def window(runs: list[Stream], seconds: float) -> tuple[list[dict[str, Any]], float, float, float, float | None]:
-        cpu, also, client = servers_cpu(), also_ours(), self_cpu(resource.RUSAGE_CHILDREN)
-        foreign = foreign_meter(lambda: servers_cpu() + self_cpu(resource.RUSAGE_CHILDREN) + also_ours())
+    def window(runs: list[Stream], seconds: float) -> tuple[list[dict[str, Any]], list[float], float | None]:
+        before, foreign = meters(), foreign_meter(lambda: sum(meters()))
         results = run_wrk(runs, seconds, token)
         if errors := [r for r in results if r["errors"]]:
             raise RuntimeError(
@@ -171,23 +182,21 @@ def closed_loop(
             )
         for key in total:
             total[key] += sum(r[key] for r in results)
-        client = self_cpu(resource.RUSAGE_CHILDREN) - client
-        return results, servers_cpu() - cpu, also_ours() - also, client, foreign()
+        return results, [after - b for after, b in zip(meters(), before, strict=True)], foreign()
 
     def once() -> Cell:
         warm, *_ = window(warmup or streams, profile.warmup)
         rate = sum(r["requests"] for r in warm) / profile.warmup
         seconds = min(profile.max_duration, max(profile.duration, profile.min_samples / max(rate, 1e-9)))
-        results, cpu, also, client, foreign = window(streams, seconds)
+        results, (cpu, also, client), foreign = window(streams, seconds)
         served = sum(r["sent"] for r in results)
-        parts: list[list[int]] = [[] for _ in range(1 + max(s.part for s in streams))]
+        parts: tuple[list[int], ...] = tuple([] for _ in range(1 + max(s.part for s in streams)))
         for stream, result in zip(streams, results, strict=True):
-            parts[stream.part] += [us for us, count in result["latency_us"] for _ in range(count)]
+            parts[stream.part].extend(us for us, count in result["latency_us"] for _ in range(count))
         cell = Cell(
-            variant, label, clients, sorted(us for part in parts for us in part),
-            max(r["duration_us"] for r in results) / 1e6, total["requests"], per_change(cpu, served),
-            per_change(client, served), foreign, per_change(also, served) if ALSO_OURS else None, parts=parts,
-            sent=total["sent"],
+            variant, label, clients, sorted(itertools.chain(*parts)), max(r["duration_us"] for r in results) / 1e6,
+            total["requests"], per_change(cpu, served), per_change(client, served), foreign,
+            per_change(also, served) if ALSO_OURS else None, parts=parts, sent=total["sent"],
         )  # fmt: skip
         log_cell(cell)
         return cell
@@ -232,9 +241,7 @@ def count_reads(
     for org, answer in expected.items():
         for variant, server in servers.items():
             path, bearer = target(variant, org)
-            headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {bearer}"} if bearer else {})}
-            got = httpx.post(server + path, content=count_body(org), headers=headers, timeout=60).text
-            if got != answer:
+            if (got := post(server + path, count_body(org), bearer)) != answer:
                 raise RuntimeError(f"{variant} answers {got} for {org}, expected {answer}")
     log(f"countLoadsByStatus, {', '.join(servers)} interleaved per org and clients")
     retry_until, cells = time.monotonic() + profile.retry_until, []
@@ -272,11 +279,12 @@ def against(rows: dict[tuple[str, str, int], dict[str, Any]], base: str) -> list
 def disturbance(cells: list[Cell]) -> dict[str, Any]:
     """How much other processes used the machine's CPUs during these measurements."""
     shares = [c.foreign for c in cells if c.foreign is not None]
-    disturbed = [c for c in cells if (c.foreign or 0) >= 0.05]
     return {
         "mean": statistics.fmean(shares) if shares else None,
         "max": max(shares, default=None),
-        "disturbed": [f"{c.variant} {c.label} c={c.concurrency} ({c.foreign:.0%})" for c in disturbed],
+        "disturbed": [
+            f"{c.variant} {c.label} c={c.concurrency} ({c.foreign:.0%})" for c in cells if (c.foreign or 0) >= 0.05
+        ],
         "repeated": sum(c.attempts > 1 for c in cells),
     }
 
@@ -371,33 +379,29 @@ async def db_layer(
 
     async def closed_loop(aggregate: bool, ids: list[int], writers: int) -> Cell:
         write = db.write if aggregate else partial(write_without_aggregate, db)
-        per = len(ids) // writers
         start = time.perf_counter() + min(1.0, profile.warmup)
-        stop = start + profile.db_ops_seconds
+        stop, per = start + profile.db_ops_seconds, len(ids) // writers
         latencies: list[int] = []
         completed, trips = 0, None
 
-        async def writer(k: int) -> None:
+        async def writer(mine: list[int]) -> None:
             nonlocal completed, trips
-            mine, n = ids[k * per : (k + 1) * per], 0
-            while (began := time.perf_counter()) < stop:
-                load_id, n = mine[n % len(mine)], n + 1
-                status = "ASSIGNED" if state.get(load_id, "OPEN") == "OPEN" else "OPEN"
+            for load_id in itertools.cycle(mine):
+                if (began := time.perf_counter()) >= stop:
+                    return
+                status = state[load_id] = "ASSIGNED" if state.get(load_id, "OPEN") == "OPEN" else "OPEN"
                 work = write(partial(set_load_status, load_id=str(load_id), status=status, scope=scope))
-                if writers == 1 and completed == 2:
-                    with counting_round_trips() as counted:
-                        await work
-                    trips = counted["n"]
-                else:
+                counting = writers == 1 and completed == 2  # a warm change
+                with counting_round_trips() if counting else nullcontext({}) as counted:
                     await work
-                state[load_id] = status
+                trips = counted.get("n", trips)
                 completed += 1
                 if start <= (ended := time.perf_counter()) <= stop:
                     latencies.append(int((ended - began) * 1e6))
 
         cpu, also = self_cpu(), also_ours()
         foreign = foreign_meter(lambda: self_cpu() + also_ours())
-        await asyncio.gather(*(writer(k) for k in range(writers)))
+        await asyncio.gather(*(writer(ids[k * per : (k + 1) * per]) for k in range(writers)))
         cpu, also = per_change(self_cpu() - cpu, completed), per_change(also_ours() - also, completed)
         return Cell(
             VARIANTS[aggregate], label, writers, latencies, profile.db_ops_seconds, completed, cpu, None, foreign(),
@@ -426,13 +430,13 @@ async def database(url: str, **options: Any) -> AsyncIterator[Database]:
         await db.dispose()
 
 
-async def open_loads(url: str, org_id: str, count: int) -> list[int]:
-    """The ids of the org's first `count` OPEN loads."""
-    query = select(Load.id).where(Load.org_id == org_id, Load.status == "OPEN").order_by(Load.id).limit(count)
+async def first_ids(url: str, org_id: str, count: int, row: Any = Load, status: str = "OPEN") -> list[int]:
+    """The ids of the org's first `count` loads (or `row`s) in this status."""
+    query = select(row.id).where(row.org_id == org_id, row.status == status).order_by(row.id).limit(count)
     async with database(url) as db:
         ids = list(await db.read(lambda session: session.scalars(query)))
     if len(ids) < count:
-        raise RuntimeError(f"only {len(ids)} OPEN loads in {org_id}")
+        raise RuntimeError(f"only {len(ids)} {status} rows of {row.__name__} in {org_id}")
     return ids
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -18,7 +21,7 @@ from sqlalchemy.dialects import postgresql
 
 from bench import measure
 from bench.common import TICK, app_servers, log, run_async, token
-from bench.measure import ALSO_OURS, VARIANTS, Cell, Pools, Profile, Stream, audit, database, open_loads, org_name
+from bench.measure import ALSO_OURS, VARIANTS, Cell, Pools, Profile, Stream, audit, database, first_ids, org_name
 from bench.sqlite import LOAD_COLUMNS, LOAD_VALUES, STATUS_SQL
 from db.aggregates import STATS_QUERY
 from db.migrate import upgrade_async
@@ -122,17 +125,23 @@ def two(name: str, factory: str, **env: str) -> list[tuple[str, str, dict[str, s
     return [(f"{name}-{x}", factory, env) for x in "ab"]
 
 
-def run(profile: Profile, server: str) -> dict[str, Any]:
-    name = f"tally_bench_{os.getpid()}_{int(time.time())}"
-    dsn, url = f"{server}/{name}", f"{server.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
-    run_async(sql(f"{server}/postgres", f'CREATE DATABASE "{name}"'))
-    log(f"PostgreSQL benchmark ({profile.name}) in database {name}")
+@contextmanager
+def scratch_database(server: str, prefix: str) -> Iterator[tuple[str, str]]:
+    """A new database (its asyncpg DSN and SQLAlchemy URL), PostgreSQL's and Redis' CPU counted as ours; dropped after."""
+    name, admin = f"{prefix}_{uuid.uuid4().hex[:8]}", f"{server}/postgres"
+    run_async(sql(admin, f'CREATE DATABASE "{name}"'))
     ALSO_OURS.append(service_cpu)
     try:
-        figures = measure_all(profile, dsn, url)
+        yield f"{server}/{name}", f"{server.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
     finally:
         ALSO_OURS.remove(service_cpu)
-        run_async(sql(f"{server}/postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run_async(sql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def run(profile: Profile, server: str) -> dict[str, Any]:
+    with scratch_database(server, "tally_bench") as (dsn, url):
+        log(f"PostgreSQL benchmark ({profile.name}) in database {dsn.rsplit('/', 1)[1]}")
+        figures = measure_all(profile, dsn, url)
     return {**figures, "machine": environment(server)}
 
 
@@ -155,7 +164,7 @@ def measure_all(profile: Profile, dsn: str, url: str) -> dict[str, Any]:
     mixed = mixed_workload(url, largest, tokens[largest], profile)
 
     hot = replace(profile, warmup=min(profile.warmup, 1.0), duration=min(profile.duration, 5.0))
-    ids = run_async(open_loads(url, HOT, hot_needed + db_share))
+    ids = run_async(first_ids(url, HOT, hot_needed + db_share))
     pools, db_ids = Pools(ids[:hot_needed]), {True: ids[hot_needed::2], False: ids[hot_needed + 1 :: 2]}
     http, health = hot_over_http(url, pools, tokens[HOT], hot)
 
@@ -191,7 +200,7 @@ def measure_all(profile: Profile, dsn: str, url: str) -> dict[str, Any]:
 def mixed_workload(url: str, org: str, bearer: str, profile: Profile) -> Cell:
     """Two Tally processes sharing the Redis broadcast; clients changing statuses beside clients counting."""
     log(f"mixed workload on {org}: {C['mixed_clients']} clients over two Tally processes")
-    ids, pool = run_async(open_loads(url, org, C["mixed_pool"] + C["warm_pool"])), C["mixed_pool"]
+    ids, pool = run_async(first_ids(url, org, C["mixed_pool"] + C["warm_pool"])), C["mixed_pool"]
     longer = replace(profile, duration=2 * profile.duration)
     with app_servers(*two("mixed", "tally_app", BENCH_DATABASE_URL=url, BENCH_BROADCAST_URL=REDIS_URL)) as up:
         writers = measure.spread(up, C["mixed_writers"])

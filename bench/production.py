@@ -1,11 +1,5 @@
-"""Speed where production runs (docs/benchmarks-production.md); needs PostgreSQL (--server) and wrk.
-
-Count queries on PostgreSQL against a bare Starlette floor answering the same bytes: at 1, 32 (three
-times) and 100 clients, the count cache on and off, with PostgreSQL's session count around the steady
-runs. Writes on both databases against a raw-driver floor (bench/floors.py): createLoad at 8 clients,
-updateLoadStatus and updateInvoiceStatus at 8 clients, importShipments of 1,000 shipments per call.
-Every Tally org's counters are checked against a recount at the end.
-"""
+"""Speed where production runs (docs/benchmarks-production.md): count queries on PostgreSQL against a bare
+floor, writes on both databases against raw-driver floors (bench/floors.py); needs PostgreSQL (--server) and wrk."""
 
 from __future__ import annotations
 
@@ -18,29 +12,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from bench import measure
 from bench.common import app_servers, log, process_cpu, run_async, token
-from bench.measure import (
-    ALSO_OURS,
-    FULL,
-    QUICK,
-    Cell,
-    Pools,
-    Profile,
-    Stream,
-    audit,
-    closed_loop,
-    database,
-    open_loads,
-    toggles,
-)
-from bench.postgres import environment, service_cpu, sql
+from bench.measure import Cell, Pools, Profile, Stream, audit, closed_loop, database, first_ids, post, toggles
+from bench.postgres import environment, scratch_database, service_cpu, sql
 from db.migrate import upgrade_async
 from db.models import Invoice
 from tests.server import ServerUrl
 
-PROFILES = {"full": replace(FULL, duration=5.0, warmup=1.0), "quick": QUICK}
+PROFILES = {"full": replace(measure.FULL, duration=5.0, warmup=1.0), "quick": measure.QUICK}
 C = {"org": "org_speed", "floor_org": "org_floor", "seeded": 1_000, "repeats": 3, "read_clients": (1, 32, 100),
      "write_clients": 8, "batch": 1_000, "imports": 5, "pool": 500}  # fmt: skip
 ORG, FLOOR_ORG = C["org"], C["floor_org"]
@@ -62,56 +42,32 @@ def body(query: str, **variables: Any) -> str:
     return json.dumps({"query": query, "variables": variables})
 
 
-def post(url: str, request: str, bearer: str) -> str:
-    response = httpx.post(
-        url,
-        content=request,
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {bearer}"},
-        timeout=60,
-    )
-    if response.status_code != 200 or '"errors"' in response.text:
-        raise RuntimeError(f"{url}: {response.status_code} {response.text[:300]}")
-    return response.text
-
-
 def run(profile: Profile, server: str) -> dict[str, Any]:
-    name = f"tally_bench_speed_{uuid.uuid4().hex[:8]}"
-    dsn, url = f"{server}/{name}", f"{server.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
-    run_async(sql(f"{server}/postgres", f'CREATE DATABASE "{name}"'))
-    ALSO_OURS.append(service_cpu)
-    try:
-        with tempfile.TemporaryDirectory(prefix="tally-speed-") as tmp:
-            sqlite_url = f"sqlite+aiosqlite:///{Path(tmp) / 'speed.db'}"
-            for each in (url, sqlite_url):
-                run_async(prepare(each))
-            run_async(sql(dsn, "VACUUM ANALYZE"))  # no autovacuum of the new tables during the measurements
-            reads = count_queries(url, dsn, profile)
-            writes = [
-                write_paths(label, each, profile) for label, each in (("SQLite", sqlite_url), ("PostgreSQL", url))
-            ]
-    finally:
-        ALSO_OURS.remove(service_cpu)
-        run_async(sql(f"{server}/postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    return {"c": C, "profile": {"name": profile.name, "duration": profile.duration, "warmup": profile.warmup},
-            "reads": reads, "writes": writes, "machine": environment(server)}  # fmt: skip
+    with scratch_database(server, "tally_bench_speed") as (dsn, url), tempfile.TemporaryDirectory() as tmp:
+        sqlite_url = f"sqlite+aiosqlite:///{Path(tmp) / 'speed.db'}"
+        for each in (url, sqlite_url):
+            run_async(prepare(each))
+        run_async(sql(dsn, "VACUUM ANALYZE"))  # no autovacuum of the new tables during the measurements
+        reads = count_queries(url, dsn, profile)
+        writes = [write_paths(label, each, profile) for label, each in (("SQLite", sqlite_url), ("PostgreSQL", url))]
+    return {"c": C, "profile": profile.__dict__, "reads": reads, "writes": writes, "machine": environment(server)}
 
 
 async def prepare(url: str) -> None:
     """A migrated database with both orgs; Tally's holding C["seeded"] OPEN loads made through the app."""
-    from db import loads
+    from db.loads import create_load
     from db.organizations import create_organization
+
+    async def hundred_loads(session: Any) -> None:
+        for _ in range(100):
+            await create_load(session, ORG, status="OPEN", load_type="UNMAPPED")
 
     await upgrade_async(url)
     async with database(url) as db:
         for org in (ORG, FLOOR_ORG):
             await db.write(lambda s, org=org: create_organization(s, org, org))
         for _ in range(C["seeded"] // 100):
-            await db.write(lambda s: _many(s, loads.create_load, 100))
-
-
-async def _many(session: Any, create: Any, n: int) -> None:
-    for _ in range(n):
-        await create(session, ORG, status="OPEN", load_type="UNMAPPED")
+            await db.write(hundred_loads)
 
 
 def count_queries(url: str, dsn: str, profile: Profile) -> dict[str, Any]:
@@ -185,7 +141,7 @@ def write_paths(label: str, url: str, profile: Profile) -> dict[str, Any]:
             "floor": import_rate(floor, "/importShipments", FLOOR_ORG, None, profile),
             "tally": import_rate(tally, "/graphql", ORG, member, profile),
         }
-        pools = Pools(run_async(open_loads(url, ORG, C["pool"] + 100)))
+        pools = Pools(run_async(first_ids(url, ORG, C["pool"] + 100)))
         warm_loads = toggles([(tally, clients)], True, pools.take(True, 100))
         loads = run_at(toggles([(tally, clients)], True, pools.take(True, C["pool"])), "tally", "updateLoadStatus",
                        member, warmup=warm_loads)  # fmt: skip
@@ -198,22 +154,12 @@ def write_paths(label: str, url: str, profile: Profile) -> dict[str, Any]:
 
 def import_rate(server: ServerUrl, path: str, org: str, bearer: str | None, profile: Profile) -> dict[str, Any]:
     """Calls of C["batch"] new shipments each, one after another: shipments per second and CPU per shipment."""
-    calls = C["imports"] if profile.name == "full" else 1
-    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
-    pid = server.process.pid if server.process else 0
+    calls, pid = C["imports"] if profile.name == "full" else 1, server.process.pid if server.process else 0
 
     def call(k: int) -> None:
         shipments = [{"shipmentId": f"{org}-{uuid.uuid4().hex}", "loadNumber": f"L{k}-{i}"} for i in range(C["batch"])]
-        payload = (
-            body(IMPORT, org=org, s=shipments)
-            if path == "/graphql"
-            else json.dumps({"orgId": org, "shipments": shipments})
-        )
-        response = httpx.post(
-            server + path, content=payload, headers={"Content-Type": "application/json", **headers}, timeout=300
-        )
-        if response.status_code != 200 or '"errors"' in response.text:
-            raise RuntimeError(f"import at {server}{path}: {response.status_code} {response.text[:300]}")
+        payload = body(IMPORT, org=org, s=shipments) if bearer else json.dumps({"orgId": org, "shipments": shipments})
+        post(server + path, payload, bearer, timeout=300)
 
     call(-1)  # warm-up
     cpu, also, started = process_cpu(pid), service_cpu(), time.perf_counter()
@@ -227,7 +173,7 @@ def import_rate(server: ServerUrl, path: str, org: str, bearer: str | None, prof
 def invoice_streams(tally: ServerUrl, url: str, bearer: str) -> tuple[list[Stream], list[Stream]]:
     """(warm-up, window) streams of updateInvoiceStatus DRAFT -> BILLED, then each back, on invoices the
     imports created (MISSING_DATA, moved to DRAFT first)."""
-    ids = run_async(missing_data_invoices(url, C["pool"] + 100))
+    ids = run_async(first_ids(url, ORG, C["pool"] + 100, Invoice, "MISSING_DATA"))
     for k in range(0, len(ids), 500):
         post(tally + "/graphql", body(TO_DRAFT, ids=[str(i) for i in ids[k : k + 500]]), bearer)
 
@@ -236,14 +182,3 @@ def invoice_streams(tally: ServerUrl, url: str, bearer: str) -> tuple[list[Strea
         return [Stream(tally, C["write_clients"], bodies)]
 
     return streams(ids[:100]), streams(ids[100:])
-
-
-async def missing_data_invoices(url: str, n: int) -> list[int]:
-    from sqlalchemy import select
-
-    query = select(Invoice.id).where(Invoice.org_id == ORG, Invoice.status == "MISSING_DATA").order_by(Invoice.id)
-    async with database(url) as db:
-        ids = list(await db.read(lambda session: session.scalars(query.limit(n))))
-    if len(ids) < n:
-        raise RuntimeError(f"only {len(ids)} MISSING_DATA invoices in {ORG}")
-    return ids

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import human, log, summarize
-from bench.measure import database, open_loads, org_name
+from bench.measure import database, first_ids, org_name
 from bench.sqlite import seed
 from db.loads import set_load_status
 from db.recalculation import drift_report, recalculate
@@ -44,7 +44,7 @@ def within(spans: list[tuple[float, float]], at: float) -> bool:
 
 
 async def case(db: Database, path: Path, size: int, orgs: list[str], profile: dict[str, Any]) -> dict[str, Any]:
-    loads = [(org_id, str((await open_loads(db.url, org_id, 1))[0])) for org_id in orgs]
+    loads = [(org_id, str((await first_ids(db.url, org_id, 1))[0])) for org_id in orgs]
     samples: list[tuple[float, float]] = []  # (start, ms) of every write
     recalcs: list[tuple[float, float]] = []  # (start, end)
     baselines: list[tuple[float, float]] = []

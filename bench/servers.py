@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from api.permissions import Authenticated
 from api.root import Mutation, Query, build_schema
+from bench.floors import write_floor_app as write_floor_app
 from db import loads
 from db.aggregates import COUNTERS, LOAD_STATUS_COUNTERS, StatsSnapshot
 from db.engine import WRITE
@@ -122,10 +123,3 @@ def floor_app() -> Starlette:
     bodies: dict[str, str] = json.loads(Path(os.environ["BENCH_FLOOR_BODIES"]).read_text())
     routes = [Route(path, constant(body.encode()), methods=["POST"]) for path, body in bodies.items()]
     return Starlette(routes=[*routes, Route("/healthz", constant(b'{"status":"ok"}'))])
-
-
-def write_floor_app() -> Starlette:
-    """The raw-driver write floor (bench/floors.py)."""
-    from bench.floors import write_floor_app as floor
-
-    return floor()

@@ -17,7 +17,7 @@ from typing import Any
 
 from bench import measure
 from bench.common import RESULTS, ROOT, app_servers, child_env, log, run_async, self_cpu, token
-from bench.measure import POOL, VARIANTS, WARM_POOL, Cell, Pools, Profile, Stream, audit, open_loads, org_name
+from bench.measure import POOL, VARIANTS, WARM_POOL, Cell, Pools, Profile, Stream, audit, first_ids, org_name
 from db.aggregates import LOAD_STATUS_COUNTERS, LOAD_TYPE_COUNTERS
 from db.migrate import upgrade
 
@@ -107,7 +107,7 @@ def run(profile: Profile) -> dict[str, Any]:
     floor_bodies.write_text(json.dumps({f"/floor/{org}": expected[org] for org in orgs}))
     env = {"BENCH_DATABASE_URL": seeded.url, "BENCH_FLOOR_BODIES": str(floor_bodies)}
     needed = POOL * (4 * profile.mutation_rounds + 1) + WARM_POOL * (2 * profile.mutation_rounds + 1)
-    pools = Pools(run_async(open_loads(seeded.url, MUTATION_ORG, needed)))
+    pools = Pools(run_async(first_ids(seeded.url, MUTATION_ORG, needed)))
 
     def changes(server: str, variant: str, label: str, aggregate: bool) -> Cell:
         window, warm = (measure.toggles([(server, 1)], aggregate, pools.take(aggregate, n)) for n in (POOL, WARM_POOL))
@@ -178,11 +178,7 @@ def report(reads: list[Cell], interleaved: list[Cell], http: list[Cell], db: lis
     return {
         **figures,
         "reads": {str(n): [row for row in measure.against(rows, "floor") if row["clients"] == n] for n in (1, 16)},
-        "versus": [
-            {"org": label, "clients": n, "naive": rows["naive", label, n], "tally": rows["tally", label, n]}
-            for label in labels
-            for n in (1, 16)
-        ],
+        "versus": [row for row in measure.against(rows, "tally") if row["variant"] == "naive"],
         "by_org_size": [
             {"variant": v, "clients": n, "org": label, "at": rows[v, label, n], "small": rows[v, small, n]}
             for v in ("tally", "uncached", "naive", "floor")
