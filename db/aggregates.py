@@ -23,7 +23,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
 from db.counters import GROUPS, INVOICE_STATUS, LOAD_STATUS, LOAD_TYPE, CounterGroup, counter_names
+from db.engine import count_statement
 from db.models import Base, Invoice, Load, OrganizationStats, utcnow
+from db.sqlite.driver import OneTripConnection, Prepared
 
 LOAD_STATUS_COUNTERS = LOAD_STATUS.counters
 LOAD_TYPE_COUNTERS = LOAD_TYPE.counters
@@ -244,6 +246,7 @@ def _build_add_statement(insert: Any) -> Any:
 
 
 _ADD = {name: _build_add_statement(insert) for name, insert in _DIALECTS}
+_ADD_SQLITE = Prepared(_ADD["sqlite"])
 
 
 def _add(session: Session, org_id: str, delta: dict[str, int], *, shard: int) -> None:
@@ -254,7 +257,12 @@ def _add(session: Session, org_id: str, delta: dict[str, int], *, shard: int) ->
     """
     params = {"org_id": org_id, "shard": shard, "now": utcnow(), **dict.fromkeys(COUNTERS, 0), **delta}
     connection = session.connection()  # Core, not the ORM's execute: nothing ORM about this statement
-    connection.execute(_ADD[connection.dialect.name], params)
+    driver = connection.connection.dbapi_connection
+    if isinstance(driver, OneTripConnection):  # SQLite's one-trip driver runs it in COMMIT's trip
+        count_statement()
+        driver.keep_for_commit(_ADD_SQLITE, params)
+    else:
+        connection.execute(_ADD[connection.dialect.name], params)
 
 
 def _build_stats_query() -> Select[Any]:

@@ -40,3 +40,47 @@ async def test_a_row_changed_without_its_lock_is_refused(api: Api, db: Database)
     counts, version = await stored(db, "org_a")
     assert (counts["loads_open"], counts["loads_assigned"], version) == (1, 0, 1)
     assert counts == await recount(db, "org_a")
+
+
+REFUSE_STATS_UPDATES = {
+    "sqlite": [
+        "CREATE TRIGGER refuse_stats BEFORE UPDATE ON organization_stats BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse_stats() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$",
+        "CREATE TRIGGER refuse_stats BEFORE UPDATE ON organization_stats FOR EACH ROW EXECUTE FUNCTION refuse_stats()",
+    ],
+}
+ALLOW_STATS_UPDATES = {
+    "sqlite": ["DROP TRIGGER refuse_stats"],
+    "postgresql": ["DROP TRIGGER refuse_stats ON organization_stats", "DROP FUNCTION refuse_stats()"],
+}
+
+
+async def run_sql(db: Database, statements: list[str]) -> None:
+    async with db.engine.begin() as connection:
+        for statement in statements:
+            await connection.exec_driver_sql(statement)
+
+
+async def test_a_counter_upsert_that_fails_fails_the_commit_and_keeps_nothing(api: Api, db: Database) -> None:
+    """The counter upsert may run in COMMIT's own trip (SQLite's one-trip driver): when the
+    database refuses it, the status change is not committed either, and the connection is
+    left with nothing pending for the next transaction."""
+    load = await create_load(api)
+    dialect = db.engine.dialect.name
+    await run_sql(db, REFUSE_STATS_UPDATES[dialect])
+    body = await api.raw(
+        "mutation($id: ID!) { updateLoadStatus(id: $id, status: ASSIGNED) { status } }", id=load["id"]
+    )
+    assert body["errors"] and body["data"] is None
+    counts, version = await stored(db, "org_a")
+    assert (counts["loads_open"], counts["loads_assigned"], version) == (1, 0, 1)
+    assert counts == await recount(db, "org_a")
+
+    await run_sql(db, ALLOW_STATS_UPDATES[dialect])
+    for _ in range(3):  # every pooled connection the failure may have used
+        await create_load(api)
+    counts, version = await stored(db, "org_a")
+    assert (counts["loads_open"], counts["loads_assigned"], version) == (4, 0, 4)
+    assert counts == await recount(db, "org_a")

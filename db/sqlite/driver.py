@@ -6,22 +6,29 @@ event-loop wake-up: a no-op write transaction made nine of them and spent
 ~0.8 ms of the event loop's CPU. This adapter runs the four steps as one call
 on the worker thread and keeps the results, so a statement is one trip.
 
-Only the ordinary (buffered) cursor changes; server-side cursors, commit,
-rollback and errors are aiosqlite's and SQLAlchemy's own.
+A statement whose result nobody reads can also wait for COMMIT and go in its
+trip (`keep_for_commit`, with the SQL and parameters `Prepared` once): the
+aggregate's counter upsert does, so maintaining the counters adds no trip and
+no SQLAlchemy execution to a write. Server-side cursors, rollback and errors are
+aiosqlite's and SQLAlchemy's own.
 """
 
 from __future__ import annotations
 
 import collections
 import sqlite3
+from collections.abc import Mapping
 from typing import Any, cast
 
 import aiosqlite
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
 )
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util.concurrency import await_
 
 # description, rows, rowcount, lastrowid: everything SQLAlchemy reads off a cursor
@@ -40,6 +47,13 @@ def _execute(connection: aiosqlite.Connection, operation: str, parameters: Any, 
         return cursor.description, rows, cursor.rowcount, cursor.lastrowid
     finally:
         cursor.close()
+
+
+def _commit(connection: aiosqlite.Connection, statements: list[tuple[str, Any]]) -> None:
+    """Runs on the connection's worker thread: the statements kept for COMMIT, then COMMIT."""
+    for operation, parameters in statements:
+        connection._conn.execute(operation, parameters)
+    connection._conn.commit()
 
 
 class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
@@ -84,9 +98,53 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         await self._run(operation, seq_of_parameters, many=True)
 
 
-class _OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ()
+class OneTripConnection(AsyncAdapt_aiosqlite_connection):
+    __slots__ = ("kept",)
     _cursor_cls = _OneTripCursor
+
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        self.kept: list[tuple[str, Any]] = []
+
+    def keep_for_commit(self, statement: Prepared, parameters: Mapping[str, Any]) -> None:
+        """Run `statement` just before this transaction's COMMIT, in its trip; a failure fails the commit."""
+        self.kept.append((statement.sql, statement.values(parameters)))
+
+    def commit(self) -> None:
+        if not self.kept:
+            return super().commit()
+        statements, self.kept = self.kept, []
+        try:
+            await_(self._connection._execute(_commit, self._connection, statements))
+        except Exception as error:
+            self._handle_exception(error)
+
+    def rollback(self) -> None:
+        self.kept.clear()
+        super().rollback()
+
+
+class Prepared:
+    """A Core statement compiled once for SQLite: its SQL, and its positional values from a dict."""
+
+    def __init__(self, statement: ClauseElement) -> None:
+        dialect = sqlite_dialect(paramstyle="qmark")
+        compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
+        self.sql = compiled.string
+        binds = [compiled.binds[name] for name in compiled.positiontup or ()]
+        # (name given by the caller, or None for a literal of the statement; its value or literal; processor)
+        self._order = [
+            (None if bind.value is not None or not bind.required else bind.key, bind.value,
+             bind.type.dialect_impl(dialect).bind_processor(dialect))
+            for bind in binds
+        ]  # fmt: skip
+
+    def values(self, parameters: Mapping[str, Any]) -> tuple[Any, ...]:
+        out = []
+        for name, literal, process in self._order:
+            value = literal if name is None else parameters[name]
+            out.append(value if process is None or value is None else process(value))
+        return tuple(out)
 
 
 class OneTripDbapi(AsyncAdapt_aiosqlite_dbapi):
@@ -95,7 +153,7 @@ class OneTripDbapi(AsyncAdapt_aiosqlite_dbapi):
     def __init__(self) -> None:
         super().__init__(aiosqlite, sqlite3)
 
-    def connect(self, *arg: Any, **kw: Any) -> _OneTripConnection:
+    def connect(self, *arg: Any, **kw: Any) -> OneTripConnection:
         connection = aiosqlite.connect(*arg, **kw)
         connection._thread.daemon = True  # as SQLAlchemy does: never hold the interpreter open
-        return _OneTripConnection(self, cast(Any, await_(connection)))
+        return OneTripConnection(self, cast(Any, await_(connection)))
