@@ -3,23 +3,32 @@
 Every session of the app is an `AggregateSession`. Its hooks turn each flushed
 insert, status change and delete of a Load or Invoice into counter deltas, and
 just before commit apply them with one atomic upsert per organization
-(`SET n = n + :d, version = version + 1`), in the same transaction. Writes
-therefore cannot forget the counters: changing an ORM object is the only way
-to change a status, and bulk SQL on the counted tables is refused.
+(`SET n = n + :d, version = version + 1`), in the same transaction.
+`insert_counted` inserts rows with Core and counts them the same way.
+
+Writes cannot forget the counters: `guard_writes` refuses, at the engine,
+every INSERT, UPDATE or DELETE on a counted table that is neither a session
+flush (whose deltas the hooks collect) nor `insert_counted`'s, whatever built
+it (ORM bulk statements, Core, text, driver SQL).
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Select, Table, bindparam, event, func, inspect, select, update
+from sqlalchemy import BigInteger, Row, Select, Table, bindparam, event, func, insert, inspect, select, update
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.engine.interfaces import ExecutionContext
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
 from db.counters import GROUPS, INVOICE_STATUS, LOAD_STATUS, LOAD_TYPE, CounterGroup, counter_names
@@ -83,8 +92,55 @@ class StatsSnapshot:
         return cls(org_id, dict.fromkeys(COUNTERS, 0), 0, None, None)
 
 
+COUNTED = "tally.counted"  # execution option of a statement whose counter deltas are already pending
+_flushing: ContextVar[bool] = ContextVar("tally_flushing", default=False)
+SOURCE_TABLES = sorted({group.table for group in GROUPS})  # the tables whose rows are counted
+_COUNTED_WRITE = re.compile(rf"^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+\"?({'|'.join(SOURCE_TABLES)})\b", re.I)
+
+
 class AggregateSession(Session):
     """A Session whose transactions keep organization_stats exact."""
+
+    def flush(self, objects: Sequence[Any] | None = None) -> None:
+        token = _flushing.set(True)  # the statements of a flush are counted by the hooks below
+        try:
+            super().flush(objects)
+        finally:
+            _flushing.reset(token)
+
+
+def guard_writes(engine: AsyncEngine) -> None:
+    """Refuse on `engine` every write to a counted table whose counters nobody moves."""
+    event.listen(engine.sync_engine, "before_cursor_execute", _refuse_uncounted_write)
+
+
+def _refuse_uncounted_write(
+    _conn: Connection, _cursor: Any, statement: str, _parameters: Any, context: ExecutionContext | None, _many: bool
+) -> None:
+    match = _COUNTED_WRITE.match(statement)
+    if match is None or _flushing.get() or (context is not None and context.execution_options.get(COUNTED)):
+        return
+    raise RuntimeError(
+        f"a {match.group(1)} write outside the session's flush would bypass the aggregate: "
+        "change ORM objects or use db.aggregates.insert_counted"
+    )
+
+
+async def insert_counted(session: AsyncSession, model: type[Base], rows: list[dict[str, Any]]) -> Sequence[Row[Any]]:
+    """INSERT `rows` of a counted model in one Core statement (cheaper than one ORM object
+    each), their counters added to this transaction's deltas. Returns the inserted rows
+    (every column), in the order given."""
+    if not rows:
+        return []
+    table = cast(Table, model.__table__)
+    statement = insert(table).returning(*table.c, sort_by_parameter_order=True)
+    connection = await session.connection()
+    inserted = (await connection.execute(statement, rows, execution_options={COUNTED: True})).all()
+    pending: dict[str, Counter[str]] = session.info.setdefault(PENDING, {})
+    for row in inserted:
+        for attr, counters in TRACKED.get(model, ()):
+            pending.setdefault(row.org_id, Counter())[counters[getattr(row, attr)]] += 1
+    return inserted
 
 
 def mark_locked(session: Session, rows: list[Any]) -> None:

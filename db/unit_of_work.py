@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from db.after_commit import AfterCommitHooks
-from db.aggregates import REREAD, SHARDS, AggregateSession, StatsSnapshot
+from db.aggregates import REREAD, SHARDS, AggregateSession, StatsSnapshot, guard_writes
 from db.engine import WRITE, create_engine
 from db.queries import get_stats
 from db.retries import MAX_ATTEMPTS, WriteRetries
@@ -47,6 +47,7 @@ class Database:
         """`postgres_read_pool`: connections of the count reads' own asyncpg pool (0: none)."""
         self.url = url
         self.engine: AsyncEngine = create_engine(url, pool_size=pool_size, sqlite_fast_paths=sqlite_fast_paths)
+        guard_writes(self.engine)
         self.sessions = async_sessionmaker(
             self.engine,
             sync_session_class=AggregateSession,

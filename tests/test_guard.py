@@ -3,13 +3,18 @@ without its counter delta is refused, and nothing of it is committed."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, insert, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import Load
+from db.aggregates import insert_counted
+from db.models import Invoice, Load
+from db.organizations import ensure_organization
 from db.unit_of_work import Database
-from tests.helpers import Api, create_load, recount, stored
+from tests.helpers import Api, create_invoice, create_load, recount, stored
 
 
 async def test_a_bulk_orm_write_to_a_counted_table_is_refused(api: Api, db: Database) -> None:
@@ -22,6 +27,76 @@ async def test_a_bulk_orm_write_to_a_counted_table_is_refused(api: Api, db: Data
         await db.write(bulk)
     counts, version = await stored(db, "org_a")
     assert (counts["loads_open"], counts["loads_assigned"], version) == (1, 0, 1)
+    assert counts == await recount(db, "org_a")
+
+
+def core_update(load_id: int) -> Callable[[AsyncSession], Awaitable[Any]]:
+    async def write(session: AsyncSession) -> None:
+        connection = await session.connection()
+        await connection.execute(update(Load.__table__).where(Load.id == load_id).values(status="ASSIGNED"))
+
+    return write
+
+
+def text_update(load_id: int) -> Callable[[AsyncSession], Awaitable[Any]]:
+    async def write(session: AsyncSession) -> None:
+        await session.execute(text("update loads set status = 'ASSIGNED' where id = :i"), {"i": load_id})
+
+    return write
+
+
+def driver_delete(load_id: int) -> Callable[[AsyncSession], Awaitable[Any]]:
+    async def write(session: AsyncSession) -> None:
+        connection = await session.connection()
+        await connection.exec_driver_sql(f'DELETE FROM "invoices" WHERE load_id = {load_id}')
+        await connection.exec_driver_sql(f"DELETE FROM loads WHERE id = {load_id}")
+
+    return write
+
+
+def core_insert(_load_id: int) -> Callable[[AsyncSession], Awaitable[Any]]:
+    async def write(session: AsyncSession) -> None:
+        connection = await session.connection()
+        await connection.execute(insert(Load.__table__), [{"org_id": "org_a", "status": "OPEN", "load_type": "SPOT"}])
+
+    return write
+
+
+def core_delete(load_id: int) -> Callable[[AsyncSession], Awaitable[Any]]:
+    async def write(session: AsyncSession) -> None:
+        connection = await session.connection()
+        await connection.execute(delete(Invoice.__table__).where(Invoice.load_id == load_id))
+
+    return write
+
+
+@pytest.mark.parametrize("path", [core_update, text_update, driver_delete, core_insert, core_delete])
+async def test_a_write_path_outside_the_orm_cannot_forget_the_counters(
+    api: Api, db: Database, path: Callable[[int], Callable[[AsyncSession], Awaitable[Any]]]
+) -> None:
+    """Whatever builds the statement (Core, text, driver SQL), a write to a counted table that
+    is not the session's flush nor insert_counted's is refused at the engine: nothing committed."""
+    load = await create_load(api)
+    await create_invoice(api, load["id"])
+
+    with pytest.raises(RuntimeError, match="bypass the aggregate"):
+        await db.write(path(int(load["id"])))
+    counts, version = await stored(db, "org_a")
+    assert (counts["loads_open"], counts["loads_assigned"], counts["invoices_draft"], version) == (1, 0, 1, 2)
+    assert counts == await recount(db, "org_a")
+
+
+async def test_insert_counted_moves_the_counters_in_the_same_transaction(db: Database) -> None:
+    async def work(session: AsyncSession) -> list[int]:
+        rows = [{"org_id": "org_a", "status": s, "load_type": "SPOT"} for s in ("OPEN", "ASSIGNED", "OPEN")]
+        inserted = await insert_counted(session, Load, rows)
+        return [row.id for row in inserted]
+
+    await db.write(lambda s: ensure_organization(s, "org_a"))
+    ids = await db.write(work)
+    assert len(set(ids)) == 3 and ids == sorted(ids)
+    counts, version = await stored(db, "org_a")
+    assert (counts["loads_open"], counts["loads_assigned"], counts["type_spot"], version) == (2, 1, 3, 1)
     assert counts == await recount(db, "org_a")
 
 
