@@ -56,8 +56,7 @@ for name in chosen:
     ok = ok and data.get("ok", True)
     target = (RESULTS / "quick" if args.quick else ROOT / "docs") / REPORTS[name]
     target.parent.mkdir(parents=True, exist_ok=True)
-    template = (ROOT / "bench" / "templates" / f"{name}.md").read_text()
     kept = target.read_text().partition("\n## Analysis")[1:] if target.exists() else ()  # a hand-written section
-    target.write_text(render(template, data) + "".join(kept))
+    target.write_text(render(name, data) + "".join(kept))
     log(f"wrote {target} (figures: {saved})")
 sys.exit(0 if ok else 1)

@@ -1,25 +1,41 @@
-"""What every scenario shares: statistics, machine facts, tokens, servers, and the report renderer."""
+"""What every scenario shares: statistics, machine facts, tokens, servers, closed-loop measurements (wrk,
+bench/wrk.lua) and db-layer writers with their CPU cost and disturbance, and the report renderer."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import json
 import math
 import os
 import platform
-import re
 import resource
+import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvloop
+from jinja2 import FileSystemLoader, StrictUndefined, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment
+from sqlalchemy import func, select
 
+from bench.servers import write_without_aggregate
+from db.models import Load
+from db.recalculation import drift_report
+from db.unit_of_work import Database
 from edge.tokens import TokenVerifier
 from settings import DEV_SECRET
 from tests.server import ServerUrl, running_server
@@ -197,56 +213,461 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "lines": "\n".join,
     "codes": lambda v: "\n".join(f"- `{line}`" for line in v),
 }
-BLOCK = re.compile(r"^\{\{ each (\S+) \}\}\n(.*?)^\{\{ end \}\}\n", re.M | re.S)
-LINE = re.compile(r"^\{\{ each (\S+) \}\}(.*\n)", re.M)
-PLACEHOLDER = re.compile(r"\{\{\s*([^|}]*?)\s*(?:\|\s*([^}]*?)\s*)?\}\}")
-NAME = re.compile(r"'[^']*'|(?<![\w.])(\.?[A-Za-z_]\w*(?:[.-]\w+)*)")  # a quoted string, or a path
-FUNCTIONS = {"abs": abs, "max": max}
 
 
-def lookup(data: Any, path: str) -> Any:
-    for part in filter(None, path.split(".")):
-        data = None if data is None else data[int(part)] if isinstance(data, list) else data[part]
-    return data
+class Templates(SandboxedEnvironment):
+    """Arithmetic as the reports want it: nan where it divides by zero, None (a baseline) where a value is missing."""
+
+    intercepted_binops = frozenset({"+", "-", "/"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        try:
+            return super().call_binop(context, operator, left, right)
+        except ZeroDivisionError:
+            return math.nan
+        except (TypeError, UndefinedError):
+            return None
 
 
-def evaluate(expression: str, data: Any, item: Any) -> Any:
-    """A path (`.path`: of the current item), or arithmetic and comparisons of paths and numbers:
-    `a.p50 / b.p50`; nan where it divides by zero, None (a baseline) where a path is None."""
-    values: dict[str, Any] = {}
+def largest(*values: Any) -> Any:
+    return None if None in values else max(values)
 
-    def name(m: re.Match[str]) -> str:
-        if m[1] is None or m[1] in FUNCTIONS:
-            return m[0]
-        values[f"_{len(values)}"] = lookup(item if m[1].startswith(".") else data, m[1])
-        return f"_{len(values) - 1}"
 
-    if " " not in expression:
-        return lookup(item if expression.startswith(".") else data, expression)
+TEMPLATES = Templates(
+    loader=FileSystemLoader(ROOT / "bench" / "templates"),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    keep_trailing_newline=True,
+)
+TEMPLATES.filters.update(FORMATS, f=format)
+TEMPLATES.globals.update(abs=abs, max=largest)
+
+
+def render(scenario: str, data: dict[str, Any]) -> str:
+    return TEMPLATES.get_template(f"{scenario}.md").render(data)
+
+
+COUNT_QUERY = (
+    "query CountLoads($org: ID!) { countLoadsByStatus(orgId: $org) { open assigned completed canceled total } }"
+)
+SET_STATUS = (
+    "mutation SetStatus($id: ID!, $status: LoadStatus!) { updateLoadStatus(id: $id, status: $status) { id status } }"
+)
+# The bench-only mutation, aliased so that its response has the same shape and size.
+SET_STATUS_WITHOUT_AGGREGATE = (
+    "mutation SetStatus($id: ID!, $status: LoadStatus!) "
+    "{ updateLoadStatus: updateLoadStatusWithoutAggregate(id: $id, status: $status) { id status } }"
+)
+DISTURBED = 0.10  # a read measurement during which other processes used this share of the CPUs is redone
+POOL = 500  # loads per mutation run; each run toggles its own, so every change is a real one
+WARM_POOL = 100  # loads per mutation run's warm-up
+VARIANTS = {True: "with aggregate", False: "without aggregate"}
+WRK = ["wrk", "-t1", "--timeout", "10s", "-s", str(ROOT / "bench" / "wrk.lua")]
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    sizes: tuple[int, ...]
+    warmup: float  # seconds per measurement, before the window opens
+    duration: float  # seconds of the measurement window
+    min_samples: int  # the window is extended (up to max_duration) until this many
+    max_duration: float
+    mutation_rounds: int  # rounds of (with, without), alternating which goes first
+    db_ops_seconds: float  # per db-level mutation run
+    retry_until: float  # seconds after the reads start during which disturbed reads are measured again
+
+
+FULL = Profile("full", (1_000, 100_000, 1_000_000), 2.0, 8.0, 400, 20.0, 2, 5.0, 90.0)
+QUICK = Profile("quick", (1_000, 10_000), 0.2, 0.8, 20, 1.5, 1, 0.8, 0.0)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One wrk process; `expect`: every response's exact body; `part`: which part its latencies join."""
+
+    server: ServerUrl
+    connections: int
+    bodies: list[str]
+    expect: str | None = None
+    part: int = 0
+    path: str = "/graphql"
+
+
+@dataclass
+class Cell:
+    """One measurement: latencies (µs) and what it cost (CPU µs per request)."""
+
+    variant: str
+    label: str
+    concurrency: int
+    latencies_us: list[int]
+    seconds: float
+    answered: int  # requests answered, warm-up included
+    server_cpu: float | None = None  # the servers' (or, at the db layer, this process's)
+    client_cpu: float | None = None
+    foreign: float | None = None  # share of the machine's CPUs used by other processes meanwhile
+    also_cpu: float | None = None  # of the ALSO_OURS processes (PostgreSQL, Redis)
+    round_trips: int | None = None  # calls into aiosqlite's thread per change (db layer)
+    parts: tuple[list[int], ...] = ()  # latencies per part (streams run side by side)
+    sent: int | None = None  # requests sent, warm-up included: answered + those in flight when wrk stopped
+    attempts: int = 1
+
+    @property
+    def stats(self) -> dict[str, float]:
+        return summarize(self.latencies_us, self.seconds)
+
+    def split(self) -> list[dict[str, float]]:
+        return [summarize(samples, self.seconds) for samples in self.parts]
+
+    def row(self) -> dict[str, Any]:
+        costs = {"server_cpu": self.server_cpu, "db_cpu": self.also_cpu, "foreign": self.foreign}
+        return {**self.stats, **costs, "variant": self.variant, "org": self.label, "clients": self.concurrency}
+
+
+# CPU seconds so far of other processes whose work is part of every measurement (a database
+# server, say): counted as ours, not as disturbance. bench/postgres.py registers PostgreSQL's.
+ALSO_OURS: list[Callable[[], float]] = []
+
+
+def also_ours() -> float:
+    return sum(f() for f in ALSO_OURS)
+
+
+def per_change(cpu_seconds: float, changes: int) -> float | None:
+    return cpu_seconds * 1e6 / changes if changes else None
+
+
+def log_cell(cell: Cell) -> None:
+    s, f = cell.stats, cell.foreign
+    note = f"  (other processes: {f:.0%} of the CPUs)" if f and f >= 0.05 else ""
+    what, p50, p99 = f"{cell.variant} {cell.label} c={cell.concurrency}", s["p50"] / 1000, s["p99"] / 1000
+    log(f"  {what:<40} p50 {p50:8.3f} ms  p99 {p99:8.3f} ms  {s['rps']:8.0f}/s  n={s['n']}{note}")
+
+
+def post(url: str, body: str, bearer: str | None = None, timeout: float = 60) -> str:
+    """One POST of a JSON body; its response, which must be HTTP 200 without errors."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {bearer}"} if bearer else {})}
+    response = httpx.post(url, content=body, headers=headers, timeout=timeout)
+    if response.status_code != 200 or '"errors"' in response.text:
+        raise RuntimeError(f"{url}: {response.status_code} {response.text[:300]}")
+    return response.text
+
+
+def run_wrk(streams: list[Stream], seconds: float, token: str | None) -> list[dict[str, Any]]:
+    """One wrk process per stream (bench/wrk.lua), side by side, interrupted after `seconds`; their results."""
+    auth = ["-H", f"Authorization: Bearer {token}"] if token else []
+    with tempfile.TemporaryDirectory(prefix="tally-wrk-") as tmp:
+        processes = []
+        for k, stream in enumerate(streams):
+            bodies, expect = Path(tmp, f"{k}.bodies"), Path(tmp, f"{k}.expect")
+            bodies.write_text("".join(f"{body}\n" for body in stream.bodies))
+            expect.write_text(stream.expect or "")
+            script = [str(stream.connections), str(bodies), str(expect) if stream.expect else ""]
+            command = [*WRK, f"-c{stream.connections}", f"-d{math.ceil(seconds) + 10}s", *auth]
+            command += [stream.server + stream.path, "--", *script]
+            processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        time.sleep(seconds)
+        for process in processes:
+            process.send_signal(signal.SIGINT)  # wrk stops, then runs the script's done()
+        outputs = [(process, *process.communicate(timeout=60)) for process in processes]
+    if failed := [f"{p.args}: {out}{err}" for p, out, err in outputs if p.returncode or '"sent"' not in out]:
+        raise RuntimeError(f"wrk failed: {failed[0]}")
+    return [json.loads(out.strip().splitlines()[-1]) for _, out, _ in outputs]
+
+
+def closed_loop(
+    streams: list[Stream], variant: str, label: str, profile: Profile, clients: int, token: str | None,
+    retry_until: float = 0.0, warmup: list[Stream] | None = None,
+) -> Cell:  # fmt: skip
+    """A warm-up (status changes warm up on loads of their own: a request in flight when wrk stops may or may
+    not be carried out), then the window; until `retry_until`, a disturbed run is redone (3 attempts)."""
+    servers = list({s.server.port: s.server for s in streams}.values())
+    total = {"requests": 0, "sent": 0}
+
+    def meters() -> list[float]:
+        """CPU seconds so far: of the servers, of the ALSO_OURS processes, of wrk."""
+        cpu = sum(process_cpu(s.process.pid) for s in servers if s.process)
+        return [cpu, also_ours(), self_cpu(resource.RUSAGE_CHILDREN)]
+
+    def window(runs: list[Stream], seconds: float) -> tuple[list[dict[str, Any]], list[float], float | None]:
+        before, foreign = meters(), foreign_meter(lambda: sum(meters()))
+        results = run_wrk(runs, seconds, token)
+        if errors := [r for r in results if r["errors"]]:
+            raise RuntimeError(
+                f"{variant} {label} c={clients}: {errors[0]['errors']} errors: {errors[0]['first_error']}"
+            )
+        for key in total:
+            total[key] += sum(r[key] for r in results)
+        return results, [after - b for after, b in zip(meters(), before, strict=True)], foreign()
+
+    def once() -> Cell:
+        warm, *_ = window(warmup or streams, profile.warmup)
+        rate = sum(r["requests"] for r in warm) / profile.warmup
+        seconds = min(profile.max_duration, max(profile.duration, profile.min_samples / max(rate, 1e-9)))
+        results, (cpu, also, client), foreign = window(streams, seconds)
+        served = sum(r["sent"] for r in results)
+        parts: tuple[list[int], ...] = tuple([] for _ in range(1 + max(s.part for s in streams)))
+        for stream, result in zip(streams, results, strict=True):
+            parts[stream.part].extend(us for us, count in result["latency_us"] for _ in range(count))
+        cell = Cell(
+            variant, label, clients, sorted(itertools.chain(*parts)), max(r["duration_us"] for r in results) / 1e6,
+            total["requests"], per_change(cpu, served), per_change(client, served), foreign,
+            per_change(also, served) if ALSO_OURS else None, parts=parts, sent=total["sent"],
+        )  # fmt: skip
+        log_cell(cell)
+        return cell
+
+    best = once()
+    for attempt in (2, 3):
+        if (best.foreign or 0) < DISTURBED or time.monotonic() >= retry_until:
+            break
+        log(f"  (disturbed: other processes used {best.foreign:.0%} of the CPUs; measuring again)")
+        wait_for_quiet(15)
+        best = min(best, once(), key=lambda cell: cell.foreign or 0)
+        best.attempts = attempt
+    return best
+
+
+def spread(servers: list[ServerUrl], clients: int) -> list[tuple[ServerUrl, int]]:
+    """The clients spread evenly over the servers; servers left without one are left out."""
+    shares = [(server, clients // len(servers) + (k < clients % len(servers))) for k, server in enumerate(servers)]
+    return [(server, n) for server, n in shares if n]
+
+
+def count_body(org_id: str) -> str:
+    return json.dumps({"query": COUNT_QUERY, "variables": {"org": org_id}, "operationName": "CountLoads"})
+
+
+def count_answer(truth: dict[str, int]) -> str:
+    """The exact bytes countLoadsByStatus answers for these counters (loads_open, ...)."""
+    counts = {k: truth[f"loads_{k}"] for k in ("open", "assigned", "completed", "canceled")}
+    answer = {"data": {"countLoadsByStatus": {**counts, "total": sum(counts.values())}}}
+    return json.dumps(answer, separators=(",", ":"))
+
+
+def count_reads(
+    servers: dict[str, ServerUrl], tokens: dict[str, str], expected: dict[str, str], profile: Profile
+) -> list[Cell]:
+    """countLoadsByStatus of each org at 1 and 16 clients, the variants back to back; every answer must be
+    `expected`'s. The floor answers at /floor/<org> without a token."""
+
+    def target(variant: str, org: str) -> tuple[str, str | None]:
+        return (f"/floor/{org}", None) if variant == "floor" else ("/graphql", tokens[org])
+
+    for org, answer in expected.items():
+        for variant, server in servers.items():
+            path, bearer = target(variant, org)
+            if (got := post(server + path, count_body(org), bearer)) != answer:
+                raise RuntimeError(f"{variant} answers {got} for {org}, expected {answer}")
+    log(f"countLoadsByStatus, {', '.join(servers)} interleaved per org and clients")
+    retry_until, cells = time.monotonic() + profile.retry_until, []
+    for org, answer in expected.items():
+        for clients in (1, 16):
+            for variant, server in servers.items():
+                path, bearer = target(variant, org)
+                streams = [Stream(server, clients, [count_body(org)], answer, path=path)]
+                size = org.removeprefix("org_")
+                cells.append(closed_loop(streams, variant, size, profile, clients, bearer, retry_until))
+    return cells
+
+
+def count_figures(reads: list[Cell], names: dict[str, str]) -> tuple[dict[Any, Any], dict[str, Any]]:
+    """The count reads' rows by (variant, org, clients), and the figures both reports quote: every
+    variant at the smallest and the largest org, and at the org where Tally's rate is lowest."""
+    rows = {(c.variant, c.label, c.concurrency): {**c.row(), "name": names[c.variant]} for c in reads}
+    labels = list(dict.fromkeys(c.label for c in reads))
+    small, large = labels[0], labels[-1]
+    spots = {"small": (small, 1), "small16": (small, 16), "large": (large, 1), "large16": (large, 16)}
+    slowest = min(labels, key=lambda label: rows["tally", label, 16]["rps"])
+    return rows, {
+        "small": small,
+        "large": large,
+        "at": {v: {spot: rows[v, *where] for spot, where in spots.items()} for v in names},
+        "slowest": {"org": slowest, **{v: rows[v, slowest, 16] for v in names}},
+    }
+
+
+def against(rows: dict[tuple[str, str, int], dict[str, Any]], base: str) -> list[dict[str, Any]]:
+    """Each row with its baseline: the `base` variant's row at the same org and clients (None: its own)."""
+    return [{**row, "base": None if v == base else rows[base, org, n]} for (v, org, n), row in rows.items()]
+
+
+def disturbance(cells: list[Cell]) -> dict[str, Any]:
+    """How much other processes used the machine's CPUs during these measurements."""
+    shares = [c.foreign for c in cells if c.foreign is not None]
+    return {
+        "mean": statistics.fmean(shares) if shares else None,
+        "max": max(shares, default=None),
+        "disturbed": [
+            f"{c.variant} {c.label} c={c.concurrency} ({c.foreign:.0%})" for c in cells if (c.foreign or 0) >= 0.05
+        ],
+        "repeated": sum(c.attempts > 1 for c in cells),
+    }
+
+
+def pooled(group: list[Cell]) -> dict[str, Any]:
+    """Statistics over the samples of several runs of the same variant, CPU weighted by their requests."""
+
+    def weighted(values: list[float | None]) -> float:
+        known = [(v, c.answered) for v, c in zip(values, group, strict=True) if v is not None]
+        total = sum(n for _, n in known)
+        return sum(v * n for v, n in known) / total if total else math.nan
+
+    return {
+        **summarize([v for c in group for v in c.latencies_us], sum(c.seconds for c in group)),
+        "server_cpu": weighted([c.server_cpu for c in group]),
+        "db_cpu": weighted([c.also_cpu for c in group]),
+        "foreign": max((c.foreign for c in group if c.foreign is not None), default=None),
+        "trips": group[-1].round_trips if group else None,
+    }
+
+
+def sides(cells: list[Cell]) -> dict[str, dict[str, Any]]:
+    """The runs of a status change with and without the aggregate, each variant's pooled."""
+    return {key: pooled([c for c in cells if c.variant == VARIANTS[key == "with"]]) for key in ("with", "without")}
+
+
+def toggles(shares: list[tuple[ServerUrl, int]], aggregate: bool, ids: list[int]) -> list[Stream]:
+    """Per (server, clients), a wrk process toggling its own share of `ids`: each load OPEN -> ASSIGNED, then
+    each back, every request a real change."""
+    query = SET_STATUS if aggregate else SET_STATUS_WITHOUT_AGGREGATE
+
+    def body(load_id: int, status: str) -> str:
+        variables = {"id": str(load_id), "status": status}
+        return json.dumps({"query": query, "variables": variables, "operationName": "SetStatus"})
+
+    mine = [ids[k :: len(shares)] for k in range(len(shares))]
+    return [
+        Stream(s, n, [body(i, st) for st in ("ASSIGNED", "OPEN") for i in mine[k]]) for k, (s, n) in enumerate(shares)
+    ]
+
+
+def alternating(rounds: int, sizes: tuple[int, ...] = (1,)) -> Iterator[tuple[int, bool]]:
+    """(size, with aggregate?) in measuring order: which variant goes first alternates per round and size."""
+    for round_ in range(rounds):
+        for k, size in enumerate(sizes):
+            first = (round_ + k) % 2 == 0
+            yield size, first
+            yield size, not first
+
+
+class Pools:
+    """Disjoint sets of OPEN loads (ids read once, before any change), one per mutation run."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.ids, self.taken, self.without_aggregate = ids, 0, []
+
+    def take(self, aggregate: bool, size: int = POOL) -> list[int]:
+        ids = self.ids[self.taken : self.taken + size]
+        if len(ids) < size:
+            raise RuntimeError(f"only {len(self.ids)} OPEN loads in the pools")
+        self.taken += size
+        if not aggregate:
+            self.without_aggregate.extend(ids)
+        return ids
+
+
+@contextmanager
+def counting_round_trips() -> Iterator[dict[str, int]]:
+    """Counts calls into aiosqlite's worker threads (private `Connection._execute`; tests/test_private_apis.py)."""
+    import aiosqlite.core
+
+    counter, original = {"n": 0}, aiosqlite.core.Connection._execute
+
+    async def counting(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        counter["n"] += 1
+        return await original(self, fn, *args, **kwargs)
+
+    aiosqlite.core.Connection._execute = counting  # type: ignore[method-assign]
     try:
-        return eval(NAME.sub(name, expression), {"__builtins__": FUNCTIONS}, values)
-    except ZeroDivisionError:
-        return math.nan
-    except TypeError:
-        return None
+        yield counter
+    finally:
+        aiosqlite.core.Connection._execute = original  # type: ignore[method-assign]
 
 
-def render(text: str, data: dict[str, Any]) -> str:
-    """`{{ expression | format }}` from `data` (format: a FORMATS name, a format spec, or `?text`: that
-    text if the expression is true). A line `{{ each path }}...` repeats the rest of the line per item
-    of that list, a block from a line `{{ each path }}` to a line `{{ end }}` the block; `{{ .key }}`
-    names the item's value."""
+async def db_layer(
+    url: str, label: str, profile: Profile, writers: tuple[int, ...], ids: Callable[[bool, int], list[int]],
+    state: dict[int, str], scope: str, **options: Any,
+) -> list[Cell]:  # fmt: skip
+    """Status changes with and without the aggregate in this process, on the loads `ids(aggregate, writers)`
+    (state: each load's status); one writer's third change (a warm one) counts aiosqlite round trips."""
+    from db.loads import set_load_status
 
-    def fill(chunk: str, item: Any = None) -> str:
-        def one(m: re.Match[str]) -> str:
-            value, spec = evaluate(m[1], data, item), m[2] or ""
-            if spec.startswith("?"):  # the text after "?" if the value is true
-                return spec[1:] if value else ""
-            return FORMATS[spec](value) if spec in FORMATS else format(value, spec)
+    async def closed_loop(aggregate: bool, ids: list[int], writers: int) -> Cell:
+        write = db.write if aggregate else partial(write_without_aggregate, db)
+        start = time.perf_counter() + min(1.0, profile.warmup)
+        stop, per = start + profile.db_ops_seconds, len(ids) // writers
+        latencies: list[int] = []
+        completed, trips = 0, None
 
-        return PLACEHOLDER.sub(one, chunk)
+        async def writer(mine: list[int]) -> None:
+            nonlocal completed, trips
+            for load_id in itertools.cycle(mine):
+                if (began := time.perf_counter()) >= stop:
+                    return
+                status = state[load_id] = "ASSIGNED" if state.get(load_id, "OPEN") == "OPEN" else "OPEN"
+                work = write(partial(set_load_status, load_id=str(load_id), status=status, scope=scope))
+                counting = writers == 1 and completed == 2  # a warm change
+                with counting_round_trips() if counting else nullcontext({}) as counted:
+                    await work
+                trips = counted.get("n", trips)
+                completed += 1
+                if start <= (ended := time.perf_counter()) <= stop:
+                    latencies.append(int((ended - began) * 1e6))
 
-    def each(m: re.Match[str]) -> str:
-        return "".join(fill(m[2], item) for item in lookup(data, m[1]))
+        cpu, also = self_cpu(), also_ours()
+        foreign = foreign_meter(lambda: self_cpu() + also_ours())
+        await asyncio.gather(*(writer(ids[k * per : (k + 1) * per]) for k in range(writers)))
+        cpu, also = per_change(self_cpu() - cpu, completed), per_change(also_ours() - also, completed)
+        return Cell(
+            VARIANTS[aggregate], label, writers, latencies, profile.db_ops_seconds, completed, cpu, None, foreign(),
+            also if ALSO_OURS else None, trips,
+        )  # fmt: skip
 
-    return fill(LINE.sub(each, BLOCK.sub(each, text)))
+    cells = []
+    async with database(url, **options) as db:
+        for n, aggregate in alternating(profile.mutation_rounds, writers):
+            cells.append(await closed_loop(aggregate, ids(aggregate, n), n))
+            log_cell(cells[-1])
+    return cells
+
+
+def org_name(size: int, copy: int = 1) -> str:
+    """org_10k, then org_10k_2, org_10k_3, ... for more orgs of the same size."""
+    return f"org_{human(size)}" + (f"_{copy}" if copy > 1 else "")
+
+
+@asynccontextmanager
+async def database(url: str, **options: Any) -> AsyncIterator[Database]:
+    db = Database(url, **options)
+    try:
+        yield db
+    finally:
+        await db.dispose()
+
+
+async def first_ids(url: str, org_id: str, count: int, row: Any = Load, status: str = "OPEN") -> list[int]:
+    """The ids of the org's first `count` loads (or `row`s) in this status."""
+    query = select(row.id).where(row.org_id == org_id, row.status == status).order_by(row.id).limit(count)
+    async with database(url) as db:
+        ids = list(await db.read(lambda session: session.scalars(query)))
+    if len(ids) < count:
+        raise RuntimeError(f"only {len(ids)} {status} rows of {row.__name__} in {org_id}")
+    return ids
+
+
+async def audit(url: str, orgs: list[str], bypassing: list[int], changed_org: str = "") -> list[dict[str, Any]]:
+    """Every org's stored counters against a recount: equal, but in `changed_org` off by the loads of
+    `bypassing` (changed without the aggregate) left ASSIGNED."""
+    query = select(func.count()).where(Load.status == "ASSIGNED", Load.id.in_(bypassing))
+    async with database(url) as db:
+        bypassed = await db.read(lambda session: session.scalar(query))
+        checks = []
+        for org in orgs:
+            drift = await drift_report(db, org)
+            allowed = bypassed if org == changed_org else 0
+            want = {"loads_open": -allowed, "loads_assigned": allowed} if allowed else {}
+            checks.append({"org": org, "ok": drift.delta == want, "bypassed": allowed, "delta": drift.delta,
+                           "version": drift.stored.version, "actual": drift.actual})  # fmt: skip
+    return checks

@@ -19,9 +19,8 @@ import redis
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql
 
-from bench import measure
-from bench.common import TICK, app_servers, log, run_async, token
-from bench.measure import ALSO_OURS, VARIANTS, Cell, Pools, Profile, Stream, audit, database, first_ids, org_name
+from bench import common
+from bench.common import ALSO_OURS, Cell, Pools, Profile, Stream, app_servers, audit, database, log, org_name, run_async
 from bench.sqlite import LOAD_COLUMNS, LOAD_VALUES, STATUS_SQL
 from db.aggregates import STATS_QUERY
 from db.migrate import upgrade_async
@@ -29,7 +28,7 @@ from db.models import Load
 from db.recalculation import recalculate
 from tests.scrape import live_figures, scrape
 
-PROFILES = {"full": replace(measure.FULL, db_ops_seconds=4.0, retry_until=240.0), "quick": measure.QUICK}
+PROFILES = {"full": replace(common.FULL, db_ops_seconds=4.0, retry_until=240.0), "quick": common.QUICK}
 NAMES = {"tally": "**Tally**", "uncached": "Tally, count cache off", "naive": "naive"}  # bench/servers.py's *_app
 ORGANIZATION = "INSERT INTO organizations (org_id, name, created_at) VALUES ($1, $1, $2)"
 LOADS = (  # $1 org_id, $2 the timestamps, $3 its number of loads; {status}: an SQL expression of x
@@ -65,7 +64,7 @@ def service_cpu() -> float:
             continue
         if text[text.find("(") + 1 : text.rfind(")")] in ("postgres", "redis-server"):
             ticks += sum(int(v) for v in text.rsplit(")", 1)[1].split()[11:15])
-    return ticks / TICK
+    return ticks / common.TICK
 
 
 async def seed(dsn: str, url: str, orgs: dict[str, tuple[int, str]]) -> float:
@@ -152,19 +151,19 @@ def measure_all(profile: Profile, dsn: str, url: str) -> dict[str, Any]:
     orgs |= {HOT: (hot_needed + db_share, "'OPEN'"), REFERENCE: (1_000, STATUS_SQL)}
     seconds = run_async(seed(dsn, url, orgs))
     log(f"seeded {sum(size for size, _ in orgs.values()):,} loads in {seconds:.1f} s")
-    tokens = {org: token(org) for org in orgs}
+    tokens = {org: common.token(org) for org in orgs}
     before = run_async(audit(url, list(orgs), []))
     if not all(check["ok"] for check in before):
         raise RuntimeError("the seeded organization_stats differ from a recount")
-    expected = {c["org"]: measure.count_answer(c["actual"]) for c in before if c["org"] not in (HOT, REFERENCE)}
+    expected = {c["org"]: common.count_answer(c["actual"]) for c in before if c["org"] not in (HOT, REFERENCE)}
     with app_servers(*((f"pg-{v}", f"{v}_app", {"BENCH_DATABASE_URL": url}) for v in NAMES)) as up:
-        reads = measure.count_reads(dict(zip(NAMES, up, strict=True)), tokens, expected, profile)
+        reads = common.count_reads(dict(zip(NAMES, up, strict=True)), tokens, expected, profile)
     largest = org_name(profile.sizes[-1])
     explained = run_async(plans(dsn, largest))
     mixed = mixed_workload(url, largest, tokens[largest], profile)
 
     hot = replace(profile, warmup=min(profile.warmup, 1.0), duration=min(profile.duration, 5.0))
-    ids = run_async(first_ids(url, HOT, hot_needed + db_share))
+    ids = run_async(common.first_ids(url, HOT, hot_needed + db_share))
     pools, db_ids = Pools(ids[:hot_needed]), {True: ids[hot_needed::2], False: ids[hot_needed + 1 :: 2]}
     http, health = hot_over_http(url, pools, tokens[HOT], hot)
 
@@ -175,11 +174,11 @@ def measure_all(profile: Profile, dsn: str, url: str) -> dict[str, Any]:
     for n in SHARDS:
         log(f"hot org at the db layer, {shards(n)} (in process)")
         options = {"pool_size": max(WRITERS), "stats_shards": n}
-        db += run_async(measure.db_layer(url, shards(n), hot, WRITERS, loads, state, HOT, **options))
+        db += run_async(common.db_layer(url, shards(n), hot, WRITERS, loads, state, HOT, **options))
     with app_servers(("hot-read", "tally_app", {"BENCH_DATABASE_URL": url})) as (tally,):
-        streams = [Stream(tally, 1, [measure.count_body(org)], part=k) for k, org in enumerate((HOT, REFERENCE))]
-        variant, service = "tally, orgs interleaved", token(None, "service")
-        read = measure.closed_loop(streams, variant, "sharded vs one row", hot, 1, service)
+        streams = [Stream(tally, 1, [common.count_body(org)], part=k) for k, org in enumerate((HOT, REFERENCE))]
+        variant, service = "tally, orgs interleaved", common.token(None, "service")
+        read = common.closed_loop(streams, variant, "sharded vs one row", hot, 1, service)
 
     checks = run_async(audit(url, list(orgs), [*pools.without_aggregate, *db_ids[False]], HOT))
     for c in checks:
@@ -200,15 +199,15 @@ def measure_all(profile: Profile, dsn: str, url: str) -> dict[str, Any]:
 def mixed_workload(url: str, org: str, bearer: str, profile: Profile) -> Cell:
     """Two Tally processes sharing the Redis broadcast; clients changing statuses beside clients counting."""
     log(f"mixed workload on {org}: {C['mixed_clients']} clients over two Tally processes")
-    ids, pool = run_async(first_ids(url, org, C["mixed_pool"] + C["warm_pool"])), C["mixed_pool"]
+    ids, pool = run_async(common.first_ids(url, org, C["mixed_pool"] + C["warm_pool"])), C["mixed_pool"]
     longer = replace(profile, duration=2 * profile.duration)
     with app_servers(*two("mixed", "tally_app", BENCH_DATABASE_URL=url, BENCH_BROADCAST_URL=REDIS_URL)) as up:
-        writers = measure.spread(up, C["mixed_writers"])
-        readers = measure.spread(up, C["mixed_clients"] - C["mixed_writers"])
-        reads = [Stream(server, n, [measure.count_body(org)], part=1) for server, n in readers]
-        window, warm = (measure.toggles(writers, True, loads) + reads for loads in (ids[:pool], ids[pool:]))
+        writers = common.spread(up, C["mixed_writers"])
+        readers = common.spread(up, C["mixed_clients"] - C["mixed_writers"])
+        reads = [Stream(server, n, [common.count_body(org)], part=1) for server, n in readers]
+        window, warm = (common.toggles(writers, True, loads) + reads for loads in (ids[:pool], ids[pool:]))
         variant = "tally, 90% reads / 10% writes"
-        return measure.closed_loop(window, variant, org, longer, C["mixed_clients"], bearer, warmup=warm)
+        return common.closed_loop(window, variant, org, longer, C["mixed_clients"], bearer, warmup=warm)
 
 
 def hot_over_http(url: str, pools: Pools, bearer: str, profile: Profile) -> tuple[list[Cell], list[dict[str, Any]]]:
@@ -218,11 +217,13 @@ def hot_over_http(url: str, pools: Pools, bearer: str, profile: Profile) -> tupl
         log(f"hot org over HTTP, {shards(n)}: two processes, {'/'.join(map(str, WRITERS))} writers")
         env = {"BENCH_DATABASE_URL": url, "BENCH_BROADCAST_URL": REDIS_URL, "BENCH_STATS_SHARDS": str(n)}
         with app_servers(*two(f"hot{n}", "naive_app", **env)) as up:
-            for writers, aggregate in measure.alternating(profile.mutation_rounds, WRITERS):
-                shares, sizes = measure.spread(up, writers), (C["http_pool"], C["warm_pool"])
-                window, warm = (measure.toggles(shares, aggregate, pools.take(aggregate, size)) for size in sizes)
+            for writers, aggregate in common.alternating(profile.mutation_rounds, WRITERS):
+                shares, sizes = common.spread(up, writers), (C["http_pool"], C["warm_pool"])
+                window, warm = (common.toggles(shares, aggregate, pools.take(aggregate, size)) for size in sizes)
                 cells.append(
-                    measure.closed_loop(window, VARIANTS[aggregate], shards(n), profile, writers, bearer, warmup=warm)
+                    common.closed_loop(
+                        window, common.VARIANTS[aggregate], shards(n), profile, writers, bearer, warmup=warm
+                    )
                 )
             live = [live_figures(scrape(server)) for server in up]
         health.append({"shards": shards(n), **{k: sum(f[k] for f in live) for k in HEALTH}})
@@ -234,12 +235,12 @@ def pairs(cells: list[Cell]) -> list[dict[str, Any]]:
     out = []
     for label, writers in dict.fromkeys((c.label, c.concurrency) for c in cells):
         same = [c for c in cells if (c.label, c.concurrency) == (label, writers)]
-        out.append({"shards": label, "writers": writers, **measure.sides(same)})
+        out.append({"shards": label, "writers": writers, **common.sides(same)})
     return out
 
 
 def report(reads: list[Cell], http: list[Cell], db: list[Cell], mixed: Cell, read: Cell) -> dict[str, Any]:
-    rows, figures = measure.count_figures(reads, NAMES)
+    rows, figures = common.count_figures(reads, NAMES)
     hot = {"http": pairs(http), "db": pairs(db)}
     layers = {"http": "over HTTP", "db": "at the db layer (stricter, secondary)"}
     judged = [{**p, "layer": layers[key]} for key in hot for p in hot[key] if p["writers"] == C["judged_at"]]
@@ -251,9 +252,9 @@ def report(reads: list[Cell], http: list[Cell], db: list[Cell], mixed: Cell, rea
     hot_read, ref_read = read.split()
     return {
         **figures,
-        "foreign": measure.disturbance([*reads, *http, *db]),
+        "foreign": common.disturbance([*reads, *http, *db]),
         "judged": judged,
-        "counts": measure.against(rows, "tally"),
+        "counts": common.against(rows, "tally"),
         "hot": hot,
         "why": {**p, "verdict": verdict},
         "read": {"hot": hot_read, "ref": ref_read},

@@ -12,15 +12,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench import measure
-from bench.common import app_servers, log, process_cpu, run_async, token
-from bench.measure import Cell, Pools, Profile, Stream, audit, closed_loop, database, first_ids, post, toggles
+from bench import common
+from bench.common import Profile, Stream, app_servers, closed_loop, database, first_ids, post, process_cpu, run_async
 from bench.postgres import environment, scratch_database, service_cpu, sql
 from db.migrate import upgrade_async
 from db.models import Invoice
 from tests.server import ServerUrl
 
-PROFILES = {"full": replace(measure.FULL, duration=5.0, warmup=1.0), "quick": measure.QUICK}
+PROFILES = {"full": replace(common.FULL, duration=5.0, warmup=1.0), "quick": common.QUICK}
 C = {"org": "org_speed", "floor_org": "org_floor", "seeded": 1_000, "repeats": 3, "read_clients": (1, 32, 100),
      "write_clients": 8, "batch": 1_000, "imports": 5, "pool": 500}  # fmt: skip
 ORG, FLOOR_ORG = C["org"], C["floor_org"]
@@ -72,7 +71,7 @@ async def prepare(url: str) -> None:
 
 def count_queries(url: str, dsn: str, profile: Profile) -> dict[str, Any]:
     """organizationStats through the floor, Tally, and Tally without its count cache."""
-    member = token(ORG, "member")
+    member = common.token(ORG, "member")
     with tempfile.NamedTemporaryFile("w", suffix=".json") as bodies:
         with app_servers(("speed-tally", "tally_app", {"BENCH_DATABASE_URL": url})) as (tally,):
             answer = post(tally + "/graphql", body(STATS, org=ORG), member)
@@ -93,7 +92,7 @@ def reads_of(
 ) -> dict[str, Any]:
     one, many, most = C["read_clients"]
 
-    def at(clients: int) -> Cell:
+    def at(clients: int) -> common.Cell:
         return closed_loop(
             [Stream(server, clients, [request], answer)], variant, "organizationStats", profile, clients, bearer
         )
@@ -124,8 +123,8 @@ def sessions_now(dsn: str) -> int:
 
 def write_paths(label: str, url: str, profile: Profile) -> dict[str, Any]:
     """createLoad (floor and Tally), importShipments (both), then status changes on Tally's new rows."""
-    log(f"writes on {label}")
-    member, clients, env = token(ORG, "member"), C["write_clients"], {"BENCH_DATABASE_URL": url}
+    common.log(f"writes on {label}")
+    member, clients, env = common.token(ORG, "member"), C["write_clients"], {"BENCH_DATABASE_URL": url}
     with app_servers((f"{label}-write-floor", "write_floor_app", env), (f"{label}-writes", "tally_app", env)) as up:
         floor, tally = up
 
@@ -141,13 +140,13 @@ def write_paths(label: str, url: str, profile: Profile) -> dict[str, Any]:
             "floor": import_rate(floor, "/importShipments", FLOOR_ORG, None, profile),
             "tally": import_rate(tally, "/graphql", ORG, member, profile),
         }
-        pools = Pools(run_async(first_ids(url, ORG, C["pool"] + 100)))
-        warm_loads = toggles([(tally, clients)], True, pools.take(True, 100))
-        loads = run_at(toggles([(tally, clients)], True, pools.take(True, C["pool"])), "tally", "updateLoadStatus",
+        pools = common.Pools(run_async(first_ids(url, ORG, C["pool"] + 100)))
+        warm_loads = common.toggles([(tally, clients)], True, pools.take(True, 100))
+        loads = run_at(common.toggles([(tally, clients)], True, pools.take(True, C["pool"])), "tally", "updateLoadStatus",
                        member, warmup=warm_loads)  # fmt: skip
         invoices = invoice_streams(tally, url, member)
         update_invoice = run_at(invoices[1], "tally", "updateInvoiceStatus", member, warmup=invoices[0])
-    checks = run_async(audit(url, [ORG, FLOOR_ORG], []))
+    checks = run_async(common.audit(url, [ORG, FLOOR_ORG], []))
     return {"db": label, "create": create, "imports": imports, "update_load": loads,
             "update_invoice": update_invoice, "checks": checks}  # fmt: skip
 

@@ -13,8 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.common import human, log, summarize
-from bench.measure import database, first_ids, org_name
+from bench.common import database, first_ids, human, log, org_name, summarize
 from bench.sqlite import seed
 from db.loads import set_load_status
 from db.recalculation import drift_report, recalculate

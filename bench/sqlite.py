@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import measure
-from bench.common import RESULTS, ROOT, app_servers, child_env, log, run_async, self_cpu, token
-from bench.measure import POOL, VARIANTS, WARM_POOL, Cell, Pools, Profile, Stream, audit, first_ids, org_name
+from bench import common
+from bench.common import POOL, RESULTS, VARIANTS, WARM_POOL, Cell, audit, log, org_name, run_async, self_cpu, token
 from db.aggregates import LOAD_STATUS_COUNTERS, LOAD_TYPE_COUNTERS
 from db.migrate import upgrade
 
-PROFILES = {"full": measure.FULL, "quick": measure.QUICK}
+PROFILES = {"full": common.FULL, "quick": common.QUICK}
 NAMES = {"floor": "floor", "tally": "**Tally**", "uncached": "Tally, count cache off", "naive": "naive"}
 REFERENCE = "Tally app (reference)"
 NAIVE_SQL = "SELECT status, count(*) FROM loads WHERE org_id = ? GROUP BY status"  # what naive_app runs
@@ -96,37 +95,37 @@ def seed(path: Path, copies: dict[int, int]) -> Seeded:
     return Seeded(path, url, orgs, time.perf_counter() - started, path.stat().st_size)
 
 
-def run(profile: Profile) -> dict[str, Any]:
+def run(profile: common.Profile) -> dict[str, Any]:
     seeded = seed(RESULTS / f"bench-{profile.name}.db", dict.fromkeys(profile.sizes, 1))
     log(f"seeded {sum(seeded.orgs.values()):,} loads in {seeded.seconds:.1f} s ({seeded.file_bytes / 1e6:.0f} MB)")
     orgs = [org_name(size) for size in profile.sizes]
     tokens = {org: token(org) for org in [*orgs, MUTATION_ORG]}
     checks = run_async(audit(seeded.url, orgs, []))
-    expected = {check["org"]: measure.count_answer(check["actual"]) for check in checks}
+    expected = {check["org"]: common.count_answer(check["actual"]) for check in checks}
     floor_bodies = RESULTS / f"floor-{profile.name}.json"
     floor_bodies.write_text(json.dumps({f"/floor/{org}": expected[org] for org in orgs}))
     env = {"BENCH_DATABASE_URL": seeded.url, "BENCH_FLOOR_BODIES": str(floor_bodies)}
     needed = POOL * (4 * profile.mutation_rounds + 1) + WARM_POOL * (2 * profile.mutation_rounds + 1)
-    pools = Pools(run_async(first_ids(seeded.url, MUTATION_ORG, needed)))
+    pools = common.Pools(run_async(common.first_ids(seeded.url, MUTATION_ORG, needed)))
 
     def changes(server: str, variant: str, label: str, aggregate: bool) -> Cell:
-        window, warm = (measure.toggles([(server, 1)], aggregate, pools.take(aggregate, n)) for n in (POOL, WARM_POOL))
-        return measure.closed_loop(window, variant, label, profile, 1, tokens[MUTATION_ORG], warmup=warm)
+        window, warm = (common.toggles([(server, 1)], aggregate, pools.take(aggregate, n)) for n in (POOL, WARM_POOL))
+        return common.closed_loop(window, variant, label, profile, 1, tokens[MUTATION_ORG], warmup=warm)
 
-    with app_servers(*((variant, f"{variant}_app", env) for variant in NAMES)) as up:
+    with common.app_servers(*((variant, f"{variant}_app", env) for variant in NAMES)) as up:
         servers = dict(zip(NAMES, up, strict=True))
-        reads = measure.count_reads(servers, tokens, expected, profile)
+        reads = common.count_reads(servers, tokens, expected, profile)
         log("countLoadsByStatus on Tally, the orgs side by side (one service token, one wrk process per org)")
         tally, service, interleaved = servers["tally"], token(None, "service"), []
         for n in (1, 16):
             each = max(1, n // len(orgs))
-            streams = [Stream(tally, each, [measure.count_body(o)], expected[o], k) for k, o in enumerate(orgs)]
+            streams = [common.Stream(tally, each, [common.count_body(o)], expected[o], k) for k, o in enumerate(orgs)]
             variant = "tally, orgs interleaved"
-            interleaved.append(measure.closed_loop(streams, variant, "all orgs", profile, n, service))
+            interleaved.append(common.closed_loop(streams, variant, "all orgs", profile, n, service))
         log("status change over HTTP, one client (rounds alternate which variant goes first)")
         http = [
             changes(servers["naive"], VARIANTS[aggregate], f"round {i // 2 + 1}", aggregate)
-            for i, (_, aggregate) in enumerate(measure.alternating(profile.mutation_rounds))
+            for i, (_, aggregate) in enumerate(common.alternating(profile.mutation_rounds))
         ]
         http.append(changes(servers["tally"], REFERENCE, "reference", True))
 
@@ -135,12 +134,12 @@ def run(profile: Profile) -> dict[str, Any]:
     def ids(aggregate: bool, _writers: int) -> list[int]:
         return pools.take(aggregate)
 
-    db = run_async(measure.db_layer(seeded.url, "db layer", profile, (1,), ids, {}, MUTATION_ORG))
+    db = run_async(common.db_layer(seeded.url, "db layer", profile, (1,), ids, {}, MUTATION_ORG))
     log("where a read spends its time (in process)")
     calls = 100 if profile.name == "quick" else 600
     spec = json.dumps([str(seeded.path), seeded.url, orgs[-1], tokens[orgs[-1]], calls])
     command = [sys.executable, "-m", "bench.sqlite", spec]  # a fresh process: breakdown() below
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=child_env(), timeout=900)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=common.ROOT, env=common.child_env(), timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"the in-process breakdown failed:\n{done.stderr}")
     spent = json.loads(done.stdout)
@@ -160,25 +159,25 @@ def run(profile: Profile) -> dict[str, Any]:
 
 
 def report(reads: list[Cell], interleaved: list[Cell], http: list[Cell], db: list[Cell]) -> dict[str, Any]:
-    rows, figures = measure.count_figures(reads, NAMES)
+    rows, figures = common.count_figures(reads, NAMES)
     labels = list(dict.fromkeys(c.label for c in reads))
     small, large = labels[0], labels[-1]
     by_size = {c.concurrency: dict(zip(labels, c.split(), strict=True)) for c in interleaved}
     worst = max(labels, key=lambda label: rows["tally", label, 1]["p50"] / rows["floor", label, 1]["p50"])
-    without = measure.pooled([c for c in http if c.variant == VARIANTS[False]])
+    without = common.pooled([c for c in http if c.variant == VARIANTS[False]])
     mutations = []
     for name in (*VARIANTS.values(), REFERENCE):
         group, base = [c for c in http if c.variant == name], None if name == VARIANTS[False] else without
         mutations.append(
-            {**measure.pooled(group), "name": name if base is None else f"**{name}**", "run": "all", "base": base}
+            {**common.pooled(group), "name": name if base is None else f"**{name}**", "run": "all", "base": base}
         )
         if len(group) > 1:
             mutations += [{**c.row(), "name": name, "run": c.label, "base": without} for c in group]
     client = sorted(c.client_cpu for c in reads if c.client_cpu is not None)
     return {
         **figures,
-        "reads": {str(n): [row for row in measure.against(rows, "floor") if row["clients"] == n] for n in (1, 16)},
-        "versus": [row for row in measure.against(rows, "tally") if row["variant"] == "naive"],
+        "reads": {str(n): [row for row in common.against(rows, "floor") if row["clients"] == n] for n in (1, 16)},
+        "versus": [row for row in common.against(rows, "tally") if row["variant"] == "naive"],
         "by_org_size": [
             {"variant": v, "clients": n, "org": label, "at": rows[v, label, n], "small": rows[v, small, n]}
             for v in ("tally", "uncached", "naive", "floor")
@@ -192,10 +191,10 @@ def report(reads: list[Cell], interleaved: list[Cell], http: list[Cell], db: lis
         ],
         "by_size": {str(n): {"small": by_size[n][small], "large": by_size[n][large]} for n in (1, 16)},
         "mutations": mutations,
-        "http": measure.sides(http),
-        "db": measure.sides(db),
+        "http": common.sides(http),
+        "db": common.sides(db),
         "worst": {"org": worst, "tally": rows["tally", worst, 1], "floor": rows["floor", worst, 1]},
-        "foreign": measure.disturbance([*reads, *http, *db]),
+        "foreign": common.disturbance([*reads, *http, *db]),
         "client_cpu": {"median": client[len(client) // 2], "min": client[0], "max": client[-1]},
     }
 
@@ -226,7 +225,7 @@ async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) ->
     import aiosqlite
     from sqlalchemy import event
 
-    from bench.measure import database
+    from bench.common import database
     from bench.servers import tally_app, uncached_app
     from db.queries import get_stats
     from edge.tokens import TokenVerifier
@@ -237,7 +236,7 @@ async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) ->
     async def timed(key: str, step: Callable[[], Awaitable[Any]]) -> None:
         for _ in range(calls // 10):
             await step()
-        with measure.counting_round_trips() as trips:
+        with common.counting_round_trips() as trips:
             await step()
         samples, cpu_before = [], self_cpu()
         for _ in range(calls):
@@ -288,7 +287,7 @@ async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) ->
 
     os.environ["BENCH_DATABASE_URL"] = url
     app, uncached = tally_app(), uncached_app()
-    body = measure.count_body(org_id).encode()
+    body = common.count_body(org_id).encode()
     for server in (app, uncached):
         answer = json.loads(await call_asgi(server, body, token))
         if "errors" in answer or answer.get("data", {}).get("countLoadsByStatus") is None:
