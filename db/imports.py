@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from db.aggregates import insert_counted
 from db.errors import BadInput
-from db.models import Customer, Invoice, Lane, Load
+from db.models import Customer, InsertedRow, Invoice, Lane, Load
 from db.organizations import customers_by_name, ensure_organization
 from db.queries import lock_where
 from db.rules import (
@@ -53,8 +55,36 @@ class Shipment:
 class ImportOutcome:
     shipment_id: str
     outcome: str  # CREATED, UPDATED, UNCHANGED or REJECTED
-    load: Load | None = None
+    load: Load | InsertedRow | None = None  # a created load is the row its INSERT returned
     error: str | None = None
+
+
+@dataclass
+class NewLoad:
+    """A load the batch creates, as it will be inserted (a later entry of the batch may re-import it)."""
+
+    org_id: str
+    status: str
+    load_type: str
+    requires_manual_review: bool
+    lane_id: int | None
+    customer_id: int | None
+    external_source: str
+    external_id: str
+    external_updated_at: datetime | None
+    load_number: str | None
+    hcr: str | None
+    trip_number: str | None
+    invoice_reason: str | None  # MISSING_DATA's reason, or None for a DRAFT invoice
+
+    def load_row(self) -> dict[str, Any]:
+        row = dict(vars(self))  # not dataclasses.asdict: it deep-copies every value
+        del row["invoice_reason"]
+        return row
+
+    def invoice_row(self, load_id: int) -> dict[str, Any]:
+        status = "MISSING_DATA" if self.invoice_reason else "DRAFT"
+        return {"org_id": self.org_id, "load_id": load_id, "status": status, "missing_data_reason": self.invoice_reason}
 
 
 def validate(shipment: Shipment) -> None:
@@ -91,17 +121,25 @@ async def import_shipments(session: AsyncSession, org_id: str, shipments: list[S
     known = await _known_loads(session, org_id, {s.shipment_id for _, s in valid})
     lanes = await _lanes(session, org_id, {s.hcr for _, s in valid if s.hcr})
     customers = await customers_by_name(session, org_id, _shipper_names(valid, known, lanes))
+    creating: dict[str, NewLoad] = {}
+    of_new_loads: list[tuple[int, str, str]] = []  # (entry, shipment, outcome) answered once inserted
     for index, shipment in valid:
-        load = known.get(shipment.shipment_id)
-        if load is None:
-            load = _create(org_id, shipment, lanes, customers)
-            session.add(load)
-            known[shipment.shipment_id] = load
-            outcomes[index] = ImportOutcome(shipment.shipment_id, "CREATED", load)
+        shipment_id = shipment.shipment_id
+        if (load := known.get(shipment_id)) is not None:
+            outcomes[index] = ImportOutcome(shipment_id, _reimport(load, shipment), load)
+        elif (new := creating.get(shipment_id)) is not None:  # again, in the batch that creates it
+            of_new_loads.append((index, shipment_id, _reimport(new, shipment)))
         else:
-            outcome = "UPDATED" if _reimport(load, shipment) else "UNCHANGED"
-            outcomes[index] = ImportOutcome(shipment.shipment_id, outcome, load)
+            creating[shipment_id] = _create(org_id, shipment, lanes, customers)
+            of_new_loads.append((index, shipment_id, "CREATED"))
     await session.flush()
+    # New loads and their invoices: two counted INSERTs for the batch, not an ORM object each.
+    rows = await insert_counted(session, Load, [new.load_row() for new in creating.values()])
+    invoices = [new.invoice_row(row.id) for new, row in zip(creating.values(), rows, strict=True)]
+    await insert_counted(session, Invoice, invoices)
+    inserted = {row.external_id: row for row in rows}
+    for index, shipment_id, outcome in of_new_loads:
+        outcomes[index] = ImportOutcome(shipment_id, outcome, inserted[shipment_id])
     return [outcome for outcome in outcomes if outcome is not None]
 
 
@@ -140,12 +178,12 @@ async def _lanes(session: AsyncSession, org_id: str, hcrs: set[str]) -> dict[Lan
     return {LaneKey(lane.hcr, lane.trip_number): lane for lane in lanes}
 
 
-def _create(org_id: str, shipment: Shipment, lanes: dict[LaneKey, Lane], customers: dict[str, Customer]) -> Load:
+def _create(org_id: str, shipment: Shipment, lanes: dict[LaneKey, Lane], customers: dict[str, Customer]) -> NewLoad:
     load_type, key = match_lane_type(shipment.hcr, shipment.trip_number, set(lanes))
     lane = lanes[key] if key else None
     customer = customers.get(shipment.shipper_name or "")
     customer_id = lane.customer_id if lane and lane.customer_id else None
-    load = Load(
+    return NewLoad(
         org_id=org_id,
         status="ASSIGNED",
         load_type=load_type,
@@ -158,21 +196,15 @@ def _create(org_id: str, shipment: Shipment, lanes: dict[LaneKey, Lane], custome
         load_number=shipment.load_number,
         hcr=shipment.hcr,
         trip_number=shipment.trip_number,
+        invoice_reason={"SPOT": REASON_SPOT_RATE, "UNMAPPED": REASON_NO_LANE}.get(load_type),
     )
-    reason = {"SPOT": REASON_SPOT_RATE, "UNMAPPED": REASON_NO_LANE}.get(load_type)
-    load.invoice = Invoice(
-        org_id=org_id,
-        status="MISSING_DATA" if reason else "DRAFT",
-        missing_data_reason=reason,
-    )
-    return load
 
 
-def _reimport(load: Load, shipment: Shipment) -> bool:
-    """Apply a newer shipment version; returns whether anything but updatedAt changed."""
+def _reimport(load: Load | NewLoad, shipment: Shipment) -> str:
+    """Apply a newer shipment version: UPDATED if anything but updatedAt changed, else UNCHANGED."""
     seen = load.external_updated_at
     if shipment.updated_at is None or (seen is not None and _utc(shipment.updated_at) <= _utc(seen)):
-        return False
+        return "UNCHANGED"
     load.external_updated_at = _utc(shipment.updated_at)
     changed = False
     target = tracking_target(shipment.tracking_status)
@@ -182,7 +214,7 @@ def _reimport(load: Load, shipment: Shipment) -> bool:
     if shipment.load_number is not None and shipment.load_number != load.load_number:
         load.load_number = shipment.load_number
         changed = True
-    return changed
+    return "UPDATED" if changed else "UNCHANGED"
 
 
 def _utc(value: datetime) -> datetime:

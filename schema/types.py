@@ -168,7 +168,7 @@ class Load:
         return await info.context.loaders.invoice_of_load(self.row_id)
 
     @classmethod
-    def of(cls, row: models.Load) -> Self:
+    def of(cls, row: models.Load | models.InsertedRow) -> Self:
         return cls(
             id=strawberry.ID(str(row.id)),
             org_id=strawberry.ID(row.org_id),
