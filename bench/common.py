@@ -33,6 +33,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy import func, select
 
 from bench.servers import write_without_aggregate
+from db.aggregates import STATS_QUERY
 from db.models import Load
 from db.recalculation import drift_report
 from db.unit_of_work import Database
@@ -645,6 +646,16 @@ async def database(url: str, **options: Any) -> AsyncIterator[Database]:
         yield db
     finally:
         await db.dispose()
+
+
+def count_statements(org_id: str, dialect: Any) -> dict[str, str]:
+    """Tally's count statement (STATS_QUERY) and the naive resolver's GROUP BY for one org, as SQL text."""
+    naive = select(Load.status, func.count()).where(Load.org_id == org_id).group_by(Load.status)
+    statements = {"tally": STATS_QUERY.params(org_id=org_id), "naive": naive}
+    return {
+        k: " ".join(str(q.compile(dialect=dialect, compile_kwargs={"literal_binds": True})).split())
+        for k, q in statements.items()
+    }
 
 
 async def first_ids(url: str, org_id: str, count: int, row: Any = Load, status: str = "OPEN") -> list[int]:

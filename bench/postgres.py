@@ -16,15 +16,12 @@ from typing import Any
 
 import asyncpg
 import redis
-from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql
 
 from bench import common
 from bench.common import ALSO_OURS, Cell, Pools, Profile, Stream, app_servers, audit, database, log, org_name, run_async
 from bench.sqlite import LOAD_COLUMNS, LOAD_VALUES, STATUS_SQL
-from db.aggregates import STATS_QUERY
 from db.migrate import upgrade_async
-from db.models import Load
 from db.recalculation import recalculate
 from tests.scrape import live_figures, scrape
 
@@ -92,13 +89,15 @@ async def seed(dsn: str, url: str, orgs: dict[str, tuple[int, str]]) -> float:
 
 async def plans(dsn: str, org_id: str) -> list[dict[str, Any]]:
     """EXPLAIN ANALYZE of Tally's count statement and of the naive resolver's, for one org."""
-    naive = select(Load.status, func.count()).where(Load.org_id == org_id).group_by(Load.status)
-    out = []
-    for what, statement in (("Tally (STATS_QUERY)", STATS_QUERY.params(org_id=org_id)), ("naive", naive)):
-        text = str(statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
-        plan = [row[0] for row in await sql(dsn, f"EXPLAIN (ANALYZE, BUFFERS) {text}")]
-        out.append({"what": what, "sql": " ".join(text.split()), "plan": plan})
-    return out
+    labels = {"tally": "Tally (STATS_QUERY)", "naive": "naive"}
+    return [
+        {
+            "what": labels[k],
+            "sql": text,
+            "plan": [row[0] for row in await sql(dsn, f"EXPLAIN (ANALYZE, BUFFERS) {text}")],
+        }
+        for k, text in common.count_statements(org_id, postgresql.dialect()).items()
+    ]
 
 
 def environment(server: str) -> dict[str, str]:

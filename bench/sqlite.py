@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from bench import common
 from bench.common import POOL, RESULTS, VARIANTS, WARM_POOL, Cell, audit, log, org_name, run_async, self_cpu, token
@@ -23,7 +25,6 @@ from db.migrate import upgrade
 PROFILES = {"full": common.FULL, "quick": common.QUICK}
 NAMES = {"floor": "floor", "tally": "**Tally**", "uncached": "Tally, count cache off", "naive": "naive"}
 REFERENCE = "Tally app (reference)"
-NAIVE_SQL = "SELECT status, count(*) FROM loads WHERE org_id = ? GROUP BY status"  # what naive_app runs
 STATS_ROW = "SELECT * FROM organization_stats WHERE org_id = ?"
 # Status of load number x (1-based) within its org: 40% OPEN, 30% ASSIGNED, 20% COMPLETED, 10% CANCELED;
 # then the other columns (load_type: 50% CONTRACT, 30% SPOT, 20% UNMAPPED).
@@ -137,12 +138,8 @@ def run(profile: common.Profile) -> dict[str, Any]:
     db = run_async(common.db_layer(seeded.url, "db layer", profile, (1,), ids, {}, MUTATION_ORG))
     log("where a read spends its time (in process)")
     calls = 100 if profile.name == "quick" else 600
-    spec = json.dumps([str(seeded.path), seeded.url, orgs[-1], tokens[orgs[-1]], calls])
-    command = [sys.executable, "-m", "bench.sqlite", spec]  # a fresh process: breakdown() below
-    done = subprocess.run(command, capture_output=True, text=True, cwd=common.ROOT, env=common.child_env(), timeout=900)
-    if done.returncode != 0:
-        raise RuntimeError(f"the in-process breakdown failed:\n{done.stderr}")
-    spent = json.loads(done.stdout)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+        spent = fresh.submit(in_fresh_process, str(seeded.path), seeded.url, orgs[-1], tokens[orgs[-1]], calls).result()
     changed = [c for c in [*http, *db] if c.variant in (VARIANTS[True], REFERENCE)]
     answered, sent = sum(c.answered for c in changed), sum(c.sent or c.answered for c in changed)
     (exact,) = run_async(audit(seeded.url, [MUTATION_ORG], pools.without_aggregate, MUTATION_ORG))
@@ -223,7 +220,6 @@ async def call_asgi(app: Any, body: bytes, token: str) -> bytes:
 
 async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) -> dict[str, Any]:
     import aiosqlite
-    from sqlalchemy import event
 
     from bench.common import database
     from bench.servers import tally_app, uncached_app
@@ -262,27 +258,14 @@ async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) ->
     verifier = TokenVerifier(DEV_SECRET)
     await timed("jwt", lambda: verifier._verify_signature(token))
     await timed("jwt-cached", lambda: verifier.verify(token))
-    captured: list[tuple[str, Any]] = []
     async with database(url) as db:
         await timed("read-session", lambda: db.read(lambda s: get_stats(s, org_id)))
         await timed("read", lambda: db.read_stats(org_id))
-
-        def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-            if statement.lstrip().upper().startswith("SELECT"):
-                captured.append((statement, parameters))
-
-        event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
-        await db.read(lambda s: get_stats(s, org_id))
-        event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
-    explained = [("Tally's countLoadsByStatus read (`get_stats`)", *select) for select in captured]
+    labels = {"tally": "Tally's countLoadsByStatus read (`get_stats`)", "naive": "the naive resolver"}
     with closing(sqlite3.connect(path)) as conn:
         plans = [
-            {
-                "what": what,
-                "sql": " ".join(sql.split()),
-                "plan": [r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, p)],
-            }
-            for what, sql, p in [*explained, ("the naive resolver", NAIVE_SQL, (org_id,))]
+            {"what": labels[k], "sql": sql, "plan": [r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + sql)]}
+            for k, sql in common.count_statements(org_id, sqlite_dialect.dialect()).items()
         ]
 
     os.environ["BENCH_DATABASE_URL"] = url
@@ -312,5 +295,6 @@ async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) ->
     return {"step": steps, "plans": plans}
 
 
-if __name__ == "__main__":  # where a Tally read spends its time, step by step, in a fresh process
-    print(json.dumps(run_async(breakdown(*json.loads(sys.argv[1])))))
+def in_fresh_process(*args: Any) -> dict[str, Any]:
+    """Where a Tally read spends its time, step by step (run in a fresh process)."""
+    return run_async(breakdown(*args))
