@@ -1,11 +1,12 @@
-"""Load writes. Counters follow from the ORM changes (db/aggregates.py)."""
+"""Load writes. Counters follow from the ORM changes and counted inserts (db/aggregates.py)."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import Invoice, Load
+from db.aggregates import insert_counted
+from db.models import InsertedRow, Invoice, Load
 from db.organizations import ensure_organization
 from db.queries import customer_in_org, lock_one, lock_where
 from db.rules import LOAD_TRANSITIONS, check_text, check_transition
@@ -21,21 +22,20 @@ async def create_load(
     load_number: str | None = None,
     hcr: str | None = None,
     trip_number: str | None = None,
-) -> Load:
+) -> InsertedRow:
     await ensure_organization(session, org_id)
     customer = await customer_in_org(session, customer_id, org_id)
-    load = Load(
-        org_id=org_id,
-        status=status,
-        load_type=load_type,
-        requires_manual_review=False,
-        customer_id=customer.id if customer else None,
-        load_number=check_text(load_number, "loadNumber"),
-        hcr=check_text(hcr, "hcr"),
-        trip_number=check_text(trip_number, "tripNumber"),
-    )
-    session.add(load)
-    await session.flush()
+    row = {
+        "org_id": org_id,
+        "status": status,
+        "load_type": load_type,
+        "requires_manual_review": False,
+        "customer_id": customer.id if customer else None,
+        "load_number": check_text(load_number, "loadNumber"),
+        "hcr": check_text(hcr, "hcr"),
+        "trip_number": check_text(trip_number, "tripNumber"),
+    }
+    (load,) = await insert_counted(session, Load, [row])  # one INSERT ... RETURNING, no ORM object
     return load
 
 
