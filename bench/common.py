@@ -234,6 +234,11 @@ def largest(*values: Any) -> Any:
     return None if None in values else max(values)
 
 
+def pick(rows: list[dict[str, Any]], **where: Any) -> dict[str, Any] | None:
+    """The first row with these values: how the templates look a baseline up."""
+    return next((row for row in rows if where.items() <= row.items()), None)
+
+
 TEMPLATES = Templates(
     loader=FileSystemLoader(ROOT / "bench" / "templates"),
     undefined=StrictUndefined,
@@ -241,7 +246,7 @@ TEMPLATES = Templates(
     keep_trailing_newline=True,
 )
 TEMPLATES.filters.update(FORMATS, f=format)
-TEMPLATES.globals.update(abs=abs, max=largest)
+TEMPLATES.globals.update(abs=abs, max=largest, pick=pick)
 
 
 def render(scenario: str, data: dict[str, Any]) -> str:
@@ -322,7 +327,8 @@ class Cell:
         return [summarize(samples, self.seconds) for samples in self.parts]
 
     def row(self) -> dict[str, Any]:
-        costs = {"server_cpu": self.server_cpu, "db_cpu": self.also_cpu, "foreign": self.foreign}
+        costs = {"server_cpu": self.server_cpu, "db_cpu": self.also_cpu, "client_cpu": self.client_cpu}
+        costs["foreign"] = self.foreign
         return {**self.stats, **costs, "variant": self.variant, "org": self.label, "clients": self.concurrency}
 
 
@@ -471,27 +477,6 @@ def count_reads(
                 size = org.removeprefix("org_")
                 cells.append(closed_loop(streams, variant, size, profile, clients, bearer, retry_until))
     return cells
-
-
-def count_figures(reads: list[Cell], names: dict[str, str]) -> tuple[dict[Any, Any], dict[str, Any]]:
-    """The count reads' rows by (variant, org, clients), and the figures both reports quote: every
-    variant at the smallest and the largest org, and at the org where Tally's rate is lowest."""
-    rows = {(c.variant, c.label, c.concurrency): {**c.row(), "name": names[c.variant]} for c in reads}
-    labels = list(dict.fromkeys(c.label for c in reads))
-    small, large = labels[0], labels[-1]
-    spots = {"small": (small, 1), "small16": (small, 16), "large": (large, 1), "large16": (large, 16)}
-    slowest = min(labels, key=lambda label: rows["tally", label, 16]["rps"])
-    return rows, {
-        "small": small,
-        "large": large,
-        "at": {v: {spot: rows[v, *where] for spot, where in spots.items()} for v in names},
-        "slowest": {"org": slowest, **{v: rows[v, slowest, 16] for v in names}},
-    }
-
-
-def against(rows: dict[tuple[str, str, int], dict[str, Any]], base: str) -> list[dict[str, Any]]:
-    """Each row with its baseline: the `base` variant's row at the same org and clients (None: its own)."""
-    return [{**row, "base": None if v == base else rows[base, org, n]} for (v, org, n), row in rows.items()]
 
 
 def disturbance(cells: list[Cell]) -> dict[str, Any]:

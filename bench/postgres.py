@@ -239,23 +239,12 @@ def pairs(cells: list[Cell]) -> list[dict[str, Any]]:
 
 
 def report(reads: list[Cell], http: list[Cell], db: list[Cell], mixed: Cell, read: Cell) -> dict[str, Any]:
-    rows, figures = common.count_figures(reads, NAMES)
-    hot = {"http": pairs(http), "db": pairs(db)}
-    layers = {"http": "over HTTP", "db": "at the db layer (stricter, secondary)"}
-    judged = [{**p, "layer": layers[key]} for key in hot for p in hot[key] if p["writers"] == C["judged_at"]]
-    p = judged[0]
-    total = {k: p[k]["server_cpu"] + p[k]["db_cpu"] for k in ("with", "without")}
-    ratio, cpu_ratio = p["with"]["rps"] / p["without"]["rps"], total["without"] / total["with"]
-    verdict = "saturated" if abs(ratio / cpu_ratio - 1) <= 0.15 else "waiting" if ratio < cpu_ratio else "absorbed"
     mixed_writes, mixed_reads = mixed.split()
     hot_read, ref_read = read.split()
     return {
-        **figures,
+        "reads": [{**c.row(), "name": NAMES[c.variant]} for c in reads],
         "foreign": common.disturbance([*reads, *http, *db]),
-        "judged": judged,
-        "counts": common.against(rows, "tally"),
-        "hot": hot,
-        "why": {**p, "verdict": verdict},
+        "hot": {"http": pairs(http), "db": pairs(db)},
         "read": {"hot": hot_read, "ref": ref_read},
         "mixed": {**mixed.row(), "seconds": mixed.seconds},
         "kinds": [{"kind": "reads", **mixed_reads}, {"kind": "writes", **mixed_writes}],

@@ -156,43 +156,25 @@ def run(profile: common.Profile) -> dict[str, Any]:
 
 
 def report(reads: list[Cell], interleaved: list[Cell], http: list[Cell], db: list[Cell]) -> dict[str, Any]:
-    rows, figures = common.count_figures(reads, NAMES)
-    labels = list(dict.fromkeys(c.label for c in reads))
-    small, large = labels[0], labels[-1]
-    by_size = {c.concurrency: dict(zip(labels, c.split(), strict=True)) for c in interleaved}
-    worst = max(labels, key=lambda label: rows["tally", label, 1]["p50"] / rows["floor", label, 1]["p50"])
-    without = common.pooled([c for c in http if c.variant == VARIANTS[False]])
+    """The measurements as the template shapes them: rows, and the status changes pooled per variant."""
+    orgs = list(dict.fromkeys(c.label for c in reads))
     mutations = []
     for name in (*VARIANTS.values(), REFERENCE):
-        group, base = [c for c in http if c.variant == name], None if name == VARIANTS[False] else without
-        mutations.append(
-            {**common.pooled(group), "name": name if base is None else f"**{name}**", "run": "all", "base": base}
-        )
+        group = [c for c in http if c.variant == name]
+        mutations.append({**common.pooled(group), "name": name, "run": "all"})
         if len(group) > 1:
-            mutations += [{**c.row(), "name": name, "run": c.label, "base": without} for c in group]
-    client = sorted(c.client_cpu for c in reads if c.client_cpu is not None)
+            mutations += [{**c.row(), "name": name, "run": c.label} for c in group]
     return {
-        **figures,
-        "reads": {str(n): [row for row in common.against(rows, "floor") if row["clients"] == n] for n in (1, 16)},
-        "versus": [row for row in common.against(rows, "tally") if row["variant"] == "naive"],
-        "by_org_size": [
-            {"variant": v, "clients": n, "org": label, "at": rows[v, label, n], "small": rows[v, small, n]}
-            for v in ("tally", "uncached", "naive", "floor")
-            for n in (1, 16)
-            for label in labels[1:]
-        ],
+        "reads": [{**c.row(), "name": NAMES[c.variant]} for c in reads],
         "interleaved": [
-            {**stats, "clients": n, "org": label, "small": None if label == small else by_size[n][small]}
-            for n in (1, 16)
-            for label, stats in by_size[n].items()
+            {**stats, "clients": c.concurrency, "org": org}
+            for c in interleaved
+            for org, stats in zip(orgs, c.split(), strict=True)
         ],
-        "by_size": {str(n): {"small": by_size[n][small], "large": by_size[n][large]} for n in (1, 16)},
         "mutations": mutations,
         "http": common.sides(http),
         "db": common.sides(db),
-        "worst": {"org": worst, "tally": rows["tally", worst, 1], "floor": rows["floor", worst, 1]},
         "foreign": common.disturbance([*reads, *http, *db]),
-        "client_cpu": {"median": client[len(client) // 2], "min": client[0], "max": client[-1]},
     }
 
 
