@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from db.sqlite.driver import OneTripDbapi
+from db.sqlite.driver import OneTripConnection, OneTripDbapi
 
 WRITE = "tally_write"  # execution option: this transaction will write
 
@@ -74,4 +74,9 @@ def _make_sqlite_transactional(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
+        begin = "BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN"
+        driver = conn.connection.dbapi_connection
+        if isinstance(driver, OneTripConnection):
+            driver.begin_with_next_statement(begin)
+        else:
+            conn.exec_driver_sql(begin)

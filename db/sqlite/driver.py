@@ -9,7 +9,10 @@ on the worker thread and keeps the results, so a statement is one trip.
 A statement whose result nobody reads can also wait for COMMIT and go in its
 trip (`keep_for_commit`, with the SQL and parameters `Prepared` once): the
 aggregate's counter upsert does, so maintaining the counters adds no trip and
-no SQLAlchemy execution to a write. Server-side cursors, rollback and errors are
+no SQLAlchemy execution to a write. BEGIN goes in the trip of the
+transaction's first statement, and a ROLLBACK with no transaction open (the
+pool's reset of a connection after COMMIT) makes no trip: a write of two
+statements is three trips. Server-side cursors, rollback and errors are
 aiosqlite's and SQLAlchemy's own.
 """
 
@@ -35,8 +38,12 @@ from sqlalchemy.util.concurrency import await_
 Outcome = tuple[Any, list[Any], int, int | None]
 
 
-def _execute(connection: aiosqlite.Connection, operation: str, parameters: Any, many: bool) -> Outcome:
-    """Runs on the connection's worker thread."""
+def _execute(
+    connection: aiosqlite.Connection, begin: str | None, operation: str, parameters: Any, many: bool
+) -> Outcome:
+    """Runs on the connection's worker thread: BEGIN first, if the transaction starts here."""
+    if begin is not None:
+        connection._conn.execute(begin)
     cursor = connection._conn.cursor()
     try:
         if many:
@@ -49,8 +56,10 @@ def _execute(connection: aiosqlite.Connection, operation: str, parameters: Any, 
         cursor.close()
 
 
-def _commit(connection: aiosqlite.Connection, statements: list[tuple[str, Any]]) -> None:
+def _commit(connection: aiosqlite.Connection, begin: str | None, statements: list[tuple[str, Any]]) -> None:
     """Runs on the connection's worker thread: the statements kept for COMMIT, then COMMIT."""
+    if begin is not None:
+        connection._conn.execute(begin)
     for operation, parameters in statements:
         connection._conn.execute(operation, parameters)
     connection._conn.commit()
@@ -85,9 +94,10 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         return None  # nothing is open: the rows are already here
 
     async def _run(self, operation: Any, parameters: Any, many: bool) -> None:
-        connection = self._connection
-        async with self._adapt_connection._execute_mutex:
-            outcome = await connection._execute(_execute, connection, operation, parameters, many)
+        connection, adapt = self._connection, cast("OneTripConnection", self._adapt_connection)
+        begin, adapt.begin = adapt.begin, None
+        async with adapt._execute_mutex:
+            outcome = await connection._execute(_execute, connection, begin, operation, parameters, many)
         self._outcome = outcome
         self._rows = collections.deque(outcome[1])
 
@@ -99,28 +109,39 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ("kept",)
+    __slots__ = ("begin", "kept")
     _cursor_cls = _OneTripCursor
 
     def __init__(self, dbapi: Any, connection: Any) -> None:
         super().__init__(dbapi, connection)
+        self.begin: str | None = None
         self.kept: list[tuple[str, Any]] = []
+
+    def begin_with_next_statement(self, begin: str) -> None:
+        """Start the transaction (`BEGIN ...`) in the trip of its first statement, not one of its own."""
+        self.begin = begin
 
     def keep_for_commit(self, statement: Prepared, parameters: Mapping[str, Any]) -> None:
         """Run `statement` just before this transaction's COMMIT, in its trip; a failure fails the commit."""
         self.kept.append((statement.sql, statement.values(parameters)))
 
     def commit(self) -> None:
+        begin, self.begin = self.begin, None
         if not self.kept:
-            return super().commit()
+            if begin is None:  # else no statement ran: nothing began, nothing to commit
+                super().commit()
+            return
         statements, self.kept = self.kept, []
         try:
-            await_(self._connection._execute(_commit, self._connection, statements))
+            await_(self._connection._execute(_commit, self._connection, begin, statements))
         except Exception as error:
             self._handle_exception(error)
 
     def rollback(self) -> None:
+        self.begin = None
         self.kept.clear()
+        if self._connection._conn is not None and not self._connection._conn.in_transaction:
+            return  # e.g. the pool's reset after a COMMIT: nothing to undo, no trip for it
         super().rollback()
 
 

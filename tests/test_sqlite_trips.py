@@ -1,0 +1,60 @@
+"""SQLite's one-trip driver (db/sqlite/driver.py): each trip to aiosqlite's worker thread costs
+CPU on two threads, so a write makes one per statement and no more: BEGIN rides with the first
+statement, the counter upsert with COMMIT, and the pool's reset after COMMIT makes none."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import aiosqlite.core
+import pytest
+
+from db import loads
+from db.unit_of_work import Database
+from tests.helpers import recount, stored
+
+
+@pytest.fixture
+def trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The names of the functions run on aiosqlite's worker threads (instrumentation: each call goes through)."""
+    made: list[str] = []
+    original = aiosqlite.core.Connection._execute
+
+    async def counted(self: Any, function: Any, *args: Any, **kwargs: Any) -> Any:
+        made.append(getattr(function, "__name__", repr(function)))
+        return await original(self, function, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.core.Connection, "_execute", counted)
+    yield made
+
+
+async def test_a_write_makes_one_trip_per_statement(db: Database, trips: list[str]) -> None:
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's driver")
+    created = await db.write(lambda s: loads.create_load(s, "org_a", status="OPEN", load_type="SPOT"))
+    trips.clear()
+    created = await db.write(lambda s: loads.create_load(s, "org_a", status="OPEN", load_type="SPOT"))
+    assert trips == ["_execute", "_execute", "_commit"]  # BEGIN + org upsert, INSERT, counters + COMMIT
+
+    trips.clear()
+    await db.write(lambda s: loads.set_load_status(s, str(created.id), "ASSIGNED", None))
+    assert trips == ["_execute", "_execute", "_commit"]  # BEGIN + SELECT FOR UPDATE, UPDATE, counters + COMMIT
+
+    counts, version = await stored(db, "org_a")
+    assert (counts["loads_open"], counts["loads_assigned"], version) == (1, 1, 3)
+    assert counts == await recount(db, "org_a")
+
+
+async def test_a_transaction_that_ran_nothing_makes_no_trip(db: Database, trips: list[str]) -> None:
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's driver")
+
+    async def nothing(_session: Any) -> None:
+        return None
+
+    await db.write(nothing)  # a connection opened now makes its own trips (functions, pragmas)
+    trips.clear()
+    await db.write(nothing)
+    await db.read(nothing)
+    assert trips == []
