@@ -210,7 +210,7 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "yes": lambda ok: "yes" if ok else "**NO**",
     "kv": lambda d: ", ".join(f"{k} ({v:,})" for k, v in d.items()),
     "opt": lambda v: "" if v is None else str(v),
-    "list": lambda v: ", ".join(v) or "none",
+    "joined": lambda v: ", ".join(v) or "none",
     "lines": "\n".join,
     "codes": lambda v: "\n".join(f"- `{line}`" for line in v),
 }
@@ -246,7 +246,7 @@ TEMPLATES = Templates(
     keep_trailing_newline=True,
 )
 TEMPLATES.filters.update(FORMATS, f=format)
-TEMPLATES.globals.update(abs=abs, max=largest, pick=pick)
+TEMPLATES.globals.update(abs=abs, max=largest, pick=pick, human=human)
 
 
 def render(scenario: str, data: dict[str, Any]) -> str:

@@ -199,12 +199,9 @@ async def run_mode(
             client_cpu = time.process_time() - client_cpu
             if await version() != base + mutations:
                 raise RuntimeError("another writer moved the version: events cannot be matched to mutations")
-            received = sum(len(v) for v in arrivals.times.values())
-            events, alone = max(1, received), rows[0]["server_cpu"] if rows else cpu
             rows.append({
-                "mode": mode, "subscribers": size, "events": size * mutations, "received": received,
-                "incomplete": incomplete, "wall": wall, "server_cpu": cpu, "server_ms": cpu / mutations * 1000,
-                "extra_us": (cpu - alone) / events * 1e6, "client_us": client_cpu / events * 1e6,
+                "subscribers": size, "mutations": mutations, "received": sum(len(v) for v in arrivals.times.values()),
+                "incomplete": incomplete, "wall": wall, "server_cpu": cpu, "client_cpu": client_cpu,
                 "commit_max": max(times["commit"], default=math.nan),
                 **{f"{kind}{q}": percentile(values, q) for kind, values in times.items() for q in (50, 99)},
             })  # fmt: skip
@@ -235,23 +232,12 @@ async def run_mode(
                 mutations = profile["at_largest"] if size == profile["sizes"][-1] else profile["mutations"]
                 row = await measure(size, mutations)
                 log(f"[{mode}] {size}: commit-to-client p50 {row['commit50']:.1f} p99 {row['commit99']:.1f} ms, "
-                    f"{row['received']}/{row['events']} events")  # fmt: skip
+                    f"{row['received']}/{size * mutations} events")  # fmt: skip
         finally:
             errors = sum(s.errors for s in subscribers)
             for s in subscribers:
                 s.close()
-    middle, largest = profile["sizes"][-2:]
-    return {
-        "mode": mode,
-        "rows": [rows[0], *({**row, "alone": rows[0], "one": rows[1]} for row in rows[1:])],
-        "rss": [{"mode": mode, "n": n, "mib": kib / 1024} for n, kib in sorted(rss.items())],
-        "per_idle": (rss[largest] - rss[0]) / largest,
-        "marginal": (rss[largest] - rss[middle]) / (largest - middle),
-        "middle": middle,
-        "largest": largest,
-        "errors": errors,
-        "health": live_figures(scrape(subscribers_on)),
-    }
+    return {"mode": mode, "rows": rows, "rss": rss, "errors": errors, "health": live_figures(scrape(subscribers_on))}
 
 
 def run(profile: dict[str, Any]) -> dict[str, Any]:
@@ -273,16 +259,10 @@ def run(profile: dict[str, Any]) -> dict[str, Any]:
                 modes.append(run_async(run_mode(profile, mode, a, b)))
         finally:
             redis.stop()
-    target = modes[0]["rows"][-1]["commit99"]  # one process, the most subscribers
-    rows = [row for mode in modes for row in mode.pop("rows")]
     redis_version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.strip()
     return {
         "profile": profile,
         "modes": modes,
-        "rows": rows,
-        "fanned": [row for row in rows if row["subscribers"]],
-        "rss": [r for mode in modes for r in mode.pop("rss")],
-        "target": target,
         "gap_ms": GAP * 1000,
         "timeout": DELIVERY_TIMEOUT,
         "machine": {"Redis": redis_version, "websockets (client)": websockets.__version__},

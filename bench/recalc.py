@@ -110,15 +110,11 @@ def run(profile: dict[str, Any]) -> dict[str, Any]:
         seeded = seed(Path(tmp) / "recalc.db", profile["copies"])
         largest = sizes.pop() if seeded.seconds > MAX_SEED_SECONDS else None
         cases = asyncio.run(measure(seeded.url, seeded.path, sizes, profile))
-    one = [c for c in cases if c["orgs"] == 1]
-    skipped = f"The {human(largest)} org was not measured: seeding took {seeded.seconds:.0f} s." if largest else ""
     return {
-        "profile": {**profile, "copies": [{"n": n, "size": human(size)} for size, n in profile["copies"].items()]},
+        "profile": profile,
         "cases": cases,
-        "growth": [{"org": c["org"], "x": c["per_org"] / one[0]["per_org"]} for c in one[1:]],
-        "smallest": one[0]["org"],
         "seeded": {"loads": sum(seeded.orgs.values()), "seconds": seeded.seconds, "mib": seeded.file_bytes / 2**20},
-        "skipped": skipped,
+        "skipped": largest,
         "ok": all(c["exact"] for c in cases),
         "machine": {
             "SQLite": f"{sqlite3.sqlite_version} (WAL, synchronous=NORMAL, busy_timeout 30 s)",

@@ -35,9 +35,9 @@ from settings import Settings
 T = TypeVar("T")
 
 
-def settings(**changes: Any) -> Settings:
+def settings(database_url: str | None = None, **changes: Any) -> Settings:
     return Settings(
-        database_url=os.environ["BENCH_DATABASE_URL"],
+        database_url=database_url or os.environ["BENCH_DATABASE_URL"],
         broadcast_url=os.environ.get("BENCH_BROADCAST_URL", "memory://"),
         stats_shards=int(os.environ.get("BENCH_STATS_SHARDS", "1")),
         query_stats=False,
@@ -48,12 +48,12 @@ def settings(**changes: Any) -> Settings:
     )
 
 
-def tally_app() -> Starlette:
-    return create_app(settings())
+def tally_app(database_url: str | None = None) -> Starlette:
+    return create_app(settings(database_url))
 
 
-def uncached_app() -> Starlette:
-    return create_app(settings(count_cache_entries=0))
+def uncached_app(database_url: str | None = None) -> Starlette:
+    return create_app(settings(database_url, count_cache_entries=0))
 
 
 async def naive_count_loads_by_status(info: Info, org_id: strawberry.ID) -> LoadStatusCounts:

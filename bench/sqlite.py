@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
-import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -51,6 +50,15 @@ class Seeded:
     file_bytes: int
 
 
+def stats_from_recount(stamp: str) -> str:
+    """The INSERT of every org's organization_stats row from a recount of its loads (`stamp`: the timestamps)."""
+    counters = {f"status = '{v}'": c for v, c in LOAD_STATUS_COUNTERS.items()}
+    counters |= {f"load_type = '{v}'": c for v, c in LOAD_TYPE_COUNTERS.items()}
+    recounts = ", ".join(f"(SELECT count(*) FROM loads l WHERE l.org_id = o.org_id AND l.{c})" for c in counters)
+    columns = f"org_id, {', '.join(counters.values())}, version, updated_at, last_recalculated_at"
+    return f"INSERT INTO organization_stats ({columns}) SELECT o.org_id, {recounts}, 1, {stamp}, {stamp} FROM organizations o"
+
+
 def seed(path: Path, copies: dict[int, int]) -> Seeded:
     """A fresh database at `path` holding `copies[size]` orgs of each size, plus the mutation org."""
     started = time.perf_counter()
@@ -60,9 +68,6 @@ def seed(path: Path, copies: dict[int, int]) -> Seeded:
     upgrade(url)
     orgs = {org_name(size, k): size for size, n in copies.items() for k in range(1, n + 1)}
     orgs[MUTATION_ORG] = MUTATION_ORG_LOADS
-    counters = {f"status = '{v}'": c for v, c in LOAD_STATUS_COUNTERS.items()}
-    counters |= {f"load_type = '{v}'": c for v, c in LOAD_TYPE_COUNTERS.items()}
-    recounts = ", ".join(f"(SELECT count(*) FROM loads l WHERE l.org_id = o.org_id AND l.{c})" for c in counters)
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         for pragma in ("journal_mode=WAL", "synchronous=OFF", "cache_size=-262144"):
             conn.execute(f"PRAGMA {pragma}")
@@ -85,11 +90,7 @@ def seed(path: Path, copies: dict[int, int]) -> Seeded:
         for _, sql in indexes:
             conn.execute(sql)
         conn.execute("DELETE FROM organization_stats")
-        conn.execute(
-            f"INSERT INTO organization_stats (org_id, {', '.join(counters.values())}, version, updated_at, "
-            f"last_recalculated_at) SELECT o.org_id, {recounts}, 1, ?, ? FROM organizations o",
-            (STAMP, STAMP),
-        )
+        conn.execute(stats_from_recount("?1"), (STAMP,))
         conn.execute("COMMIT")
         conn.execute("ANALYZE")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -250,8 +251,7 @@ async def breakdown(path: str, url: str, org_id: str, token: str, calls: int) ->
             for k, sql in common.count_statements(org_id, sqlite_dialect.dialect()).items()
         ]
 
-    os.environ["BENCH_DATABASE_URL"] = url
-    app, uncached = tally_app(), uncached_app()
+    app, uncached = tally_app(url), uncached_app(url)
     body = common.count_body(org_id).encode()
     for server in (app, uncached):
         answer = json.loads(await call_asgi(server, body, token))
