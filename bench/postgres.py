@@ -231,13 +231,11 @@ def pairs(cells: list[Cell]) -> list[dict[str, Any]]:
 
 
 def report(reads: list[Cell], http: list[Cell], db: list[Cell], mixed: Cell, read: Cell) -> dict[str, Any]:
-    mixed_writes, mixed_reads = mixed.split()
-    hot_read, ref_read = read.split()
     return {
         "reads": [{**c.row(), "name": NAMES[c.variant]} for c in reads],
         "foreign": common.disturbance([*reads, *http, *db]),
         "hot": {"http": pairs(http), "db": pairs(db)},
-        "read": {"hot": hot_read, "ref": ref_read},
+        "read": dict(zip(("hot", "ref"), read.split(), strict=True)),
         "mixed": {**mixed.row(), "seconds": mixed.seconds},
-        "kinds": [{"kind": "reads", **mixed_reads}, {"kind": "writes", **mixed_writes}],
+        "kinds": dict(zip(("writes", "reads"), mixed.split(), strict=True)),
     }
