@@ -32,9 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
 from db.counters import GROUPS, INVOICE_STATUS, LOAD_STATUS, LOAD_TYPE, CounterGroup, counter_names
-from db.engine import count_statement
+from db.engine import Unread
 from db.models import Base, Invoice, Load, OrganizationStats, utcnow
-from db.sqlite.driver import OneTripConnection, Prepared
 
 LOAD_STATUS_COUNTERS = LOAD_STATUS.counters
 LOAD_TYPE_COUNTERS = LOAD_TYPE.counters
@@ -301,8 +300,7 @@ def _build_add_statement(insert: Any) -> Any:
     return stmt.on_conflict_do_update(index_elements=[table.c.org_id, table.c.shard], set_=changes)
 
 
-_ADD = {name: _build_add_statement(insert) for name, insert in _DIALECTS}
-_ADD_SQLITE = Prepared(_ADD["sqlite"])
+_ADD = Unread({name: _build_add_statement(insert) for name, insert in _DIALECTS})
 
 
 def _add(session: Session, org_id: str, delta: dict[str, int], *, shard: int) -> None:
@@ -312,13 +310,7 @@ def _add(session: Session, org_id: str, delta: dict[str, int], *, shard: int) ->
     ~0.7 ms of CPU); a recalculation's correction goes through `correct`.
     """
     params = {"org_id": org_id, "shard": shard, "now": utcnow(), **dict.fromkeys(COUNTERS, 0), **delta}
-    connection = session.connection()  # Core, not the ORM's execute: nothing ORM about this statement
-    driver = connection.connection.dbapi_connection
-    if isinstance(driver, OneTripConnection):  # SQLite's one-trip driver runs it in COMMIT's trip
-        count_statement()
-        driver.keep_for_commit(_ADD_SQLITE, params)
-    else:
-        connection.execute(_ADD[connection.dialect.name], params)
+    _ADD.run(session.connection(), params)  # Core, not the ORM's execute; on SQLite it goes with COMMIT
 
 
 def _build_stats_query() -> Select[Any]:

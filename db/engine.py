@@ -10,12 +10,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import Insert, event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from db.sqlite.driver import OneTripConnection, OneTripDbapi
+from db.sqlite.driver import OneTripConnection, OneTripDbapi, Prepared
 
 WRITE = "tally_write"  # execution option: this transaction will write
 
@@ -80,3 +80,31 @@ def _make_sqlite_transactional(engine: AsyncEngine) -> None:
             driver.begin_with_next_statement(begin)
         else:
             conn.exec_driver_sql(begin)
+
+
+class Unread:
+    """A statement whose result nobody reads, built once per dialect. On SQLite's one-trip
+    driver it waits for the transaction's next trip (the next statement's or COMMIT's)
+    instead of making one of its own; elsewhere it runs at once."""
+
+    def __init__(self, statements: dict[str, Insert]) -> None:
+        self._statements = statements
+        self._sqlite = Prepared(statements["sqlite"])
+
+    def kept(self, connection: Connection, parameters: dict[str, Any]) -> bool:
+        """Whether the driver took it for its next trip."""
+        driver = connection.connection.dbapi_connection
+        if not isinstance(driver, OneTripConnection):
+            return False
+        count_statement()
+        driver.keep(self._sqlite, parameters)
+        return True
+
+    def run(self, connection: Connection, parameters: dict[str, Any]) -> None:
+        if not self.kept(connection, parameters):
+            connection.execute(self._statements[connection.dialect.name], parameters)
+
+    async def run_async(self, connection: AsyncConnection, parameters: dict[str, Any]) -> None:
+        assert connection.sync_connection is not None  # a connection of a session in a transaction
+        if not self.kept(connection.sync_connection, parameters):
+            await connection.execute(self._statements[connection.dialect.name], parameters)

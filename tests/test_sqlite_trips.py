@@ -1,6 +1,7 @@
 """SQLite's one-trip driver (db/sqlite/driver.py): each trip to aiosqlite's worker thread costs
-CPU on two threads, so a write makes one per statement and no more: BEGIN rides with the first
-statement, the counter upsert with COMMIT, and the pool's reset after COMMIT makes none."""
+CPU on two threads, so a write makes as few as it can: BEGIN and a statement nobody reads (the
+org's upsert) ride with the next statement, the counter upsert with COMMIT, and the pool's
+reset after COMMIT makes none."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ async def test_a_write_makes_one_trip_per_statement(db: Database, trips: list[st
     created = await db.write(lambda s: loads.create_load(s, "org_a", status="OPEN", load_type="SPOT"))
     trips.clear()
     created = await db.write(lambda s: loads.create_load(s, "org_a", status="OPEN", load_type="SPOT"))
-    assert trips == ["_execute", "_execute", "_commit"]  # BEGIN + org upsert, INSERT, counters + COMMIT
+    assert trips == ["_execute", "_commit"]  # BEGIN + org upsert + INSERT, counters + COMMIT
 
     trips.clear()
     await db.write(lambda s: loads.set_load_status(s, str(created.id), "ASSIGNED", None))
@@ -58,3 +59,27 @@ async def test_a_transaction_that_ran_nothing_makes_no_trip(db: Database, trips:
     await db.write(nothing)
     await db.read(nothing)
     assert trips == []
+
+
+async def test_a_statement_that_waited_for_the_next_trip_fails_that_trip_and_nothing_is_kept(
+    db: Database, trips: list[str]
+) -> None:
+    """The org's upsert waits for the INSERT's trip: when SQLite refuses it, the INSERT fails
+    with it, nothing is committed, and the connection carries nothing into the next write."""
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's driver")
+    async with db.engine.begin() as connection:
+        await connection.exec_driver_sql(
+            "CREATE TRIGGER refuse_orgs BEFORE INSERT ON organizations BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    with pytest.raises(Exception, match="refused"):
+        await db.write(lambda s: loads.create_load(s, "org_new", status="OPEN", load_type="SPOT"))
+    assert await recount(db, "org_new") == await recount(db, "org_none")  # all zero
+    async with db.engine.begin() as connection:
+        await connection.exec_driver_sql("DROP TRIGGER refuse_orgs")
+
+    for _ in range(3):  # on every pooled connection the failure may have used
+        await db.write(lambda s: loads.create_load(s, "org_new", status="OPEN", load_type="SPOT"))
+    counts, version = await stored(db, "org_new")
+    assert (counts["loads_open"], version) == (3, 3)
+    assert counts == await recount(db, "org_new")

@@ -6,10 +6,11 @@ event-loop wake-up: a no-op write transaction made nine of them and spent
 ~0.8 ms of the event loop's CPU. This adapter runs the four steps as one call
 on the worker thread and keeps the results, so a statement is one trip.
 
-A statement whose result nobody reads can also wait for COMMIT and go in its
-trip (`keep_for_commit`, with the SQL and parameters `Prepared` once): the
-aggregate's counter upsert does, so maintaining the counters adds no trip and
-no SQLAlchemy execution to a write. BEGIN goes in the trip of the
+A statement whose result nobody reads can also wait and go in the
+transaction's next trip, the next statement's or COMMIT's (`keep`, with the SQL
+and parameters `Prepared` once): the aggregate's counter upsert goes with
+COMMIT, so maintaining the counters adds no trip and no SQLAlchemy execution to
+a write, and creating an org goes with the statement that needs it. BEGIN goes in the trip of the
 transaction's first statement, and a ROLLBACK with no transaction open (the
 pool's reset of a connection after COMMIT) makes no trip: a write of two
 statements is three trips. Server-side cursors, rollback and errors are
@@ -36,14 +37,12 @@ from sqlalchemy.util.concurrency import await_
 
 # description, rows, rowcount, lastrowid: everything SQLAlchemy reads off a cursor
 Outcome = tuple[Any, list[Any], int, int | None]
+Before = tuple[str | None, list[tuple[str, Any]]]  # BEGIN, and statements kept, for the next trip
 
 
-def _execute(
-    connection: aiosqlite.Connection, begin: str | None, operation: str, parameters: Any, many: bool
-) -> Outcome:
-    """Runs on the connection's worker thread: BEGIN first, if the transaction starts here."""
-    if begin is not None:
-        connection._conn.execute(begin)
+def _execute(connection: aiosqlite.Connection, before: Before, operation: str, parameters: Any, many: bool) -> Outcome:
+    """Runs on the connection's worker thread: what waited for this trip, then the statement."""
+    _run_before(connection, before)
     cursor = connection._conn.cursor()
     try:
         if many:
@@ -56,13 +55,18 @@ def _execute(
         cursor.close()
 
 
-def _commit(connection: aiosqlite.Connection, begin: str | None, statements: list[tuple[str, Any]]) -> None:
-    """Runs on the connection's worker thread: the statements kept for COMMIT, then COMMIT."""
+def _commit(connection: aiosqlite.Connection, before: Before) -> None:
+    """Runs on the connection's worker thread: what waited for this trip, then COMMIT."""
+    _run_before(connection, before)
+    connection._conn.commit()
+
+
+def _run_before(connection: aiosqlite.Connection, before: Before) -> None:
+    begin, statements = before
     if begin is not None:
         connection._conn.execute(begin)
     for operation, parameters in statements:
         connection._conn.execute(operation, parameters)
-    connection._conn.commit()
 
 
 class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
@@ -95,9 +99,9 @@ class _OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
     async def _run(self, operation: Any, parameters: Any, many: bool) -> None:
         connection, adapt = self._connection, cast("OneTripConnection", self._adapt_connection)
-        begin, adapt.begin = adapt.begin, None
+        before = adapt.take_waiting()
         async with adapt._execute_mutex:
-            outcome = await connection._execute(_execute, connection, begin, operation, parameters, many)
+            outcome = await connection._execute(_execute, connection, before, operation, parameters, many)
         self._outcome = outcome
         self._rows = collections.deque(outcome[1])
 
@@ -121,19 +125,25 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         """Start the transaction (`BEGIN ...`) in the trip of its first statement, not one of its own."""
         self.begin = begin
 
-    def keep_for_commit(self, statement: Prepared, parameters: Mapping[str, Any]) -> None:
-        """Run `statement` just before this transaction's COMMIT, in its trip; a failure fails the commit."""
+    def keep(self, statement: Prepared, parameters: Mapping[str, Any]) -> None:
+        """Run `statement` in this transaction's next trip (the next statement's or COMMIT's);
+        its failure fails that statement or the commit."""
         self.kept.append((statement.sql, statement.values(parameters)))
 
+    def take_waiting(self) -> Before:
+        before: Before = (self.begin, self.kept)
+        self.begin, self.kept = None, []
+        return before
+
     def commit(self) -> None:
-        begin, self.begin = self.begin, None
-        if not self.kept:
+        before = self.take_waiting()
+        begin, statements = before
+        if not statements:
             if begin is None:  # else no statement ran: nothing began, nothing to commit
                 super().commit()
             return
-        statements, self.kept = self.kept, []
         try:
-            await_(self._connection._execute(_commit, self._connection, begin, statements))
+            await_(self._connection._execute(_commit, self._connection, before))
         except Exception as error:
             self._handle_exception(error)
 
