@@ -14,6 +14,7 @@ it (ORM bulk statements, Core, text, driver SQL).
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections import Counter
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Row, Select, Table, bindparam, event, func, insert, inspect, select, update
+from sqlalchemy import BigInteger, Insert, Row, Select, Table, bindparam, event, func, insert, inspect, select, update
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -125,16 +126,21 @@ def _refuse_uncounted_write(
     )
 
 
+@functools.cache
+def _counted_insert(model: type[Base]) -> Insert:
+    """`INSERT ... RETURNING` every column, built once per model (~0.1 ms each time otherwise)."""
+    table = cast(Table, model.__table__)
+    return insert(table).returning(*table.c, sort_by_parameter_order=True)
+
+
 async def insert_counted(session: AsyncSession, model: type[Base], rows: list[dict[str, Any]]) -> Sequence[Row[Any]]:
     """INSERT `rows` of a counted model in one Core statement (cheaper than one ORM object
     each), their counters added to this transaction's deltas. Returns the inserted rows
     (every column), in the order given."""
     if not rows:
         return []
-    table = cast(Table, model.__table__)
-    statement = insert(table).returning(*table.c, sort_by_parameter_order=True)
     connection = await session.connection()
-    inserted = (await connection.execute(statement, rows, execution_options={COUNTED: True})).all()
+    inserted = (await connection.execute(_counted_insert(model), rows, execution_options={COUNTED: True})).all()
     pending: dict[str, Counter[str]] = session.info.setdefault(PENDING, {})
     for row in inserted:
         for attr, counters in TRACKED.get(model, ()):
