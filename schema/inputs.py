@@ -9,6 +9,7 @@ from typing import Any
 import strawberry
 from strawberry.types.arguments import InputContext
 from strawberry.types.base import StrawberryOptional
+from strawberry.types.enum import StrawberryEnumDefinition
 
 from schema.enums import InvoiceStatus, LoadStatus, LoadType
 
@@ -67,16 +68,18 @@ LEAVES = (str, int, float, bool, datetime)
 
 
 def _is_leaf(type_: object) -> bool:
-    """A scalar (or an optional one), which graphql-core has already coerced to its Python value."""
+    """A scalar or enum (or an optional one), which graphql-core has already coerced to its Python value."""
     type_ = type_.of_type if isinstance(type_, StrawberryOptional) else type_
+    if isinstance(type_, StrawberryEnumDefinition):
+        return True  # graphql-core hands over the enum's member
     return type_ is strawberry.ID or (isinstance(type_, type) and issubclass(type_, LEAVES))
 
 
 def _built_from_plan(cls: type) -> None:
     """Give `cls` a `from_input` (Strawberry's documented hook) that converts its input value from
     a plan made once: Strawberry's own conversion renames and resolves the type of every field of
-    every value, a quarter of the CPU of an importShipments of 1,000 shipments. Scalars are taken
-    as graphql-core coerced them; enums, lists and nested inputs go through Strawberry's `convert`."""
+    every value, a quarter of the CPU of an importShipments of 1,000 shipments. Scalars and enums
+    are taken as graphql-core coerced them; lists and nested inputs go through `context.convert`."""
     definition = cls.__strawberry_definition__  # type: ignore[attr-defined]
     plan: list[tuple[str, str, Any, bool]] = []
 
