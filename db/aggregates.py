@@ -95,7 +95,14 @@ class StatsSnapshot:
 COUNTED = "tally.counted"  # execution option of a statement whose counter deltas are already pending
 _flushing: ContextVar[bool] = ContextVar("tally_flushing", default=False)
 SOURCE_TABLES = sorted({group.table for group in GROUPS})  # the tables whose rows are counted
-_COUNTED_WRITE = re.compile(rf"^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+\"?({'|'.join(SOURCE_TABLES)})\b", re.I)
+# Anywhere in the statement (after comments, in a CTE): a verb that writes rows, then the table,
+# maybe schema-qualified or quoted. `FOR UPDATE OF loads` does not match: OF is no table.
+_WRITE_VERBS = (
+    r"INSERT(?:\s+OR\s+\w+)?\s+INTO", r"REPLACE\s+INTO", r"UPDATE(?:\s+OR\s+\w+)?", r"DELETE\s+FROM",
+    r"TRUNCATE(?:\s+TABLE)?", r"COPY", r"MERGE\s+INTO",
+)  # fmt: skip
+_WRITE_VERB = f"(?:{'|'.join(_WRITE_VERBS)})"
+_COUNTED_WRITE = re.compile(rf"\b{_WRITE_VERB}\s+(?:ONLY\s+)?(?:\"?\w+\"?\.)?\"?({'|'.join(SOURCE_TABLES)})\b", re.I)
 
 
 class AggregateSession(Session):
@@ -117,7 +124,7 @@ def guard_writes(engine: AsyncEngine) -> None:
 def _refuse_uncounted_write(
     _conn: Connection, _cursor: Any, statement: str, _parameters: Any, context: ExecutionContext | None, _many: bool
 ) -> None:
-    match = _COUNTED_WRITE.match(statement)
+    match = _COUNTED_WRITE.search(statement)
     if match is None or _flushing.get() or (context is not None and context.execution_options.get(COUNTED)):
         return
     raise RuntimeError(

@@ -54,6 +54,14 @@ def driver_delete(load_id: int) -> Callable[[AsyncSession], Awaitable[Any]]:
     return write
 
 
+def cte_update(load_id: int) -> Callable[[AsyncSession], Awaitable[Any]]:
+    async def write(session: AsyncSession) -> None:
+        statement = "/* a comment */ WITH one AS (SELECT 1) UPDATE loads SET status = 'ASSIGNED' WHERE id = :i"
+        await session.execute(text(statement), {"i": load_id})
+
+    return write
+
+
 def core_insert(_load_id: int) -> Callable[[AsyncSession], Awaitable[Any]]:
     async def write(session: AsyncSession) -> None:
         connection = await session.connection()
@@ -70,7 +78,7 @@ def core_delete(load_id: int) -> Callable[[AsyncSession], Awaitable[Any]]:
     return write
 
 
-@pytest.mark.parametrize("path", [core_update, text_update, driver_delete, core_insert, core_delete])
+@pytest.mark.parametrize("path", [core_update, text_update, cte_update, driver_delete, core_insert, core_delete])
 async def test_a_write_path_outside_the_orm_cannot_forget_the_counters(
     api: Api, db: Database, path: Callable[[int], Callable[[AsyncSession], Awaitable[Any]]]
 ) -> None:
