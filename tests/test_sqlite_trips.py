@@ -12,8 +12,14 @@ import aiosqlite.core
 import pytest
 
 from db import loads
+from db.sqlite.driver import OneTripDbapi
 from db.unit_of_work import Database
 from tests.helpers import recount, stored
+
+
+def skip_unless_one_trip_driver(db: Database) -> None:
+    if not isinstance(db.engine.sync_engine.dialect.dbapi, OneTripDbapi):
+        pytest.skip("SQLite's one-trip driver (PostgreSQL, or TALLY_SQLITE_FAST_PATHS=0)")
 
 
 @pytest.fixture
@@ -31,8 +37,7 @@ def trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
 
 async def test_a_write_makes_one_trip_per_statement(db: Database, trips: list[str]) -> None:
-    if db.engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's driver")
+    skip_unless_one_trip_driver(db)
     created = await db.write(lambda s: loads.create_load(s, "org_a", status="OPEN", load_type="SPOT"))
     trips.clear()
     created = await db.write(lambda s: loads.create_load(s, "org_a", status="OPEN", load_type="SPOT"))
@@ -48,8 +53,7 @@ async def test_a_write_makes_one_trip_per_statement(db: Database, trips: list[st
 
 
 async def test_a_transaction_that_ran_nothing_makes_no_trip(db: Database, trips: list[str]) -> None:
-    if db.engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's driver")
+    skip_unless_one_trip_driver(db)
 
     async def nothing(_session: Any) -> None:
         return None
@@ -66,8 +70,7 @@ async def test_a_statement_that_waited_for_the_next_trip_fails_that_trip_and_not
 ) -> None:
     """The org's upsert waits for the INSERT's trip: when SQLite refuses it, the INSERT fails
     with it, nothing is committed, and the connection carries nothing into the next write."""
-    if db.engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's driver")
+    skip_unless_one_trip_driver(db)
     async with db.engine.begin() as connection:
         await connection.exec_driver_sql(
             "CREATE TRIGGER refuse_orgs BEFORE INSERT ON organizations BEGIN SELECT RAISE(ABORT, 'refused'); END"
