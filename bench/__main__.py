@@ -16,13 +16,8 @@ import time
 
 from bench.common import RESULTS, ROOT, UVICORN_FLAGS, describe, loadavg, log, render
 
-REPORTS = {
-    "sqlite": "benchmarks.md",
-    "live": "benchmarks-live.md",
-    "recalc": "benchmarks-recalc.md",
-    "postgres": "benchmarks-postgres.md",
-    "production": "benchmarks-production.md",
-}
+SCENARIOS = ("sqlite", "live", "recalc", "postgres", "production")
+REPORTS = {name: "benchmarks.md" if name == "sqlite" else f"benchmarks-{name}.md" for name in SCENARIOS}
 
 parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
 parser.add_argument("--only", default=",".join(REPORTS), help="comma-separated scenarios")

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import ExitStack, asynccontextmanager, contextmanager, nullcontext
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -30,7 +30,7 @@ import httpx
 import uvloop
 from jinja2 import FileSystemLoader, StrictUndefined, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from bench.servers import write_without_aggregate
 from db.aggregates import STATS_QUERY
@@ -209,10 +209,6 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "met": lambda ok: "met" if ok else "**NOT MET**",
     "yes": lambda ok: "yes" if ok else "**NO**",
     "kv": lambda d: ", ".join(f"{k} ({v:,})" for k, v in d.items()),
-    "opt": lambda v: "" if v is None else str(v),
-    "joined": lambda v: ", ".join(v) or "none",
-    "lines": "\n".join,
-    "codes": lambda v: "\n".join(f"- `{line}`" for line in v),
 }
 
 
@@ -246,7 +242,7 @@ TEMPLATES = Templates(
     keep_trailing_newline=True,
 )
 TEMPLATES.filters.update(FORMATS, f=format)
-TEMPLATES.globals.update(abs=abs, max=largest, pick=pick, human=human)
+TEMPLATES.globals.update(abs=abs, max=largest, pick=pick, human=human, zip=zip)
 
 
 def render(scenario: str, data: dict[str, Any]) -> str:
@@ -267,7 +263,7 @@ SET_STATUS_WITHOUT_AGGREGATE = (
 DISTURBED = 0.10  # a read measurement during which other processes used this share of the CPUs is redone
 POOL = 500  # loads per mutation run; each run toggles its own, so every change is a real one
 WARM_POOL = 100  # loads per mutation run's warm-up
-VARIANTS = {True: "with aggregate", False: "without aggregate"}
+VARIANTS = {True: "with", False: "without"}
 WRK = ["wrk", "-t1", "--timeout", "10s", "-s", str(ROOT / "bench" / "wrk.lua")]
 
 
@@ -314,7 +310,6 @@ class Cell:
     client_cpu: float | None = None
     foreign: float | None = None  # share of the machine's CPUs used by other processes meanwhile
     also_cpu: float | None = None  # of the ALSO_OURS processes (PostgreSQL, Redis)
-    round_trips: int | None = None  # calls into aiosqlite's thread per change (db layer)
     parts: tuple[list[int], ...] = ()  # latencies per part (streams run side by side)
     sent: int | None = None  # requests sent, warm-up included: answered + those in flight when wrk stopped
     attempts: int = 1
@@ -329,7 +324,8 @@ class Cell:
     def row(self) -> dict[str, Any]:
         costs = {"server_cpu": self.server_cpu, "db_cpu": self.also_cpu, "client_cpu": self.client_cpu}
         costs["foreign"] = self.foreign
-        return {**self.stats, **costs, "variant": self.variant, "org": self.label, "clients": self.concurrency}
+        where = {"variant": self.variant, "org": self.label, "clients": self.concurrency}
+        return {**self.stats, **costs, **where, "parts": self.split() if len(self.parts) > 1 else []}
 
 
 # CPU seconds so far of other processes whose work is part of every measurement (a database
@@ -457,25 +453,17 @@ def count_reads(
     servers: dict[str, ServerUrl], tokens: dict[str, str], expected: dict[str, str], profile: Profile
 ) -> list[Cell]:
     """countLoadsByStatus of each org at 1 and 16 clients, the variants back to back; every answer must be
-    `expected`'s. The floor answers at /floor/<org> without a token."""
-
-    def target(variant: str, org: str) -> tuple[str, str | None]:
-        return (f"/floor/{org}", None) if variant == "floor" else ("/graphql", tokens[org])
-
-    for org, answer in expected.items():
-        for variant, server in servers.items():
-            path, bearer = target(variant, org)
-            if (got := post(server + path, count_body(org), bearer)) != answer:
-                raise RuntimeError(f"{variant} answers {got} for {org}, expected {answer}")
+    `expected`'s (wrk checks each). The floor answers at /floor/<org> without a token."""
     log(f"countLoadsByStatus, {', '.join(servers)} interleaved per org and clients")
     retry_until, cells = time.monotonic() + profile.retry_until, []
     for org, answer in expected.items():
         for clients in (1, 16):
             for variant, server in servers.items():
-                path, bearer = target(variant, org)
+                path, bearer = (f"/floor/{org}", None) if variant == "floor" else ("/graphql", tokens[org])
                 streams = [Stream(server, clients, [count_body(org)], answer, path=path)]
-                size = org.removeprefix("org_")
-                cells.append(closed_loop(streams, variant, size, profile, clients, bearer, retry_until))
+                cells.append(
+                    closed_loop(streams, variant, org.removeprefix("org_"), profile, clients, bearer, retry_until)
+                )
     return cells
 
 
@@ -505,13 +493,17 @@ def pooled(group: list[Cell]) -> dict[str, Any]:
         "server_cpu": weighted([c.server_cpu for c in group]),
         "db_cpu": weighted([c.also_cpu for c in group]),
         "foreign": max((c.foreign for c in group if c.foreign is not None), default=None),
-        "trips": group[-1].round_trips if group else None,
     }
 
 
-def sides(cells: list[Cell]) -> dict[str, dict[str, Any]]:
-    """The runs of a status change with and without the aggregate, each variant's pooled."""
-    return {key: pooled([c for c in cells if c.variant == VARIANTS[key == "with"]]) for key in ("with", "without")}
+def pairs(cells: list[Cell]) -> list[dict[str, Any]]:
+    """Per (label, clients), in measuring order: the runs with and without the aggregate, each side pooled."""
+    out = []
+    for label, clients in dict.fromkeys((c.label, c.concurrency) for c in cells):
+        same = [c for c in cells if (c.label, c.concurrency) == (label, clients)]
+        sides = {side: pooled([c for c in same if c.variant == side]) for side in VARIANTS.values()}
+        out.append({"label": label, "clients": clients, **sides})
+    return out
 
 
 def toggles(shares: list[tuple[ServerUrl, int]], aggregate: bool, ids: list[int]) -> list[Stream]:
@@ -542,34 +534,35 @@ class Pools:
     """Disjoint sets of OPEN loads (ids read once, before any change), one per mutation run."""
 
     def __init__(self, ids: list[int]) -> None:
-        self.ids, self.taken, self.without_aggregate = ids, 0, []
+        self.ids, self.without_aggregate = ids, []
 
     def take(self, aggregate: bool, size: int = POOL) -> list[int]:
-        ids = self.ids[self.taken : self.taken + size]
+        ids, self.ids = self.ids[:size], self.ids[size:]
         if len(ids) < size:
-            raise RuntimeError(f"only {len(self.ids)} OPEN loads in the pools")
-        self.taken += size
-        if not aggregate:
-            self.without_aggregate.extend(ids)
+            raise RuntimeError("too few OPEN loads in the pools")
+        self.without_aggregate += [] if aggregate else ids
         return ids
 
 
-@contextmanager
-def counting_round_trips() -> Iterator[dict[str, int]]:
-    """Counts calls into aiosqlite's worker threads (private `Connection._execute`; tests/test_private_apis.py)."""
-    import aiosqlite.core
+def status_changes(
+    servers: list[ServerUrl], writers: tuple[int, ...], pools: Pools, profile: Profile, bearer: str, label: str,
+    sizes: tuple[int, int] = (POOL, WARM_POOL),
+) -> list[Cell]:  # fmt: skip
+    """updateLoadStatus over HTTP with and without the aggregate at each count of writers (spread over the
+    servers), alternating which goes first; every run, and its warm-up, toggles loads of its own."""
+    cells = []
+    for n, aggregate in alternating(profile.mutation_rounds, writers):
+        window, warm = (toggles(spread(servers, n), aggregate, pools.take(aggregate, size)) for size in sizes)
+        cells.append(closed_loop(window, VARIANTS[aggregate], label, profile, n, bearer, warmup=warm))
+    return cells
 
-    counter, original = {"n": 0}, aiosqlite.core.Connection._execute
 
-    async def counting(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        counter["n"] += 1
-        return await original(self, fn, *args, **kwargs)
-
-    aiosqlite.core.Connection._execute = counting  # type: ignore[method-assign]
-    try:
-        yield counter
-    finally:
-        aiosqlite.core.Connection._execute = original  # type: ignore[method-assign]
+def side_by_side(server: ServerUrl, orgs: list[str], clients: int, profile: Profile, expected: Any = None) -> Cell:
+    """countLoadsByStatus of several orgs on one server at once, with a service token: one wrk process per org
+    (a part of the cell), each with its share of the clients (at least one)."""
+    each, answers = max(1, clients // len(orgs)), expected or {}
+    streams = [Stream(server, each, [count_body(o)], answers.get(o), k) for k, o in enumerate(orgs)]
+    return closed_loop(streams, "tally", "orgs side by side", profile, clients, token(None, "service"))
 
 
 async def db_layer(
@@ -577,7 +570,7 @@ async def db_layer(
     state: dict[int, str], scope: str, **options: Any,
 ) -> list[Cell]:  # fmt: skip
     """Status changes with and without the aggregate in this process, on the loads `ids(aggregate, writers)`
-    (state: each load's status); one writer's third change (a warm one) counts aiosqlite round trips."""
+    (state: each load's status)."""
     from db.loads import set_load_status
 
     async def closed_loop(aggregate: bool, ids: list[int], writers: int) -> Cell:
@@ -585,19 +578,15 @@ async def db_layer(
         start = time.perf_counter() + min(1.0, profile.warmup)
         stop, per = start + profile.db_ops_seconds, len(ids) // writers
         latencies: list[int] = []
-        completed, trips = 0, None
+        completed = 0
 
         async def writer(mine: list[int]) -> None:
-            nonlocal completed, trips
+            nonlocal completed
             for load_id in itertools.cycle(mine):
                 if (began := time.perf_counter()) >= stop:
                     return
                 status = state[load_id] = "ASSIGNED" if state.get(load_id, "OPEN") == "OPEN" else "OPEN"
-                work = write(partial(set_load_status, load_id=str(load_id), status=status, scope=scope))
-                counting = writers == 1 and completed == 2  # a warm change
-                with counting_round_trips() if counting else nullcontext({}) as counted:
-                    await work
-                trips = counted.get("n", trips)
+                await write(partial(set_load_status, load_id=str(load_id), status=status, scope=scope))
                 completed += 1
                 if start <= (ended := time.perf_counter()) <= stop:
                     latencies.append(int((ended - began) * 1e6))
@@ -608,7 +597,7 @@ async def db_layer(
         cpu, also = per_change(self_cpu() - cpu, completed), per_change(also_ours() - also, completed)
         return Cell(
             VARIANTS[aggregate], label, writers, latencies, profile.db_ops_seconds, completed, cpu, None, foreign(),
-            also if ALSO_OURS else None, trips,
+            also if ALSO_OURS else None,
         )  # fmt: skip
 
     cells = []
@@ -633,14 +622,21 @@ async def database(url: str, **options: Any) -> AsyncIterator[Database]:
         await db.dispose()
 
 
-def count_statements(org_id: str, dialect: Any) -> dict[str, str]:
-    """Tally's count statement (STATS_QUERY) and the naive resolver's GROUP BY for one org, as SQL text."""
+async def plans(url: str, org_id: str) -> list[dict[str, Any]]:
+    """The plans of Tally's count statement (STATS_QUERY) and of the naive resolver's GROUP BY for one org:
+    SQLite's EXPLAIN QUERY PLAN, PostgreSQL's EXPLAIN (ANALYZE, BUFFERS)."""
     naive = select(Load.status, func.count()).where(Load.org_id == org_id).group_by(Load.status)
-    statements = {"tally": STATS_QUERY.params(org_id=org_id), "naive": naive}
-    return {
-        k: " ".join(str(q.compile(dialect=dialect, compile_kwargs={"literal_binds": True})).split())
-        for k, q in statements.items()
-    }
+    statements = {"Tally (STATS_QUERY)": STATS_QUERY.params(org_id=org_id), "naive": naive}
+    out = []
+    async with database(url) as db, db.engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        for what, statement in statements.items():
+            compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+            sql = " ".join(str(compiled).split())
+            explain = "EXPLAIN QUERY PLAN " if sqlite else "EXPLAIN (ANALYZE, BUFFERS) "
+            rows = (await conn.execute(text(explain + sql))).all()
+            out.append({"what": what, "sql": sql, "plan": [row[-1] if sqlite else row[0] for row in rows]})
+    return out
 
 
 async def first_ids(url: str, org_id: str, count: int, row: Any = Load, status: str = "OPEN") -> list[int]:

@@ -15,16 +15,15 @@ from typing import Any
 
 import asyncpg
 import redis
-from sqlalchemy.dialects import postgresql
 
 from bench import common
-from bench.common import ALSO_OURS, Cell, Pools, Profile, Stream, app_servers, audit, log, org_name, run_async
+from bench.common import ALSO_OURS, Cell, Pools, Profile, app_servers, audit, log, org_name, run_async
 from bench.sqlite import LOAD_COLUMNS, LOAD_VALUES, STATUS_SQL, stats_from_recount
 from db.migrate import upgrade_async
 from tests.scrape import live_figures, scrape
 
 PROFILES = {"full": replace(common.FULL, db_ops_seconds=4.0, retry_until=240.0), "quick": common.QUICK}
-NAMES = {"tally": "**Tally**", "uncached": "Tally, count cache off", "naive": "naive"}  # bench/servers.py's *_app
+NAMES = ("tally", "uncached", "naive")  # bench/servers.py's *_app
 ORGANIZATION = "INSERT INTO organizations (org_id, name, created_at) VALUES ($1, $1, $2)"
 LOADS = (  # $1 org_id, $2 the timestamps, $3 its number of loads; {status}: an SQL expression of x
     f"INSERT INTO loads ({LOAD_COLUMNS}) SELECT $1, {{status}}, {LOAD_VALUES}, $2, $2 "
@@ -32,10 +31,10 @@ LOADS = (  # $1 org_id, $2 the timestamps, $3 its number of loads; {status}: an 
 )
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 C = {  # the scenario's constants, also in the report
-    "mixed_clients": 16, "mixed_writers": 6, "mixed_pool": 1000, "hot_org": "org_hot", "reference_org": "org_hot_ref",
-    "writers": (1, 8, 32, 64), "shards": (1, 16), "judged_at": 32, "target": 0.7, "http_pool": 1000, "warm_pool": 256,
-    "loads_per_writer": 4,
+    "hot_org": "org_hot", "reference_org": "org_hot_ref", "writers": (1, 8, 32, 64), "shards": (1, 16),
+    "judged_at": 32, "target": 0.7, "http_pool": 1000, "warm_pool": 256, "loads_per_writer": 4,
 }  # fmt: skip
+SERVICES = ("postgres", "redis-server")  # process names
 HEALTH = ("published", "publish_failures", "reconnects")  # tally_live_* of /metrics, summed over the servers
 HOT, REFERENCE, WRITERS, SHARDS = C["hot_org"], C["reference_org"], C["writers"], C["shards"]
 
@@ -51,15 +50,9 @@ async def sql(dsn: str, statement: str, *args: Any) -> Any:
 
 def service_cpu() -> float:
     """CPU seconds so far of the PostgreSQL and Redis server processes (with the backends PostgreSQL has reaped)."""
-    ticks = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        if text[text.find("(") + 1 : text.rfind(")")] in ("postgres", "redis-server"):
-            ticks += sum(int(v) for v in text.rsplit(")", 1)[1].split()[11:15])
-    return ticks / common.TICK
+    stats = [common.read(str(path)) for path in Path("/proc").glob("[0-9]*/stat")]
+    ours = [s.rsplit(")", 1)[1].split() for s in stats if s[s.find("(") + 1 : s.rfind(")")] in SERVICES]
+    return sum(int(v) for fields in ours for v in fields[11:15]) / common.TICK
 
 
 async def seed(dsn: str, url: str, orgs: dict[str, tuple[int, str]]) -> float:
@@ -79,19 +72,6 @@ async def seed(dsn: str, url: str, orgs: dict[str, tuple[int, str]]) -> float:
     return time.perf_counter() - started
 
 
-async def plans(dsn: str, org_id: str) -> list[dict[str, Any]]:
-    """EXPLAIN ANALYZE of Tally's count statement and of the naive resolver's, for one org."""
-    labels = {"tally": "Tally (STATS_QUERY)", "naive": "naive"}
-    return [
-        {
-            "what": labels[k],
-            "sql": text,
-            "plan": [row[0] for row in await sql(dsn, f"EXPLAIN (ANALYZE, BUFFERS) {text}")],
-        }
-        for k, text in common.count_statements(org_id, postgresql.dialect()).items()
-    ]
-
-
 def environment(server: str) -> dict[str, str]:
     settings = "shared_buffers", "synchronous_commit", "fsync", "max_connections"
     query = f"SELECT version(), {', '.join(f'current_setting({s!r})' for s in settings)}"
@@ -108,11 +88,6 @@ def environment(server: str) -> dict[str, str]:
 
 def shards(n: int) -> str:
     return f"{n} shard{'s' if n > 1 else ''}"
-
-
-def two(name: str, factory: str, **env: str) -> list[tuple[str, str, dict[str, str]]]:
-    """Two processes of one app, side by side."""
-    return [(f"{name}-{x}", factory, env) for x in "ab"]
 
 
 @contextmanager
@@ -149,56 +124,31 @@ def measure_all(profile: Profile, dsn: str, url: str) -> dict[str, Any]:
     expected = {c["org"]: common.count_answer(c["actual"]) for c in before if c["org"] not in (HOT, REFERENCE)}
     with app_servers(*((f"pg-{v}", f"{v}_app", {"BENCH_DATABASE_URL": url}) for v in NAMES)) as up:
         reads = common.count_reads(dict(zip(NAMES, up, strict=True)), tokens, expected, profile)
-    largest = org_name(profile.sizes[-1])
-    explained = run_async(plans(dsn, largest))
-    mixed = mixed_workload(url, largest, tokens[largest], profile)
-
     hot = replace(profile, warmup=min(profile.warmup, 1.0), duration=min(profile.duration, 5.0))
     ids = run_async(common.first_ids(url, HOT, hot_needed + db_share))
     pools, db_ids = Pools(ids[:hot_needed]), {True: ids[hot_needed::2], False: ids[hot_needed + 1 :: 2]}
     http, health = hot_over_http(url, pools, tokens[HOT], hot)
+    db, state = [], {}
 
     def loads(aggregate: bool, writers: int) -> list[int]:
         return db_ids[aggregate][: writers * C["loads_per_writer"]]
 
-    db, state = [], {}
     for n in SHARDS:
         log(f"hot org at the db layer, {shards(n)} (in process)")
         options = {"pool_size": max(WRITERS), "stats_shards": n}
         db += run_async(common.db_layer(url, shards(n), hot, WRITERS, loads, state, HOT, **options))
     with app_servers(("hot-read", "tally_app", {"BENCH_DATABASE_URL": url})) as (tally,):
-        streams = [Stream(tally, 1, [common.count_body(org)], part=k) for k, org in enumerate((HOT, REFERENCE))]
-        variant, service = "tally, orgs interleaved", common.token(None, "service")
-        read = common.closed_loop(streams, variant, "sharded vs one row", hot, 1, service)
-
+        read = common.side_by_side(tally, [HOT, REFERENCE], 1, hot).row()
     checks = run_async(audit(url, list(orgs), [*pools.without_aggregate, *db_ids[False]], HOT))
     for c in checks:
         log(f"  {c['org']}: {'exact' if c['ok'] else 'NOT EXACT'} (bypassed {c['bypassed']}) {c['delta']}")
     return {
-        **report(reads, http, db, mixed, read),
-        "profile": profile.__dict__,
-        "hot_profile": hot.__dict__,
-        "c": C,
-        "plans": explained,
-        "health": health,
-        "checks": checks,
-        "ok": all(c["ok"] for c in checks),
+        "reads": [c.row() for c in reads], "foreign": common.disturbance([*reads, *http, *db]),
+        "hot": {"http": common.pairs(http), "db": common.pairs(db)}, "read": read, "profile": profile.__dict__,
+        "hot_profile": hot.__dict__, "c": C, "plans": run_async(common.plans(url, org_name(profile.sizes[-1]))),
+        "health": health, "checks": checks, "ok": all(c["ok"] for c in checks),
         "seeded": {"orgs": {o: s for o, (s, _) in orgs.items()}, "seconds": seconds},
-    }
-
-
-def mixed_workload(url: str, org: str, bearer: str, profile: Profile) -> Cell:
-    """Two Tally processes sharing the Redis broadcast; clients changing statuses beside clients counting."""
-    log(f"mixed workload on {org}: {C['mixed_clients']} clients over two Tally processes")
-    ids, pool = run_async(common.first_ids(url, org, C["mixed_pool"] + C["warm_pool"])), C["mixed_pool"]
-    longer = replace(profile, duration=2 * profile.duration)
-    with app_servers(*two("mixed", "tally_app", BENCH_DATABASE_URL=url, BENCH_BROADCAST_URL=REDIS_URL)) as up:
-        writers = common.spread(up, C["mixed_writers"])
-        readers = common.spread(up, C["mixed_clients"] - C["mixed_writers"])
-        reads = [Stream(server, n, [common.count_body(org)], part=1) for server, n in readers]
-        window, warm = (common.toggles(writers, True, loads) + reads for loads in (ids[:pool], ids[pool:]))
-        variant = "tally, 90% reads / 10% writes"
-        return common.closed_loop(window, variant, org, longer, C["mixed_clients"], bearer, warmup=warm)
+    }  # fmt: skip
 
 
 def hot_over_http(url: str, pools: Pools, bearer: str, profile: Profile) -> tuple[list[Cell], list[dict[str, Any]]]:
@@ -207,35 +157,9 @@ def hot_over_http(url: str, pools: Pools, bearer: str, profile: Profile) -> tupl
     for n in SHARDS:
         log(f"hot org over HTTP, {shards(n)}: two processes, {'/'.join(map(str, WRITERS))} writers")
         env = {"BENCH_DATABASE_URL": url, "BENCH_BROADCAST_URL": REDIS_URL, "BENCH_STATS_SHARDS": str(n)}
-        with app_servers(*two(f"hot{n}", "naive_app", **env)) as up:
-            for writers, aggregate in common.alternating(profile.mutation_rounds, WRITERS):
-                shares, sizes = common.spread(up, writers), (C["http_pool"], C["warm_pool"])
-                window, warm = (common.toggles(shares, aggregate, pools.take(aggregate, size)) for size in sizes)
-                cells.append(
-                    common.closed_loop(
-                        window, common.VARIANTS[aggregate], shards(n), profile, writers, bearer, warmup=warm
-                    )
-                )
+        with app_servers(*((f"hot{n}-{x}", "naive_app", env) for x in "ab")) as up:  # two processes
+            sizes = (C["http_pool"], C["warm_pool"])
+            cells += common.status_changes(up, WRITERS, pools, profile, bearer, shards(n), sizes)
             live = [live_figures(scrape(server)) for server in up]
-        health.append({"shards": shards(n), **{k: sum(f[k] for f in live) for k in HEALTH}})
+        health.append({"label": shards(n), **{k: sum(f[k] for f in live) for k in HEALTH}})
     return cells, health
-
-
-def pairs(cells: list[Cell]) -> list[dict[str, Any]]:
-    """Per (shards, writers), in measuring order: both variants pooled over their rounds."""
-    out = []
-    for label, writers in dict.fromkeys((c.label, c.concurrency) for c in cells):
-        same = [c for c in cells if (c.label, c.concurrency) == (label, writers)]
-        out.append({"shards": label, "writers": writers, **common.sides(same)})
-    return out
-
-
-def report(reads: list[Cell], http: list[Cell], db: list[Cell], mixed: Cell, read: Cell) -> dict[str, Any]:
-    return {
-        "reads": [{**c.row(), "name": NAMES[c.variant]} for c in reads],
-        "foreign": common.disturbance([*reads, *http, *db]),
-        "hot": {"http": pairs(http), "db": pairs(db)},
-        "read": dict(zip(("hot", "ref"), read.split(), strict=True)),
-        "mixed": {**mixed.row(), "seconds": mixed.seconds},
-        "kinds": dict(zip(("writes", "reads"), mixed.split(), strict=True)),
-    }

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import bisect
-import math
+import itertools
 import sqlite3
 import tempfile
 import time
@@ -36,28 +35,21 @@ def add_drift(path: Path, org_id: str) -> None:
         conn.execute(drift, (DRIFT, org_id))
 
 
-def within(spans: list[tuple[float, float]], at: float) -> bool:
-    """Whether `at` falls in one of the spans (in time order, not overlapping)."""
-    i = bisect.bisect_right(spans, (at, math.inf)) - 1
-    return i >= 0 and spans[i][0] <= at < spans[i][1]
-
-
 async def case(db: Database, path: Path, size: int, orgs: list[str], profile: dict[str, Any]) -> dict[str, Any]:
     loads = [(org_id, str((await first_ids(db.url, org_id, 1))[0])) for org_id in orgs]
-    samples: list[tuple[float, float]] = []  # (start, ms) of every write
-    recalcs: list[tuple[float, float]] = []  # (start, end)
-    baselines: list[tuple[float, float]] = []
-    stop = asyncio.Event()
+    writes: dict[str, list[float]] = {"without": [], "with": []}  # ms of the writes that started in each phase
+    recalcs: list[float] = []  # ms of each recalculation
+    phase, stop = "", False  # phase: "without" in a baseline window, "with" while a recalculation runs
 
     async def writer() -> None:
-        for turn in range(10**9):
-            if stop.is_set():
+        for turn in itertools.count():
+            if stop:
                 return
             org_id, load_id = loads[turn % len(loads)]
             status = "ASSIGNED" if turn // len(loads) % 2 == 0 else "OPEN"
-            started = time.perf_counter()
+            started, side = time.perf_counter(), phase
             await db.write(partial(set_load_status, load_id=load_id, status=status, scope=org_id))
-            samples.append((started, (time.perf_counter() - started) * 1000))
+            writes.get(side, []).append((time.perf_counter() - started) * 1000)
             await asyncio.sleep(WRITER_PAUSE)
 
     task = asyncio.create_task(writer())
@@ -65,24 +57,23 @@ async def case(db: Database, path: Path, size: int, orgs: list[str], profile: di
     try:
         await asyncio.sleep(0.5)  # warm-up, not counted
         for round_ in range(profile["rounds"]):
-            start = time.perf_counter()
+            phase = "without"
             await asyncio.sleep(profile["window"])
-            baselines.append((start, time.perf_counter()))
+            phase = ""
             await asyncio.to_thread(add_drift, path, orgs[round_ * 7 % len(orgs)])
             window_end, done = time.perf_counter() + profile["window"], 0
             while done < MIN_RECALCS or time.perf_counter() < window_end:
-                started = time.perf_counter()
+                started, phase = time.perf_counter(), "with"
                 results = await recalculate(db, orgs, "bench")
-                recalcs.append((started, time.perf_counter()))
+                phase = ""
+                recalcs.append((time.perf_counter() - started) * 1000)
                 corrections += sum(len(r.corrected) for r in results)
                 done += 1
     finally:
-        stop.set()
+        stop = True
         await task
 
-    without = summarize([ms for at, ms in samples if within(baselines, at)])
-    during = summarize([ms for at, ms in samples if within(recalcs, at)])
-    recalc = summarize([(end - start) * 1000 for start, end in recalcs])
+    without, during, recalc = summarize(writes["without"]), summarize(writes["with"]), summarize(recalcs)
     exact = not any([(await drift_report(db, org_id)).delta for org_id in orgs])
     log(f"  writer p99 without {without['p99']:.2f} ms, with {during['p99']:.2f} ms")
     return {

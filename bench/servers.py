@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,9 +36,9 @@ from settings import Settings
 T = TypeVar("T")
 
 
-def settings(database_url: str | None = None, **changes: Any) -> Settings:
+def settings(**changes: Any) -> Settings:
     return Settings(
-        database_url=database_url or os.environ["BENCH_DATABASE_URL"],
+        database_url=os.environ["BENCH_DATABASE_URL"],
         broadcast_url=os.environ.get("BENCH_BROADCAST_URL", "memory://"),
         stats_shards=int(os.environ.get("BENCH_STATS_SHARDS", "1")),
         query_stats=False,
@@ -48,22 +49,18 @@ def settings(database_url: str | None = None, **changes: Any) -> Settings:
     )
 
 
-def tally_app(database_url: str | None = None) -> Starlette:
-    return create_app(settings(database_url))
+def tally_app() -> Starlette:
+    return create_app(settings())
 
 
-def uncached_app(database_url: str | None = None) -> Starlette:
-    return create_app(settings(database_url, count_cache_entries=0))
+def uncached_app() -> Starlette:
+    return create_app(settings(count_cache_entries=0))
 
 
 async def naive_count_loads_by_status(info: Info, org_id: strawberry.ID) -> LoadStatusCounts:
-    async def work(session: AsyncSession) -> list[Any]:
-        query = select(LoadRow.status, func.count()).where(LoadRow.org_id == org_id).group_by(LoadRow.status)
-        return list((await session.execute(query)).all())
-
-    counts = dict.fromkeys(COUNTERS, 0) | {
-        LOAD_STATUS_COUNTERS[status]: n for status, n in await info.context.db.read(work)
-    }
+    query = select(LoadRow.status, func.count()).where(LoadRow.org_id == org_id).group_by(LoadRow.status)
+    rows = await info.context.db.read(lambda session: session.execute(query))
+    counts = dict.fromkeys(COUNTERS, 0) | {LOAD_STATUS_COUNTERS[status]: n for status, n in rows}
     return LoadStatusCounts.of(StatsSnapshot(org_id, counts, 0, None, None))
 
 
@@ -113,13 +110,11 @@ def naive_app() -> Starlette:
     return create_app(settings(count_cache_entries=0), schema_factory=bench_schema)
 
 
+async def constant(body: bytes, _request: Request) -> Response:
+    return Response(body, media_type="application/json")
+
+
 def floor_app() -> Starlette:
-    def constant(body: bytes) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(_request: Request) -> Response:
-            return Response(body, media_type="application/json")
-
-        return endpoint
-
     bodies: dict[str, str] = json.loads(Path(os.environ["BENCH_FLOOR_BODIES"]).read_text())
-    routes = [Route(path, constant(body.encode()), methods=["POST"]) for path, body in bodies.items()]
-    return Starlette(routes=[*routes, Route("/healthz", constant(b'{"status":"ok"}'))])
+    routes = [Route(path, partial(constant, body.encode()), methods=["POST"]) for path, body in bodies.items()]
+    return Starlette(routes=[*routes, Route("/healthz", partial(constant, b'{"status":"ok"}'))])
