@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from bench.common import RESULTS, ROOT, UVICORN_FLAGS, describe, loadavg, log, render
+from bench.common import RESULTS, ROOT, TEMPLATES, UVICORN_FLAGS, describe, loadavg, log
 
 SCENARIOS = ("sqlite", "live", "recalc", "postgres", "production")
 REPORTS = {name: "benchmarks.md" if name == "sqlite" else f"benchmarks-{name}.md" for name in SCENARIOS}
@@ -40,18 +40,17 @@ for name in chosen:
         started = time.monotonic()
         machine = describe(0.0 if args.quick else 60.0)
         log(f"{name} ({profile}) on {machine['CPU']}, {machine['Cores (logical)']}")
-        data = scenario.run(
-            scenario.PROFILES[profile], **({"server": args.server} if name in ("postgres", "production") else {})
-        )
+        server = {"server": args.server} if name in ("postgres", "production") else {}
+        data = scenario.run(scenario.PROFILES[profile], **server)
         machine.update({"Load average at end": loadavg(), **data.pop("machine", {})})
-        seconds = time.monotonic() - started
-        data["run"] = {"machine": list(machine.items()), "seconds": seconds, "server_flags": UVICORN_FLAGS}
+        run = {"machine": list(machine.items()), "seconds": time.monotonic() - started, "server_flags": UVICORN_FLAGS}
+        data["run"] = run
         saved.write_text(json.dumps(data, default=str))
     data = json.loads(saved.read_text())
     ok = ok and data.get("ok", True)
     target = (RESULTS / "quick" if args.quick else ROOT / "docs") / REPORTS[name]
     target.parent.mkdir(parents=True, exist_ok=True)
     kept = target.read_text().partition("\n## Analysis")[1:] if target.exists() else ()  # a hand-written section
-    target.write_text(render(name, data) + "".join(kept))
+    target.write_text(TEMPLATES.get_template(f"{name}.md").render(data) + "".join(kept))
     log(f"wrote {target} (figures: {saved})")
 sys.exit(0 if ok else 1)

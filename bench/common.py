@@ -105,14 +105,14 @@ def self_cpu(who: int = resource.RUSAGE_SELF) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def busy_seconds() -> float:
-    """CPU time (all cores) the machine spent not idle since boot, from /proc/stat."""
-    fields = [int(v) for v in read("/proc/stat").split("\n", 1)[0].split()[1:9]]
-    return (sum(fields[:3]) + sum(fields[5:8])) / TICK if len(fields) == 8 else math.nan
-
-
 def foreign_meter(ours: Callable[[], float]) -> Callable[[], float | None]:
     """When called, the share of the CPUs other processes than `ours()` (CPU seconds so far) used since now."""
+
+    def busy_seconds() -> float:
+        """CPU time (all cores) the machine spent not idle since boot, from /proc/stat."""
+        fields = [int(v) for v in read("/proc/stat").split("\n", 1)[0].split()[1:9]]
+        return (sum(fields[:3]) + sum(fields[5:8])) / TICK if len(fields) == 8 else math.nan
+
     busy, own, wall = busy_seconds(), ours(), time.monotonic()
 
     def share() -> float | None:
@@ -165,22 +165,19 @@ def token(org_id: str | None, role: str = "admin") -> str:
     return TokenVerifier(DEV_SECRET).issue(org_id=org_id, role=role, subject="bench", ttl_seconds=7200)
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """This process's environment without TALLY_* (nothing but the bench decides what is measured)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
-    return {**env, "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), **extra}
-
-
 @contextmanager
 def app_servers(*specs: tuple[str, str, dict[str, str]]) -> Iterator[list[ServerUrl]]:
-    """One uvicorn process per (name, bench.servers factory, BENCH_* env), side by side."""
+    """One uvicorn process per (name, bench.servers factory, BENCH_* env), side by side, in this process's
+    environment without TALLY_* (nothing but the bench decides what is measured)."""
     uvicorn = ["{python}", "-m", "uvicorn", "--factory", "--host", "127.0.0.1", "--port", "{port}"]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+    base["PYTHONPATH"] = str(ROOT) + os.pathsep + base.get("PYTHONPATH", "")
     with ExitStack() as stack:
         servers = []
         for name, factory, env in specs:
             command = [*uvicorn, f"bench.servers:{factory}", *UVICORN_FLAGS.split()]
             log_path = RESULTS / f"server-{name}.log"
-            server = running_server({}, timeout=90, command=command, base_env=child_env(**env), log_path=log_path)
+            server = running_server({}, timeout=90, command=command, base_env={**base, **env}, log_path=log_path)
             servers.append(stack.enter_context(server))
         yield servers
 
@@ -226,10 +223,6 @@ class Templates(SandboxedEnvironment):
             return None
 
 
-def largest(*values: Any) -> Any:
-    return None if None in values else max(values)
-
-
 def pick(rows: list[dict[str, Any]], **where: Any) -> dict[str, Any] | None:
     """The first row with these values: how the templates look a baseline up."""
     return next((row for row in rows if where.items() <= row.items()), None)
@@ -242,11 +235,8 @@ TEMPLATES = Templates(
     keep_trailing_newline=True,
 )
 TEMPLATES.filters.update(FORMATS, f=format)
-TEMPLATES.globals.update(abs=abs, max=largest, pick=pick, human=human, zip=zip)
-
-
-def render(scenario: str, data: dict[str, Any]) -> str:
-    return TEMPLATES.get_template(f"{scenario}.md").render(data)
+TEMPLATES.globals.update(abs=abs, pick=pick, human=human, zip=zip)
+TEMPLATES.globals["max"] = lambda *values: None if None in values else max(values)  # a value missing: no verdict
 
 
 COUNT_QUERY = (
@@ -318,14 +308,20 @@ class Cell:
     def stats(self) -> dict[str, float]:
         return summarize(self.latencies_us, self.seconds)
 
-    def split(self) -> list[dict[str, float]]:
-        return [summarize(samples, self.seconds) for samples in self.parts]
-
     def row(self) -> dict[str, Any]:
-        costs = {"server_cpu": self.server_cpu, "db_cpu": self.also_cpu, "client_cpu": self.client_cpu}
-        costs["foreign"] = self.foreign
-        where = {"variant": self.variant, "org": self.label, "clients": self.concurrency}
-        return {**self.stats, **costs, **where, "parts": self.split() if len(self.parts) > 1 else []}
+        """Its statistics, costs and place, with those of each part when it has several."""
+        parts = [summarize(samples, self.seconds) for samples in self.parts] if len(self.parts) > 1 else []
+        return {
+            **self.stats, "server_cpu": self.server_cpu, "db_cpu": self.also_cpu, "client_cpu": self.client_cpu,
+            "foreign": self.foreign, "variant": self.variant, "org": self.label, "clients": self.concurrency,
+            "parts": parts,
+        }  # fmt: skip
+
+    def log(self) -> None:
+        s, f = self.stats, self.foreign
+        note = f"  (other processes: {f:.0%} of the CPUs)" if f and f >= 0.05 else ""
+        what, p50, p99 = f"{self.variant} {self.label} c={self.concurrency}", s["p50"] / 1000, s["p99"] / 1000
+        log(f"  {what:<40} p50 {p50:8.3f} ms  p99 {p99:8.3f} ms  {s['rps']:8.0f}/s  n={s['n']}{note}")
 
 
 # CPU seconds so far of other processes whose work is part of every measurement (a database
@@ -339,13 +335,6 @@ def also_ours() -> float:
 
 def per_change(cpu_seconds: float, changes: int) -> float | None:
     return cpu_seconds * 1e6 / changes if changes else None
-
-
-def log_cell(cell: Cell) -> None:
-    s, f = cell.stats, cell.foreign
-    note = f"  (other processes: {f:.0%} of the CPUs)" if f and f >= 0.05 else ""
-    what, p50, p99 = f"{cell.variant} {cell.label} c={cell.concurrency}", s["p50"] / 1000, s["p99"] / 1000
-    log(f"  {what:<40} p50 {p50:8.3f} ms  p99 {p99:8.3f} ms  {s['rps']:8.0f}/s  n={s['n']}{note}")
 
 
 def post(url: str, body: str, bearer: str | None = None, timeout: float = 60) -> str:
@@ -418,7 +407,7 @@ def closed_loop(
             total["requests"], per_change(cpu, served), per_change(client, served), foreign,
             per_change(also, served) if ALSO_OURS else None, parts=parts, sent=total["sent"],
         )  # fmt: skip
-        log_cell(cell)
+        cell.log()
         return cell
 
     best = once()
@@ -604,7 +593,7 @@ async def db_layer(
     async with database(url, **options) as db:
         for n, aggregate in alternating(profile.mutation_rounds, writers):
             cells.append(await closed_loop(aggregate, ids(aggregate, n), n))
-            log_cell(cells[-1])
+            cells[-1].log()
     return cells
 
 

@@ -12,7 +12,6 @@ import struct
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -141,10 +140,6 @@ class Subscriber:
         self.sock.close()  # reset, no closing handshake: a thousand of them take seconds
 
 
-def rss_kib(pid: int) -> int:
-    return int(field_of(f"/proc/{pid}/status", "VmRSS:").split()[0])
-
-
 async def run_mode(
     profile: dict[str, Any], mode: str, mutations_to: ServerUrl, subscribers_on: ServerUrl
 ) -> dict[str, Any]:
@@ -152,11 +147,11 @@ async def run_mode(
     bearer, pid = token(ORG), subscribers_on.process.pid if subscribers_on.process else 0
     arrivals, rows, rss, subscribers = Arrivals(), [], {}, []
     one_connection = httpx.Limits(max_keepalive_connections=1, max_connections=1)
-    async with httpx.AsyncClient(base_url=mutations_to, limits=one_connection, timeout=30) as client:
+    headers = {"Authorization": f"Bearer {bearer}"}
+    async with httpx.AsyncClient(base_url=mutations_to, limits=one_connection, timeout=30, headers=headers) as client:
 
         async def graphql(query: str, **variables: str) -> dict[str, Any]:
-            headers = {"Authorization": f"Bearer {bearer}"}
-            response = await client.post("/graphql", json={"query": query, "variables": variables}, headers=headers)
+            response = await client.post("/graphql", json={"query": query, "variables": variables})
             data = response.json()
             if response.status_code != 200 or data.get("errors"):
                 raise RuntimeError(f"{query[:40]}... failed: {response.status_code} {data}")
@@ -200,13 +195,9 @@ async def run_mode(
 
         for _ in range(profile["warmup"]):
             await toggle()
-        await asyncio.sleep(1)
-        rss[0] = rss_kib(pid)
-        log(f"[{mode}] 0 subscribers (mutation alone) ...")
-        await measure(0, profile["mutations"])
         url = subscribers_on.replace("http", "ws", 1) + "/graphql"
         try:
-            for size in profile["sizes"]:
+            for size in [0, *profile["sizes"]]:  # 0: the mutation alone
                 log(f"[{mode}] opening subscribers up to {size} ...")
                 for start in range(len(subscribers), size, 50):  # 50 connect at a time
                     batch = [Subscriber(arrivals, url) for _ in range(min(50, size - start))]
@@ -216,7 +207,7 @@ async def run_mode(
                 if live["subscribers"] != size:
                     raise RuntimeError(f"server reports {live['subscribers']} live subscribers, expected {size}")
                 await asyncio.sleep(2)  # idle
-                rss[size] = rss_kib(pid)
+                rss[size] = int(field_of(f"/proc/{pid}/status", "VmRSS:").split()[0])  # KiB
                 for _ in range(2):  # warm the fan-out path at this size
                     await toggle()
                     await asyncio.sleep(0.3)
@@ -234,17 +225,19 @@ async def run_mode(
 def run(profile: dict[str, Any]) -> dict[str, Any]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 10_000 if hard == resource.RLIM_INFINITY else min(10_000, hard)
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # inherited by the servers too
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))  # inherited by the servers too
     redis = RedisServer()
     with tempfile.TemporaryDirectory(prefix="tally-bench-live-") as tmp:
-        database = {"TALLY_DATABASE_URL": f"sqlite+aiosqlite:///{Path(tmp) / 'memory.db'}"}
-        with running_server({**SETTINGS, **database, "TALLY_BROADCAST_URL": "memory://"}, timeout=90) as server:
+        alone = {**SETTINGS, "TALLY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/memory.db"}
+        with running_server({**alone, "TALLY_BROADCAST_URL": "memory://"}, timeout=90) as server:
             modes = [run_async(run_mode(profile, "one process (memory://)", server, server))]
         redis.start()
         try:
-            database = {"TALLY_DATABASE_URL": f"sqlite+aiosqlite:///{Path(tmp) / 'redis.db'}"}
-            shared = {**SETTINGS, **database, "TALLY_BROADCAST_URL": redis.url}
+            shared = {
+                **SETTINGS,
+                "TALLY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/redis.db",
+                "TALLY_BROADCAST_URL": redis.url,
+            }
             with running_server(shared, timeout=90) as a, running_server(shared, timeout=90) as b:
                 mode = "two processes over Redis (mutations -> A, subscribers on B)"
                 modes.append(run_async(run_mode(profile, mode, a, b)))

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -18,17 +16,11 @@ import redis
 
 from bench import common
 from bench.common import ALSO_OURS, Cell, Pools, Profile, app_servers, audit, log, org_name, run_async
-from bench.sqlite import LOAD_COLUMNS, LOAD_VALUES, STATUS_SQL, stats_from_recount
-from db.migrate import upgrade_async
+from bench.sqlite import seed
 from tests.scrape import live_figures, scrape
 
 PROFILES = {"full": replace(common.FULL, db_ops_seconds=4.0, retry_until=240.0), "quick": common.QUICK}
 NAMES = ("tally", "uncached", "naive")  # bench/servers.py's *_app
-ORGANIZATION = "INSERT INTO organizations (org_id, name, created_at) VALUES ($1, $1, $2)"
-LOADS = (  # $1 org_id, $2 the timestamps, $3 its number of loads; {status}: an SQL expression of x
-    f"INSERT INTO loads ({LOAD_COLUMNS}) SELECT $1, {{status}}, {LOAD_VALUES}, $2, $2 "
-    "FROM generate_series(1, $3::int) AS n(x)"
-)
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 C = {  # the scenario's constants, also in the report
     "hot_org": "org_hot", "reference_org": "org_hot_ref", "writers": (1, 8, 32, 64), "shards": (1, 16),
@@ -53,23 +45,6 @@ def service_cpu() -> float:
     stats = [common.read(str(path)) for path in Path("/proc").glob("[0-9]*/stat")]
     ours = [s.rsplit(")", 1)[1].split() for s in stats if s[s.find("(") + 1 : s.rfind(")")] in SERVICES]
     return sum(int(v) for fields in ours for v in fields[11:15]) / common.TICK
-
-
-async def seed(dsn: str, url: str, orgs: dict[str, tuple[int, str]]) -> float:
-    """orgs: org_id -> (loads, SQL status expression of x); the seconds it took."""
-    started, stamp = time.perf_counter(), datetime(2026, 1, 1, tzinfo=UTC)
-    await upgrade_async(url)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute("SET session_replication_role = replica")  # no per-row FK triggers while loading
-        for org_id, (size, status) in orgs.items():
-            await conn.execute(ORGANIZATION, org_id, stamp)
-            await conn.execute(LOADS.format(status=status), org_id, stamp, size)
-        await conn.execute(stats_from_recount("$1"), stamp)
-    finally:
-        await conn.close()
-    await sql(dsn, "VACUUM ANALYZE")  # statistics, and the visibility map for index-only scans
-    return time.perf_counter() - started
 
 
 def environment(server: str) -> dict[str, str]:
@@ -106,17 +81,15 @@ def scratch_database(server: str, prefix: str) -> Iterator[tuple[str, str]]:
 def run(profile: Profile, server: str) -> dict[str, Any]:
     with scratch_database(server, "tally_bench") as (dsn, url):
         log(f"PostgreSQL benchmark ({profile.name}) in database {dsn.rsplit('/', 1)[1]}")
-        figures = measure_all(profile, dsn, url)
-    return {**figures, "machine": environment(server)}
+        return {**measure_all(profile, url), "machine": environment(server)}
 
 
-def measure_all(profile: Profile, dsn: str, url: str) -> dict[str, Any]:
+def measure_all(profile: Profile, url: str) -> dict[str, Any]:
     hot_needed = len(SHARDS) * len(WRITERS) * 2 * profile.mutation_rounds * (C["http_pool"] + C["warm_pool"])
     db_share = 2 * max(WRITERS) * C["loads_per_writer"]
-    orgs = {org_name(size): (size, STATUS_SQL) for size in profile.sizes}
-    orgs |= {HOT: (hot_needed + db_share, "'OPEN'"), REFERENCE: (1_000, STATUS_SQL)}
-    seconds = run_async(seed(dsn, url, orgs))
-    log(f"seeded {sum(size for size, _ in orgs.values()):,} loads in {seconds:.1f} s")
+    orgs = {org_name(size): size for size in profile.sizes} | {HOT: hot_needed + db_share, REFERENCE: 1_000}
+    seconds = run_async(seed(url, orgs, all_open=(HOT,)))
+    log(f"seeded {sum(orgs.values()):,} loads in {seconds:.1f} s")
     tokens = {org: common.token(org) for org in orgs}
     before = run_async(audit(url, list(orgs), []))
     if not all(check["ok"] for check in before):
@@ -147,7 +120,7 @@ def measure_all(profile: Profile, dsn: str, url: str) -> dict[str, Any]:
         "hot": {"http": common.pairs(http), "db": common.pairs(db)}, "read": read, "profile": profile.__dict__,
         "hot_profile": hot.__dict__, "c": C, "plans": run_async(common.plans(url, org_name(profile.sizes[-1]))),
         "health": health, "checks": checks, "ok": all(c["ok"] for c in checks),
-        "seeded": {"orgs": {o: s for o, (s, _) in orgs.items()}, "seconds": seconds},
+        "seeded": {"orgs": orgs, "seconds": seconds},
     }  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.common import database, first_ids, human, log, org_name, summarize
+from bench.common import database, first_ids, human, log, org_name, run_async, summarize
 from bench.sqlite import seed
 from db.loads import set_load_status
 from db.recalculation import drift_report, recalculate
@@ -98,13 +98,15 @@ def run(profile: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tally-bench-recalc-") as tmp:
         log("seeding ...")
         sizes = list(profile["copies"])
-        seeded = seed(Path(tmp) / "recalc.db", profile["copies"])
-        largest = sizes.pop() if seeded.seconds > MAX_SEED_SECONDS else None
-        cases = asyncio.run(measure(seeded.url, seeded.path, sizes, profile))
+        orgs = {org_name(size, k): size for size, n in profile["copies"].items() for k in range(1, n + 1)}
+        path, seconds = Path(tmp) / "recalc.db", run_async(seed(f"sqlite+aiosqlite:///{tmp}/recalc.db", orgs))
+        largest = sizes.pop() if seconds > MAX_SEED_SECONDS else None
+        cases = run_async(measure(f"sqlite+aiosqlite:///{path}", path, sizes, profile))
+        seeded = {"loads": sum(orgs.values()), "seconds": seconds, "mb": path.stat().st_size / 1e6}
     return {
         "profile": profile,
         "cases": cases,
-        "seeded": {"loads": sum(seeded.orgs.values()), "seconds": seeded.seconds, "mib": seeded.file_bytes / 2**20},
+        "seeded": seeded,
         "skipped": largest,
         "ok": all(c["exact"] for c in cases),
         "machine": {

@@ -37,16 +37,13 @@ T = TypeVar("T")
 
 
 def settings(**changes: Any) -> Settings:
+    """Tally's settings for the benchmarks: BENCH_* env, no query stats, no scheduled recalculation."""
+    env = os.environ
     return Settings(
-        database_url=os.environ["BENCH_DATABASE_URL"],
-        broadcast_url=os.environ.get("BENCH_BROADCAST_URL", "memory://"),
-        stats_shards=int(os.environ.get("BENCH_STATS_SHARDS", "1")),
-        query_stats=False,
-        db_pool_size=10,
-        log_level="WARNING",
-        recalc_interval_seconds=0,
-        **changes,
-    )
+        database_url=env["BENCH_DATABASE_URL"], broadcast_url=env.get("BENCH_BROADCAST_URL", "memory://"),
+        stats_shards=int(env.get("BENCH_STATS_SHARDS", "1")), query_stats=False, db_pool_size=10,
+        log_level="WARNING", recalc_interval_seconds=0, **changes,
+    )  # fmt: skip
 
 
 def tally_app() -> Starlette:
