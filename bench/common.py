@@ -450,9 +450,8 @@ def count_reads(
             for variant, server in servers.items():
                 path, bearer = (f"/floor/{org}", None) if variant == "floor" else ("/graphql", tokens[org])
                 streams = [Stream(server, clients, [count_body(org)], answer, path=path)]
-                cells.append(
-                    closed_loop(streams, variant, org.removeprefix("org_"), profile, clients, bearer, retry_until)
-                )
+                size = org.removeprefix("org_")
+                cells.append(closed_loop(streams, variant, size, profile, clients, bearer, retry_until))
     return cells
 
 

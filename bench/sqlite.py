@@ -92,13 +92,13 @@ def run(profile: common.Profile) -> dict[str, Any]:
     seeded = {"orgs": sizes, "seconds": run_async(seed(url, sizes)), "mb": path.stat().st_size / 1e6}
     log(f"seeded {sum(sizes.values()):,} loads in {seeded['seconds']:.1f} s ({seeded['mb']:.0f} MB)")
     tokens = {org: token(org) for org in [*orgs, MUTATION_ORG]}
-    checks = run_async(audit(seeded["url"], orgs, []))
+    checks = run_async(audit(url, orgs, []))
     expected = {check["org"]: common.count_answer(check["actual"]) for check in checks}
     floor_bodies = RESULTS / f"floor-{profile.name}.json"
     floor_bodies.write_text(json.dumps({f"/floor/{org}": expected[org] for org in orgs}))
-    env = {"BENCH_DATABASE_URL": seeded["url"], "BENCH_FLOOR_BODIES": str(floor_bodies)}
+    env = {"BENCH_DATABASE_URL": url, "BENCH_FLOOR_BODIES": str(floor_bodies)}
     needed = (2 * POOL + WARM_POOL) * 2 * profile.mutation_rounds  # over HTTP (with warm-ups), then the db layer
-    pools = common.Pools(run_async(common.first_ids(seeded["url"], MUTATION_ORG, needed)))
+    pools = common.Pools(run_async(common.first_ids(url, MUTATION_ORG, needed)))
     with common.app_servers(*((variant, f"{variant}_app", env) for variant in NAMES)) as up:
         servers = dict(zip(NAMES, up, strict=True))
         reads = common.count_reads(servers, tokens, expected, profile)
@@ -107,18 +107,15 @@ def run(profile: common.Profile) -> dict[str, Any]:
         log("status change over HTTP, one client (rounds alternate which variant goes first)")
         http = common.status_changes([servers["naive"]], (1,), pools, profile, tokens[MUTATION_ORG], "over HTTP")
     log("status change at the db layer, in process (servers stopped)")
-    db = run_async(
-        common.db_layer(seeded["url"], "db layer", profile, (1,), lambda a, _: pools.take(a), {}, MUTATION_ORG)
-    )
+    db = run_async(common.db_layer(url, "db layer", profile, (1,), lambda a, _: pools.take(a), {}, MUTATION_ORG))
     changed = [c for c in [*http, *db] if c.variant == VARIANTS[True]]
     answered, sent = sum(c.answered for c in changed), sum(c.sent or c.answered for c in changed)
-    (exact,) = run_async(audit(seeded["url"], [MUTATION_ORG], pools.without_aggregate, MUTATION_ORG))
+    (exact,) = run_async(audit(url, [MUTATION_ORG], pools.without_aggregate, MUTATION_ORG))
     exact.update(
         changes=answered, abandoned=sent - answered, ok=exact["ok"] and answered <= exact["version"] - 1 <= sent
     )
     return {
         "reads": [c.row() for c in reads], "side": side, "http": common.pairs(http)[0], "db": common.pairs(db)[0],
         "plans": run_async(common.plans(url, orgs[-1])), "foreign": common.disturbance([*reads, *http, *db]),
-        "profile": profile.__dict__, "ok": exact["ok"], "exact": exact,
-        "seeded": seeded,
+        "profile": profile.__dict__, "ok": exact["ok"], "exact": exact, "seeded": seeded,
     }  # fmt: skip
