@@ -4,11 +4,12 @@ Every session of the app is an `AggregateSession`. Its hooks turn each flushed
 insert, status change and delete of a Load or Invoice into counter deltas, and
 just before commit apply them with one atomic upsert per organization
 (`SET n = n + :d, version = version + 1`), in the same transaction.
-`insert_counted` inserts rows with Core and counts them the same way.
+`insert_counted` and `update_counted` insert and change rows with Core and
+count them the same way.
 
 Writes cannot forget the counters: `guard_writes` refuses, at the engine,
 every INSERT, UPDATE or DELETE on a counted table that is neither a session
-flush (whose deltas the hooks collect) nor `insert_counted`'s, whatever built
+flush (whose deltas the hooks collect) nor `insert_counted`'s or `update_counted`'s, whatever built
 it (ORM bulk statements, Core, text, driver SQL).
 """
 
@@ -24,7 +25,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Insert, Row, Select, Table, bindparam, event, func, insert, inspect, select, update
+from sqlalchemy import (
+    BigInteger,
+    Insert,
+    Row,
+    Select,
+    Table,
+    Update,
+    bindparam,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -140,6 +155,17 @@ def _counted_insert(model: type[Base]) -> Insert:
     return insert(table).returning(*table.c, sort_by_parameter_order=True)
 
 
+@functools.cache
+def _counted_update(model: type[Base]) -> Update:
+    """`UPDATE ... WHERE id = :row_id RETURNING` every column; the SET clause follows the parameters."""
+    table = cast(Table, model.__table__)
+    return update(table).where(table.c.id == bindparam("row_id")).returning(*table.c)
+
+
+def _pending(session: AsyncSession | Session) -> dict[str, Counter[str]]:
+    return cast(dict[str, Counter[str]], session.info.setdefault(PENDING, {}))
+
+
 async def insert_counted(session: AsyncSession, model: type[Base], rows: list[dict[str, Any]]) -> Sequence[Row[Any]]:
     """INSERT `rows` of a counted model in one Core statement (cheaper than one ORM object
     each), their counters added to this transaction's deltas. Returns the inserted rows
@@ -148,17 +174,44 @@ async def insert_counted(session: AsyncSession, model: type[Base], rows: list[di
         return []
     connection = await session.connection()
     inserted = (await connection.execute(_counted_insert(model), rows, execution_options={COUNTED: True})).all()
-    pending: dict[str, Counter[str]] = session.info.setdefault(PENDING, {})
+    pending = _pending(session)
     for row in inserted:
         for attr, counters in TRACKED.get(model, ()):
             pending.setdefault(row.org_id, Counter())[counters[getattr(row, attr)]] += 1
     return inserted
 
 
-def mark_locked(session: Session, rows: list[Any]) -> None:
-    """Record rows read with SELECT ... FOR UPDATE; only those may be changed."""
+async def update_counted(session: AsyncSession, model: type[Base], row: Row[Any], values: dict[str, Any]) -> Row[Any]:
+    """Change one row of a counted model, read with `db.queries.lock_row` in this transaction,
+    in one Core UPDATE ... RETURNING (cheaper than the ORM's load, flush and refresh); the
+    counters move by the difference between the locked row and the new one. A change that
+    changes nothing writes nothing. Returns the row as it is now (every column)."""
+    if all(getattr(row, key) == value for key, value in values.items()):
+        return row
+    if ("org_id" in values and values["org_id"] != row.org_id) or "id" in values:
+        raise RuntimeError("a row cannot move to another organization or id")
+    if inspect(model).identity_key_from_primary_key((row.id,)) not in session.info.get(LOCKED, ()):
+        raise RuntimeError(f"{model.__name__} changed without being locked first")
+    connection = await session.connection()
+    params = {"row_id": row.id, **values}
+    changed = (await connection.execute(_counted_update(model), params, execution_options={COUNTED: True})).one()
+    pending = _pending(session).setdefault(row.org_id, Counter())
+    for attr, counters in TRACKED.get(model, ()):
+        old, new = getattr(row, attr), getattr(changed, attr)
+        if old != new:
+            pending[counters[old]] -= 1
+            pending[counters[new]] += 1
+    return changed
+
+
+def mark_locked(session: Session, rows: list[Any], model: type[Base] | None = None) -> None:
+    """Record rows read with SELECT ... FOR UPDATE; only those may be changed. `model`: the
+    rows are Core rows of it, not ORM objects."""
     locked: set[Any] = session.info.setdefault(LOCKED, set())
-    locked.update(inspect(row).identity_key for row in rows)
+    if model is None:
+        locked.update(inspect(row).identity_key for row in rows)
+    else:
+        locked.update(inspect(model).identity_key_from_primary_key((row.id,)) for row in rows)
 
 
 def _old_value(obj: object, attr: str) -> Any:
@@ -176,7 +229,7 @@ def _require_locked(session: Session, obj: object) -> None:
 
 @event.listens_for(AggregateSession, "before_flush")
 def _collect_deltas(session: Session, _flush: UOWTransaction, _instances: object) -> None:
-    pending: dict[str, Counter[str]] = session.info.setdefault(PENDING, {})
+    pending = _pending(session)
 
     def add(org_id: str, counter: str, amount: int) -> None:
         pending.setdefault(org_id, Counter())[counter] += amount

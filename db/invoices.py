@@ -1,15 +1,17 @@
-"""Invoice writes. Counters follow from the ORM changes (db/aggregates.py)."""
+"""Invoice writes. Counters follow from the ORM changes and the counted updates (db/aggregates.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from db.aggregates import update_counted
 from db.errors import BadInput, Conflict, InvalidTransition
-from db.models import Invoice, Load
-from db.queries import lock_one, lock_rows
+from db.models import InsertedRow, Invoice, Load
+from db.queries import lock_one, lock_row, lock_rows
 from db.rules import INVOICE_TRANSITIONS, can_move, check_text, check_transition
 
 MAX_REASON = 1000
@@ -22,14 +24,16 @@ class BulkOutcome:
     unchanged: int
 
 
-def _enter_status(invoice: Invoice, status: str, *, void_reason: str | None = None) -> None:
-    if invoice.status == status:
-        return
-    invoice.status = status
+def _entered(current: str, status: str, *, void_reason: str | None = None) -> dict[str, Any]:
+    """The columns an invoice in `current` changes to enter `status` (none if it is there)."""
+    if current == status:
+        return {}
+    values: dict[str, Any] = {"status": status}
     if status != "MISSING_DATA":
-        invoice.missing_data_reason = None
+        values["missing_data_reason"] = None
     if status == "VOID":
-        invoice.void_reason = void_reason
+        values["void_reason"] = void_reason
+    return values
 
 
 async def create_invoice(
@@ -57,12 +61,10 @@ async def create_invoice(
     return invoice
 
 
-async def set_invoice_status(session: AsyncSession, invoice_id: str, status: str, scope: str | None) -> Invoice:
-    invoice = await lock_one(session, Invoice, invoice_id, scope)
+async def set_invoice_status(session: AsyncSession, invoice_id: str, status: str, scope: str | None) -> InsertedRow:
+    invoice = await lock_row(session, Invoice, invoice_id, scope)
     check_transition("Invoice", INVOICE_TRANSITIONS, invoice.status, status, invoice_id)
-    _enter_status(invoice, status)
-    await session.flush()
-    return invoice
+    return await update_counted(session, Invoice, invoice, _entered(invoice.status, status))
 
 
 async def bulk_set_invoice_status(
@@ -90,7 +92,8 @@ async def bulk_set_invoice_status(
         )
     changed = [i for i in invoices if i.status != status]
     for invoice in changed:
-        _enter_status(invoice, status, void_reason=reason)
+        for column, value in _entered(invoice.status, status, void_reason=reason).items():
+            setattr(invoice, column, value)
     await session.flush()
     return BulkOutcome(orgs.pop(), len(changed), len(invoices) - len(changed))
 

@@ -1,14 +1,14 @@
-"""Load writes. Counters follow from the ORM changes and counted inserts (db/aggregates.py)."""
+"""Load writes. Counters follow from the ORM changes and the counted inserts and updates (db/aggregates.py)."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.aggregates import insert_counted
+from db.aggregates import insert_counted, update_counted
 from db.models import InsertedRow, Invoice, Load
 from db.organizations import ensure_organization
-from db.queries import customer_in_org, lock_one, lock_where
+from db.queries import customer_in_org, lock_one, lock_row, lock_where
 from db.rules import LOAD_TRANSITIONS, check_text, check_transition
 
 
@@ -39,12 +39,10 @@ async def create_load(
     return load
 
 
-async def set_load_status(session: AsyncSession, load_id: str, status: str, scope: str | None) -> Load:
-    load = await lock_one(session, Load, load_id, scope)
+async def set_load_status(session: AsyncSession, load_id: str, status: str, scope: str | None) -> InsertedRow:
+    load = await lock_row(session, Load, load_id, scope)
     check_transition("Load", LOAD_TRANSITIONS, load.status, status, load_id)
-    load.status = status
-    await session.flush()
-    return load
+    return await update_counted(session, Load, load, {"status": status})
 
 
 async def delete_load(session: AsyncSession, load_id: str, scope: str | None) -> Load:

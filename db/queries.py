@@ -7,7 +7,7 @@ import base64
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Row, Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.aggregates import STATS_QUERY, StatsSnapshot, mark_locked
@@ -72,6 +72,28 @@ async def lock_rows(session: AsyncSession, model: type[M], ids: Iterable[str], s
 
 async def lock_one(session: AsyncSession, model: type[M], id_: str, scope: str | None) -> M:
     return (await lock_rows(session, model, [id_], scope))[0]
+
+
+_LOCKING_ROW: dict[tuple[type, bool], Select[Any]] = {}
+
+
+async def lock_row(session: AsyncSession, model: type[M], id_: str, scope: str | None) -> Row[Any]:
+    """SELECT ... FOR UPDATE one row, as a Core row (every column) for `db.aggregates.update_counted`:
+    no ORM object is built. An unknown id and one outside `scope` are both NOT_FOUND."""
+    parsed = parse_id(id_)
+    stmt = _LOCKING_ROW.get((model, scope is not None))
+    if stmt is None:
+        table = model.__table__
+        stmt = select(*table.c).where(table.c.id == bindparam("row_id"))
+        if scope is not None:
+            stmt = stmt.where(table.c.org_id == bindparam("scope"))
+        stmt = _LOCKING_ROW[(model, scope is not None)] = stmt.with_for_update()
+    connection = await session.connection()
+    row = None if parsed is None else (await connection.execute(stmt, {"row_id": parsed, "scope": scope})).first()
+    if row is None:
+        raise NotFound(f"No {model.__name__.lower()} with id {id_}", ids=[id_])
+    mark_locked(session.sync_session, [row], model)
+    return row
 
 
 async def lock_where(session: AsyncSession, stmt: Select[Any]) -> list[Any]:

@@ -205,7 +205,7 @@ class Invoice:
         return load
 
     @classmethod
-    def of(cls, row: models.Invoice) -> Self:
+    def of(cls, row: models.Invoice | models.InsertedRow) -> Self:
         return cls(
             id=strawberry.ID(str(row.id)),
             org_id=strawberry.ID(row.org_id),

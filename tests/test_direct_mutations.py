@@ -1,0 +1,167 @@
+"""The direct path for single-row mutations (edge/direct_mutations.py): the same answers as GraphQL's."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from edge.direct_mutations import DirectMutations
+from edge.view import TallyGraphQL
+from main import create_app
+from settings import Settings
+from tests.helpers import Api, assert_exact, create_invoice, create_load, stored, token
+
+LOAD_FIELDS = ["id", "orgId", "status", "loadType", "requiresManualReview", "externalId", "loadNumber", "hcr",
+               "tripNumber", "createdAt", "updatedAt", "__typename"]  # fmt: skip
+INVOICE_FIELDS = ["id", "orgId", "status", "missingDataReason", "voidReason", "createdAt", "updatedAt", "__typename"]
+SET_LOAD = "mutation Set($id: ID!, $s: LoadStatus!) { updateLoadStatus(id: $id, status: $s) { id status } }"
+
+
+async def serve(settings: Settings) -> AsyncIterator[tuple[Api, TallyGraphQL]]:
+    app = create_app(settings)
+    await app.state.hub.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tally") as client:
+            yield Api(client, token("org_a", "admin")), app.state.graphql
+    finally:
+        await app.state.hub.stop()
+        await app.state.db.dispose()
+
+
+@pytest.fixture
+async def direct(database_url: str) -> AsyncIterator[tuple[Api, TallyGraphQL]]:
+    """The service's defaults: the direct path on, no per-response statement counts."""
+    async for served in serve(Settings(database_url=database_url, recalc_interval_seconds=0, query_stats=False)):
+        yield served
+
+
+@pytest.fixture
+async def ordinary(database_url: str) -> AsyncIterator[tuple[Api, TallyGraphQL]]:
+    """The same database, served with the direct path off."""
+    settings = Settings(database_url=database_url, recalc_interval_seconds=0, query_stats=False, direct_mutations=False)
+    async for served in serve(settings):
+        yield served
+
+
+def mutations_of(view: TallyGraphQL) -> DirectMutations:
+    assert view.direct_mutations is not None
+    return view.direct_mutations
+
+
+async def post(api: Api, query: str, accept: str | None = None, **variables: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {api.bearer}", **({"Accept": accept} if accept else {})}
+    return await api.client.post("/graphql", json={"query": query, "variables": variables}, headers=headers)
+
+
+async def test_a_document_is_served_directly_once_graphql_answered_it_without_error(
+    direct: tuple[Api, TallyGraphQL], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api, view = direct
+    load = await create_load(api)
+    await api.error(SET_LOAD, id=load["id"], s="PAID")  # does not coerce: the ordinary path answers, learns nothing
+    await api.error(SET_LOAD, id="999999", s="ASSIGNED")  # an error: not learned either
+    assert mutations_of(view).known == set()
+    await api.ok(SET_LOAD, id=load["id"], s="ASSIGNED")
+    assert (SET_LOAD, None) in mutations_of(view).known
+
+    async def no_executor(*_args: Any) -> Any:
+        raise AssertionError("the executor ran")
+
+    monkeypatch.setattr(view, "run", no_executor)
+    assert (await api.ok(SET_LOAD, id=load["id"], s="COMPLETED"))["updateLoadStatus"]["status"] == "COMPLETED"
+
+
+def selections(fields: list[str]) -> st.SearchStrategy[str]:
+    """A selection of leaf fields, some aliased (never two fields under one key), some repeated."""
+    field = st.tuples(st.sampled_from(fields), st.sampled_from(["", "a", "b"]))
+    return st.lists(field, min_size=1, max_size=6).map(
+        lambda chosen: " ".join(f"{alias}_{name.strip('_')}: {name}" if alias else name for name, alias in chosen)
+    )
+
+
+@pytest.mark.slow
+@hypothesis_settings(max_examples=20, phases=[Phase.explicit, Phase.reuse, Phase.generate], deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(load_selection=selections(LOAD_FIELDS), invoice_selection=selections(INVOICE_FIELDS), alias=st.booleans())
+async def test_a_direct_answer_equals_what_graphql_renders_for_the_row(
+    direct: tuple[Api, TallyGraphQL], load_selection: str, invoice_selection: str, alias: bool
+) -> None:
+    """Each mutation's result, served directly, is what a query of the same row renders after it
+    (the first round, which teaches the direct path the documents, is GraphQL's own)."""
+    api, view = direct
+    root = "changed: " if alias else ""
+
+    def of(field: str, arguments: str, selection: str, variables: str = "$id: ID!") -> str:
+        kind = "mutation" if field[0] in "cu" else "query"
+        return f"{kind}({variables}) {{ {root}{field}({arguments}) {{ {selection} }} }}"
+
+    create = of("createLoad", 'input: {orgId: $o, loadNumber: "L1"}', f"{load_selection} _id: id", "$o: ID!")
+    set_load = of("updateLoadStatus", "id: $id, status: ASSIGNED", load_selection)
+    set_invoice = of("updateInvoiceStatus", "id: $id, status: $s", invoice_selection, "$id: ID!, $s: InvoiceStatus!")
+
+    async def same_as_read(response: httpx.Response, field: str, selection: str, row_id: str) -> None:
+        read = await post(api, of(field, "id: $id", selection), id=row_id)
+        assert response.status_code == read.status_code == 200
+        assert response.headers["content-type"] == read.headers["content-type"]
+        if not alias:
+            answer = response.json()["data"]
+            assert len(answer) == 1
+            read_text = read.text.replace(f'"{field}":', f'"{next(iter(answer))}":', 1)
+        assert response.text == (read.text if alias else read_text)
+
+    for _ in range(2):
+        created = await post(api, create, o="org_a")
+        load_id = next(iter(created.json()["data"].values()))["_id"]
+        await same_as_read(created, "load", f"{load_selection} _id: id", load_id)
+        invoice = await create_invoice(api, load_id, status="DRAFT")
+        await same_as_read(await post(api, set_load, id=load_id), "load", load_selection, load_id)
+        billed = await post(api, set_invoice, id=invoice["id"], s="BILLED")
+        await same_as_read(billed, "invoice", invoice_selection, invoice["id"])
+    assert {(create, None), (set_load, None), (set_invoice, None)} <= mutations_of(view).known
+    await assert_exact(view.db, "org_a")
+
+
+async def test_a_refused_mutation_is_answered_as_graphql_answers_it(
+    direct: tuple[Api, TallyGraphQL], ordinary: tuple[Api, TallyGraphQL]
+) -> None:
+    """Same bytes and status, both media types, whichever path refuses; nothing changes."""
+    api, view = direct
+    load = await create_load(api)
+    await api.ok(SET_LOAD, id=load["id"], s="ASSIGNED")  # now known
+    await api.ok(SET_LOAD, id=load["id"], s="COMPLETED")  # served directly; a COMPLETED load moves no more
+    refusals = [
+        (token("org_a", "admin"), {"id": "999999", "s": "OPEN"}),  # NOT_FOUND
+        (token("org_a", "admin"), {"id": load["id"], "s": "OPEN"}),  # INVALID_TRANSITION
+        (token("org_a", "member"), {"id": load["id"], "s": "CANCELED"}),
+        (token("org_b", "admin"), {"id": load["id"], "s": "OPEN"}),  # another org's load: NOT_FOUND
+        (token("org_a", "admin", ttl=-5), {"id": load["id"], "s": "OPEN"}),  # UNAUTHENTICATED
+        (None, {"id": load["id"], "s": "OPEN"}),
+        (token("org_a", "admin"), {"id": load["id"], "s": "NOT_A_STATUS"}),  # does not coerce
+        (token("org_a", "admin"), {"id": True, "s": "OPEN"}),
+    ]
+    before = await stored(view.db, "org_a")
+    for bearer, variables in refusals:
+        for accept in (None, "application/graphql-response+json"):
+            answers = []
+            for client in (api, ordinary[0]):
+                answers.append(await post(client.as_(bearer), SET_LOAD, accept, **variables))
+            direct_answer, graphql_answer = answers
+            assert (direct_answer.status_code, direct_answer.text) == (graphql_answer.status_code, graphql_answer.text)
+            assert direct_answer.headers["content-type"] == graphql_answer.headers["content-type"]
+    assert await stored(view.db, "org_a") == before
+
+
+async def test_direct_mutations_are_counted_in_the_metrics(direct: tuple[Api, TallyGraphQL]) -> None:
+    api, _view = direct
+    load = await create_load(api)
+    for status in ("ASSIGNED", "OPEN", "ASSIGNED"):
+        await api.ok(SET_LOAD, id=load["id"], s=status)
+    await api.error(SET_LOAD, id="424242", s="OPEN")
+    scraped = (await api.client.get("/metrics")).text
+    assert 'tally_graphql_requests_total{field="updateLoadStatus",outcome="ok",type="mutation"} 3.0' in scraped
+    assert 'tally_graphql_requests_total{field="updateLoadStatus",outcome="NOT_FOUND",type="mutation"} 1.0' in scraped
