@@ -45,6 +45,8 @@ member: list[type[BasePermission]] = [Authenticated]
 admin: list[type[BasePermission]] = [AdminOnly]
 service: list[type[BasePermission]] = [ServiceOnly]
 ONE_STATEMENT = "Exactly one SQL statement."
+# A mutation whose resolver is one transaction on one row: edge/direct_mutations.py may run it without the executor.
+DIRECT = {"direct": True}
 
 
 @strawberry.type
@@ -88,8 +90,10 @@ class Mutation:
         description="Idempotent: returns the existing organization when orgId is known.",
     )
     create_customer: Customer = strawberry.mutation(resolver=organizations.create_customer, permission_classes=member)
-    create_load: Load = strawberry.mutation(resolver=loads.create_load, permission_classes=member)
-    update_load_status: Load = strawberry.mutation(resolver=loads.update_load_status, permission_classes=member)
+    create_load: Load = strawberry.mutation(resolver=loads.create_load, permission_classes=member, metadata=DIRECT)
+    update_load_status: Load = strawberry.mutation(
+        resolver=loads.update_load_status, permission_classes=member, metadata=DIRECT
+    )
     delete_load: DeleteResult = strawberry.mutation(
         resolver=loads.delete_load, permission_classes=admin, description="Deletes the load and its invoice."
     )
@@ -111,7 +115,7 @@ class Mutation:
     )
     create_invoice: Invoice = strawberry.mutation(resolver=invoices.create_invoice, permission_classes=member)
     update_invoice_status: Invoice = strawberry.mutation(
-        resolver=invoices.update_invoice_status, permission_classes=member
+        resolver=invoices.update_invoice_status, permission_classes=member, metadata=DIRECT
     )
     bulk_update_invoice_status: BulkResult = strawberry.mutation(
         resolver=invoices.bulk_update_invoice_status, permission_classes=member

@@ -5,8 +5,8 @@ A script sends the same few documents over and over, such as
 Through Strawberry's execution such a request costs more CPU than the write itself.
 A POST whose document
 
-- is one mutation selecting one of `DIRECT_FIELDS` (each resolver is one transaction),
-  with no directives, fragments or arguments on the selected fields,
+- is one mutation selecting one field marked `DIRECT` in api/root.py (its resolver is
+  one transaction on one row), with no directives or fragments,
 - selects only fields of the result that are stored values of a scalar or enum type
   (and `__typename`),
 - and which this process already answered once through GraphQL without an error (so the
@@ -49,9 +49,9 @@ from strawberry.types.arguments import convert_arguments
 from strawberry.types.field import StrawberryField
 
 from api.extensions import ObserveOperation, outcome_of, to_client_error
+from api.root import DIRECT
 from schema.context import Context
 
-DIRECT_FIELDS = frozenset({"createLoad", "updateLoadStatus", "updateInvoiceStatus"})
 MAX_QUERY_CHARS = 4096
 
 
@@ -176,12 +176,12 @@ class DirectMutations:
         if operation.directives or operation_name not in (None, name) or len(operation.selection_set.selections) != 1:
             return None
         node = operation.selection_set.selections[0]
-        if not isinstance(node, FieldNode) or node.directives or node.name.value not in DIRECT_FIELDS:
+        if not isinstance(node, FieldNode) or node.directives or node.selection_set is None:
             return None
         mutation = self.schema._schema.mutation_type
         definition = mutation.fields.get(node.name.value) if mutation else None
-        field = self.schema.get_field_for_type(node.name.value, "Mutation")
-        if definition is None or field is None or field.base_resolver is None or node.selection_set is None:
+        field = self.schema.get_field_for_type(node.name.value, mutation.name) if mutation else None
+        if definition is None or field is None or field.base_resolver is None or field.metadata != DIRECT:
             return None
         result_type = _named(definition.type)
         if not isinstance(result_type, GraphQLObjectType):

@@ -36,8 +36,9 @@ async def serve(settings: Settings) -> AsyncIterator[tuple[Api, TallyGraphQL]]:
 
 @pytest.fixture
 async def direct(database_url: str) -> AsyncIterator[tuple[Api, TallyGraphQL]]:
-    """The service's defaults: the direct path on, no per-response statement counts."""
-    async for served in serve(Settings(database_url=database_url, recalc_interval_seconds=0, query_stats=False)):
+    """The service's defaults: the direct path on (whatever the environment says), no per-response statement counts."""
+    settings = Settings(database_url=database_url, recalc_interval_seconds=0, query_stats=False, direct_mutations=True)
+    async for served in serve(settings):
         yield served
 
 
