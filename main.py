@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, *, schema_factory: Callable[...
     )
     hub = StatsHub(settings.broadcast_url, db.read_stats, database_url=settings.database_url)
     db.after_commit.append(hub.publish)
+    db.after_commit.wanted = hub.hears_of
     scheduler = RecalculationScheduler(db, settings.recalc_interval_seconds)
     metrics = Metrics(db, hub)
     schema = schema_factory(

@@ -13,7 +13,20 @@ log = logging.getLogger("tally.db")
 
 
 class AfterCommitHooks(list[AfterCommit]):
-    """The hooks, in order; each gets the changed orgs' snapshots of one commit."""
+    """The hooks, in order; each gets the changed orgs' snapshots of one commit.
+
+    `wanted` says whether anyone will hear of an org's commit (the hub: a subscriber in
+    this process, or a channel to other processes); no snapshot is read for an org nobody
+    hears of.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wanted: Callable[[str], bool] = lambda _org_id: True
+
+    def want(self, org_ids: list[str]) -> list[str]:
+        """The orgs among `org_ids` (once each) whose snapshot the hooks need."""
+        return [org_id for org_id in dict.fromkeys(org_ids) if self and self.wanted(org_id)]
 
     async def run(self, snapshots: list[StatsSnapshot]) -> None:
         if not snapshots:

@@ -312,6 +312,11 @@ class StatsHub:
 
     # Publishing (the unit of work's after-commit hook) --------------------
 
+    def hears_of(self, org_id: str) -> bool:
+        """Whether a commit of this org must be published: over memory:// only this process's
+        subscribers hear of it, so with none of them for the org nothing is read or sent."""
+        return self.fan_out not in ("sqlite-follow", "process-only") or org_id in self._subscribers
+
     async def publish(self, snapshots: list[StatsSnapshot]) -> None:
         for snapshot in snapshots:
             if self._published.get(snapshot.org_id) == snapshot.version:

@@ -109,7 +109,7 @@ class Database:
         with self.writers.one():
             result, reread = await self._commit(work)
             # Each changed org's sums as committed (or later); concurrent writers share reads.
-            snapshots = [await self._reads_after_commit.read(org_id) for org_id in dict.fromkeys(reread)]
+            snapshots = [await self._reads_after_commit.read(org_id) for org_id in self.after_commit.want(reread)]
             await self.after_commit.run(snapshots)
             return result, snapshots
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
+from functools import partial
 
 from db.aggregates import COUNTERS, StatsSnapshot
 from db.broadcast import LatestSnapshot, StatsHub, decode, encode
+from db.loads import create_load
+from db.unit_of_work import Database
 from tests.live import RedisServer, redis_server
 
 __all__ = ["redis_server"]  # the fixture, re-exported for pytest
@@ -52,6 +55,30 @@ async def test_unsubscribing_leaves_no_channel_reader() -> None:
         assert metrics["subscribers"] == 0 and metrics["channels"] == 0
     finally:
         await hub.stop()
+
+
+async def test_over_memory_only_orgs_with_a_subscriber_here_are_read_after_commit(database_url: str) -> None:
+    """memory:// reaches only this process: a commit nobody here listens to reads and sends nothing."""
+    db = Database(database_url)
+    hub = StatsHub("memory://", db.read_stats, database_url=database_url)
+    db.after_commit.append(hub.publish)
+    db.after_commit.wanted = hub.hears_of
+    await hub.start()
+    create = partial(create_load, status="OPEN", load_type="UNMAPPED")
+    try:
+        for org_id in ("org_a", "org_b"):
+            await db.write(partial(create, org_id=org_id))
+        _, unheard = await db.write_with_snapshots(partial(create, org_id="org_a"))
+        assert unheard == [] and hub.metrics.published == 0
+        async with hub.subscribe("org_a") as mailbox:
+            _, heard = await db.write_with_snapshots(partial(create, org_id="org_a"))
+            assert [s.org_id for s in heard] == ["org_a"] and hub.metrics.published == 1
+            assert (await asyncio.wait_for(mailbox.newer_than(None), 2)).counts["loads_open"] == 3
+            await db.write(partial(create, org_id="org_b"))
+            assert hub.metrics.published == 1
+    finally:
+        await hub.stop()
+        await db.dispose()
 
 
 async def test_a_failed_publish_reaches_other_processes_once_the_channel_answers(redis_server: RedisServer) -> None:

@@ -77,6 +77,7 @@ async def test_concurrent_sharded_writes_share_reads_that_start_after_their_comm
     _, before = await stored(db, "org_a")
     reads = Counted(db.read_stats)
     db._reads_after_commit = SharedReads(reads)
+    db.after_commit.wanted = lambda _org_id: True  # as when a subscriber listens
     results = await asyncio.gather(
         *(
             db.write_with_snapshots(partial(create_load, org_id="org_a", status="OPEN", load_type="UNMAPPED"))
