@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.permissions import Authenticated
-from api.root import Mutation, Query, build_schema
+from api.root import DIRECT, Mutation, Query, build_schema
 from bench.floors import write_floor_app as write_floor_app
 from db import loads
 from db.aggregates import COUNTED, COUNTERS, LOAD_STATUS_COUNTERS, StatsSnapshot
@@ -91,7 +91,7 @@ class NaiveQuery(Query):
 @strawberry.type
 class BenchMutation(Mutation):
     update_load_status_without_aggregate: Load = strawberry.mutation(
-        resolver=update_load_status_without_aggregate, permission_classes=[Authenticated]
+        resolver=update_load_status_without_aggregate, permission_classes=[Authenticated], metadata=DIRECT
     )
 
 
