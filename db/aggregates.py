@@ -139,13 +139,21 @@ def guard_writes(engine: AsyncEngine) -> None:
 def _refuse_uncounted_write(
     _conn: Connection, _cursor: Any, statement: str, _parameters: Any, context: ExecutionContext | None, _many: bool
 ) -> None:
-    match = _COUNTED_WRITE.search(statement)
-    if match is None or _flushing.get() or (context is not None and context.execution_options.get(COUNTED)):
+    table = _counted_table_written(statement)
+    if table is None or _flushing.get() or (context is not None and context.execution_options.get(COUNTED)):
         return
     raise RuntimeError(
-        f"a {match.group(1)} write outside the session's flush would bypass the aggregate: "
-        "change ORM objects or use db.aggregates.insert_counted"
+        f"a {table} write outside the session's flush would bypass the aggregate: "
+        "change ORM objects or use db.aggregates.insert_counted / update_counted"
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _counted_table_written(statement: str) -> str | None:
+    """The counted table `statement` writes, if any. Cached: most statements are the same few
+    compiled strings, and searching a long one (the counter upsert) cost ~40 µs per write."""
+    match = _COUNTED_WRITE.search(statement)
+    return match.group(1) if match else None
 
 
 @functools.cache
