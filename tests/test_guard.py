@@ -7,12 +7,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, insert, text, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.aggregates import insert_counted
+from db.aggregates import insert_counted, update_counted
 from db.models import Invoice, Load
 from db.organizations import ensure_organization
+from db.queries import lock_row
 from db.unit_of_work import Database
 from tests.helpers import Api, create_invoice, create_load, recount, stored
 
@@ -122,6 +123,35 @@ async def test_a_row_changed_without_its_lock_is_refused(api: Api, db: Database)
         await db.write(unlocked)
     counts, version = await stored(db, "org_a")
     assert (counts["loads_open"], counts["loads_assigned"], version) == (1, 0, 1)
+    assert counts == await recount(db, "org_a")
+
+
+async def test_update_counted_moves_the_counters_from_the_locked_row_and_only_a_locked_one(
+    api: Api, db: Database
+) -> None:
+    load = await create_load(api)
+    other = await create_load(api)
+
+    async def change(session: AsyncSession) -> Any:
+        row = await lock_row(session, Load, load["id"], "org_a")
+        same = await update_counted(session, Load, row, {"status": "OPEN"})  # changes nothing, writes nothing
+        assert same is row
+        return await update_counted(session, Load, row, {"status": "ASSIGNED"})
+
+    changed = await db.write(change)
+    assert changed.status == "ASSIGNED" and changed.updated_at >= changed.created_at
+    counts, version = await stored(db, "org_a")
+    assert (counts["loads_open"], counts["loads_assigned"], version) == (1, 1, 3)
+
+    async def unlocked(session: AsyncSession) -> None:
+        table = Load.__table__
+        read = select(*table.c).where(table.c.id == int(other["id"]))  # without FOR UPDATE
+        row_of_other = (await (await session.connection()).execute(read)).one()
+        await update_counted(session, Load, row_of_other, {"status": "ASSIGNED"})
+
+    with pytest.raises(RuntimeError, match="without being locked"):
+        await db.write(unlocked)
+    assert await stored(db, "org_a") == (counts, version)
     assert counts == await recount(db, "org_a")
 
 
