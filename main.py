@@ -26,7 +26,7 @@ from db.broadcast import StatsHub
 from db.scheduler import RecalculationScheduler
 from db.unit_of_work import Database
 from edge.count_cache import CountCache
-from edge.direct_mutations import DirectMutations
+from edge.direct_operations import DirectOperations
 from edge.guards import BodySizeLimit
 from edge.metrics import Metrics
 from edge.shared_events import SharedEventExecutor
@@ -76,14 +76,14 @@ def create_app(settings: Settings | None = None, *, schema_factory: Callable[...
         execution_context_class=SharedEventExecutor if settings.shared_events else None,
         observe_operation=metrics.count_operation,
     )
-    direct = settings.direct_mutations and not settings.query_stats
+    direct = settings.direct_operations and not settings.query_stats
     graphql = TallyGraphQL(
         db,
         verifier,
         hub,
         settings.limits,
         schema=schema,
-        direct_mutations=DirectMutations(schema, metrics.count_operation) if direct else None,
+        direct_operations=DirectOperations(schema, metrics.count_operation) if direct else None,
         ide_page=graphiql.page_response,
         shared_events=settings.shared_events,
         graphql_ide="graphiql",

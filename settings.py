@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     max_pending_sockets_per_address: int = Limits.pending_sockets_per_address
     cors_origins: str = ""  # comma-separated origins whose pages may call /graphql
     # The edge's fast paths (edge/): each can be turned off; CI runs the suite once more with all off.
-    direct_mutations: bool = True  # createLoad and status changes of known documents run without the executor
+    direct_operations: bool = True  # known count queries, createLoad and status changes run without the executor
     shared_events: bool = True  # a subscription event executed and encoded once per operation, not per subscriber
     sqlite_fast_paths: bool = True  # SQLite: one-trip driver, inline count reads, recount thread (db/sqlite/)
     postgres_fast_paths: bool = True  # PostgreSQL: count reads straight through asyncpg (db/postgres/)

@@ -45,7 +45,8 @@ member: list[type[BasePermission]] = [Authenticated]
 admin: list[type[BasePermission]] = [AdminOnly]
 service: list[type[BasePermission]] = [ServiceOnly]
 ONE_STATEMENT = "Exactly one SQL statement."
-# A mutation whose resolver is one transaction on one row: edge/direct_mutations.py may run it without the executor.
+# A field whose resolver is one read, or one transaction on one row: edge/direct_operations.py may run it
+# without the executor.
 DIRECT = {"direct": True}
 
 
@@ -54,13 +55,14 @@ class Query:
     organization_stats: OrganizationStats = strawberry.field(
         resolver=stats.organization_stats,
         permission_classes=member,
+        metadata=DIRECT,
         description="The whole aggregate row: exactly one SQL statement.",
     )
     count_loads_by_status: LoadStatusCounts = strawberry.field(
-        resolver=stats.count_loads_by_status, permission_classes=member, description=ONE_STATEMENT
+        resolver=stats.count_loads_by_status, permission_classes=member, description=ONE_STATEMENT, metadata=DIRECT
     )
     count_invoices_by_status: InvoiceStatusCounts = strawberry.field(
-        resolver=stats.count_invoices_by_status, permission_classes=member, description=ONE_STATEMENT
+        resolver=stats.count_invoices_by_status, permission_classes=member, description=ONE_STATEMENT, metadata=DIRECT
     )
     organizations: list[Organization] = strawberry.field(
         resolver=organizations.organizations, permission_classes=service
@@ -177,7 +179,6 @@ class TallySchema(strawberry.Schema):
             allowed - {OperationType.SUBSCRIPTION},
             operation_extensions,
         )
-
 
     async def subscribe(
         self,

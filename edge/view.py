@@ -25,7 +25,7 @@ from db.errors import BadInput, TallyError, Unauthenticated
 from db.unit_of_work import Database
 from edge import responses
 from edge.count_cache import PINNED
-from edge.direct_mutations import DirectMutations
+from edge.direct_operations import DirectOperations
 from edge.guards import ConnectionsPerToken, PendingSockets
 from edge.live_transport import TallyTransportWSHandler
 from edge.shared_events import SharedEvents, TappedHub
@@ -53,11 +53,11 @@ class TallyGraphQL(GraphQL[Context, None]):
         *,
         ide_page: Callable[[], Response],
         shared_events: bool = True,
-        direct_mutations: DirectMutations | None = None,
+        direct_operations: DirectOperations | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.direct_mutations = direct_mutations
+        self.direct_operations = direct_operations
         self.ide_page = ide_page
         self.shared_events = SharedEvents() if shared_events else None
         if shared_events:
@@ -105,7 +105,7 @@ class TallyGraphQL(GraphQL[Context, None]):
         """One HTTP request; a refusal is a coded GraphQL error in the negotiated media type."""
         request = Request(scope, receive)
         try:
-            response = await self.run_direct(request) if self.direct_mutations else None
+            response = await self.run_direct(request) if self.direct_operations else None
             if response is None:
                 response = await self.run(request)
         except HTTPException as error:
@@ -118,21 +118,21 @@ class TallyGraphQL(GraphQL[Context, None]):
         await response(scope, receive, send)
 
     async def run_direct(self, request: Request) -> Response | None:
-        """A known single-row mutation, served without the executor (edge/direct_mutations.py);
+        """A known single-row mutation, served without the executor (edge/direct_operations.py);
         None for any other request."""
-        assert self.direct_mutations is not None
+        assert self.direct_operations is not None
         if request.method != "POST" or request.scope.get("query_string"):
             return None
         if not request.headers.get("content-type", "").startswith("application/json"):
             return None
-        call = self.direct_mutations.call_of(await request.body())
+        call = self.direct_operations.call_of(await request.body())
         if call is None:
             return None
         if not call.known:
             response = await self.run(request)
-            self.direct_mutations.learn(call, response.status_code, bytes(response.body))
+            self.direct_operations.learn(call, response.status_code, bytes(response.body))
             return response
-        result = await self.direct_mutations.execute(call, await self.get_context(request))
+        result = await self.direct_operations.execute(call, await self.get_context(request))
         if result is None:
             return None
         sub_response = await self.get_sub_response(request)

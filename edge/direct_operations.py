@@ -1,14 +1,14 @@
-"""Fast path: the single-row mutations that scripts repeat, run without the GraphQL executor.
+"""Fast path: the few operations that clients repeat, run without the GraphQL executor.
 
-A script sends the same few documents over and over, such as
-`mutation($id: ID!, $s: LoadStatus!) { updateLoadStatus(id: $id, status: $s) { id status } }`.
-Through Strawberry's execution such a request costs more CPU than the write itself.
-A POST whose document
+Scripts send the same mutation over and over
+(`mutation($id: ID!, $s: LoadStatus!) { updateLoadStatus(id: $id, status: $s) { id status } }`),
+screens the same count query; through Strawberry's execution such a request costs
+more CPU than its database work. A POST whose document
 
-- is one mutation selecting one field marked `DIRECT` in api/root.py (its resolver is
-  one transaction on one row), with no directives or fragments,
-- selects only fields of the result that are stored values of a scalar or enum type
-  (and `__typename`),
+- is one query or mutation selecting one field marked `DIRECT` in api/root.py (one
+  read, or one transaction on one row), with no directives or fragments,
+- selects below it only stored values (no field resolver): scalars, enums and
+  objects of them, not lists, each maybe aliased, and `__typename`,
 - and which this process already answered once through GraphQL without an error (so the
   document parses and passes every validation rule and limit),
 
@@ -56,18 +56,26 @@ MAX_QUERY_CHARS = 4096
 
 
 @dataclass(frozen=True)
-class Leaf:
-    """One selected value of the result: its response key, and how it is read and serialized."""
+class Selected:
+    """One selected field of an object: its response key, how its value is read, and how it is
+    rendered (serialized by its type, or, for an object, as the fields selected of it)."""
 
     key: str
     attribute: str | None  # None: __typename
     serialize: Callable[[Any], Any]
+    fields: tuple[Selected, ...] | None = None
 
-    def of(self, value: Any) -> Any:
+    def of(self, parent: Any) -> Any:
         if self.attribute is None:
-            return self.serialize(value)
-        found = getattr(value, self.attribute)
-        return None if found is None else self.serialize(found)
+            return self.serialize(parent)
+        value = getattr(parent, self.attribute)
+        if value is None:
+            return None
+        return self.serialize(value) if self.fields is None else render(value, self.fields)
+
+
+def render(value: Any, fields: tuple[Selected, ...]) -> dict[str, Any]:
+    return {field.key: field.of(value) for field in fields}
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,7 @@ class Plan:
     node: FieldNode
     definition: GraphQLField
     field: StrawberryField
-    leaves: tuple[Leaf, ...]
+    selected: tuple[Selected, ...]
 
     @property
     def key(self) -> str:
@@ -100,7 +108,7 @@ class _Info:
     context: Context
 
 
-class DirectMutations:
+class DirectOperations:
     def __init__(self, schema: Schema, observe: ObserveOperation | None = None) -> None:
         self.schema = schema
         self.observe = observe
@@ -152,12 +160,12 @@ class DirectMutations:
                 if not cast(Any, permission)().has_permission(None, info, **kwargs):
                     return None  # the ordinary path words the refusal
             value = await resolver(info, **kwargs)
-            result = ExecutionResult(data={plan.key: {leaf.key: leaf.of(value) for leaf in plan.leaves}}, errors=None)
+            result = ExecutionResult(data={plan.key: render(value, plan.selected)}, errors=None)
         except Exception as error:
             coded = to_client_error(located_error(error, [plan.node], [plan.key]))
             result = ExecutionResult(data=None, errors=[coded])
         if self.observe is not None:
-            self.observe("mutation", plan.node.name.value, outcome_of(result.errors))
+            self.observe(plan.operation.operation.value, plan.node.name.value, outcome_of(result.errors))
         return result
 
     def _plan(self, query: str, operation_name: str | None) -> Plan | None:
@@ -170,46 +178,65 @@ class DirectMutations:
         if len(document.definitions) != 1:
             return None
         operation = document.definitions[0]
-        if not isinstance(operation, OperationDefinitionNode) or operation.operation != OperationType.MUTATION:
+        if not isinstance(operation, OperationDefinitionNode) or operation.directives:
             return None
         name = operation.name.value if operation.name else None
-        if operation.directives or operation_name not in (None, name) or len(operation.selection_set.selections) != 1:
+        if operation_name not in (None, name) or len(operation.selection_set.selections) != 1:
             return None
         node = operation.selection_set.selections[0]
         if not isinstance(node, FieldNode) or node.directives or node.selection_set is None:
             return None
-        mutation = self.schema._schema.mutation_type
-        definition = mutation.fields.get(node.name.value) if mutation else None
-        field = self.schema.get_field_for_type(node.name.value, mutation.name) if mutation else None
+        schema = self.schema._schema
+        root = {OperationType.QUERY: schema.query_type, OperationType.MUTATION: schema.mutation_type}.get(
+            operation.operation
+        )
+        definition = root.fields.get(node.name.value) if root else None
+        field = self.schema.get_field_for_type(node.name.value, root.name) if root else None
         if definition is None or field is None or field.base_resolver is None or field.metadata != DIRECT:
             return None
         result_type = _named(definition.type)
         if not isinstance(result_type, GraphQLObjectType):
             return None
-        leaves = [self._leaf(result_type, selection) for selection in node.selection_set.selections]
-        if any(leaf is None for leaf in leaves):
-            return None
-        return Plan(operation, node, definition, field, tuple(cast(list[Leaf], leaves)))
+        selected = self._selected(result_type, node.selection_set.selections)
+        return None if selected is None else Plan(operation, node, definition, field, selected)
 
-    def _leaf(self, parent: GraphQLObjectType, selection: Any) -> Leaf | None:
-        """A plain value of `parent` selected without arguments, directives or sub-selection; else None."""
-        if not isinstance(selection, FieldNode) or selection.arguments or selection.directives:
-            return None
-        if selection.selection_set is not None:
-            return None
-        name = selection.name.value
-        key = selection.alias.value if selection.alias else name
-        if name == "__typename":
-            return Leaf(key, None, lambda _value: parent.name)
-        definition = parent.fields.get(name)
-        field = self.schema.get_field_for_type(name, parent.name)
-        if definition is None or field is None or field.base_resolver is not None:
-            return None
-        value_type = _named(definition.type)
-        if not isinstance(value_type, GraphQLScalarType | GraphQLEnumType):
-            return None
-        return Leaf(key, field.python_name, value_type.serialize)
+    def _selected(self, parent: GraphQLObjectType, selections: Any) -> tuple[Selected, ...] | None:
+        """The fields selected of `parent`, if each is a stored value selected plainly; else None.
+        Fields under one response key are merged, as the executor merges them."""
+        by_key: dict[str, list[FieldNode]] = {}
+        for selection in selections:
+            if not isinstance(selection, FieldNode) or selection.arguments or selection.directives:
+                return None
+            by_key.setdefault(selection.alias.value if selection.alias else selection.name.value, []).append(selection)
+        chosen: list[Selected] = []
+        for key, nodes in by_key.items():
+            name, below = nodes[0].name.value, [node.selection_set for node in nodes]
+            if name == "__typename":
+                if any(below):
+                    return None
+                chosen.append(Selected(key, None, _constant(parent.name)))
+                continue
+            definition = parent.fields.get(name)
+            field = self.schema.get_field_for_type(name, parent.name)
+            if definition is None or field is None or field.base_resolver is not None:
+                return None
+            value_type = _named(definition.type)
+            if isinstance(value_type, GraphQLScalarType | GraphQLEnumType) and not any(below):
+                chosen.append(Selected(key, field.python_name, value_type.serialize))
+            elif isinstance(value_type, GraphQLObjectType) and all(below):
+                fields = self._selected(value_type, [s for part in below if part for s in part.selections])
+                if fields is None:
+                    return None
+                chosen.append(Selected(key, field.python_name, dict, fields))
+            else:
+                return None  # a list, or a selection that does not fit its type
+        return tuple(chosen)
+
+
+def _constant(value: str) -> Callable[[Any], str]:
+    return lambda _parent: value
 
 
 def _named(type_: Any) -> Any:
+    """The object, scalar or enum type under a non-null; a list type is returned as it is."""
     return type_.of_type if isinstance(type_, GraphQLNonNull) else type_

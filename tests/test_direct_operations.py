@@ -1,4 +1,4 @@
-"""The direct path for single-row mutations (edge/direct_mutations.py): the same answers as GraphQL's."""
+"""The direct path for single-row mutations (edge/direct_operations.py): the same answers as GraphQL's."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from edge.direct_mutations import DirectMutations
+from edge.direct_operations import DirectOperations
 from edge.view import TallyGraphQL
 from main import create_app
 from settings import Settings
@@ -36,8 +36,14 @@ async def serve(settings: Settings) -> AsyncIterator[tuple[Api, TallyGraphQL]]:
 
 @pytest.fixture
 async def direct(database_url: str) -> AsyncIterator[tuple[Api, TallyGraphQL]]:
-    """The service's defaults: the direct path on (whatever the environment says), no per-response statement counts."""
-    settings = Settings(database_url=database_url, recalc_interval_seconds=0, query_stats=False, direct_mutations=True)
+    """The direct path on (whatever the environment says); no count cache, no per-response statement counts."""
+    settings = Settings(
+        database_url=database_url,
+        recalc_interval_seconds=0,
+        query_stats=False,
+        count_cache_entries=0,
+        direct_operations=True,
+    )
     async for served in serve(settings):
         yield served
 
@@ -45,14 +51,20 @@ async def direct(database_url: str) -> AsyncIterator[tuple[Api, TallyGraphQL]]:
 @pytest.fixture
 async def ordinary(database_url: str) -> AsyncIterator[tuple[Api, TallyGraphQL]]:
     """The same database, served with the direct path off."""
-    settings = Settings(database_url=database_url, recalc_interval_seconds=0, query_stats=False, direct_mutations=False)
+    settings = Settings(
+        database_url=database_url,
+        recalc_interval_seconds=0,
+        query_stats=False,
+        count_cache_entries=0,
+        direct_operations=False,
+    )
     async for served in serve(settings):
         yield served
 
 
-def mutations_of(view: TallyGraphQL) -> DirectMutations:
-    assert view.direct_mutations is not None
-    return view.direct_mutations
+def operations_of(view: TallyGraphQL) -> DirectOperations:
+    assert view.direct_operations is not None
+    return view.direct_operations
 
 
 async def post(api: Api, query: str, accept: str | None = None, **variables: Any) -> httpx.Response:
@@ -67,9 +79,9 @@ async def test_a_document_is_served_directly_once_graphql_answered_it_without_er
     load = await create_load(api)
     await api.error(SET_LOAD, id=load["id"], s="PAID")  # does not coerce: the ordinary path answers, learns nothing
     await api.error(SET_LOAD, id="999999", s="ASSIGNED")  # an error: not learned either
-    assert mutations_of(view).known == set()
+    assert operations_of(view).known == set()
     await api.ok(SET_LOAD, id=load["id"], s="ASSIGNED")
-    assert (SET_LOAD, None) in mutations_of(view).known
+    assert (SET_LOAD, None) in operations_of(view).known
 
     async def no_executor(*_args: Any) -> Any:
         raise AssertionError("the executor ran")
@@ -87,7 +99,12 @@ def selections(fields: list[str]) -> st.SearchStrategy[str]:
 
 
 @pytest.mark.slow
-@hypothesis_settings(max_examples=20, phases=[Phase.explicit, Phase.reuse, Phase.generate], deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hypothesis_settings(
+    max_examples=20,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(load_selection=selections(LOAD_FIELDS), invoice_selection=selections(INVOICE_FIELDS), alias=st.booleans())
 async def test_a_direct_answer_equals_what_graphql_renders_for_the_row(
     direct: tuple[Api, TallyGraphQL], load_selection: str, invoice_selection: str, alias: bool
@@ -123,7 +140,7 @@ async def test_a_direct_answer_equals_what_graphql_renders_for_the_row(
         await same_as_read(await post(api, set_load, id=load_id), "load", load_selection, load_id)
         billed = await post(api, set_invoice, id=invoice["id"], s="BILLED")
         await same_as_read(billed, "invoice", invoice_selection, invoice["id"])
-    assert {(create, None), (set_load, None), (set_invoice, None)} <= mutations_of(view).known
+    assert {(create, None), (set_load, None), (set_invoice, None)} <= operations_of(view).known
     await assert_exact(view.db, "org_a")
 
 
@@ -157,7 +174,7 @@ async def test_a_refused_mutation_is_answered_as_graphql_answers_it(
     assert await stored(view.db, "org_a") == before
 
 
-async def test_direct_mutations_are_counted_in_the_metrics(direct: tuple[Api, TallyGraphQL]) -> None:
+async def test_direct_operations_are_counted_in_the_metrics(direct: tuple[Api, TallyGraphQL]) -> None:
     api, _view = direct
     load = await create_load(api)
     for status in ("ASSIGNED", "OPEN", "ASSIGNED"):
@@ -166,3 +183,59 @@ async def test_direct_mutations_are_counted_in_the_metrics(direct: tuple[Api, Ta
     scraped = (await api.client.get("/metrics")).text
     assert 'tally_graphql_requests_total{field="updateLoadStatus",outcome="ok",type="mutation"} 3.0' in scraped
     assert 'tally_graphql_requests_total{field="updateLoadStatus",outcome="NOT_FOUND",type="mutation"} 1.0' in scraped
+
+
+def counts(group: list[str]) -> st.SearchStrategy[str]:
+    return selections([*group, "total", "__typename"]).map(lambda chosen: f"{{ {chosen} }}")
+
+
+STATS_SELECTION = st.lists(
+    st.one_of(
+        selections(["orgId", "version", "updatedAt", "lastRecalculatedAt", "__typename"]),
+        counts(["open", "assigned", "completed", "canceled"]).map(lambda c: f"loads {c}"),
+        counts(["contract", "spot", "unmapped"]).map(lambda c: f"b_types: loadTypes {c}"),
+        counts(["missingData", "draft", "billed", "pendingPayment", "paid", "void"]).map(lambda c: f"invoices {c}"),
+    ),
+    min_size=1,
+    max_size=4,
+).map(" ".join)
+
+
+@pytest.mark.slow
+@hypothesis_settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(selection=STATS_SELECTION, field=st.sampled_from(["organizationStats", "a: organizationStats"]))
+async def test_a_count_query_served_directly_equals_graphqls_answer(
+    direct: tuple[Api, TallyGraphQL], ordinary: tuple[Api, TallyGraphQL], selection: str, field: str
+) -> None:
+    api, view = direct
+    query = f"query Stats($o: ID!) {{ {field}(orgId: $o) {{ {selection} }} }}"
+    await create_load(api)
+    for _ in range(2):  # the first answer teaches the direct path the document
+        served = await post(api, query, o="org_a")
+        assert served.json().get("data"), served.text
+        expected = await post(ordinary[0], query, o="org_a")
+        assert (served.status_code, served.text) == (expected.status_code, expected.text)
+    assert (query, None) in operations_of(view).known
+    for refused in ("org_b", "nobody"):  # another org's counts: FORBIDDEN, as GraphQL words it
+        served, expected = [await post(client, query, o=refused) for client in (api, ordinary[0])]
+        assert served.text == expected.text and "FORBIDDEN" in served.text
+
+
+async def test_count_fields_by_name_are_served_directly(
+    direct: tuple[Api, TallyGraphQL], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api, view = direct
+    await create_load(api)
+    queries = [
+        'query { countLoadsByStatus(orgId: "org_a") { open total } }',
+        'query { countInvoicesByStatus(orgId: "org_a") { __typename draft } }',
+        'query { organizationStats(orgId: "org_a") { version loads { open } } }',
+    ]
+    first = [await api.ok(query) for query in queries]
+
+    async def no_executor(*_args: Any) -> Any:
+        raise AssertionError("the executor ran")
+
+    monkeypatch.setattr(view, "run", no_executor)
+    assert [await api.ok(query) for query in queries] == first
+    assert first[0] == {"countLoadsByStatus": {"open": 1, "total": 1}}
