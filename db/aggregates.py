@@ -148,12 +148,22 @@ def _refuse_uncounted_write(
     )
 
 
-@functools.lru_cache(maxsize=4096)
 def _counted_table_written(statement: str) -> str | None:
     """The counted table `statement` writes, if any. Cached: most statements are the same few
-    compiled strings, and searching a long one (the counter upsert) cost ~40 µs per write."""
+    compiled strings, and searching a long one (the counter upsert) cost ~40 µs per write;
+    statements longer than that (many-row inserts) are searched each time."""
+    if len(statement) > _CACHED_STATEMENT_CHARS:
+        return _search_counted_write(statement)
+    return _cached_search_counted_write(statement)
+
+
+def _search_counted_write(statement: str) -> str | None:
     match = _COUNTED_WRITE.search(statement)
     return match.group(1) if match else None
+
+
+_CACHED_STATEMENT_CHARS = 4096
+_cached_search_counted_write = functools.lru_cache(maxsize=1024)(_search_counted_write)
 
 
 @functools.cache
@@ -194,12 +204,15 @@ async def update_counted(session: AsyncSession, model: type[Base], row: Row[Any]
     in one Core UPDATE ... RETURNING (cheaper than the ORM's load, flush and refresh); the
     counters move by the difference between the locked row and the new one. A change that
     changes nothing writes nothing. Returns the row as it is now (every column)."""
-    if all(getattr(row, key) == value for key, value in values.items()):
-        return row
+    key = inspect(model).identity_key_from_primary_key((row.id,))
+    if key not in session.info.get(LOCKED, ()):
+        raise RuntimeError(f"{model.__name__} changed without being locked first")
+    if key in session.sync_session.identity_map:  # its ORM object would go stale and count from the old state
+        raise RuntimeError(f"{model.__name__} {row.id} is an ORM object of this session: change it through the ORM")
     if ("org_id" in values and values["org_id"] != row.org_id) or "id" in values:
         raise RuntimeError("a row cannot move to another organization or id")
-    if inspect(model).identity_key_from_primary_key((row.id,)) not in session.info.get(LOCKED, ()):
-        raise RuntimeError(f"{model.__name__} changed without being locked first")
+    if all(getattr(row, column) == value for column, value in values.items()):
+        return row
     connection = await session.connection()
     params = {"row_id": row.id, **values}
     changed = (await connection.execute(_counted_update(model), params, execution_options={COUNTED: True})).one()

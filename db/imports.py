@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.aggregates import insert_counted
 from db.errors import BadInput
-from db.models import Customer, InsertedRow, Invoice, Lane, Load
+from db.models import Customer, Invoice, Lane, Load, ReturnedRow
 from db.organizations import customers_by_name, ensure_organization
 from db.queries import lock_where
 from db.rules import (
@@ -55,7 +55,7 @@ class Shipment:
 class ImportOutcome:
     shipment_id: str
     outcome: str  # CREATED, UPDATED, UNCHANGED or REJECTED
-    load: Load | InsertedRow | None = None  # a created load is the row its INSERT returned
+    load: Load | ReturnedRow | None = None  # a created load is the row its INSERT returned
     error: str | None = None
 
 

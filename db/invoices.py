@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.aggregates import update_counted
 from db.errors import BadInput, Conflict, InvalidTransition
-from db.models import InsertedRow, Invoice, Load
+from db.models import Invoice, Load, ReturnedRow
 from db.queries import lock_one, lock_row, lock_rows
 from db.rules import INVOICE_TRANSITIONS, can_move, check_text, check_transition
 
@@ -61,7 +61,7 @@ async def create_invoice(
     return invoice
 
 
-async def set_invoice_status(session: AsyncSession, invoice_id: str, status: str, scope: str | None) -> InsertedRow:
+async def set_invoice_status(session: AsyncSession, invoice_id: str, status: str, scope: str | None) -> ReturnedRow:
     invoice = await lock_row(session, Invoice, invoice_id, scope)
     check_transition("Invoice", INVOICE_TRANSITIONS, invoice.status, status, invoice_id)
     return await update_counted(session, Invoice, invoice, _entered(invoice.status, status))

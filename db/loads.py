@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.aggregates import insert_counted, update_counted
-from db.models import InsertedRow, Invoice, Load
+from db.models import Invoice, Load, ReturnedRow
 from db.organizations import ensure_organization
 from db.queries import customer_in_org, lock_one, lock_row, lock_where
 from db.rules import LOAD_TRANSITIONS, check_text, check_transition
@@ -22,7 +22,7 @@ async def create_load(
     load_number: str | None = None,
     hcr: str | None = None,
     trip_number: str | None = None,
-) -> InsertedRow:
+) -> ReturnedRow:
     await ensure_organization(session, org_id)
     customer = await customer_in_org(session, customer_id, org_id)
     row = {
@@ -39,7 +39,7 @@ async def create_load(
     return load
 
 
-async def set_load_status(session: AsyncSession, load_id: str, status: str, scope: str | None) -> InsertedRow:
+async def set_load_status(session: AsyncSession, load_id: str, status: str, scope: str | None) -> ReturnedRow:
     load = await lock_row(session, Load, load_id, scope)
     check_transition("Load", LOAD_TRANSITIONS, load.status, status, load_id)
     return await update_counted(session, Load, load, {"status": status})

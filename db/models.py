@@ -22,7 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from db.counters import GROUPS, CounterGroup, counter_names
 
-InsertedRow = Row[Any]  # a row as a Core INSERT ... RETURNING gave it back (db.aggregates.insert_counted)
+ReturnedRow = Row[Any]  # a row as a Core INSERT or UPDATE ... RETURNING gave it back (db.aggregates)
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets BIGINT identities.
 Id = BigInteger().with_variant(Integer(), "sqlite")

@@ -108,7 +108,7 @@ class Database:
     async def write_with_snapshots(self, work: WriteWork[T]) -> tuple[T, list[StatsSnapshot]]:
         with self.writers.one():
             result, reread = await self._commit(work)
-            # Each changed org's sums as committed (or later); concurrent writers share reads.
+            # The sums as committed (or later) of each changed org someone hears of; concurrent writers share reads.
             snapshots = [await self._reads_after_commit.read(org_id) for org_id in self.after_commit.want(reread)]
             await self.after_commit.run(snapshots)
             return result, snapshots

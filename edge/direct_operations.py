@@ -23,7 +23,9 @@ including variables that do not coerce, takes the ordinary path, which answers i
 from __future__ import annotations
 
 import functools
+import inspect
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -44,6 +46,7 @@ from graphql import (
     parse,
 )
 from strawberry import Schema
+from strawberry.permission import BasePermission, PermissionExtension
 from strawberry.types import ExecutionResult
 from strawberry.types.arguments import convert_arguments
 from strawberry.types.field import StrawberryField
@@ -53,6 +56,7 @@ from api.root import DIRECT
 from schema.context import Context
 
 MAX_QUERY_CHARS = 4096
+KNOWN_DOCUMENTS = 1024
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class Selected:
     key: str
     attribute: str | None  # None: __typename
     serialize: Callable[[Any], Any]
+    nullable: bool = False
     fields: tuple[Selected, ...] | None = None
 
     def of(self, parent: Any) -> Any:
@@ -70,6 +75,8 @@ class Selected:
             return self.serialize(parent)
         value = getattr(parent, self.attribute)
         if value is None:
+            if not self.nullable:  # stored values never are; the executor would say the same
+                raise RuntimeError(f"Cannot return null for non-nullable field {self.key}")
             return None
         return self.serialize(value) if self.fields is None else render(value, self.fields)
 
@@ -84,6 +91,8 @@ class Plan:
     node: FieldNode
     definition: GraphQLField
     field: StrawberryField
+    permissions: tuple[BasePermission, ...]
+    info_parameter: str
     selected: tuple[Selected, ...]
 
     @property
@@ -103,7 +112,7 @@ class Call:
 
 @dataclass(frozen=True)
 class _Info:
-    """What the resolvers and permissions of DIRECT_FIELDS read of Strawberry's Info."""
+    """What the resolvers and permissions of the `DIRECT` fields read of Strawberry's Info."""
 
     context: Context
 
@@ -112,7 +121,8 @@ class DirectOperations:
     def __init__(self, schema: Schema, observe: ObserveOperation | None = None) -> None:
         self.schema = schema
         self.observe = observe
-        self.known: set[tuple[str, str | None]] = set()  # (query, operationName) answered without an error
+        # (query, operationName) answered without an error, the most recent last
+        self.known: OrderedDict[tuple[str, str | None], None] = OrderedDict()
         self.plan_of = functools.lru_cache(maxsize=256)(self._plan)
 
     def call_of(self, body: bytes) -> Call | None:
@@ -129,15 +139,21 @@ class DirectOperations:
         plan = self.plan_of(query, name)
         if plan is None:
             return None
-        return Call(plan, variables or {}, (query, name) in self.known, (query, name))
+        known = (query, name) in self.known
+        if known:
+            self.known.move_to_end((query, name))
+        return Call(plan, variables or {}, known, (query, name))
 
     def learn(self, call: Call, status: int, body: bytes) -> None:
         """The ordinary path answered this call: its document is known good if nothing failed."""
         if status == 200 and "errors" not in json.loads(body):
-            self.known.add(call.request_key)
+            self.known[call.request_key] = None
+            while len(self.known) > KNOWN_DOCUMENTS:
+                self.known.popitem(last=False)
 
     async def execute(self, call: Call, context: Context) -> ExecutionResult | None:
-        """The mutation's result; None when its variables or arguments do not coerce."""
+        """The operation's result; None when its variables or arguments do not coerce, or a
+        permission says no without raising (the ordinary path answers those)."""
         plan = call.plan
         variables = get_variable_values(self.schema._schema, plan.operation.variable_definitions or (), call.variables)
         if isinstance(variables, list):
@@ -146,20 +162,21 @@ class DirectOperations:
             arguments = get_argument_values(plan.definition, plan.node, variables)
         except GraphQLError:
             return None
-        kwargs = convert_arguments(
-            arguments,
-            plan.field.arguments,
-            scalar_registry=self.schema.schema_converter.scalar_registry,
-            config=self.schema.config,
-        )
         info = cast(Any, _Info(context))
         resolver = plan.field.base_resolver
         assert resolver is not None
         try:
-            for permission in plan.field.permission_classes:
-                if not cast(Any, permission)().has_permission(None, info, **kwargs):
-                    return None  # the ordinary path words the refusal
-            value = await resolver(info, **kwargs)
+            kwargs = convert_arguments(
+                arguments,
+                plan.field.arguments,
+                scalar_registry=self.schema.schema_converter.scalar_registry,
+                config=self.schema.config,
+            )
+            for permission in plan.permissions:
+                allowed = permission.has_permission(None, info, **kwargs)
+                if not (await allowed if inspect.isawaitable(allowed) else allowed):
+                    return None
+            value = await resolver(**{plan.info_parameter: info}, **kwargs)
             result = ExecutionResult(data={plan.key: render(value, plan.selected)}, errors=None)
         except Exception as error:
             coded = to_client_error(located_error(error, [plan.node], [plan.key]))
@@ -192,13 +209,19 @@ class DirectOperations:
         )
         definition = root.fields.get(node.name.value) if root else None
         field = self.schema.get_field_for_type(node.name.value, root.name) if root else None
-        if definition is None or field is None or field.base_resolver is None or field.metadata != DIRECT:
+        if definition is None or field is None or field.metadata != DIRECT or not _plainly_guarded(field):
             return None
+        info = field.base_resolver.info_parameter if field.base_resolver else None
         result_type = _named(definition.type)
+        if info is None or not isinstance(definition.type, GraphQLNonNull):
+            return None
         if not isinstance(result_type, GraphQLObjectType):
             return None
         selected = self._selected(result_type, node.selection_set.selections)
-        return None if selected is None else Plan(operation, node, definition, field, selected)
+        if selected is None:
+            return None
+        permissions = tuple(permission() for permission in field.permission_classes)
+        return Plan(operation, node, definition, field, permissions, info.name, selected)
 
     def _selected(self, parent: GraphQLObjectType, selections: Any) -> tuple[Selected, ...] | None:
         """The fields selected of `parent`, if each is a stored value selected plainly; else None.
@@ -221,16 +244,28 @@ class DirectOperations:
             if definition is None or field is None or field.base_resolver is not None:
                 return None
             value_type = _named(definition.type)
+            nullable = not isinstance(definition.type, GraphQLNonNull)
             if isinstance(value_type, GraphQLScalarType | GraphQLEnumType) and not any(below):
-                chosen.append(Selected(key, field.python_name, value_type.serialize))
+                chosen.append(Selected(key, field.python_name, value_type.serialize, nullable))
             elif isinstance(value_type, GraphQLObjectType) and all(below):
                 fields = self._selected(value_type, [s for part in below if part for s in part.selections])
                 if fields is None:
                     return None
-                chosen.append(Selected(key, field.python_name, dict, fields))
+                chosen.append(Selected(key, field.python_name, dict, nullable, fields))
             else:
                 return None  # a list, or a selection that does not fit its type
         return tuple(chosen)
+
+
+def _plainly_guarded(field: StrawberryField) -> bool:
+    """A resolver behind permission classes and nothing else that runs around it: the direct path
+    runs exactly those permissions, then the resolver."""
+    return (
+        field.base_resolver is not None
+        and bool(field.permission_classes)
+        and all(isinstance(extension, PermissionExtension) for extension in field.extensions)
+        and not field.directives
+    )
 
 
 def _constant(value: str) -> Callable[[Any], str]:

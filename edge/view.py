@@ -118,8 +118,8 @@ class TallyGraphQL(GraphQL[Context, None]):
         await response(scope, receive, send)
 
     async def run_direct(self, request: Request) -> Response | None:
-        """A known single-row mutation, served without the executor (edge/direct_operations.py);
-        None for any other request."""
+        """A known count query or single-row mutation, served without the executor
+        (edge/direct_operations.py); None for any other request."""
         assert self.direct_operations is not None
         if request.method != "POST" or request.scope.get("query_string"):
             return None

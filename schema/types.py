@@ -168,7 +168,7 @@ class Load:
         return await info.context.loaders.invoice_of_load(self.row_id)
 
     @classmethod
-    def of(cls, row: models.Load | models.InsertedRow) -> Self:
+    def of(cls, row: models.Load | models.ReturnedRow) -> Self:
         return cls(
             id=strawberry.ID(str(row.id)),
             org_id=strawberry.ID(row.org_id),
@@ -205,7 +205,7 @@ class Invoice:
         return load
 
     @classmethod
-    def of(cls, row: models.Invoice | models.InsertedRow) -> Self:
+    def of(cls, row: models.Invoice | models.ReturnedRow) -> Self:
         return cls(
             id=strawberry.ID(str(row.id)),
             org_id=strawberry.ID(row.org_id),

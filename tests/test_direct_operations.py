@@ -7,10 +7,15 @@ from typing import Any
 
 import httpx
 import pytest
+import strawberry
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from strawberry.extensions import FieldExtension
 
+from api.permissions import Authenticated
+from api.root import DIRECT
+from edge import direct_operations
 from edge.direct_operations import DirectOperations
 from edge.view import TallyGraphQL
 from main import create_app
@@ -79,7 +84,7 @@ async def test_a_document_is_served_directly_once_graphql_answered_it_without_er
     load = await create_load(api)
     await api.error(SET_LOAD, id=load["id"], s="PAID")  # does not coerce: the ordinary path answers, learns nothing
     await api.error(SET_LOAD, id="999999", s="ASSIGNED")  # an error: not learned either
-    assert operations_of(view).known == set()
+    assert not operations_of(view).known
     await api.ok(SET_LOAD, id=load["id"], s="ASSIGNED")
     assert (SET_LOAD, None) in operations_of(view).known
 
@@ -140,7 +145,7 @@ async def test_a_direct_answer_equals_what_graphql_renders_for_the_row(
         await same_as_read(await post(api, set_load, id=load_id), "load", load_selection, load_id)
         billed = await post(api, set_invoice, id=invoice["id"], s="BILLED")
         await same_as_read(billed, "invoice", invoice_selection, invoice["id"])
-    assert {(create, None), (set_load, None), (set_invoice, None)} <= operations_of(view).known
+    assert {(create, None), (set_load, None), (set_invoice, None)} <= operations_of(view).known.keys()
     await assert_exact(view.db, "org_a")
 
 
@@ -239,3 +244,48 @@ async def test_count_fields_by_name_are_served_directly(
     monkeypatch.setattr(view, "run", no_executor)
     assert [await api.ok(query) for query in queries] == first
     assert first[0] == {"countLoadsByStatus": {"open": 1, "total": 1}}
+
+
+@strawberry.type
+class Answer:
+    value: int
+
+
+async def answer(info: strawberry.Info) -> Answer:
+    return Answer(value=1)
+
+
+class Passing(FieldExtension):
+    async def resolve_async(self, next_: Any, source: Any, info: Any, **kwargs: Any) -> Any:
+        return await next_(source, info, **kwargs)
+
+
+@strawberry.type
+class Fields:
+    open: Answer = strawberry.field(resolver=answer, metadata=DIRECT)
+    guarded: Answer = strawberry.field(resolver=answer, metadata=DIRECT, permission_classes=[Authenticated])
+    extended: Answer = strawberry.field(
+        resolver=answer, metadata=DIRECT, permission_classes=[Authenticated], extensions=[Passing()]
+    )
+
+
+async def test_a_field_with_more_than_permissions_around_its_resolver_is_never_served_directly() -> None:
+    """The direct path runs the permission classes and the resolver, nothing else: a DIRECT field
+    without permission classes, or with another extension, keeps the executor."""
+    operations = DirectOperations(strawberry.Schema(query=Fields))
+    assert operations.plan_of("{ guarded { value } }", None) is not None
+    assert operations.plan_of("{ open { value } }", None) is None
+    assert operations.plan_of("{ extended { value } }", None) is None
+
+
+async def test_known_documents_are_bounded(direct: tuple[Api, TallyGraphQL], monkeypatch: pytest.MonkeyPatch) -> None:
+    api, view = direct
+    monkeypatch.setattr(direct_operations, "KNOWN_DOCUMENTS", 2)
+    load = await create_load(api)
+    documents = [
+        f'query {{ countLoadsByStatus(orgId: "org_a") {{ {field} }} }}' for field in ("open", "total", "canceled")
+    ]
+    for document in documents:
+        await api.ok(document)
+    assert list(operations_of(view).known) == [(document, None) for document in documents[1:]]
+    del load

@@ -151,6 +151,15 @@ async def test_update_counted_moves_the_counters_from_the_locked_row_and_only_a_
 
     with pytest.raises(RuntimeError, match="without being locked"):
         await db.write(unlocked)
+
+    async def also_an_orm_object(session: AsyncSession) -> None:
+        row = await lock_row(session, Load, load["id"], "org_a")
+        held = await session.get(Load, int(load["id"]))  # would go stale under a Core UPDATE
+        assert held is not None
+        await update_counted(session, Load, row, {"status": "OPEN"})
+
+    with pytest.raises(RuntimeError, match="ORM object of this session"):
+        await db.write(also_an_orm_object)
     assert await stored(db, "org_a") == (counts, version)
     assert counts == await recount(db, "org_a")
 
@@ -183,9 +192,7 @@ async def test_a_counter_upsert_that_fails_fails_the_commit_and_keeps_nothing(ap
     load = await create_load(api)
     dialect = db.engine.dialect.name
     await run_sql(db, REFUSE_STATS_UPDATES[dialect])
-    body = await api.raw(
-        "mutation($id: ID!) { updateLoadStatus(id: $id, status: ASSIGNED) { status } }", id=load["id"]
-    )
+    body = await api.raw("mutation($id: ID!) { updateLoadStatus(id: $id, status: ASSIGNED) { status } }", id=load["id"])
     assert body["errors"] and body["data"] is None
     counts, version = await stored(db, "org_a")
     assert (counts["loads_open"], counts["loads_assigned"], version) == (1, 0, 1)
