@@ -28,7 +28,16 @@ INVOICE_FIELDS = ["id", "orgId", "status", "missingDataReason", "voidReason", "c
 SET_LOAD = "mutation Set($id: ID!, $s: LoadStatus!) { updateLoadStatus(id: $id, status: $s) { id status } }"
 
 
-async def serve(settings: Settings) -> AsyncIterator[tuple[Api, TallyGraphQL]]:
+async def serve(database_url: str, *, direct: bool) -> AsyncIterator[tuple[Api, TallyGraphQL]]:
+    """The app on `database_url` with the direct path on or off (whatever the environment says);
+    no count cache, no per-response statement counts."""
+    settings = Settings(
+        database_url=database_url,
+        recalc_interval_seconds=0,
+        query_stats=False,
+        count_cache_entries=0,
+        direct_operations=direct,
+    )
     app = create_app(settings)
     await app.state.hub.start()
     try:
@@ -41,29 +50,14 @@ async def serve(settings: Settings) -> AsyncIterator[tuple[Api, TallyGraphQL]]:
 
 @pytest.fixture
 async def direct(database_url: str) -> AsyncIterator[tuple[Api, TallyGraphQL]]:
-    """The direct path on (whatever the environment says); no count cache, no per-response statement counts."""
-    settings = Settings(
-        database_url=database_url,
-        recalc_interval_seconds=0,
-        query_stats=False,
-        count_cache_entries=0,
-        direct_operations=True,
-    )
-    async for served in serve(settings):
+    async for served in serve(database_url, direct=True):
         yield served
 
 
 @pytest.fixture
 async def ordinary(database_url: str) -> AsyncIterator[tuple[Api, TallyGraphQL]]:
     """The same database, served with the direct path off."""
-    settings = Settings(
-        database_url=database_url,
-        recalc_interval_seconds=0,
-        query_stats=False,
-        count_cache_entries=0,
-        direct_operations=False,
-    )
-    async for served in serve(settings):
+    async for served in serve(database_url, direct=False):
         yield served
 
 
