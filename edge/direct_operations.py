@@ -56,6 +56,7 @@ from api.root import DIRECT
 from schema.context import Context
 
 MAX_QUERY_CHARS = 4096
+MAX_BODY_BYTES = 16_384  # a direct operation's variables are a few ids and values: an import's body is not parsed here
 KNOWN_DOCUMENTS = 1024
 
 
@@ -127,6 +128,8 @@ class DirectOperations:
 
     def call_of(self, body: bytes) -> Call | None:
         """The request as a Call, or None when it is not one this fast path serves."""
+        if len(body) > MAX_BODY_BYTES:
+            return None
         try:
             request = json.loads(body)
         except (ValueError, RecursionError):
