@@ -34,6 +34,9 @@ from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler, Operation
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.types.arguments import convert_arguments
+
+from api.root import schema as tally_schema
 
 STRAWBERRY = "strawberry-graphql"
 GRAPHQL_CORE = "graphql-core"
@@ -46,6 +49,7 @@ LIVE_TRANSPORT = "edge/live_transport.py (TallyTransportWSHandler)"
 WS_MESSAGES = "edge/ws_messages.py (CheckedTransportWSMessages, CheckedLegacyWSMessages)"
 SHARED_EVENTS = "edge/shared_events.py (SharedEventExecutor)"
 VIEW = "edge/view.py (TallyGraphQL)"
+DIRECT_OPERATIONS = "edge/direct_operations.py (DirectOperations)"
 SQLITE_DRIVER = "Tally's one-trip SQLite driver (OneTripDbapi)"
 BROADCAST = "db/broadcast.py (_RedisBackend, _Broadcast)"
 SERVE = "main.py's serve (uvicorn.run(ws=...))"
@@ -337,3 +341,30 @@ async def test_broadcaster_s_broadcast_keeps_its_backend_and_listener_task() -> 
 
 def test_uvicorn_offers_the_sans_io_websockets_protocol() -> None:
     expect("websockets-sansio" in uvicorn.config.WS_PROTOCOLS, UVICORN, "the ws='websockets-sansio' option", SERVE)
+
+
+def test_strawberry_keeps_what_the_direct_path_reads() -> None:
+    """The direct path runs a field as Strawberry would, from Strawberry's own parts."""
+    field = tally_schema.get_field_for_type("updateLoadStatus", "Mutation")
+    expect(
+        field is not None and field.base_resolver is not None,
+        STRAWBERRY,
+        "Schema.get_field_for_type",
+        DIRECT_OPERATIONS,
+    )
+    assert field is not None and field.base_resolver is not None
+    expect(
+        field.base_resolver.info_parameter is not None,
+        STRAWBERRY,
+        "StrawberryResolver.info_parameter",
+        DIRECT_OPERATIONS,
+    )
+    expect(field.permission_classes, STRAWBERRY, "StrawberryField.permission_classes", DIRECT_OPERATIONS)
+    expect(hasattr(tally_schema, "_schema"), STRAWBERRY, "Schema._schema (the graphql-core schema)", DIRECT_OPERATIONS)
+    expect(hasattr(tally_schema.schema_converter, "scalar_registry"), STRAWBERRY, "scalar_registry", DIRECT_OPERATIONS)
+    expect(
+        {"value", "arguments", "scalar_registry", "config"} <= set(parameters(convert_arguments)),
+        STRAWBERRY,
+        "strawberry.types.arguments.convert_arguments",
+        DIRECT_OPERATIONS,
+    )
