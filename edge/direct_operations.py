@@ -108,7 +108,7 @@ class Call:
     plan: Plan
     variables: dict[str, Any]
     known: bool
-    request_key: tuple[str, str | None]
+    query: str
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,9 @@ class DirectOperations:
     def __init__(self, schema: Schema, observe: ObserveOperation | None = None) -> None:
         self.schema = schema
         self.observe = observe
-        # (query, operationName) answered without an error, the most recent last
-        self.known: OrderedDict[tuple[str, str | None], None] = OrderedDict()
+        # documents answered without an error, the most recent last (an operationName that
+        # names the document's one operation, or none, asks for the same operation)
+        self.known: OrderedDict[str, None] = OrderedDict()
         self.plan_of = functools.lru_cache(maxsize=256)(self._plan)
 
     def call_of(self, body: bytes) -> Call | None:
@@ -134,7 +135,9 @@ class DirectOperations:
             request = json.loads(body)
         except (ValueError, RecursionError):
             return None
-        if not isinstance(request, dict) or not request.keys() <= {"query", "variables", "operationName"}:
+        if not isinstance(request, dict) or not request.keys() <= {"query", "variables", "operationName", "extensions"}:
+            return None
+        if request.get("extensions"):  # what a request extension asks for is the ordinary path's to honour
             return None
         query, name, variables = request.get("query"), request.get("operationName"), request.get("variables")
         if not isinstance(query, str) or not isinstance(name, str | None) or not isinstance(variables, dict | None):
@@ -142,15 +145,15 @@ class DirectOperations:
         plan = self.plan_of(query, name)
         if plan is None:
             return None
-        known = (query, name) in self.known
+        known = query in self.known
         if known:
-            self.known.move_to_end((query, name))
-        return Call(plan, variables or {}, known, (query, name))
+            self.known.move_to_end(query)
+        return Call(plan, variables or {}, known, query)
 
     def learn(self, call: Call, status: int, body: bytes) -> None:
         """The ordinary path answered this call: its document is known good if nothing failed."""
         if status == 200 and "errors" not in json.loads(body):
-            self.known[call.request_key] = None
+            self.known[call.query] = None
             while len(self.known) > KNOWN_DOCUMENTS:
                 self.known.popitem(last=False)
 
