@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None, *, schema_factory: Callable[...
         stats_shards=settings.stats_shards,
         sqlite_fast_paths=settings.sqlite_fast_paths,
         postgres_read_pool=settings.db_read_pool_size if settings.postgres_fast_paths else 0,
+        driver_row_writes=settings.fast_paths,
     )
     hub = StatsHub(settings.broadcast_url, db.read_stats, database_url=settings.database_url)
     db.after_commit.append(hub.publish)

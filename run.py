@@ -56,8 +56,20 @@ def download_with_pip(into: Path) -> Path | None:
     """The uv wheel for this platform via pip (a download is not an install: PEP 668 allows it)."""
     if importlib.util.find_spec("pip") is None:
         return None
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-               "--no-deps", "--only-binary", ":all:", "--dest", str(into), f"uv=={UV_VERSION}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--dest",
+        str(into),
+        f"uv=={UV_VERSION}",
+    ]
     if subprocess.call(command) != 0:
         say("pip download failed; trying the package index directly")
         return None
@@ -65,8 +77,12 @@ def download_with_pip(into: Path) -> Path | None:
 
 
 def download_from_index(into: Path) -> Path:
-    index = os.environ.get("UV_DEFAULT_INDEX") or os.environ.get("UV_INDEX_URL") \
-        or os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX
+    index = (
+        os.environ.get("UV_DEFAULT_INDEX")
+        or os.environ.get("UV_INDEX_URL")
+        or os.environ.get("PIP_INDEX_URL")
+        or DEFAULT_INDEX
+    )
     files = list_index_files(index.rstrip("/") + "/uv/")
     wanted = [f for f in files if f[0].startswith(f"uv-{UV_VERSION}-") and fits_this_machine(f[0])]
     if not wanted:
@@ -91,14 +107,16 @@ def list_index_files(page: str) -> list[tuple[str, str, str]]:
         is_json = "json" in response.headers.get("Content-Type", "")
         body = response.read().decode("utf-8")
     if is_json:
-        return [(f["filename"], urljoin(base, f["url"]), f.get("hashes", {}).get("sha256", ""))
-                for f in json.loads(body)["files"]]
+        return [
+            (f["filename"], urljoin(base, f["url"]), f.get("hashes", {}).get("sha256", ""))
+            for f in json.loads(body)["files"]
+        ]
     links = AnchorCollector()
     links.feed(body)
     files = []
     for href in links.hrefs:
         url, fragment = urldefrag(urljoin(base, href))
-        sha256 = fragment[len("sha256="):] if fragment.startswith("sha256=") else ""
+        sha256 = fragment[len("sha256=") :] if fragment.startswith("sha256=") else ""
         files.append((url.rsplit("/", 1)[-1], url, sha256))
     return files
 

@@ -51,8 +51,15 @@ class Settings(BaseSettings):
     # The edge's fast paths (edge/): each can be turned off; CI runs the suite once more with all off.
     direct_operations: bool = True  # known count queries, createLoad and status changes run without the executor
     shared_events: bool = True  # a subscription event executed and encoded once per operation, not per subscriber
-    sqlite_fast_paths: bool = True  # SQLite: one-trip driver, inline count reads, recount thread (db/sqlite/)
-    postgres_fast_paths: bool = True  # PostgreSQL: count reads straight through asyncpg (db/postgres/)
+    # SQLite: one-trip driver, inline count reads, recount thread (db/sqlite/), one-row writes in one trip
+    sqlite_fast_paths: bool = True
+    # PostgreSQL: count reads (db/postgres/) and one-row writes (db/row_writes.py) straight through asyncpg
+    postgres_fast_paths: bool = True
+
+    @property
+    def fast_paths(self) -> bool:
+        """The fast paths of the configured database (SQLite's or PostgreSQL's)."""
+        return self.sqlite_fast_paths if self.database_url.startswith("sqlite") else self.postgres_fast_paths
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -167,14 +167,14 @@ _cached_search_counted_write = functools.lru_cache(maxsize=1024)(_search_counted
 
 
 @functools.cache
-def _counted_insert(model: type[Base]) -> Insert:
+def counted_insert(model: type[Base]) -> Insert:
     """`INSERT ... RETURNING` every column, built once per model (~0.1 ms each time otherwise)."""
     table = cast(Table, model.__table__)
     return insert(table).returning(*table.c, sort_by_parameter_order=True)
 
 
 @functools.cache
-def _counted_update(model: type[Base]) -> Update:
+def counted_update(model: type[Base]) -> Update:
     """`UPDATE ... WHERE id = :row_id RETURNING` every column; the SET clause follows the parameters."""
     table = cast(Table, model.__table__)
     return update(table).where(table.c.id == bindparam("row_id")).returning(*table.c)
@@ -191,12 +191,27 @@ async def insert_counted(session: AsyncSession, model: type[Base], rows: list[di
     if not rows:
         return []
     connection = await session.connection()
-    inserted = (await connection.execute(_counted_insert(model), rows, execution_options={COUNTED: True})).all()
+    inserted = (await connection.execute(counted_insert(model), rows, execution_options={COUNTED: True})).all()
     pending = _pending(session)
     for row in inserted:
-        for attr, counters in TRACKED.get(model, ()):
-            pending.setdefault(row.org_id, Counter())[counters[getattr(row, attr)]] += 1
+        count_inserted(pending, model, row)
     return inserted
+
+
+def count_inserted(pending: dict[str, Counter[str]], model: type[Base], row: Any) -> None:
+    """Add an inserted row of `model` (every column) to the pending deltas."""
+    for attr, counters in TRACKED.get(model, ()):
+        pending.setdefault(row.org_id, Counter())[counters[getattr(row, attr)]] += 1
+
+
+def count_changed(pending: dict[str, Counter[str]], model: type[Base], old: Any, new: Any) -> None:
+    """Add a changed row of `model`, from its locked state `old` to `new`, to the pending deltas."""
+    deltas = pending.setdefault(old.org_id, Counter())
+    for attr, counters in TRACKED.get(model, ()):
+        before, after = getattr(old, attr), getattr(new, attr)
+        if before != after:
+            deltas[counters[before]] -= 1
+            deltas[counters[after]] += 1
 
 
 async def update_counted(session: AsyncSession, model: type[Base], row: Row[Any], values: dict[str, Any]) -> Row[Any]:
@@ -215,13 +230,8 @@ async def update_counted(session: AsyncSession, model: type[Base], row: Row[Any]
         return row
     connection = await session.connection()
     params = {"row_id": row.id, **values}
-    changed = (await connection.execute(_counted_update(model), params, execution_options={COUNTED: True})).one()
-    pending = _pending(session).setdefault(row.org_id, Counter())
-    for attr, counters in TRACKED.get(model, ()):
-        old, new = getattr(row, attr), getattr(changed, attr)
-        if old != new:
-            pending[counters[old]] -= 1
-            pending[counters[new]] += 1
+    changed = (await connection.execute(counted_update(model), params, execution_options={COUNTED: True})).one()
+    count_changed(_pending(session), model, row, changed)
     return changed
 
 
@@ -280,17 +290,26 @@ def _collect_deltas(session: Session, _flush: UOWTransaction, _instances: object
 def _apply_deltas(session: Session) -> None:
     session.flush()
     pending: dict[str, Counter[str]] = session.info.pop(PENDING, {})
-    shards: int = session.info.get(SHARDS, 1)
+    for params in counter_additions(pending, session.info.get(SHARDS, 1)):
+        _ADD.run(session.connection(), params)  # Core, not the ORM's execute; on SQLite it goes with COMMIT
+        session.info.setdefault(REREAD, []).append(params["org_id"])
+
+
+def counter_additions(pending: dict[str, Counter[str]], shards: int) -> list[dict[str, Any]]:
+    """The parameters of `ADD_COUNTERS`, the one statement per org that applies a transaction's
+    deltas (none for an org whose deltas cancel out): it creates the org's (shard) row or adds the
+    delta to it, bumping `version`. After commit each org's stats are read again (REREAD) for its
+    event: the sums of every shard, never this one row (other processes, with another
+    TALLY_STATS_SHARDS, or an earlier setting may have written other rows of the org)."""
+    additions = []
+    now = utcnow()
     for org_id in sorted(pending):  # a fixed order: concurrent writers never deadlock here
         delta = {counter: d for counter, d in pending[org_id].items() if d}
-        if not delta:
-            continue
-        # Spread over the org's shards, writers of one hot org rarely wait on one row.
-        _add(session, org_id, delta, shard=random.randrange(shards))
-        # The event carries the org's sums read after the commit, never this one row:
-        # other processes (another TALLY_STATS_SHARDS) or an earlier setting may have
-        # written other rows of the org.
-        session.info.setdefault(REREAD, []).append(org_id)
+        if delta:
+            # Spread over the org's shards, writers of one hot org rarely wait on one row.
+            shard = random.randrange(shards)
+            additions.append({"org_id": org_id, "shard": shard, "now": now, **dict.fromkeys(COUNTERS, 0), **delta})
+    return additions
 
 
 def correct(session: Session, org_id: str, delta: dict[str, int], epoch: int) -> StatsSnapshot | None:
@@ -387,17 +406,10 @@ def _build_add_statement(insert: Any) -> Any:
     return stmt.on_conflict_do_update(index_elements=[table.c.org_id, table.c.shard], set_=changes)
 
 
-_ADD = Unread({name: _build_add_statement(insert) for name, insert in _DIALECTS})
-
-
-def _add(session: Session, org_id: str, delta: dict[str, int], *, shard: int) -> None:
-    """One statement: create the org's (shard) row or add a non-empty `delta` to it, bumping `version`.
-
-    The common write, so its statement is built once (building it per commit cost
-    ~0.7 ms of CPU); a recalculation's correction goes through `correct`.
-    """
-    params = {"org_id": org_id, "shard": shard, "now": utcnow(), **dict.fromkeys(COUNTERS, 0), **delta}
-    _ADD.run(session.connection(), params)  # Core, not the ORM's execute; on SQLite it goes with COMMIT
+# The common write's statement, built once (building it per commit cost ~0.7 ms of CPU);
+# a recalculation's correction goes through `correct`.
+ADD_COUNTERS = {name: _build_add_statement(insert) for name, insert in _DIALECTS}
+_ADD = Unread(ADD_COUNTERS)
 
 
 def _build_stats_query() -> Select[Any]:

@@ -15,7 +15,8 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from db.sqlite.driver import OneTripConnection, OneTripDbapi, Prepared
+from db.prepared import Prepared
+from db.sqlite.driver import OneTripConnection, OneTripDbapi
 
 WRITE = "tally_write"  # execution option: this transaction will write
 
@@ -89,7 +90,7 @@ class Unread:
 
     def __init__(self, statements: dict[str, Insert]) -> None:
         self._statements = statements
-        self._sqlite = Prepared(statements["sqlite"])
+        self._sqlite = Prepared(statements["sqlite"], "sqlite")
 
     def kept(self, connection: Connection, parameters: dict[str, Any]) -> bool:
         """Whether the driver took it for its next trip."""

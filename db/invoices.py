@@ -8,10 +8,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.aggregates import update_counted
 from db.errors import BadInput, Conflict, InvalidTransition
-from db.models import Invoice, Load, ReturnedRow
-from db.queries import lock_one, lock_row, lock_rows
+from db.models import Invoice, Load
+from db.queries import lock_one, lock_rows
+from db.row_writes import Lock, Plan, Update
 from db.rules import INVOICE_TRANSITIONS, can_move, check_text, check_transition
 
 MAX_REASON = 1000
@@ -61,10 +61,10 @@ async def create_invoice(
     return invoice
 
 
-async def set_invoice_status(session: AsyncSession, invoice_id: str, status: str, scope: str | None) -> ReturnedRow:
-    invoice = await lock_row(session, Invoice, invoice_id, scope)
+def set_invoice_status(invoice_id: str, status: str, scope: str | None) -> Plan:
+    invoice = yield Lock(Invoice, invoice_id, scope)
     check_transition("Invoice", INVOICE_TRANSITIONS, invoice.status, status, invoice_id)
-    return await update_counted(session, Invoice, invoice, _entered(invoice.status, status))
+    return Update(Invoice, invoice, _entered(invoice.status, status))
 
 
 async def bulk_set_invoice_status(

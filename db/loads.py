@@ -1,19 +1,18 @@
-"""Load writes. Counters follow from the ORM changes and the counted inserts and updates (db/aggregates.py)."""
+"""Load writes. Creating a load and changing its status are plans (db/row_writes.py); counters
+follow from their counted inserts and updates, and from the ORM changes of the others (db/aggregates.py)."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.aggregates import insert_counted, update_counted
-from db.models import Invoice, Load, ReturnedRow
-from db.organizations import ensure_organization
-from db.queries import customer_in_org, lock_one, lock_row, lock_where
+from db.models import Customer, Invoice, Load
+from db.queries import lock_one, lock_where
+from db.row_writes import EnsureOrg, Find, Insert, Lock, Plan, Update
 from db.rules import LOAD_TRANSITIONS, check_text, check_transition
 
 
-async def create_load(
-    session: AsyncSession,
+def create_load(
     org_id: str,
     *,
     status: str,
@@ -22,9 +21,9 @@ async def create_load(
     load_number: str | None = None,
     hcr: str | None = None,
     trip_number: str | None = None,
-) -> ReturnedRow:
-    await ensure_organization(session, org_id)
-    customer = await customer_in_org(session, customer_id, org_id)
+) -> Plan:
+    yield EnsureOrg(org_id)
+    customer = None if customer_id is None else (yield Find(Customer, customer_id, org_id))
     row = {
         "org_id": org_id,
         "status": status,
@@ -35,14 +34,13 @@ async def create_load(
         "hcr": check_text(hcr, "hcr"),
         "trip_number": check_text(trip_number, "tripNumber"),
     }
-    (load,) = await insert_counted(session, Load, [row])  # one INSERT ... RETURNING, no ORM object
-    return load
+    return Insert(Load, row)
 
 
-async def set_load_status(session: AsyncSession, load_id: str, status: str, scope: str | None) -> ReturnedRow:
-    load = await lock_row(session, Load, load_id, scope)
+def set_load_status(load_id: str, status: str, scope: str | None) -> Plan:
+    load = yield Lock(Load, load_id, scope)
     check_transition("Load", LOAD_TRANSITIONS, load.status, status, load_id)
-    return await update_counted(session, Load, load, {"status": status})
+    return Update(Load, load, {"status": status})
 
 
 async def delete_load(session: AsyncSession, load_id: str, scope: str | None) -> Load:

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.aggregates import STATS_QUERY, StatsSnapshot, mark_locked
 from db.errors import BadInput, NotFound
-from db.models import Customer, Invoice, Lane, Load, Organization
+from db.models import Base, Customer, Invoice, Lane, Load, Organization
 from db.work import ReadSession
 
 M = TypeVar("M", Load, Invoice)
@@ -74,20 +74,26 @@ async def lock_one(session: AsyncSession, model: type[M], id_: str, scope: str |
     return (await lock_rows(session, model, [id_], scope))[0]
 
 
-_LOCKING_ROW: dict[tuple[type, bool], Select[Any]] = {}
+_ROW_SELECTS: dict[tuple[type, bool, bool], Select[Any]] = {}
 
 
-async def lock_row(session: AsyncSession, model: type[M], id_: str, scope: str | None) -> Row[Any]:
-    """SELECT ... FOR UPDATE one row, as a Core row (every column) for `db.aggregates.update_counted`:
-    no ORM object is built. An unknown id and one outside `scope` are both NOT_FOUND."""
-    parsed = parse_id(id_)
-    stmt = _LOCKING_ROW.get((model, scope is not None))
+def row_select(model: type[Base], *, scoped: bool, locking: bool = True) -> Select[Any]:
+    """SELECT every column of the row :row_id (and org :scope), FOR UPDATE if `locking`; built once."""
+    stmt = _ROW_SELECTS.get((model, scoped, locking))
     if stmt is None:
         table = model.__table__
         stmt = select(*table.c).where(table.c.id == bindparam("row_id"))
-        if scope is not None:
+        if scoped:
             stmt = stmt.where(table.c.org_id == bindparam("scope"))
-        stmt = _LOCKING_ROW[(model, scope is not None)] = stmt.with_for_update()
+        stmt = _ROW_SELECTS[(model, scoped, locking)] = stmt.with_for_update() if locking else stmt
+    return stmt
+
+
+async def lock_row(session: AsyncSession, model: type[Base], id_: str, scope: str | None) -> Row[Any]:
+    """SELECT ... FOR UPDATE one row, as a Core row (every column) for `db.aggregates.update_counted`:
+    no ORM object is built. An unknown id and one outside `scope` are both NOT_FOUND."""
+    parsed = parse_id(id_)
+    stmt = row_select(model, scoped=scope is not None)
     connection = await session.connection()
     row = None if parsed is None else (await connection.execute(stmt, {"row_id": parsed, "scope": scope})).first()
     if row is None:

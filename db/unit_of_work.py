@@ -14,9 +14,9 @@ hooks (`db/after_commit.py`), reads after commit shared by writers
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -26,12 +26,14 @@ from db.aggregates import REREAD, SHARDS, AggregateSession, StatsSnapshot, guard
 from db.engine import WRITE, create_engine
 from db.queries import get_stats
 from db.retries import MAX_ATTEMPTS, WriteRetries
+from db.row_writes import DriverRowWrites, Plan, in_session
 from db.shared_reads import SharedReads
 from db.stats_reader import StatsReader
 from db.work import ReadWork, WriteWork
 from db.writers import WritersInFlight, writer_turn
 
 T = TypeVar("T")
+Commit = Callable[[], Awaitable[tuple[T, list[str]]]]  # a committed write: its result, the orgs it changed
 
 
 class Database:
@@ -43,8 +45,10 @@ class Database:
         stats_shards: int = 1,
         sqlite_fast_paths: bool = True,
         postgres_read_pool: int = 0,
+        driver_row_writes: bool = True,
     ) -> None:
-        """`postgres_read_pool`: connections of the count reads' own asyncpg pool (0: none)."""
+        """`postgres_read_pool`: connections of the count reads' own asyncpg pool (0: none).
+        `driver_row_writes`: one-row writes (`write_row`) straight on the driver (db/row_writes.py)."""
         self.url = url
         self.engine: AsyncEngine = create_engine(url, pool_size=pool_size, sqlite_fast_paths=sqlite_fast_paths)
         guard_writes(self.engine)
@@ -66,6 +70,7 @@ class Database:
             postgres_read_pool=postgres_read_pool,
         )
         self._reads_after_commit = SharedReads(self.read_stats)
+        self._row_writes = DriverRowWrites(self.engine, max(1, stats_shards)) if driver_row_writes else None
 
     @property
     def write_retries(self) -> int:
@@ -105,31 +110,48 @@ class Database:
         maintenance (recalculation) writes go between the writers', not in their way."""
         await self.writers.rest(at_most)
 
+    async def write_row(self, plan: Callable[[], Plan]) -> Any:
+        """Run a one-row write's plan (a new one per attempt) in its own committed transaction:
+        straight on the driver, or through a session with `driver_row_writes` off."""
+        if self._row_writes is None:
+            return await self.write(lambda session: in_session(session, plan()))
+        row_writes = self._row_writes
+        result, _ = await self._with_snapshots(lambda: self._retried(lambda: row_writes.run(plan())))
+        return result
+
     async def write_with_snapshots(self, work: WriteWork[T]) -> tuple[T, list[StatsSnapshot]]:
+        return await self._with_snapshots(lambda: self._retried(lambda: self._commit(work)))
+
+    async def _with_snapshots(self, commit: Commit[T]) -> tuple[T, list[StatsSnapshot]]:
         with self.writers.one():
-            result, reread = await self._commit(work)
+            result, reread = await commit()
             # The sums as committed (or later) of each changed org someone hears of; concurrent writers share reads.
             snapshots = [await self._reads_after_commit.read(org_id) for org_id in self.after_commit.want(reread)]
             await self.after_commit.run(snapshots)
             return result, snapshots
 
-    async def _commit(self, work: WriteWork[T]) -> tuple[T, list[str]]:
-        """`work` in a committed write transaction, retried; with the orgs whose stats it changed."""
+    async def _retried(self, commit: Commit[T]) -> tuple[T, list[str]]:
+        """`commit` (a committed write transaction and the orgs whose stats it changed), in this
+        process's writers' turn, run again after a retryable failure."""
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                async with self.sessions() as session:
-                    async with self._writer_turn:  # from BEGIN to COMMIT (or ROLLBACK), no longer
-                        try:
-                            await session.connection(execution_options={WRITE: True})
-                            result = await work(session)
-                            await session.commit()
-                        except BaseException:
-                            await session.rollback()
-                            raise
-                    return result, session.info.pop(REREAD, [])
+                async with self._writer_turn:  # from BEGIN to COMMIT (or ROLLBACK), no longer
+                    return await commit()
             except DBAPIError as error:
                 await self._retries.again(error, attempt)
         raise AssertionError("unreachable")
+
+    async def _commit(self, work: WriteWork[T]) -> tuple[T, list[str]]:
+        """`work` in a committed write transaction; with the orgs whose stats it changed."""
+        async with self.sessions() as session:
+            try:
+                await session.connection(execution_options={WRITE: True})
+                result = await work(session)
+                await session.commit()
+            except BaseException:
+                await session.rollback()
+                raise
+        return result, session.info.pop(REREAD, [])
 
     async def dispose(self) -> None:
         await self.stats.close()

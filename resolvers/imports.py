@@ -34,9 +34,7 @@ def _shipment(raw: ShipmentInput) -> imports.Shipment:
     )
 
 
-async def import_shipments(
-    info: Info, org_id: strawberry.ID, shipments: list[ShipmentInput]
-) -> list[ImportResult]:
+async def import_shipments(info: Info, org_id: strawberry.ID, shipments: list[ShipmentInput]) -> list[ImportResult]:
     if len(shipments) > info.context.limits.batch_shipments:
         raise BadInput(f"At most {info.context.limits.batch_shipments} shipments per batch")
     batch = [_shipment(raw) for raw in shipments]

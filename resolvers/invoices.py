@@ -53,7 +53,7 @@ async def create_invoice(info: Info, input: CreateInvoiceInput) -> Invoice:
 
 async def update_invoice_status(info: Info, id: strawberry.ID, status: InvoiceStatus) -> Invoice:
     scope = info.context.principal.scope
-    row = await info.context.db.write(lambda s: invoices.set_invoice_status(s, id, status.value, scope))
+    row = await info.context.db.write_row(lambda: invoices.set_invoice_status(id, status.value, scope))
     return Invoice.of(row)
 
 
@@ -68,9 +68,7 @@ async def _bulk(info: Info, ids: list[strawberry.ID], status: str, reason: str |
     return BulkResult(updated=outcome.updated, unchanged=outcome.unchanged, stats=OrganizationStats.of(stats))
 
 
-async def bulk_update_invoice_status(
-    info: Info, ids: list[strawberry.ID], status: InvoiceStatus
-) -> BulkResult:
+async def bulk_update_invoice_status(info: Info, ids: list[strawberry.ID], status: InvoiceStatus) -> BulkResult:
     return await _bulk(info, ids, status.value, None)
 
 

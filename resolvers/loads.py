@@ -33,15 +33,12 @@ async def loads_page(
         lambda s: queries.page(s, models.Load, org_id, filters, 50 if first is None else first, after)
     )
     end = queries.encode_cursor(rows[-1].id) if rows else None
-    return LoadConnection(
-        nodes=[Load.of(r) for r in rows], page_info=PageInfo(has_next_page=has_next, end_cursor=end)
-    )
+    return LoadConnection(nodes=[Load.of(r) for r in rows], page_info=PageInfo(has_next_page=has_next, end_cursor=end))
 
 
 async def create_load(info: Info, input: CreateLoadInput) -> Load:
-    row = await info.context.db.write(
-        lambda s: loads.create_load(
-            s,
+    row = await info.context.db.write_row(
+        lambda: loads.create_load(
             input.org_id,
             status=(input.status or LoadStatus.OPEN).value,
             load_type=(input.load_type or LoadType.UNMAPPED).value,
@@ -56,7 +53,7 @@ async def create_load(info: Info, input: CreateLoadInput) -> Load:
 
 async def update_load_status(info: Info, id: strawberry.ID, status: LoadStatus) -> Load:
     scope = info.context.principal.scope
-    row = await info.context.db.write(lambda s: loads.set_load_status(s, id, status.value, scope))
+    row = await info.context.db.write_row(lambda: loads.set_load_status(id, status.value, scope))
     return Load.of(row)
 
 

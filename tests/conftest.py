@@ -13,9 +13,7 @@ from tests.helpers import Api, token
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
-def databases(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Databases]:
+def databases(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Databases]:
     """Every database test runs on SQLite and on PostgreSQL."""
     made = make_databases(request.param, tmp_path_factory.mktemp(request.param))
     yield made

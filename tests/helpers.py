@@ -71,7 +71,11 @@ async def recount(db: Database, org_id: str) -> dict[str, int]:
 
     async def work(session: Any) -> dict[str, int]:
         counts = dict.fromkeys(COUNTERS, 0)
-        for column, mapping in ((Load.status, LOAD_STATUS_COUNTERS), (Load.load_type, LOAD_TYPE_COUNTERS), (Invoice.status, INVOICE_STATUS_COUNTERS)):
+        for column, mapping in (
+            (Load.status, LOAD_STATUS_COUNTERS),
+            (Load.load_type, LOAD_TYPE_COUNTERS),
+            (Invoice.status, INVOICE_STATUS_COUNTERS),
+        ):
             model = column.class_
             rows = await session.execute(select(column, func.count()).where(model.org_id == org_id).group_by(column))
             for value, n in rows:
@@ -153,9 +157,7 @@ async def create_load(api: Api, org: str = "org_a", **fields: Any) -> dict[str, 
     return data["createLoad"]
 
 
-async def create_invoice(
-    api: Api, load_id: str, status: str = "DRAFT", reason: str | None = None
-) -> dict[str, Any]:
+async def create_invoice(api: Api, load_id: str, status: str = "DRAFT", reason: str | None = None) -> dict[str, Any]:
     if status == "MISSING_DATA" and reason is None:
         reason = "test reason"
     data = await api.ok(
@@ -176,9 +178,7 @@ async def create_lane(
     return data["createLane"]
 
 
-async def import_shipments(
-    api: Api, shipments: list[dict[str, Any]], org: str = "org_a"
-) -> list[dict[str, Any]]:
+async def import_shipments(api: Api, shipments: list[dict[str, Any]], org: str = "org_a") -> list[dict[str, Any]]:
     data = await api.ok(
         "mutation($o: ID!, $s: [ShipmentInput!]!) { importShipments(orgId: $o, shipments: $s) "
         f"{{ shipmentId outcome error load {{ {LOAD_FIELDS} }} }} }}",
@@ -234,9 +234,7 @@ def replace_ids(value: Any, ids: dict[str, str]) -> Any:
 
     if not ids:
         return value
-    pattern = re.compile(
-        "|".join(rf"(?<![\w-]){re.escape(i)}(?![\w-])" for i in sorted(ids, key=len, reverse=True))
-    )
+    pattern = re.compile("|".join(rf"(?<![\w-]){re.escape(i)}(?![\w-])" for i in sorted(ids, key=len, reverse=True)))
     if isinstance(value, str):
         return pattern.sub(lambda m: ids[m.group(0)], value)
     if isinstance(value, list):

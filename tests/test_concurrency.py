@@ -153,15 +153,11 @@ class Workload:
                 },
             )
         elif action == 8:
-            await self.call(
-                client, "mutation($o: ID!) { promoteSpotLoads(orgId: $o) { promotedLoads } }", o=org
-            )
+            await self.call(client, "mutation($o: ID!) { promoteSpotLoads(orgId: $o) { promotedLoads } }", o=org)
         elif action == 9:
             await self.call(client, "mutation($id: ID!) { deleteLoad(id: $id) { id } }", id=self.some(loads))
         else:
-            await self.call(
-                client, "mutation($id: ID!) { deleteInvoice(id: $id) { id } }", id=self.some(invoices)
-            )
+            await self.call(client, "mutation($id: ID!) { deleteInvoice(id: $id) { id } }", id=self.some(invoices))
 
 
 @pytest.mark.slow
@@ -207,9 +203,7 @@ async def test_two_processes_64_clients_stay_exact(databases: Databases, redis_s
                 await db.dispose()
             # Each subscriber converges on the final version.
             converge_by = time.monotonic() + 10
-            while (
-                any(not v or v[-1] != final_version for v in seen.values()) and time.monotonic() < converge_by
-            ):
+            while any(not v or v[-1] != final_version for v in seen.values()) and time.monotonic() < converge_by:
                 await asyncio.sleep(0.1)
             for watcher in watchers:
                 watcher.cancel()

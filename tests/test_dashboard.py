@@ -120,8 +120,6 @@ async def check_page_and_modules(client: httpx.AsyncClient) -> None:
 # ------------------------------------------------------------------ the page in Chromium
 
 
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with launched_chromium() as launched:

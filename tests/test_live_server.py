@@ -34,9 +34,7 @@ def test_serve_migrates_and_answers_a_token_holder(databases: Databases) -> None
         headers = {"Authorization": f"Bearer {token}"}
         create = httpx.post(
             f"{base}/graphql",
-            json={
-                "query": 'mutation { createLoad(input: {orgId: "org_live", status: ASSIGNED}) { id status } }'
-            },
+            json={"query": 'mutation { createLoad(input: {orgId: "org_live", status: ASSIGNED}) { id status } }'},
             headers=headers,
         ).json()
         assert create["data"]["createLoad"]["status"] == "ASSIGNED"

@@ -64,9 +64,7 @@ async def test_snapshot_then_one_event_per_commit(server: str) -> None:
         load_id = await create_load(server)
         event = await sub.next()
         assert event["version"] == 2 and event["loads"]["open"] == 2
-        await call(
-            server, "mutation($id: ID!) { updateLoadStatus(id: $id, status: ASSIGNED) { id } }", id=load_id
-        )
+        await call(server, "mutation($id: ID!) { updateLoadStatus(id: $id, status: ASSIGNED) { id } }", id=load_id)
         event = await sub.next()
         assert event["version"] == 3 and event["loads"] == {
             "open": 1,
@@ -118,15 +116,11 @@ async def test_bulk_void_is_one_event_and_a_refusal_is_none(server: str) -> None
     ids = []
     for _ in range(5):
         load_id = await create_load(server)
-        body = await call(
-            server, "mutation($id: ID!) { createInvoice(input: {loadId: $id}) { id } }", id=load_id
-        )
+        body = await call(server, "mutation($id: ID!) { createInvoice(input: {loadId: $id}) { id } }", id=load_id)
         ids.append(body["data"]["createInvoice"]["id"])
     async with subscription(server, TOKEN, ORG) as sub:
         assert (await sub.next())["version"] == 10
-        result = await call(
-            server, "mutation($ids: [ID!]!) { bulkVoidInvoices(ids: $ids) { updated } }", ids=ids
-        )
+        result = await call(server, "mutation($ids: [ID!]!) { bulkVoidInvoices(ids: $ids) { updated } }", ids=ids)
         assert result["data"]["bulkVoidInvoices"]["updated"] == 5
         event = await sub.next()
         assert event["version"] == 11 and event["invoices"]["void"] == 5
@@ -185,9 +179,7 @@ async def test_two_processes_share_one_channel(database_url: str, redis_server: 
             assert event["version"] == 1 and event["loads"]["open"] == 1
 
 
-async def test_subscriber_converges_after_redis_restarts(
-    database_url: str, redis_server: RedisServer
-) -> None:
+async def test_subscriber_converges_after_redis_restarts(database_url: str, redis_server: RedisServer) -> None:
     env = env_for(database_url, TALLY_BROADCAST_URL=redis_server.url)
     with running_server(env) as writer, running_server(env) as reader:
         async with subscription(reader, TOKEN, ORG) as sub:

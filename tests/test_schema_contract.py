@@ -38,9 +38,7 @@ def ours() -> GraphQLSchema:
     return build_schema((ROOT / "schema.graphql").read_text())
 
 
-def test_every_contract_type_field_and_argument_is_served(
-    contract: GraphQLSchema, ours: GraphQLSchema
-) -> None:
+def test_every_contract_type_field_and_argument_is_served(contract: GraphQLSchema, ours: GraphQLSchema) -> None:
     missing: list[str] = []
     for name, expected in contract.type_map.items():
         if name.startswith("__"):

@@ -12,6 +12,7 @@ import aiosqlite.core
 import pytest
 
 from db import loads
+from db.row_writes import in_session
 from db.sqlite.driver import OneTripDbapi
 from db.unit_of_work import Database
 from tests.helpers import recount, stored
@@ -37,15 +38,30 @@ def trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
 
 async def test_a_write_makes_one_trip_per_statement(db: Database, trips: list[str]) -> None:
+    """Through a session (the fast paths off, or a write of many rows)."""
     skip_unless_one_trip_driver(db)
-    created = await db.write(lambda s: loads.create_load(s, "org_a", status="OPEN", load_type="SPOT"))
+    created = await db.write(lambda s: in_session(s, loads.create_load("org_a", status="OPEN", load_type="SPOT")))
     trips.clear()
-    created = await db.write(lambda s: loads.create_load(s, "org_a", status="OPEN", load_type="SPOT"))
+    created = await db.write(lambda s: in_session(s, loads.create_load("org_a", status="OPEN", load_type="SPOT")))
     assert trips == ["_execute", "_commit"]  # BEGIN + org upsert + INSERT, counters + COMMIT
 
     trips.clear()
-    await db.write(lambda s: loads.set_load_status(s, str(created.id), "ASSIGNED", None))
+    await db.write(lambda s: in_session(s, loads.set_load_status(str(created.id), "ASSIGNED", None)))
     assert trips == ["_execute", "_execute", "_commit"]  # BEGIN + SELECT FOR UPDATE, UPDATE, counters + COMMIT
+
+    counts, version = await stored(db, "org_a")
+    assert (counts["loads_open"], counts["loads_assigned"], version) == (1, 1, 3)
+    assert counts == await recount(db, "org_a")
+
+
+async def test_a_one_row_write_on_the_driver_is_one_trip(db: Database, trips: list[str]) -> None:
+    """createLoad and a status change (db/row_writes.py): BEGIN IMMEDIATE to COMMIT in one trip."""
+    skip_unless_one_trip_driver(db)
+    created = await db.write_row(lambda: loads.create_load("org_a", status="OPEN", load_type="SPOT"))
+    trips.clear()
+    created = await db.write_row(lambda: loads.create_load("org_a", status="OPEN", load_type="SPOT"))
+    await db.write_row(lambda: loads.set_load_status(str(created.id), "ASSIGNED", None))
+    assert trips == ["_in_worker_thread", "_in_worker_thread"]
 
     counts, version = await stored(db, "org_a")
     assert (counts["loads_open"], counts["loads_assigned"], version) == (1, 1, 3)
@@ -76,13 +92,13 @@ async def test_a_statement_that_waited_for_the_next_trip_fails_that_trip_and_not
             "CREATE TRIGGER refuse_orgs BEFORE INSERT ON organizations BEGIN SELECT RAISE(ABORT, 'refused'); END"
         )
     with pytest.raises(Exception, match="refused"):
-        await db.write(lambda s: loads.create_load(s, "org_new", status="OPEN", load_type="SPOT"))
+        await db.write(lambda s: in_session(s, loads.create_load("org_new", status="OPEN", load_type="SPOT")))
     assert await recount(db, "org_new") == await recount(db, "org_none")  # all zero
     async with db.engine.begin() as connection:
         await connection.exec_driver_sql("DROP TRIGGER refuse_orgs")
 
     for _ in range(3):  # on every pooled connection the failure may have used
-        await db.write(lambda s: loads.create_load(s, "org_new", status="OPEN", load_type="SPOT"))
+        await db.write(lambda s: in_session(s, loads.create_load("org_new", status="OPEN", load_type="SPOT")))
     counts, version = await stored(db, "org_new")
     assert (counts["loads_open"], version) == (3, 3)
     assert counts == await recount(db, "org_new")

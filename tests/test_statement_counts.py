@@ -138,8 +138,9 @@ async def test_ten_loads_one_statement_each(client: httpx.AsyncClient, db: Datab
             i={"orgId": "org_small", "status": LOAD_STATUSES[i % 4], "loadType": LOAD_TYPES[i % 3]},
         )
         assert not created.get("errors"), created
-        # The counter really counts: a write runs several statements.
-        assert created["extensions"]["queryStats"]["statements"] > 1
+        # The counter really counts: on PostgreSQL the org's creation, the INSERT and the counter
+        # upsert are one statement (db/row_writes.py); elsewhere they are three.
+        assert created["extensions"]["queryStats"]["statements"] == (1 if db.engine.dialect.name == "postgresql" else 3)
         load_id = created["data"]["createLoad"]["id"]
         status = INVOICE_STATUSES[i % 6]
         invoice = await api.raw(
@@ -147,6 +148,7 @@ async def test_ten_loads_one_statement_each(client: httpx.AsyncClient, db: Datab
             i={"loadId": load_id, "status": status, "missingDataReason": "test" if status == "MISSING_DATA" else None},
         )
         assert not invoice.get("errors"), invoice
+        assert invoice["extensions"]["queryStats"]["statements"] > 1
 
     got = await read_all_three(api, "org_small")
     loads, load_types, invoices = expected_counts(10)

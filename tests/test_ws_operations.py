@@ -134,7 +134,7 @@ async def test_errors_over_the_socket_carry_their_codes_not_internal(
     server: ServerUrl, socket: AsyncClientSession
 ) -> None:
     with pytest.raises(TransportQueryError) as refused:
-        await over_socket(socket, "mutation { updateLoadStatus(id: \"nope\", status: COMPLETED) { id } }")
+        await over_socket(socket, 'mutation { updateLoadStatus(id: "nope", status: COMPLETED) { id } }')
     assert [error["extensions"]["code"] for error in refused.value.errors or []] == ["NOT_FOUND"]
     with pytest.raises(TransportQueryError) as invalid:
         await over_socket(socket, "{ load(id: 1) { nonsense } }")

@@ -21,19 +21,20 @@ from __future__ import annotations
 
 import collections
 import sqlite3
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
 
 import aiosqlite
-from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
 )
-from sqlalchemy.sql import ClauseElement
-from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util.concurrency import await_
+
+from db.prepared import Prepared
+
+T = TypeVar("T")
 
 # description, rows, rowcount, lastrowid: everything SQLAlchemy reads off a cursor
 Outcome = tuple[Any, list[Any], int, int | None]
@@ -155,29 +156,6 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         super().rollback()
 
 
-class Prepared:
-    """A Core statement compiled once for SQLite: its SQL, and its positional values from a dict."""
-
-    def __init__(self, statement: ClauseElement) -> None:
-        dialect = sqlite_dialect(paramstyle="qmark")
-        compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
-        self.sql = compiled.string
-        binds = [compiled.binds[name] for name in compiled.positiontup or ()]
-        # (name given by the caller, or None for a literal of the statement; its value or literal; processor)
-        self._order = [
-            (None if bind.value is not None or not bind.required else bind.key, bind.value,
-             bind.type.dialect_impl(dialect).bind_processor(dialect))
-            for bind in binds
-        ]  # fmt: skip
-
-    def values(self, parameters: Mapping[str, Any]) -> tuple[Any, ...]:
-        out = []
-        for name, literal, process in self._order:
-            value = literal if name is None else parameters[name]
-            out.append(value if process is None or value is None else process(value))
-        return tuple(out)
-
-
 class OneTripDbapi(AsyncAdapt_aiosqlite_dbapi):
     """The aiosqlite DBAPI adapter, handing out one-trip connections."""
 
@@ -188,3 +166,12 @@ class OneTripDbapi(AsyncAdapt_aiosqlite_dbapi):
         connection = aiosqlite.connect(*arg, **kw)
         connection._thread.daemon = True  # as SQLAlchemy does: never hold the interpreter open
         return OneTripConnection(self, cast(Any, await_(connection)))
+
+
+async def in_one_trip(connection: aiosqlite.Connection, function: Callable[..., T], *args: Any) -> T:
+    """`function(sqlite3_connection, *args)` on `connection`'s worker thread: one trip, whatever it runs."""
+    return cast(T, await connection._execute(_in_worker_thread, connection, function, *args))
+
+
+def _in_worker_thread(connection: aiosqlite.Connection, function: Callable[..., T], *args: Any) -> T:
+    return function(connection._conn, *args)
