@@ -562,7 +562,7 @@ async def db_layer(
     from db.loads import set_load_status
 
     async def closed_loop(aggregate: bool, ids: list[int], writers: int) -> Cell:
-        write = db.write if aggregate else partial(write_without_aggregate, db)
+        write = db.write_row if aggregate else partial(write_without_aggregate, db)
         start = time.perf_counter() + min(1.0, profile.warmup)
         stop, per = start + profile.db_ops_seconds, len(ids) // writers
         latencies: list[int] = []

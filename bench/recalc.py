@@ -48,7 +48,7 @@ async def case(db: Database, path: Path, size: int, orgs: list[str], profile: di
             org_id, load_id = loads[turn % len(loads)]
             status = "ASSIGNED" if turn // len(loads) % 2 == 0 else "OPEN"
             started, side = time.perf_counter(), phase
-            await db.write(partial(set_load_status, load_id=load_id, status=status, scope=org_id))
+            await db.write_row(partial(set_load_status, load_id=load_id, status=status, scope=org_id))
             writes.get(side, []).append((time.perf_counter() - started) * 1000)
             await asyncio.sleep(WRITER_PAUSE)
 

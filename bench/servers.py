@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import strawberry
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,9 +22,9 @@ from api.permissions import Authenticated
 from api.root import DIRECT, Mutation, Query, build_schema
 from bench.floors import write_floor_app as write_floor_app
 from db import loads
-from db.aggregates import COUNTED, COUNTERS, LOAD_STATUS_COUNTERS, StatsSnapshot
-from db.engine import WRITE
+from db.aggregates import COUNTERS, LOAD_STATUS_COUNTERS, StatsSnapshot
 from db.models import Load as LoadRow
+from db.row_writes import DriverRowWrites, Plan, Write, _Transaction
 from db.unit_of_work import Database
 from main import create_app
 from schema.context import Info
@@ -61,23 +60,35 @@ async def naive_count_loads_by_status(info: Info, org_id: strawberry.ID) -> Load
     return LoadStatusCounts.of(StatsSnapshot(org_id, counts, 0, None, None))
 
 
-_plain_sessions: dict[int, async_sessionmaker[AsyncSession]] = {}
+class _Uncounted(_Transaction):
+    """The same statements without the aggregate: no counter delta, so no counter upsert."""
+
+    def _count(self, write: Write) -> dict[str, Any]:
+        params = super()._count(write)
+        self._pending.clear()
+        return params
 
 
-async def write_without_aggregate(db: Database, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """`Database.write` with a plain Session: same engine, pool, BEGIN and commit; no aggregate, no publish."""
-    if (sessions := _plain_sessions.get(id(db))) is None:
-        sessions = _plain_sessions[id(db)] = async_sessionmaker(db.engine, expire_on_commit=False)
-    async with sessions() as session:
-        await session.connection(execution_options={WRITE: True, COUNTED: True})  # past the aggregate's guard
-        result = await work(session)
-        await session.commit()
-    return result
+class _UncountedRowWrites(DriverRowWrites):
+    transaction_class = _Uncounted
+
+
+_uncounted: dict[int, _UncountedRowWrites] = {}
+
+
+async def write_without_aggregate(db: Database, plan: Callable[[], Plan]) -> Any:
+    """`Database.write_row` on the driver without the aggregate: same engine, pool, writer's turn,
+    statements and commit; no counter upsert, no read after commit, no publish."""
+    if (writes := _uncounted.get(id(db))) is None:
+        writes = _uncounted[id(db)] = _UncountedRowWrites(db.engine, 1)
+    async with db._writer_turn:
+        row, _ = await writes.run(plan())
+    return row
 
 
 async def update_load_status_without_aggregate(info: Info, id: strawberry.ID, status: LoadStatus) -> Load:
     scope = info.context.principal.scope
-    load = await write_without_aggregate(info.context.db, lambda s: loads.set_load_status(s, id, status.value, scope))
+    load = await write_without_aggregate(info.context.db, lambda: loads.set_load_status(id, status.value, scope))
     return Load.of(load)
 
 

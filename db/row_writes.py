@@ -140,6 +140,8 @@ async def in_session(session: AsyncSession, plan: Plan) -> Any:
 class DriverRowWrites:
     """Plans run as one transaction on the driver connection of a connection of `engine`'s pool."""
 
+    transaction_class: type[_Transaction]
+
     def __init__(self, engine: AsyncEngine, shards: int) -> None:
         self._engine = engine
         self._statements = _Statements(engine.dialect.name)
@@ -148,7 +150,7 @@ class DriverRowWrites:
     async def run(self, plan: Plan) -> tuple[Any, list[str]]:
         """Run `plan` and commit. Returns the row it wrote and the orgs whose counters moved.
         A driver's failure is raised as SQLAlchemy's `DBAPIError`, for `db.retries`."""
-        transaction = _Transaction(self._statements, self._shards)
+        transaction = self.transaction_class(self._statements, self._shards)
         async with self._engine.connect() as connection:
             driver: Any = (await connection.get_raw_connection()).driver_connection
             try:
@@ -372,3 +374,6 @@ class _Statements:
                 statement = statement.add_cte(ADD_COUNTERS[self.dialect].cte("add_counters"))
             prepared = self._prepared[key] = Prepared(statement, self.dialect, returns=_table(write.model))
         return prepared
+
+
+DriverRowWrites.transaction_class = _Transaction

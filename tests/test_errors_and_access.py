@@ -359,8 +359,8 @@ async def test_unexpected_failure_is_internal_rolled_back_and_hidden(
     load = await create_load(api)
     original = loads.set_load_status
 
-    async def failing(*args: Any, **kwargs: Any) -> Any:
-        await original(*args, **kwargs)
+    def failing(*args: Any, **kwargs: Any) -> Any:  # the database fails after the row was locked
+        yield from original(*args, **kwargs)
         raise OperationalError("UPDATE loads SET status=? WHERE loads.id = ?", {}, Exception("disk I/O error"))
 
     monkeypatch.setattr(loads, "set_load_status", failing)

@@ -3,17 +3,26 @@ without its counter delta is refused, and nothing of it is committed."""
 
 from __future__ import annotations
 
+import re
+import sqlite3
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from db import loads
 from db.aggregates import insert_counted, update_counted
+from db.errors import NotFound
 from db.models import Invoice, Load
 from db.organizations import ensure_organization
+from db.postgres.reads import PostgresStatsReads
 from db.queries import lock_row
+from db.row_writes import Lock, Plan, Update, in_session
+from db.sqlite.connections import ReadOnlyConnections
 from db.unit_of_work import Database
 from tests.helpers import Api, create_invoice, create_load, recount, stored
 
@@ -204,3 +213,103 @@ async def test_a_counter_upsert_that_fails_fails_the_commit_and_keeps_nothing(ap
     counts, version = await stored(db, "org_a")
     assert (counts["loads_open"], counts["loads_assigned"], version) == (4, 0, 4)
     assert counts == await recount(db, "org_a")
+
+
+# The driver path (db/row_writes.py): no engine sees its statements, so what guards it is its shape.
+
+
+def yields_its_write(load_id: str) -> Plan:
+    load = yield Lock(Load, load_id, None)
+    yield Update(Load, load, {"status": "ASSIGNED"})  # type: ignore[misc]  # a write must be returned
+    return Update(Load, load, {"status": "ASSIGNED"})
+
+
+def moves_to_another_org(load_id: str) -> Plan:
+    load = yield Lock(Load, load_id, None)
+    return Update(Load, load, {"status": "ASSIGNED", "org_id": "org_b"})
+
+
+@pytest.mark.parametrize("plan", [yields_its_write, moves_to_another_org])
+@pytest.mark.parametrize("runner", ["driver", "session"])
+async def test_a_plan_writes_one_row_and_only_by_returning_it(
+    api: Api, db: Database, plan: Callable[[str], Plan], runner: str
+) -> None:
+    """A plan's only way to write is the one Insert or Update it returns, which the runner counts:
+    a plan that yields a write, or moves a row to another org, is refused on either runner and
+    nothing of it is committed."""
+    load = await create_load(api)
+    with pytest.raises(RuntimeError, match=r"returns its one write|another organization"):
+        if runner == "driver":
+            await db.write_row(lambda: plan(load["id"]))
+        else:
+            await db.write(lambda s: in_session(s, plan(load["id"])))
+    counts, version = await stored(db, "org_a")
+    assert (counts["loads_open"], counts["loads_assigned"], version) == (1, 0, 1)
+    assert counts == await recount(db, "org_a")
+
+
+async def test_a_plan_on_the_driver_counts_from_the_locked_row(api: Api, db: Database) -> None:
+    """A status change moves the counters from the row as locked, to what it wrote; a change
+    of nothing writes nothing (no version); an unknown id is NOT_FOUND with nothing written."""
+    load = await create_load(api)
+    for status in ("ASSIGNED", "ASSIGNED", "OPEN", "CANCELED"):
+        row = await db.write_row(lambda status=status: loads.set_load_status(load["id"], status, "org_a"))
+        assert row.status == status
+    with pytest.raises(NotFound):
+        await db.write_row(lambda: loads.set_load_status(load["id"], "OPEN", "org_b"))  # not in org_b
+    with pytest.raises(NotFound):
+        await db.write_row(lambda: loads.set_load_status("12x", "OPEN", None))
+    counts, version = await stored(db, "org_a")
+    assert (counts["loads_open"], counts["loads_assigned"], counts["loads_canceled"], version) == (0, 0, 1, 4)
+    assert counts == await recount(db, "org_a")
+
+
+# Every app module that reaches past SQLAlchemy to a driver connection, and what keeps it honest.
+DRIVER_MODULES = {
+    "db/row_writes.py": "counted writes: plans return their one write, the runner counts it",
+    "db/sqlite/driver.py": "the DBAPI adapter under the engine, whose guard sees every statement",
+    "db/engine.py": "connection pragmas, and statements kept for the driver's next trip (counted by their callers)",
+    "db/sqlite/connections.py": "read-only: PRAGMA query_only",
+    "db/sqlite_follower.py": "read-only: PRAGMA query_only",
+    "db/postgres/reads.py": "read-only: default_transaction_read_only",
+}
+DRIVER_ENTRY = re.compile(
+    r"driver_connection|get_raw_connection|dbapi_connection|sqlite3\.connect|asyncpg\.connect|create_pool|connection\._conn\b"
+)
+APP_SOURCES = ["main.py", "settings.py", *(f"{p}/**/*.py" for p in ("api", "db", "edge", "resolvers", "schema", "web"))]
+
+
+def test_only_known_modules_reach_a_driver_connection() -> None:
+    """A new write path on a raw connection would bypass the engine's guard: it cannot appear
+    without being added here, with what keeps it from forgetting the counters."""
+    root = Path(__file__).parent.parent
+    reaching = {
+        str(path.relative_to(root))
+        for pattern in APP_SOURCES
+        for path in root.glob(pattern)
+        if DRIVER_ENTRY.search(path.read_text())
+    }
+    assert reaching == set(DRIVER_MODULES)
+
+
+async def test_the_read_only_driver_connections_cannot_write(db: Database) -> None:
+    await create_org(db)
+    if db.engine.dialect.name == "sqlite":
+        for connection in (ReadOnlyConnections(str(db.engine.url.database)).this_thread(),):
+            with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                connection.execute("UPDATE organization_stats SET version = 99")
+        return
+    reads = PostgresStatsReads(db.engine.url, 1)
+    try:
+        await reads.read("org_a")
+        connection = reads._slots.get_nowait()
+        assert connection is not None
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            await connection.execute("UPDATE organization_stats SET version = 99")
+        reads._slots.put_nowait(connection)
+    finally:
+        await reads.close()
+
+
+async def create_org(db: Database) -> None:
+    await db.write_row(lambda: loads.create_load("org_a", status="OPEN", load_type="SPOT"))

@@ -10,6 +10,7 @@ from functools import partial
 from db.aggregates import COUNTERS, StatsSnapshot
 from db.broadcast import LatestSnapshot, StatsHub, decode, encode
 from db.loads import create_load
+from db.row_writes import in_session
 from db.unit_of_work import Database
 from tests.live import RedisServer, redis_server
 
@@ -67,14 +68,14 @@ async def test_over_memory_only_orgs_with_a_subscriber_here_are_read_after_commi
     create = partial(create_load, status="OPEN", load_type="UNMAPPED")
     try:
         for org_id in ("org_a", "org_b"):
-            await db.write(partial(create, org_id=org_id))
-        _, unheard = await db.write_with_snapshots(partial(create, org_id="org_a"))
+            await db.write_row(partial(create, org_id=org_id))
+        _, unheard = await db.write_with_snapshots(lambda s: in_session(s, create(org_id="org_a")))
         assert unheard == [] and hub.metrics.published == 0
         async with hub.subscribe("org_a") as mailbox:
-            _, heard = await db.write_with_snapshots(partial(create, org_id="org_a"))
+            _, heard = await db.write_with_snapshots(lambda s: in_session(s, create(org_id="org_a")))
             assert [s.org_id for s in heard] == ["org_a"] and hub.metrics.published == 1
             assert (await asyncio.wait_for(mailbox.newer_than(None), 2)).counts["loads_open"] == 3
-            await db.write(partial(create, org_id="org_b"))
+            await db.write_row(partial(create, org_id="org_b"))
             assert hub.metrics.published == 1
     finally:
         await hub.stop()

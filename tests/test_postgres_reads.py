@@ -33,7 +33,7 @@ async def db(postgres: Databases) -> AsyncIterator[Database]:
     database = Database(url, pool_size=TRANSACTION_POOL, postgres_read_pool=READ_POOL)
     assert database.stats.postgres is not None  # the fast path is what this file tests
     await database.write(lambda s: create_organization(s, ORG, "Reads"))
-    await database.write(lambda s: loads.create_load(s, ORG, status="OPEN", load_type="UNMAPPED"))  # version 1
+    await database.write_row(lambda: loads.create_load(ORG, status="OPEN", load_type="UNMAPPED"))  # version 1
     yield database
     await database.dispose()
     postgres.drop(url)
@@ -60,7 +60,7 @@ async def load_of(db: Database, readers: int, writers: int, rounds: int) -> None
 
     async def write() -> None:
         for _ in range(rounds // 10):
-            await db.write(lambda s: loads.create_load(s, ORG, status="OPEN", load_type="UNMAPPED"))
+            await db.write_row(lambda: loads.create_load(ORG, status="OPEN", load_type="UNMAPPED"))
 
     await asyncio.gather(*(read() for _ in range(readers)), *(write() for _ in range(writers)))
 

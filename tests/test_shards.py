@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from functools import partial
 
 import httpx
 import pytest
 from sqlalchemy import text
 
 from db.loads import create_load
+from db.row_writes import in_session
 from db.shared_reads import SharedReads
 from db.unit_of_work import Database
 from main import create_app
@@ -80,7 +80,7 @@ async def test_concurrent_sharded_writes_share_reads_that_start_after_their_comm
     db.after_commit.wanted = lambda _org_id: True  # as when a subscriber listens
     results = await asyncio.gather(
         *(
-            db.write_with_snapshots(partial(create_load, org_id="org_a", status="OPEN", load_type="UNMAPPED"))
+            db.write_with_snapshots(lambda s: in_session(s, create_load("org_a", status="OPEN", load_type="UNMAPPED")))
             for _ in range(30)
         )
     )

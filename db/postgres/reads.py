@@ -22,6 +22,7 @@ from db.aggregates import STATS_QUERY, StatsSnapshot
 from db.engine import count_statement
 
 MAX_ATTEMPTS = 3
+READ_ONLY = {"default_transaction_read_only": "on"}  # these connections only ever read
 LOST_CONNECTION = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
@@ -52,7 +53,7 @@ class PostgresStatsReads:
         try:
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 if connection is None or connection.is_closed():
-                    connection = await asyncpg.connect(self._dsn)
+                    connection = await asyncpg.connect(self._dsn, server_settings=READ_ONLY)
                 try:
                     row = await connection.fetchrow(_STATS_SQL, *params)
                     break
