@@ -112,16 +112,18 @@ def not_found(model: type[Base], id_: str) -> NotFound:
 
 async def in_session(session: AsyncSession, plan: Plan) -> Any:
     """Run `plan` through `session` (the caller commits); the row it wrote."""
+    locked: list[tuple[type[Base], Any]] = []
     answer: Any = None
     while True:
         try:
             step = plan.send(answer)
         except StopIteration as done:
-            write: Write = done.value
+            write = checked(done.value, locked)
             break
         match step:
             case Lock(model, id_, scope):
                 answer = await lock_row(session, model, id_, scope)
+                locked.append((model, answer))
             case Find(model, id_, org_id):
                 answer = await find(session, model, id_, org_id)
                 if answer is None:
@@ -135,6 +137,20 @@ async def in_session(session: AsyncSession, plan: Plan) -> Any:
         (row,) = await insert_counted(session, write.model, [write.values])
         return row
     return await update_counted(session, write.model, write.locked, write.values)
+
+
+def checked(write: Any, locked: list[tuple[type[Base], Any]]) -> Write:
+    """`write` if a plan may return it: an Insert, or an Update of a row as one of its `Lock`s
+    answered (`locked`), keeping the row's org and id; the counters move from that row."""
+    if isinstance(write, Insert):
+        return write
+    if not isinstance(write, Update):
+        raise RuntimeError(f"a plan returns its one write (an Insert or an Update), not {write!r}")
+    if not any(write.locked is row and write.model is model for model, row in locked):
+        raise RuntimeError(f"{write.model.__name__} changed without being locked first")
+    if ("org_id" in write.values and write.values["org_id"] != write.locked.org_id) or "id" in write.values:
+        raise RuntimeError("a row cannot move to another organization or id")
+    return write
 
 
 class DriverRowWrites:
@@ -220,6 +236,7 @@ class _Transaction:
         self._statements = statements
         self._shards = shards
         self._pending: dict[str, Counter[str]] = {}
+        self._locked: list[tuple[type[Base], Any]] = []  # what `Lock` answered: an Update starts from one
         self._compose = statements.dialect == "postgresql"
         self.statements_run = 0
         self.last_sql = ""
@@ -235,7 +252,7 @@ class _Transaction:
             try:
                 step = plan.send(answer)
             except StopIteration as done:
-                write: Write = done.value
+                write = checked(done.value, self._locked)
                 break
             if isinstance(step, EnsureOrg) and self._compose:
                 org, answer = step, None  # goes with the write
@@ -247,17 +264,22 @@ class _Transaction:
             answer = prepared.row((yield self._run(prepared.sql, values)))
             if answer is None and isinstance(step, Lock | Find):
                 raise not_found(step.model, step.id)
+            if isinstance(step, Lock):
+                self._locked.append((step.model, answer))
         if isinstance(write, Update) and all(getattr(write.locked, k) == v for k, v in write.values.items()):
             result = write.locked  # a change of nothing writes nothing
         else:
-            params = self._count(write)
-            additions = counter_additions(self._pending, self._shards)
+            columns = self._count(write)
+            params = {f"set_{key}": value for key, value in columns.items()}
+            if isinstance(write, Update):
+                params["row_id"] = write.locked.id
+            additions = counter_additions(self._pending, self._shards)  # one row: at most one org
             if self._compose:
                 params.update(organization_values(org.org_id) if org else {}, **(additions[0] if additions else {}))
-                prepared = s.composed(write, org is not None, bool(additions))
+                prepared = s.write(write, tuple(columns), with_org=org is not None, with_counters=bool(additions))
                 result = prepared.row((yield self._run(prepared.sql, prepared.values(params))))
             else:
-                prepared = s.write(write, tuple(key.removeprefix("row_") for key in params if key != "row_id"))
+                prepared = s.write(write, tuple(columns))
                 result = prepared.row((yield self._run(prepared.sql, prepared.values(params))))
                 for addition in additions:
                     yield self._run(s.add_counters.sql, s.add_counters.values(addition))
@@ -285,16 +307,15 @@ class _Transaction:
         raise RuntimeError(f"a plan yields reads and returns its one write, not {step!r}")
 
     def _count(self, write: Write) -> dict[str, Any]:
-        """Move the pending counters by `write` (the values it sets are the row's); its parameters."""
+        """Move the pending counters by `write` (`checked`): from nothing (Insert) or from the row
+        as locked in this transaction (Update) to the values it sets. Returns every column it sets."""
         if isinstance(write, Insert):
-            values = _with_defaults(write.model, write.values, on_update=False)
-            count_inserted(self._pending, write.model, SimpleNamespace(**values))
-            return {f"row_{key}": value for key, value in values.items()}
-        if ("org_id" in write.values and write.values["org_id"] != write.locked.org_id) or "id" in write.values:
-            raise RuntimeError("a row cannot move to another organization or id")
-        values = _with_defaults(write.model, write.values, on_update=True)
-        count_changed(self._pending, write.model, write.locked, SimpleNamespace(**{**write.locked._asdict(), **values}))
-        return {"row_id": write.locked.id, **{f"row_{key}": value for key, value in values.items()}}
+            columns = _with_defaults(write.model, write.values, on_update=False)
+            count_inserted(self._pending, write.model, SimpleNamespace(**columns))
+            return columns
+        columns = _with_defaults(write.model, write.values, on_update=True)
+        count_changed(self._pending, write.model, write.locked, write.locked._replace(**columns))
+        return columns
 
     @property
     def changed_orgs(self) -> list[str]:
@@ -328,9 +349,9 @@ def _table(model: type[Base]) -> Table:
 
 
 def _write_statement(write_kind: type, model: type[Base], keys: tuple[str, ...]) -> Any:
-    """INSERT or UPDATE (of :row_id) setting `keys` from parameters `row_<key>`, returning every column."""
+    """INSERT or UPDATE (of :row_id) setting `keys` from parameters `set_<key>`, returning every column."""
     table = _table(model)
-    values: dict[str, Any] = {key: bindparam(f"row_{key}") for key in keys}
+    values: dict[str, Any] = {key: bindparam(f"set_{key}") for key in keys}
     if write_kind is Insert:
         return insert(table).values(values).returning(*table.c)
     return update(table).where(table.c.id == bindparam("row_id")).values(values).returning(*table.c)
@@ -353,18 +374,11 @@ class _Statements:
             prepared = self._prepared[key] = Prepared(statement, self.dialect, returns=_table(model))
         return prepared
 
-    def write(self, write: Write, keys: tuple[str, ...]) -> Prepared:
-        key = (type(write), write.model, keys)
-        prepared = self._prepared.get(key)
-        if prepared is None:
-            statement = _write_statement(type(write), write.model, keys)
-            prepared = self._prepared[key] = Prepared(statement, self.dialect, returns=_table(write.model))
-        return prepared
-
-    def composed(self, write: Write, with_org: bool, with_counters: bool) -> Prepared:
-        """PostgreSQL: the write, with the org's creation and the counter upsert as CTEs of it."""
-        keys = tuple(_with_defaults(write.model, write.values, on_update=isinstance(write, Update)))
-        key = ("composed", type(write), write.model, keys, with_org, with_counters)
+    def write(
+        self, write: Write, keys: tuple[str, ...], *, with_org: bool = False, with_counters: bool = False
+    ) -> Prepared:
+        """The write setting `keys`; on PostgreSQL with the org's creation and the counter upsert as CTEs."""
+        key = (type(write), write.model, keys, with_org, with_counters)
         prepared = self._prepared.get(key)
         if prepared is None:
             statement = _write_statement(type(write), write.model, keys)

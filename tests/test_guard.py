@@ -7,6 +7,7 @@ import re
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -229,16 +230,30 @@ def moves_to_another_org(load_id: str) -> Plan:
     return Update(Load, load, {"status": "ASSIGNED", "org_id": "org_b"})
 
 
-@pytest.mark.parametrize("plan", [yields_its_write, moves_to_another_org])
+def returns_no_write(load_id: str) -> Plan:
+    yield Lock(Load, load_id, None)
+    return None  # type: ignore[return-value]
+
+
+def changes_a_row_it_did_not_lock(load_id: str) -> Plan:
+    load = yield Lock(Load, load_id, None)
+    made_up = SimpleNamespace(**{**load._asdict(), "status": "ASSIGNED"})  # counting from it would be wrong
+    return Update(Load, made_up, {"status": "CANCELED"})
+
+
+@pytest.mark.parametrize(
+    "plan", [yields_its_write, moves_to_another_org, returns_no_write, changes_a_row_it_did_not_lock]
+)
 @pytest.mark.parametrize("runner", ["driver", "session"])
 async def test_a_plan_writes_one_row_and_only_by_returning_it(
     api: Api, db: Database, plan: Callable[[str], Plan], runner: str
 ) -> None:
-    """A plan's only way to write is the one Insert or Update it returns, which the runner counts:
-    a plan that yields a write, or moves a row to another org, is refused on either runner and
-    nothing of it is committed."""
+    """A plan's only way to write is the one Insert or Update it returns, which the runner counts
+    from the row as locked: a plan that yields a write, returns none, changes a row that is not
+    the one it locked, or moves a row to another org is refused on either runner, and nothing
+    of it is committed."""
     load = await create_load(api)
-    with pytest.raises(RuntimeError, match=r"returns its one write|another organization"):
+    with pytest.raises(RuntimeError, match=r"returns its one write|another organization|without being locked"):
         if runner == "driver":
             await db.write_row(lambda: plan(load["id"]))
         else:
