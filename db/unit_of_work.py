@@ -73,6 +73,11 @@ class Database:
         self._row_writes = DriverRowWrites(self.engine, max(1, stats_shards)) if driver_row_writes else None
 
     @property
+    def driver_row_writes(self) -> bool:
+        """Whether `write_row` runs plans straight on the driver (else through a session)."""
+        return self._row_writes is not None
+
+    @property
     def write_retries(self) -> int:
         """Transactions run again after a retryable failure (/metrics)."""
         return self._retries.count
