@@ -56,10 +56,11 @@ async def prepare(url: str) -> None:
     """A migrated database with both orgs; Tally's holding C["seeded"] OPEN loads made through the app."""
     from db.loads import create_load
     from db.organizations import create_organization
+    from db.row_writes import in_session
 
     async def hundred_loads(session: Any) -> None:
         for _ in range(100):
-            await create_load(session, ORG, status="OPEN", load_type="UNMAPPED")
+            await in_session(session, create_load(ORG, status="OPEN", load_type="UNMAPPED"))
 
     await upgrade_async(url)
     async with database(url) as db:
