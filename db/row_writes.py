@@ -167,22 +167,23 @@ class DriverRowWrites:
         """Run `plan` and commit. Returns the row it wrote and the orgs whose counters moved.
         A driver's failure is raised as SQLAlchemy's `DBAPIError`, for `db.retries`."""
         transaction = self.transaction_class(self._statements, self._shards)
-        async with self._engine.connect() as connection:
-            driver: Any = (await connection.get_raw_connection()).driver_connection
-            try:
-                if self._statements.dialect == "sqlite":
-                    result = await in_one_trip(driver, _run_on_sqlite, transaction.sql(plan))
-                else:
-                    result = await _run_on_asyncpg(driver, transaction.sql(plan))
-            except (sqlite3.Error, asyncpg.PostgresError, *LOST_CONNECTION) as error:
-                lost = isinstance(error, LOST_CONNECTION)
-                if lost:
-                    await connection.invalidate()
-                error_type = IntegrityError if _is_integrity_error(error) else DBAPIError
-                raise error_type(transaction.last_sql, None, error, connection_invalidated=lost) from error
-            finally:
-                if self._statements.dialect != "sqlite" and not driver.is_closed() and driver.is_in_transaction():
-                    await connection.invalidate()  # cancelled mid-transaction: its state is unknown
+        pooled = await self._engine.raw_connection()  # the pool's connection, without a Connection around it
+        driver: Any = pooled.driver_connection
+        try:
+            if self._statements.dialect == "sqlite":
+                result = await in_one_trip(driver, _run_on_sqlite, transaction.sql(plan))
+            else:
+                result = await _run_on_asyncpg(driver, transaction.sql(plan))
+        except (sqlite3.Error, asyncpg.PostgresError, *LOST_CONNECTION) as error:
+            lost = isinstance(error, LOST_CONNECTION)
+            if lost:
+                pooled.invalidate()
+            error_type = IntegrityError if _is_integrity_error(error) else DBAPIError
+            raise error_type(transaction.last_sql, None, error, connection_invalidated=lost) from error
+        finally:
+            if self._statements.dialect != "sqlite" and not driver.is_closed() and driver.is_in_transaction():
+                pooled.invalidate()  # cancelled mid-transaction: its state is unknown
+            pooled.close()  # back to the pool (a no-op reset: nothing is open)
         for _ in range(transaction.statements_run):
             count_statement()
         return result, transaction.changed_orgs

@@ -1,0 +1,105 @@
+"""One-row writes on the driver (db/row_writes.py) when things go wrong: a connection the
+server dropped, a write cancelled mid-transaction, a database that refuses a statement.
+Each leaves the counts exact and the pool's connections usable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import text
+
+from db import loads
+from db.row_writes import Plan
+from db.unit_of_work import Database
+from tests.helpers import recount, stored
+
+ORG = "org_a"
+
+
+def create() -> Plan:
+    return loads.create_load(ORG, status="OPEN", load_type="SPOT")
+
+
+@pytest.fixture
+async def driver_db(database_url: str) -> AsyncIterator[Database]:
+    db = Database(database_url, pool_size=2, driver_row_writes=True)
+    yield db
+    await db.dispose()
+
+
+async def assert_exact(db: Database, open_: int, assigned: int, version: int) -> None:
+    counts, stored_version = await stored(db, ORG)
+    assert (counts["loads_open"], counts["loads_assigned"], stored_version) == (open_, assigned, version)
+    assert counts == await recount(db, ORG)
+
+
+async def test_a_write_whose_connection_the_server_dropped_runs_again_on_a_new_one(driver_db: Database) -> None:
+    db = driver_db
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("a SQLite connection is a file: nothing drops it")
+    await asyncio.gather(db.write_row(create), db.write_row(create))  # both pooled connections opened
+    async with db.engine.connect() as admin:
+        await admin.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    for _ in range(3):
+        row = await db.write_row(create)
+        assert row.status == "OPEN"
+    assert db.write_retries >= 1
+    await assert_exact(db, 5, 0, 5)
+
+
+async def test_a_write_cancelled_mid_transaction_leaves_nothing_behind(driver_db: Database) -> None:
+    """Cancelled while it waits for a row another transaction holds: nothing is written, the
+    connection does not go back to the pool inside a transaction, and the next writes count."""
+    db = driver_db
+    created = await db.write_row(create)
+    if db.engine.dialect.name == "postgresql":
+        async with db.engine.connect() as holder:
+            await holder.execute(text("SELECT id FROM loads WHERE id = :id FOR UPDATE"), {"id": created.id})
+            waiting = asyncio.create_task(db.write_row(lambda: loads.set_load_status(str(created.id), "ASSIGNED", ORG)))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()  # it waits for the row's lock
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await holder.rollback()
+    else:
+        waiting = asyncio.create_task(db.write_row(lambda: loads.set_load_status(str(created.id), "ASSIGNED", ORG)))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+    for _ in range(4):  # every pooled connection
+        load = await db.write_row(create)
+        await db.write_row(lambda load=load: loads.set_load_status(str(load.id), "ASSIGNED", ORG))
+    counts, _ = await stored(db, ORG)
+    assert counts["loads_assigned"] in (4, 5)  # 5 if the cancelled change (SQLite) had already gone
+    assert counts == await recount(db, ORG)
+
+
+async def test_a_refused_write_rolls_back_the_whole_transaction(driver_db: Database) -> None:
+    """The database refuses the write (a trigger): the org's creation and the counter upsert
+    that went with it are rolled back too, and the error is SQLAlchemy's, for the retries."""
+    db = driver_db
+    statements = {
+        "sqlite": ["CREATE TRIGGER refuse_loads BEFORE INSERT ON loads BEGIN SELECT RAISE(ABORT, 'refused'); END"],
+        "postgresql": [
+            "CREATE FUNCTION refuse_loads() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$",
+            "CREATE TRIGGER refuse_loads BEFORE INSERT ON loads FOR EACH ROW EXECUTE FUNCTION refuse_loads()",
+        ],
+    }[db.engine.dialect.name]
+    async with db.engine.begin() as connection:
+        for statement in statements:
+            await connection.exec_driver_sql(statement)
+    with pytest.raises(Exception, match="refused") as raised:
+        await db.write_row(create)
+    assert type(raised.value).__module__.startswith("sqlalchemy")
+    async with db.engine.connect() as connection:
+        assert (await connection.execute(text("SELECT count(*) FROM organizations"))).scalar() == 0
+    await assert_exact(db, 0, 0, 0)
