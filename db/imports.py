@@ -135,9 +135,8 @@ async def import_shipments(session: AsyncSession, org_id: str, shipments: list[S
     await session.flush()
     # New loads and their invoices: two counted INSERTs for the batch, not an ORM object each.
     rows = await insert_counted(session, Load, [new.load_row() for new in creating.values()])
-    invoices = [new.invoice_row(row.id) for new, row in zip(creating.values(), rows, strict=True)]
-    await insert_counted(session, Invoice, invoices)
-    inserted = {row.external_id: row for row in rows}
+    inserted = {row.external_id: row for row in rows}  # the batch's ids are distinct (creating's keys)
+    await insert_counted(session, Invoice, [new.invoice_row(inserted[key].id) for key, new in creating.items()])
     for index, shipment_id, outcome in of_new_loads:
         outcomes[index] = ImportOutcome(shipment_id, outcome, inserted[shipment_id])
     return [outcome for outcome in outcomes if outcome is not None]
