@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import asyncpg
 from sqlalchemy import Table, bindparam, insert, update
@@ -52,8 +52,6 @@ from db.postgres.reads import LOST_CONNECTION
 from db.prepared import Prepared
 from db.queries import find, lock_row, parse_id, row_select
 from db.sqlite.driver import in_one_trip
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -104,6 +102,8 @@ Write = Insert | Update
 Plan = Generator[Read, Any, Write]  # yields reads, returns its write
 Planned = Callable[[], Plan]
 SQL = tuple[str, tuple[Any, ...]]  # a statement for the driver, and its values
+# A transaction's statements, each sent its row (or None), then (None, the result).
+Statements = Generator[tuple[str | None, Any], Any, None]
 
 
 def not_found(model: type[Base], id_: str) -> NotFound:
@@ -189,31 +189,25 @@ class DriverRowWrites:
         return result, transaction.changed_orgs
 
 
-def _run_on_sqlite(connection: sqlite3.Connection, statements: Generator[SQL, Any, T]) -> T:
+def _run_on_sqlite(connection: sqlite3.Connection, statements: Statements) -> Any:
     """On the worker thread: the whole transaction in one trip."""
-    row = None
     try:
-        while True:
-            try:
-                sql, values = statements.send(row)
-            except StopIteration as done:
-                return cast(T, done.value)
-            row = connection.execute(sql, values).fetchone()
+        sql, values = next(statements)
+        while sql is not None:
+            sql, values = statements.send(connection.execute(sql, values).fetchone())
+        return values
     except BaseException:
         if connection.in_transaction:
             connection.execute("ROLLBACK")
         raise
 
 
-async def _run_on_asyncpg(connection: asyncpg.Connection, statements: Generator[SQL, Any, T]) -> T:
-    row = None
+async def _run_on_asyncpg(connection: asyncpg.Connection, statements: Statements) -> Any:
     try:
-        while True:
-            try:
-                sql, values = statements.send(row)
-            except StopIteration as done:
-                return cast(T, done.value)
-            row = await connection.fetchrow(sql, *values)
+        sql, values = next(statements)
+        while sql is not None:
+            sql, values = statements.send(await connection.fetchrow(sql, *values))
+        return values
     except BaseException:
         if not connection.is_closed() and connection.is_in_transaction():
             await connection.execute("ROLLBACK")
@@ -242,7 +236,7 @@ class _Transaction:
         self.statements_run = 0
         self.last_sql = ""
 
-    def sql(self, plan: Plan) -> Generator[SQL, Any, Any]:
+    def sql(self, plan: Plan) -> Statements:
         s = self._statements
         began = not self._compose
         if began:
@@ -286,7 +280,7 @@ class _Transaction:
                     yield self._run(s.add_counters.sql, s.add_counters.values(addition))
         if began:
             yield self._run("COMMIT")
-        return result
+        yield None, result
 
     def _run(self, sql: str, values: tuple[Any, ...] = ()) -> SQL:
         if not sql.startswith(("BEGIN", "COMMIT")):
