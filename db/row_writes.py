@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, cast
@@ -100,7 +100,6 @@ class EnsureOrg:
 Read = Lock | Find | EnsureOrg
 Write = Insert | Update
 Plan = Generator[Read, Any, Write]  # yields reads, returns its write
-Planned = Callable[[], Plan]
 SQL = tuple[str, tuple[Any, ...]]  # a statement for the driver, and its values
 # A transaction's statements, each sent its row (or None), then (None, the result).
 Statements = Generator[tuple[str | None, Any], Any, None]
@@ -151,42 +150,6 @@ def checked(write: Any, locked: list[tuple[type[Base], Any]]) -> Write:
     if ("org_id" in write.values and write.values["org_id"] != write.locked.org_id) or "id" in write.values:
         raise RuntimeError("a row cannot move to another organization or id")
     return write
-
-
-class DriverRowWrites:
-    """Plans run as one transaction on the driver connection of a connection of `engine`'s pool."""
-
-    transaction_class: type[_Transaction]
-
-    def __init__(self, engine: AsyncEngine, shards: int) -> None:
-        self._engine = engine
-        self._statements = _Statements(engine.dialect.name)
-        self._shards = shards
-
-    async def run(self, plan: Plan) -> tuple[Any, list[str]]:
-        """Run `plan` and commit. Returns the row it wrote and the orgs whose counters moved.
-        A driver's failure is raised as SQLAlchemy's `DBAPIError`, for `db.retries`."""
-        transaction = self.transaction_class(self._statements, self._shards)
-        pooled = await self._engine.raw_connection()  # the pool's connection, without a Connection around it
-        driver: Any = pooled.driver_connection
-        try:
-            if self._statements.dialect == "sqlite":
-                result = await in_one_trip(driver, _run_on_sqlite, transaction.sql(plan))
-            else:
-                result = await _run_on_asyncpg(driver, transaction.sql(plan))
-        except (sqlite3.Error, asyncpg.PostgresError, *LOST_CONNECTION) as error:
-            lost = isinstance(error, LOST_CONNECTION)
-            if lost:
-                pooled.invalidate()
-            error_type = IntegrityError if _is_integrity_error(error) else DBAPIError
-            raise error_type(transaction.last_sql, None, error, connection_invalidated=lost) from error
-        finally:
-            if self._statements.dialect != "sqlite" and not driver.is_closed() and driver.is_in_transaction():
-                pooled.invalidate()  # cancelled mid-transaction: its state is unknown
-            pooled.close()  # back to the pool (a no-op reset: nothing is open)
-        for _ in range(transaction.statements_run):
-            count_statement()
-        return result, transaction.changed_orgs
 
 
 def _run_on_sqlite(connection: sqlite3.Connection, statements: Statements) -> Any:
@@ -317,6 +280,42 @@ class _Transaction:
         return [org_id for org_id, delta in self._pending.items() if any(delta.values())]
 
 
+class DriverRowWrites:
+    """Plans run as one transaction on the driver connection of a connection of `engine`'s pool."""
+
+    transaction_class = _Transaction  # bench.servers runs the same plans without a counter delta
+
+    def __init__(self, engine: AsyncEngine, shards: int) -> None:
+        self._engine = engine
+        self._statements = _Statements(engine.dialect.name)
+        self._shards = shards
+
+    async def run(self, plan: Plan) -> tuple[Any, list[str]]:
+        """Run `plan` and commit. Returns the row it wrote and the orgs whose counters moved.
+        A driver's failure is raised as SQLAlchemy's `DBAPIError`, for `db.retries`."""
+        transaction = self.transaction_class(self._statements, self._shards)
+        pooled = await self._engine.raw_connection()  # the pool's connection, without a Connection around it
+        driver: Any = pooled.driver_connection
+        try:
+            if self._statements.dialect == "sqlite":
+                result = await in_one_trip(driver, _run_on_sqlite, transaction.sql(plan))
+            else:
+                result = await _run_on_asyncpg(driver, transaction.sql(plan))
+        except (sqlite3.Error, asyncpg.PostgresError, *LOST_CONNECTION) as error:
+            lost = isinstance(error, LOST_CONNECTION)
+            if lost:
+                pooled.invalidate()
+            error_type = IntegrityError if _is_integrity_error(error) else DBAPIError
+            raise error_type(transaction.last_sql, None, error, connection_invalidated=lost) from error
+        finally:
+            if self._statements.dialect != "sqlite" and not driver.is_closed() and driver.is_in_transaction():
+                pooled.invalidate()  # cancelled mid-transaction: its state is unknown
+            pooled.close()  # back to the pool (a no-op reset: nothing is open)
+        for _ in range(transaction.statements_run):
+            count_statement()
+        return result, transaction.changed_orgs
+
+
 def _row_id(model: type[Base], id_: str) -> int:
     parsed = parse_id(id_)
     if parsed is None:
@@ -383,6 +382,3 @@ class _Statements:
                 statement = statement.add_cte(ADD_COUNTERS[self.dialect].cte("add_counters"))
             prepared = self._prepared[key] = Prepared(statement, self.dialect, returns=_table(write.model))
         return prepared
-
-
-DriverRowWrites.transaction_class = _Transaction

@@ -12,14 +12,13 @@ its slot reconnects on its next use."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import asyncpg
-from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.engine import URL
 
 from db.aggregates import STATS_QUERY, StatsSnapshot
 from db.engine import count_statement
+from db.prepared import Prepared
 
 MAX_ATTEMPTS = 3
 READ_ONLY = {"default_transaction_read_only": "on"}  # these connections only ever read
@@ -30,14 +29,7 @@ LOST_CONNECTION = (
     asyncpg.InternalClientError,  # the server's goodbye arrived while idle: the protocol is out of step
     OSError,
 )
-_COMPILED = STATS_QUERY.compile(dialect=asyncpg_dialect.dialect())
-_STATS_SQL = str(_COMPILED)
-_PARAM_NAMES = list(_COMPILED.positiontup or ())
-_PARAM_VALUES = dict(_COMPILED.params)
-
-
-def _stats_params(org_id: str) -> list[Any]:
-    return [org_id if name == "org_id" else _PARAM_VALUES[name] for name in _PARAM_NAMES]
+_STATS = Prepared(STATS_QUERY, "postgresql")
 
 
 class PostgresStatsReads:
@@ -48,14 +40,14 @@ class PostgresStatsReads:
             self._slots.put_nowait(None)  # connected on first use
 
     async def read(self, org_id: str) -> StatsSnapshot:
-        params = _stats_params(org_id)
+        params = _STATS.values({"org_id": org_id})
         connection = await self._slots.get()
         try:
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 if connection is None or connection.is_closed():
                     connection = await asyncpg.connect(self._dsn, server_settings=READ_ONLY)
                 try:
-                    row = await connection.fetchrow(_STATS_SQL, *params)
+                    row = await connection.fetchrow(_STATS.sql, *params)
                     break
                 except LOST_CONNECTION:  # the server dropped it (a restart, a terminated backend)
                     connection.terminate()

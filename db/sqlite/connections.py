@@ -12,6 +12,7 @@ from sqlalchemy import DateTime, Select
 from sqlalchemy.dialects import sqlite
 
 from db.engine import count_statement
+from db.prepared import Prepared
 
 _DIALECT = sqlite.dialect()
 # SQLite keeps datetimes as text: parse them exactly as the ORM's DateTime columns do.
@@ -21,32 +22,20 @@ _DATETIME = cast(
 _DATETIME_COLUMNS = ("updated_at", "last_recalculated_at")
 
 
-class Compiled:
-    """A statement compiled once for sqlite3; its only free parameter is `org_id`."""
-
-    def __init__(self, statement: Select[Any]) -> None:
-        compiled = statement.compile(dialect=_DIALECT)
-        self.sql = str(compiled)
-        self._names = list(compiled.positiontup or ())
-        self._values = dict(compiled.params)
-
-    def params(self, org_id: str) -> tuple[Any, ...]:
-        return tuple(org_id if name == "org_id" else self._values[name] for name in self._names)
-
-
+Compiled = Prepared  # a statement compiled once for sqlite3; its only free parameter is `org_id`
 _COMPILED: dict[Select[Any], Compiled] = {}  # by identity: statements built once, at import
 
 
 def compiled(statement: Select[Any]) -> Compiled:
     found = _COMPILED.get(statement)
     if found is None:
-        found = _COMPILED[statement] = Compiled(statement)
+        found = _COMPILED[statement] = Prepared(statement, "sqlite")
     return found
 
 
 def first_row(connection: sqlite3.Connection, statement: Compiled, org_id: str) -> dict[str, Any]:
     """The statement's first row by column name (all None if it has none)."""
-    cursor = connection.execute(statement.sql, statement.params(org_id))
+    cursor = connection.execute(statement.sql, statement.values({"org_id": org_id}))
     rows = cursor.fetchall()
     count_statement()
     names = [column[0] for column in cursor.description]

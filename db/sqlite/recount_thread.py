@@ -120,7 +120,7 @@ class RecountThread:
                 values = self._first(connection, steps.stored, org_id)
                 for label, count in steps.counts.items():
                     self._no_writers.wait(max(0.0, deadline - time.monotonic()))
-                    values[label] = connection.execute(count.sql, count.params(org_id)).fetchone()[0]
+                    values[label] = connection.execute(count.sql, count.values({"org_id": org_id})).fetchone()[0]
                     count_statement()
             finally:
                 connection.execute("COMMIT")
