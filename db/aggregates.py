@@ -50,6 +50,7 @@ from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 from db.counters import GROUPS, INVOICE_STATUS, LOAD_STATUS, LOAD_TYPE, CounterGroup, counter_names
 from db.engine import Unread
 from db.models import Base, Invoice, Load, OrganizationStats, utcnow
+from db.work import Script
 
 LOAD_STATUS_COUNTERS = LOAD_STATUS.counters
 LOAD_TYPE_COUNTERS = LOAD_TYPE.counters
@@ -90,7 +91,14 @@ class StatsSnapshot:
 
     @classmethod
     def from_row(cls, row: Any) -> StatsSnapshot:
-        return cls.from_mapping(row._mapping)
+        """From a row of the stats table: SQLAlchemy's, or `Prepared.row`'s named tuple."""
+        return cls(
+            org_id=row.org_id,
+            counts={c: int(getattr(row, c)) for c in COUNTERS},
+            version=int(row.version),
+            updated_at=row.updated_at,
+            last_recalculated_at=row.last_recalculated_at,
+        )
 
     @classmethod
     def from_mapping(cls, row: Mapping[str, Any]) -> StatsSnapshot:
@@ -139,7 +147,7 @@ def guard_writes(engine: AsyncEngine) -> None:
 def _refuse_uncounted_write(
     _conn: Connection, _cursor: Any, statement: str, _parameters: Any, context: ExecutionContext | None, _many: bool
 ) -> None:
-    table = _counted_table_written(statement)
+    table = counted_table_written(statement)
     if table is None or _flushing.get() or (context is not None and context.execution_options.get(COUNTED)):
         return
     raise RuntimeError(
@@ -148,7 +156,7 @@ def _refuse_uncounted_write(
     )
 
 
-def _counted_table_written(statement: str) -> str | None:
+def counted_table_written(statement: str) -> str | None:
     """The counted table `statement` writes, if any. Cached: most statements are the same few
     compiled strings, and searching a long one (the counter upsert) cost ~40 µs per write;
     statements longer than that (many-row inserts) are searched each time."""
@@ -314,8 +322,9 @@ def counter_additions(pending: dict[str, Counter[str]], shards: int) -> list[dic
     return additions
 
 
-def correct(session: Session, org_id: str, delta: dict[str, int], epoch: int) -> StatsSnapshot | None:
-    """Apply a recalculation's correction (actual - stored, both read in one snapshot).
+def correction(dialect: str, org_id: str, delta: dict[str, int], epoch: int) -> Script[StatsSnapshot | None]:
+    """A recalculation's correction (actual - stored, both read in one snapshot), as a script
+    (db/row_writes.py).
 
     One upsert of the org's shard 0 (reads sum the shards, so any shard can carry
     a correction). Sets last_recalculated_at; with a non-zero delta also adds it,
@@ -333,31 +342,28 @@ def correct(session: Session, org_id: str, delta: dict[str, int], epoch: int) ->
         **dict.fromkeys(COUNTERS, 0),
         **delta,
     }
-    connection = session.connection()
-    row = connection.execute(_CORRECT[connection.dialect.name][bool(delta)], params).one_or_none()
-    if row is None:
-        return None
-    if delta:
-        session.info.setdefault(REREAD, []).append(org_id)
-    return StatsSnapshot.from_row(row)
+    row = yield _CORRECT[dialect][bool(delta)], params
+    return None if row is None else StatsSnapshot.from_row(row)
 
 
 def _table() -> Table:
     return cast(Table, OrganizationStats.__table__)
 
 
-def mark_recalculated(session: Session, org_ids: list[str]) -> datetime:
+def marked_recalculated(org_ids: list[str]) -> Script[datetime]:
     """Set `last_recalculated_at` of orgs a recalculation found exact (every row of each,
-    reads take the latest), in one statement: no counter, version or event changes. A
-    run over many orgs records them in batches instead of a write transaction per org."""
+    reads take the latest): no counter, version or event changes. A run over many orgs
+    records them in batches instead of a write transaction per org."""
     now = utcnow()
-    session.connection().execute(_MARK_RECALCULATED, {"org_ids": org_ids, "now": now})
+    for org_id in org_ids:
+        yield _MARK_RECALCULATED, {"recalculated_org": org_id, "now": now}
     return now
 
 
+# Not bindparam("org_id"): a parameter named after a column would also be SET, through a connection.
 _MARK_RECALCULATED = (
     update(_table())
-    .where(_table().c.org_id.in_(bindparam("org_ids", expanding=True)))
+    .where(_table().c.org_id == bindparam("recalculated_org"))
     .values(last_recalculated_at=bindparam("now"))
 )
 

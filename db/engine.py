@@ -1,7 +1,9 @@
 """One engine factory for SQLite and PostgreSQL, and SQL statement counting.
 
 On SQLite, statements go through the one-trip driver (`db/sqlite/driver.py`)
-unless its fast paths are off, then through SQLAlchemy's plain aiosqlite one.
+unless its fast paths are off, then through SQLAlchemy's plain aiosqlite one; with
+`sqlite_checkpoint_thread`, its connections leave checkpoints to that thread
+(`db/sqlite/checkpoints.py`).
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ class StatementCounter:
 statement_counter: ContextVar[StatementCounter | None] = ContextVar("statement_counter", default=None)
 
 
-def create_engine(url: str, *, pool_size: int = 10, sqlite_fast_paths: bool = True) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int = 10, sqlite_fast_paths: bool = True, sqlite_checkpoint_thread: bool = False
+) -> AsyncEngine:
     if make_url(url).get_backend_name() == "sqlite":
         driver = {"module": OneTripDbapi()} if sqlite_fast_paths else {}
         engine = create_async_engine(url, pool_size=pool_size, max_overflow=20, **driver)
-        _make_sqlite_transactional(engine)
+        _make_sqlite_transactional(engine, automatic_checkpoints=not sqlite_checkpoint_thread)
     else:  # a fixed pool: overflow connections would be opened and closed under load
         engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
     event.listen(engine.sync_engine, "before_cursor_execute", _count_statement)
@@ -52,7 +56,7 @@ def _count_statement(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> N
         count_statement()
 
 
-def _make_sqlite_transactional(engine: AsyncEngine) -> None:
+def _make_sqlite_transactional(engine: AsyncEngine, *, automatic_checkpoints: bool) -> None:
     """SQLite: WAL, FKs, and real transactions that writers take up front.
 
     The sqlite3 driver's own transaction handling is turned off and BEGIN is
@@ -69,6 +73,7 @@ def _make_sqlite_transactional(engine: AsyncEngine) -> None:
             "synchronous=NORMAL",
             "foreign_keys=ON",
             "busy_timeout=30000",
+            *([] if automatic_checkpoints else ["wal_autocheckpoint=0"]),
         ):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()

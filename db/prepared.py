@@ -3,15 +3,16 @@ values from a dict, and rows back as named tuples with SQLAlchemy's type process
 
 from __future__ import annotations
 
+import functools
 from collections import namedtuple
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table
+from sqlalchemy import ColumnCollection, Table
 from sqlalchemy.dialects.postgresql import asyncpg
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import Dialect
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 
 DIALECTS: dict[str, Dialect] = {
@@ -24,11 +25,16 @@ class Prepared:
     """`statement` compiled for `dialect` ("sqlite" or "postgresql"). `keys`: the columns an
     INSERT or UPDATE sets, every one (the statement's VALUES or SET list follows them; no
     column default is added for the caller). `returns`: the table whose every column the
-    statement returns, in order."""
+    statement returns, in order (or the columns themselves)."""
 
     def __init__(
-        self, statement: ClauseElement, dialect: str, keys: Sequence[str] | None = None, returns: Table | None = None
+        self,
+        statement: ClauseElement,
+        dialect: str,
+        keys: Sequence[str] | None = None,
+        returns: Table | ColumnCollection[Any, Any] | None = None,
     ) -> None:
+        self.statement = statement
         self.dialect = dialect_ = DIALECTS[dialect]
         compiled = cast(SQLCompiler, statement.compile(dialect=dialect_, column_keys=keys))
         self.sql = compiled.string
@@ -41,10 +47,10 @@ class Prepared:
         ]  # fmt: skip
         self.row_type: Any = None
         if returns is not None:
-            self.row_type = namedtuple(returns.name, [column.key for column in returns.c])  # type: ignore[misc]
-            self._results = [
-                column.type.dialect_impl(dialect_).result_processor(dialect_, None) for column in returns.c
-            ]
+            columns = returns.c if isinstance(returns, Table) else returns
+            name = returns.name if isinstance(returns, Table) else "row"
+            self.row_type = namedtuple(name, [column.key for column in columns])  # type: ignore[misc]
+            self._results = [column.type.dialect_impl(dialect_).result_processor(dialect_, None) for column in columns]
 
     def values(self, parameters: Mapping[str, Any]) -> tuple[Any, ...]:
         out = []
@@ -54,8 +60,21 @@ class Prepared:
         return tuple(out)
 
     def row(self, values: Sequence[Any] | None) -> Any:
-        """The driver's row as a named tuple of Python values (None stays None)."""
-        if values is None:
+        """The driver's row as a named tuple of Python values (None stays None; so does a
+        row of a statement built without `returns`)."""
+        if values is None or self.row_type is None:
             return None
         pairs = zip(values, self._results, strict=True)
         return self.row_type(*(v if process is None or v is None else process(v) for v, process in pairs))
+
+
+@functools.cache
+def prepared(statement: Executable, dialect: str) -> Prepared:
+    """`statement` (built once, at import: cached by identity) prepared for `dialect`,
+    answering the columns it returns or selects, if any."""
+    return Prepared(cast(ClauseElement, statement), dialect, returns=returned_columns(statement))
+
+
+def returned_columns(statement: Executable) -> ColumnCollection[Any, Any] | None:
+    """The columns `statement` selects or returns (RETURNING), None if it returns no rows."""
+    return getattr(statement, "exported_columns", None) or None

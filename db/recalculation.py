@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Select, Table, bindparam, func, insert, literal, select, true, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.aggregates import (
     COUNTERS,
@@ -35,8 +34,8 @@ from db.aggregates import (
     LOAD_TYPE_COUNTERS,
     STATS_QUERY,
     StatsSnapshot,
-    correct,
-    mark_recalculated,
+    correction,
+    marked_recalculated,
 )
 from db.errors import TallyError
 from db.models import (
@@ -47,12 +46,12 @@ from db.models import (
     StatsCorrection,
     utcnow,
 )
-from db.organizations import ensure_organization
+from db.organizations import ENSURE_ORGANIZATION, organization_values
 from db.rules import check_text
 from db.run_counts import run_counts
 from db.stats_reader import RecountSteps
 from db.unit_of_work import Database
-from db.work import ReadSession
+from db.work import ReadSession, Script
 
 log = logging.getLogger("tally.recalculation")
 MAX_ATTEMPTS = 5
@@ -61,6 +60,7 @@ EXACT_BATCH_SECONDS = 1.0
 WRITERS_REST_SECONDS = 0.02  # a run's writes wait at most this long for other writers of the process
 T = TypeVar("T")
 RUNS = cast(Table, RecalculationRun.__table__)
+CORRECTIONS = cast(Table, StatsCorrection.__table__)
 
 
 @dataclass(frozen=True)
@@ -180,43 +180,45 @@ class Run:
     orgs_checked: int = 0
     corrections: int = 0
 
-    async def record(self, session: AsyncSession, *, finished: bool, error: str | None = None) -> None:
+    def record(self, *, finished: bool, error: str | None = None) -> Script[None]:
         values: dict[str, Any] = {"orgs_checked": self.orgs_checked, "corrections": self.corrections}
         values.update(finished_at=utcnow() if finished else None, error=error[:2000] if error else None)
         if self.id is None:
-            self.id = await session.scalar(_NEW_RUN, {"trigger": self.trigger, "started_at": self.started_at, **values})
+            row = yield _NEW_RUN, {"trigger": self.trigger, "started_at": self.started_at, **values}
+            self.id = row.id
         else:
-            await session.execute(_RUN_PROGRESS, {"run_id": self.id, **values})
+            yield _RUN_PROGRESS, {"run_id": self.id, **values}
 
     async def write(
         self,
         db: Database,
-        change: Callable[[AsyncSession], Awaitable[T | None]],
+        change: Callable[[str], Script[tuple[T | None, list[str]]]],
         *,
         orgs: int,
         corrected: list[tuple[str, CounterDrift]],
         finished: bool,
     ) -> T | None:
-        """`change` and this run's progress (`orgs` more checked, each of `corrected`
-        recorded) in one write transaction. If `change` returns None, nothing is recorded."""
+        """`change` (a script for the dialect: its result and the orgs whose stats it changed)
+        and this run's progress (`orgs` more checked, each of `corrected` recorded) in one write
+        transaction. If `change` returns None, nothing is recorded."""
         before = (self.id, self.orgs_checked, self.corrections)
 
-        async def apply(session: AsyncSession) -> T | None:
-            result = await change(session)
+        def script(dialect: str) -> Script[tuple[T | None, list[str]]]:
+            result, changed = yield from change(dialect)
             if result is None:
-                return None
-            # Set from `before`, not added: Database.write may run this again after a retry.
+                return None, []
+            # Set from `before`, not added: Database.write_script may run this again after a retry.
             self.id, self.orgs_checked, self.corrections = before[0], before[1] + orgs, before[2] + len(corrected)
-            await self.record(session, finished=finished)
+            yield from self.record(finished=finished)
+            now = utcnow()
             for org_id, d in corrected:
-                session.add(
-                    StatsCorrection(run_id=self.id, org_id=org_id, counter=d.counter, stored=d.stored, actual=d.actual)
-                )
-            return result
+                values = {"org_id": org_id, "counter": d.counter, "stored": d.stored, "actual": d.actual}
+                yield _NEW_CORRECTION, {"run_id": self.id, "corrected_at": now, **values}
+            return result, changed
 
         await db.writers_rest(WRITERS_REST_SECONDS)
         try:
-            result = await db.write(apply)
+            result = await db.write_script(script)
         except BaseException:
             self.id, self.orgs_checked, self.corrections = before  # rolled back with its transaction
             raise
@@ -233,6 +235,9 @@ _NEW_RUN = (
     .returning(RUNS.c.id)
 )
 _RUN_PROGRESS = update(RUNS).where(RUNS.c.id == bindparam("run_id")).values({c: bindparam(c) for c in _RUN_COLUMNS})
+_NEW_CORRECTION = insert(CORRECTIONS).values(
+    {c: bindparam(c) for c in ("run_id", "org_id", "counter", "stored", "actual", "corrected_at")}
+)
 
 
 async def recalculate_org(
@@ -244,10 +249,11 @@ async def recalculate_org(
         found = drift or await drift_report(db, org_id)
         drift = None  # a retry recounts
 
-        async def change(session: AsyncSession, found: Drift = found) -> StatsSnapshot | None:
-            if not found.has_stats_row:
-                await ensure_organization(session, org_id)  # the stats row needs its org (foreign key)
-            return await session.run_sync(lambda sync: correct(sync, org_id, found.delta, found.epoch))
+        def change(dialect: str, found: Drift = found) -> Script[tuple[StatsSnapshot | None, list[str]]]:
+            if not found.has_stats_row:  # the stats row needs its org (foreign key)
+                yield ENSURE_ORGANIZATION[dialect], organization_values(org_id)
+            snapshot = yield from correction(dialect, org_id, found.delta, found.epoch)
+            return snapshot, [org_id] if snapshot is not None and found.delta else []
 
         corrected = [(org_id, d) for d in found.counters]
         if await run.write(db, change, orgs=1, corrected=corrected, finished=last) is not None:
@@ -271,8 +277,8 @@ async def _record_exact(db: Database, run: Run, found: list[Drift], *, finished:
     stats are the row the recount verified."""
     org_ids = [drift.org_id for drift in found]
 
-    async def change(session: AsyncSession) -> datetime:
-        return await session.run_sync(lambda sync: mark_recalculated(sync, org_ids)) if org_ids else utcnow()
+    def change(_dialect: str) -> Script[tuple[datetime, list[str]]]:
+        return (yield from marked_recalculated(org_ids)), []
 
     now = await run.write(db, change, orgs=len(org_ids), corrected=[], finished=finished)
     return [Recalculation(d.org_id, [], replace(d.stored, last_recalculated_at=now)) for d in found]
@@ -322,7 +328,14 @@ async def recalculate(db: Database, org_ids: list[str] | None, trigger: str) -> 
         else:
             recorded = "internal error (see the server log)"
         run_counts(db).finished(run.corrections, failed=True)
-        await db.write(lambda session: run.record(session, finished=True, error=recorded))
+        run_id = run.id
+
+        def failed(_dialect: str) -> Script[tuple[None, list[str]]]:
+            run.id = run_id  # as before this transaction's first attempt
+            yield from run.record(finished=True, error=recorded)
+            return None, []
+
+        await db.write_script(failed)
         raise
     run_counts(db).finished(run.corrections, failed=False)
     return results

@@ -20,6 +20,12 @@ Neither can forget the counters: a plan writes a counted table only by returning
 `Insert` or `Update`, and the runner moves the counters by it (`count_inserted`;
 `count_changed` from the row locked in the same transaction), in the same transaction.
 A plan has no way to run any other SQL, and writes at most one row.
+
+A `Script` (db/work.py) is the other kind of write the driver runs: a few statements
+that touch no counted table (a recalculation's correction and its run's records),
+yielded as Core statements, in BEGIN (IMMEDIATE) ... COMMIT; through a session with the
+fast paths off (`script_in_session`). Both runners refuse a statement that writes a
+counted table, as the engine's guard does.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from db.aggregates import (
     ADD_COUNTERS,
     count_changed,
     count_inserted,
+    counted_table_written,
     counter_additions,
     insert_counted,
     update_counted,
@@ -49,9 +56,10 @@ from db.errors import NotFound
 from db.models import Base
 from db.organizations import ENSURE_ORGANIZATION, ensure_organization, organization_values
 from db.postgres.reads import LOST_CONNECTION
-from db.prepared import Prepared
+from db.prepared import Prepared, prepared, returned_columns
 from db.queries import find, lock_row, parse_id, row_select
 from db.sqlite.driver import in_one_trip
+from db.work import Script
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,19 @@ async def in_session(session: AsyncSession, plan: Plan) -> Any:
         (row,) = await insert_counted(session, write.model, [write.values])
         return row
     return await update_counted(session, write.model, write.locked, write.values)
+
+
+async def script_in_session(session: AsyncSession, script: Script[Any]) -> Any:
+    """Run `script` through `session` (the caller commits): what it returns."""
+    answer: Any = None
+    while True:
+        try:
+            statement, params = script.send(answer)
+        except StopIteration as done:
+            return done.value
+        connection = await session.connection()  # Core, as the ORM's flush would: the engine's guard sees it
+        result = await connection.execute(statement, params)
+        answer = result.first() if returned_columns(statement) is not None else None
 
 
 def checked(write: Any, locked: list[tuple[type[Base], Any]]) -> Write:
@@ -280,6 +301,40 @@ class _Transaction:
         return [org_id for org_id, delta in self._pending.items() if any(delta.values())]
 
 
+class _ScriptTransaction:
+    """A script's statements for the driver, in BEGIN (IMMEDIATE on SQLite) ... COMMIT.
+    A script returns its result and the orgs whose stats it changed."""
+
+    def __init__(self, dialect: str) -> None:
+        self._dialect = dialect
+        self.changed_orgs: list[str] = []
+        self.statements_run = 0
+        self.last_sql = ""
+
+    def sql(self, script: Script[tuple[Any, list[str]]]) -> Statements:
+        yield self._run("BEGIN IMMEDIATE" if self._dialect == "sqlite" else "BEGIN")
+        answer: Any = None
+        while True:
+            try:
+                statement, params = script.send(answer)
+            except StopIteration as done:
+                result, self.changed_orgs = done.value
+                break
+            step = prepared(statement, self._dialect)
+            table = counted_table_written(step.sql)
+            if table is not None:
+                raise RuntimeError(f"a script cannot write {table}: only a plan moves its counters")
+            answer = step.row((yield self._run(step.sql, step.values(params))))
+        yield self._run("COMMIT")
+        yield None, result
+
+    def _run(self, sql: str, values: tuple[Any, ...] = ()) -> SQL:
+        if not sql.startswith(("BEGIN", "COMMIT")):
+            self.statements_run += 1
+        self.last_sql = sql
+        return sql, values
+
+
 class DriverRowWrites:
     """Plans run as one transaction on the driver connection of a connection of `engine`'s pool."""
 
@@ -293,14 +348,20 @@ class DriverRowWrites:
     async def run(self, plan: Plan) -> tuple[Any, list[str]]:
         """Run `plan` and commit. Returns the row it wrote and the orgs whose counters moved.
         A driver's failure is raised as SQLAlchemy's `DBAPIError`, for `db.retries`."""
-        transaction = self.transaction_class(self._statements, self._shards)
+        return await self._run(self.transaction_class(self._statements, self._shards), plan)
+
+    async def run_script(self, script: Script[tuple[Any, list[str]]]) -> tuple[Any, list[str]]:
+        """Run `script` and commit, as `run` does a plan: what it returns."""
+        return await self._run(_ScriptTransaction(self._statements.dialect), script)
+
+    async def _run(self, transaction: _Transaction | _ScriptTransaction, source: Any) -> tuple[Any, list[str]]:
         pooled = await self._engine.raw_connection()  # the pool's connection, without a Connection around it
         driver: Any = pooled.driver_connection
         try:
             if self._statements.dialect == "sqlite":
-                result = await in_one_trip(driver, _run_on_sqlite, transaction.sql(plan))
+                result = await in_one_trip(driver, _run_on_sqlite, transaction.sql(source))
             else:
-                result = await _run_on_asyncpg(driver, transaction.sql(plan))
+                result = await _run_on_asyncpg(driver, transaction.sql(source))
         except (sqlite3.Error, asyncpg.PostgresError, *LOST_CONNECTION) as error:
             lost = isinstance(error, LOST_CONNECTION)
             if lost:

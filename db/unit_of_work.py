@@ -16,20 +16,22 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from db.after_commit import AfterCommitHooks
 from db.aggregates import REREAD, SHARDS, AggregateSession, StatsSnapshot, guard_writes
 from db.engine import WRITE, create_engine
 from db.queries import get_stats
 from db.retries import MAX_ATTEMPTS, WriteRetries
-from db.row_writes import DriverRowWrites, Plan, in_session
+from db.row_writes import DriverRowWrites, Plan, in_session, script_in_session
 from db.shared_reads import SharedReads
+from db.sqlite.checkpoints import Checkpoints
 from db.stats_reader import StatsReader
-from db.work import ReadWork, WriteWork
+from db.work import ReadWork, Script, WriteWork
 from db.writers import WritersInFlight, writer_turn
 
 T = TypeVar("T")
@@ -50,7 +52,12 @@ class Database:
         """`postgres_read_pool`: connections of the count reads' own asyncpg pool (0: none).
         `driver_row_writes`: one-row writes (`write_row`) straight on the driver (db/row_writes.py)."""
         self.url = url
-        self.engine: AsyncEngine = create_engine(url, pool_size=pool_size, sqlite_fast_paths=sqlite_fast_paths)
+        path = make_url(url).database if make_url(url).get_backend_name() == "sqlite" else None
+        file = path not in (None, "", ":memory:")
+        self.engine: AsyncEngine = create_engine(
+            url, pool_size=pool_size, sqlite_fast_paths=sqlite_fast_paths, sqlite_checkpoint_thread=file
+        )
+        self._checkpoints = Checkpoints(cast(str, path)) if file else None
         guard_writes(self.engine)
         self.sessions = async_sessionmaker(
             self.engine,
@@ -124,6 +131,23 @@ class Database:
         result, _ = await self._with_snapshots(lambda: self._retried(lambda: row_writes.run(plan())))
         return result
 
+    async def write_script(self, script: Callable[[str], Script[tuple[T, list[str]]]]) -> T:
+        """Run a script (`script(dialect)`, a new one per attempt: its statements, then its result
+        and the orgs whose stats it changed) in its own committed transaction, on the driver as
+        `write_row` runs plans. It may not write a counted table (db/row_writes.py)."""
+        dialect = self.engine.dialect.name
+        if self._row_writes is None:
+
+            async def work(session: AsyncSession) -> T:
+                result, changed = await script_in_session(session, script(dialect))
+                session.info.setdefault(REREAD, []).extend(changed)
+                return cast(T, result)
+
+            return await self.write(work)
+        row_writes = self._row_writes
+        result, _ = await self._with_snapshots(lambda: self._retried(lambda: row_writes.run_script(script(dialect))))
+        return cast(T, result)
+
     async def write_with_snapshots(self, work: WriteWork[T]) -> tuple[T, list[StatsSnapshot]]:
         return await self._with_snapshots(lambda: self._retried(lambda: self._commit(work)))
 
@@ -161,3 +185,5 @@ class Database:
     async def dispose(self) -> None:
         await self.stats.close()
         await self.engine.dispose()
+        if self._checkpoints is not None:
+            self._checkpoints.close()

@@ -1,4 +1,5 @@
 """What a unit of work receives: read work a `ReadSession`, write work the whole session.
+A `Script` is write work that receives no session: it yields its statements (db/row_writes.py).
 
 A `ReadSession` has the session's reading methods and none that change rows
 (add, delete, flush, commit), so a writing function handed to `Database.read`
@@ -7,7 +8,7 @@ is a type error instead of changes rolled back in silence.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, TypeVarTuple, overload
 
 from sqlalchemy.engine import Result, ScalarResult
@@ -39,3 +40,6 @@ class ReadSession(Protocol):
 
 ReadWork = Callable[[ReadSession], Awaitable[T]]
 WriteWork = Callable[[AsyncSession], Awaitable[T]]
+# Yields each Core statement (built once) with its parameters, gets its first row back (or
+# None), and returns what it computed: `Database.write_script` runs it in one transaction.
+Script = Generator[tuple[Executable, Mapping[str, Any]], Any, T]

@@ -242,8 +242,8 @@ async def test_a_run_over_many_orgs_writes_exact_orgs_in_batches(
     await inject_drift(db, "UPDATE organization_stats SET loads_open = 5 WHERE org_id = 'org_3'")
     versions = {org: (await stored(db, org))[1] for org in orgs}
     monkeypatch.setattr(recalculation, "EXACT_BATCH_ORGS", 2)
-    writes = Counted(db.write)
-    monkeypatch.setattr(db, "write", writes)
+    writes = Counted(db.write_script)
+    monkeypatch.setattr(db, "write_script", writes)
     fields = "orgId corrected { counter } stats { version lastRecalculatedAt }"
     results = (await service.ok(f"mutation {{ recalculateAllOrgStats {{ {fields} }} }}"))["recalculateAllOrgStats"]
 

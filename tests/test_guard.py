@@ -22,9 +22,11 @@ from db.models import Invoice, Load
 from db.organizations import ensure_organization
 from db.postgres.reads import PostgresStatsReads
 from db.queries import lock_row
-from db.row_writes import Lock, Plan, Update, in_session
+from db.aggregates import marked_recalculated
+from db.row_writes import Lock, Plan, Update, in_session, script_in_session
 from db.sqlite.connections import ReadOnlyConnections
 from db.unit_of_work import Database
+from db.work import Script
 from tests.helpers import Api, create_invoice, create_load, recount, stored
 
 
@@ -263,6 +265,28 @@ async def test_a_plan_writes_one_row_and_only_by_returning_it(
     assert counts == await recount(db, "org_a")
 
 
+def a_script_that_writes_loads(_dialect: str) -> Script[tuple[None, list[str]]]:
+    yield from marked_recalculated(["org_a"])
+    yield update(Load).values(status="CANCELED"), {}
+    return None, []
+
+
+@pytest.mark.parametrize("runner", ["driver", "session"])
+async def test_a_script_cannot_write_a_counted_table(api: Api, db: Database, runner: str) -> None:
+    """Scripts (a recalculation's writes) run on the driver too, and write no counted table:
+    the statement is refused on either runner and the whole transaction rolls back."""
+    await create_load(api)
+    with pytest.raises(RuntimeError, match=r"cannot write loads|would bypass the aggregate"):
+        if runner == "driver" and db.driver_row_writes:
+            await db.write_script(a_script_that_writes_loads)
+        else:
+            await db.write(lambda s: script_in_session(s, a_script_that_writes_loads(db.engine.dialect.name)))
+    counts, version = await stored(db, "org_a")
+    assert (counts["loads_open"], counts["loads_canceled"], version) == (1, 0, 1)
+    stats = await db.read_stats("org_a")
+    assert stats.last_recalculated_at is None  # the script's first statement rolled back too
+
+
 async def test_a_plan_on_the_driver_counts_from_the_locked_row(api: Api, db: Database) -> None:
     """A status change moves the counters from the row as locked, to what it wrote; a change
     of nothing writes nothing (no version); an unknown id is NOT_FOUND with nothing written."""
@@ -286,6 +310,7 @@ DRIVER_MODULES = {
     "db/engine.py": "connection pragmas, and statements kept for the driver's next trip (counted by their callers)",
     "db/sqlite/connections.py": "read-only: PRAGMA query_only",
     "db/sqlite_follower.py": "read-only: PRAGMA query_only",
+    "db/sqlite/checkpoints.py": "runs PRAGMA wal_checkpoint only: copies committed pages, changes no row",
     "db/postgres/reads.py": "read-only: default_transaction_read_only",
 }
 DRIVER_ENTRY = re.compile(
