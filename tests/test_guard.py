@@ -16,13 +16,12 @@ from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import loads
-from db.aggregates import insert_counted, update_counted
+from db.aggregates import insert_counted, marked_recalculated, update_counted
 from db.errors import NotFound
 from db.models import Invoice, Load
 from db.organizations import ensure_organization
 from db.postgres.reads import PostgresStatsReads
 from db.queries import lock_row
-from db.aggregates import marked_recalculated
 from db.row_writes import Lock, Plan, Update, in_session, script_in_session
 from db.sqlite.connections import ReadOnlyConnections
 from db.unit_of_work import Database
