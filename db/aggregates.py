@@ -184,6 +184,30 @@ def _counted_insert(model: type[Base]) -> Insert:
 
 
 @functools.cache
+def _unnest_insert(model: type[Base], keys: tuple[str, ...]) -> Insert:
+    """PostgreSQL: `INSERT ... SELECT unnest(:many_<key>), ... RETURNING` every column: the
+    rows arrive as one array per column (`keys`), whatever their number."""
+    table = cast(Table, model.__table__)
+    arrays = [func.unnest(bindparam(f"many_{key}", type_=postgresql.ARRAY(table.c[key].type))) for key in keys]
+    return insert(table).from_select(list(keys), select(*arrays)).returning(*table.c)
+
+
+def with_defaults(model: type[Base], values: dict[str, Any], *, on_update: bool) -> dict[str, Any]:
+    """`values` and the Python-side default (on insert) or onupdate value of every column they
+    leave out: what Core adds to its own INSERTs and UPDATEs."""
+    out = dict(values)
+    for column in cast(Table, model.__table__).c:
+        default: Any = column.onupdate if on_update else column.default
+        if column.key in out or default is None:
+            continue
+        if default.is_callable:
+            out[column.key] = default.arg(None)
+        elif default.is_scalar:
+            out[column.key] = default.arg
+    return out
+
+
+@functools.cache
 def _counted_update(model: type[Base]) -> Update:
     """`UPDATE ... WHERE id = :row_id RETURNING` every column; the SET clause follows the parameters."""
     table = cast(Table, model.__table__)
@@ -201,7 +225,16 @@ async def insert_counted(session: AsyncSession, model: type[Base], rows: list[di
     if not rows:
         return []
     connection = await session.connection()
-    inserted = (await connection.execute(_counted_insert(model), rows, execution_options={COUNTED: True})).all()
+    if connection.dialect.name == "postgresql" and len(rows) > 1:
+        # One array per column, not SQLAlchemy's multi-row VALUES: a batch of 1,000 invoices
+        # bound 15,000 parameters, and planning that cost PostgreSQL ~3x the rows' own work.
+        rows = [with_defaults(model, row, on_update=False) for row in rows]
+        keys = tuple(sorted({key for row in rows for key in row}))
+        arrays = {f"many_{key}": [row.get(key) for row in rows] for key in keys}
+        statement: Insert = _unnest_insert(model, keys)
+        inserted = (await connection.execute(statement, arrays, execution_options={COUNTED: True})).all()
+    else:
+        inserted = (await connection.execute(_counted_insert(model), rows, execution_options={COUNTED: True})).all()
     pending = _pending(session)
     for row in inserted:
         count_inserted(pending, model, row)

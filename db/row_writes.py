@@ -50,6 +50,7 @@ from db.aggregates import (
     counter_additions,
     insert_counted,
     update_counted,
+    with_defaults,
 )
 from db.engine import count_statement
 from db.errors import NotFound
@@ -289,10 +290,10 @@ class _Transaction:
         """Move the pending counters by `write` (`checked`): from nothing (Insert) or from the row
         as locked in this transaction (Update) to the values it sets. Returns every column it sets."""
         if isinstance(write, Insert):
-            columns = _with_defaults(write.model, write.values, on_update=False)
+            columns = with_defaults(write.model, write.values, on_update=False)
             count_inserted(self._pending, write.model, SimpleNamespace(**columns))
             return columns
-        columns = _with_defaults(write.model, write.values, on_update=True)
+        columns = with_defaults(write.model, write.values, on_update=True)
         count_changed(self._pending, write.model, write.locked, write.locked._replace(**columns))
         return columns
 
@@ -382,21 +383,6 @@ def _row_id(model: type[Base], id_: str) -> int:
     if parsed is None:
         raise not_found(model, id_)
     return parsed
-
-
-def _with_defaults(model: type[Base], values: dict[str, Any], *, on_update: bool) -> dict[str, Any]:
-    """`values` and the Python-side default (on insert) or onupdate value of every column they
-    leave out: what Core adds to its own INSERTs and UPDATEs."""
-    out = dict(values)
-    for column in _table(model).c:
-        default: Any = column.onupdate if on_update else column.default
-        if column.key in out or default is None:
-            continue
-        if default.is_callable:
-            out[column.key] = default.arg(None)
-        elif default.is_scalar:
-            out[column.key] = default.arg
-    return out
 
 
 def _table(model: type[Base]) -> Table:
