@@ -17,9 +17,10 @@ from strawberry.types.graphql import OperationType
 
 from api.extensions import ErrorCodes, ObserveOperation, OperationOutcomes, QueryStats, to_client_error
 from api.permissions import AdminOnly, Authenticated, ServiceOnly
-from resolvers import imports, invoices, lanes, loads, organizations, recalculation, stats
+from resolvers import imports, invoices, lanes, loads, money, organizations, recalculation, stats
 from schema.context import OperationLoaders
 from schema.limits import Limits
+from schema.scalars import SCALARS
 from schema.types import (
     BulkResult,
     Customer,
@@ -39,6 +40,8 @@ from schema.types import (
     PromotionResult,
     RecalculationResult,
     RecalculationRun,
+    ReceivablesAging,
+    RevenueMonth,
 )
 
 member: list[type[BasePermission]] = [Authenticated]
@@ -66,6 +69,16 @@ class Query:
     )
     organizations: list[Organization] = strawberry.field(
         resolver=organizations.organizations, permission_classes=service
+    )
+    revenue_by_month: list[RevenueMonth] = strawberry.field(
+        resolver=money.revenue_by_month,
+        permission_classes=member,
+        description="Every month from..to (YYYY-MM, at most 120), zeros where nothing was billed. " + ONE_STATEMENT,
+    )
+    receivables_aging: ReceivablesAging = strawberry.field(
+        resolver=money.receivables_aging,
+        permission_classes=member,
+        description="Open balances by age on asOf (default: today, UTC). " + ONE_STATEMENT,
     )
     load: Load | None = strawberry.field(resolver=loads.load, permission_classes=member)
     loads: LoadConnection = strawberry.field(resolver=loads.loads_page, permission_classes=member)
@@ -126,6 +139,18 @@ class Mutation:
         resolver=invoices.bulk_void_invoices, permission_classes=member
     )
     delete_invoice: DeleteResult = strawberry.mutation(resolver=invoices.delete_invoice, permission_classes=admin)
+    set_invoice_amount: Invoice = strawberry.mutation(
+        resolver=money.set_invoice_amount,
+        permission_classes=member,
+        metadata=DIRECT,
+        description="Only while MISSING_DATA or DRAFT.",
+    )
+    record_payment: Invoice = strawberry.mutation(
+        resolver=money.record_payment,
+        permission_classes=member,
+        metadata=DIRECT,
+        description="Only BILLED or PENDING_PAYMENT; never more than the balance. PAID when nothing is left.",
+    )
     recalculate_org_stats: RecalculationResult = strawberry.mutation(
         resolver=recalculation.recalculate_org_stats, permission_classes=admin
     )
@@ -232,7 +257,7 @@ def build_schema(
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,
-        config=StrawberryConfig(auto_camel_case=True),
+        config=StrawberryConfig(auto_camel_case=True, scalar_map=SCALARS),
         execution_context_class=execution_context_class,
     )
 

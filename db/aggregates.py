@@ -19,10 +19,11 @@ import functools
 import random
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -47,28 +48,113 @@ from sqlalchemy.engine.interfaces import ExecutionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
-from db.counters import GROUPS, INVOICE_STATUS, LOAD_STATUS, LOAD_TYPE, CounterGroup, counter_names
+from db.counters import (
+    FINALIZED,
+    GROUPS,
+    INVOICE_STATUS,
+    LOAD_STATUS,
+    LOAD_TYPE,
+    MONEY_TOTALS,
+    OPEN,
+    CounterGroup,
+    counter_names,
+)
 from db.engine import Unread
-from db.models import Base, Invoice, Load, OrganizationStats, utcnow
+from db.models import Base, Invoice, Load, OrganizationStats, Receivable, RevenueMonth, utcnow
+from db.money import month_of
 from db.work import Script
 
 LOAD_STATUS_COUNTERS = LOAD_STATUS.counters
 LOAD_TYPE_COUNTERS = LOAD_TYPE.counters
 INVOICE_STATUS_COUNTERS = INVOICE_STATUS.counters
 COUNTERS: tuple[str, ...] = counter_names(GROUPS)
-Tracked = dict[type, tuple[tuple[str, dict[str, str]], ...]]
+SUMS: tuple[str, ...] = (*COUNTERS, *MONEY_TOTALS)  # the org's stats row: every column summed over its shards
 
 
-def tracked(models: Iterable[type[Base]], groups: Iterable[CounterGroup]) -> Tracked:
-    """Which attribute of which model feeds which counters: (attribute, counter by value) per counted column."""
-    return {
-        model: tuple((group.column, group.counters) for group in groups if group.table == model.__tablename__)
-        for model in models
-    }
+@dataclass(frozen=True)
+class Summed:
+    """One aggregate, declared: over the rows of `source` that `where` admits, the sums of what
+    `amounts(row)` gives (column -> value), kept in the row of `table` (None: the org's stats
+    row) keyed by the row's org and `key(row)`. `reads`: the columns of `source` these read.
+
+    Every write moves each one by the difference between what the row gave before and after
+    (`count_inserted`, `count_changed`, the session's flush hooks), in the writer's transaction."""
+
+    source: type[Base]
+    reads: tuple[str, ...]
+    amounts: Callable[[Any], Mapping[str, int]]
+    where: Callable[[Any], bool] = field(default=lambda row: True)
+    table: Table | None = None
+    key: Callable[[Any], tuple[Any, ...]] = field(default=lambda row: ())
 
 
-TRACKED = tracked((Load, Invoice), GROUPS)
-COUNTED_TABLES = {*(group.table for group in GROUPS), OrganizationStats.__tablename__}
+def _counted(group: CounterGroup, source: type[Base]) -> Summed:
+    """A group of counters: each row adds 1 to the counter of its value."""
+    counters, column = group.counters, group.column
+    return Summed(source, (column,), lambda row: {counters[getattr(row, column)]: 1})
+
+
+def _balance(invoice: Any) -> int:
+    return (invoice.amount_cents or 0) - (invoice.paid_cents or 0)
+
+
+def _is_finalized(invoice: Any) -> bool:
+    return invoice.status in FINALIZED
+
+
+def _has_open_balance(invoice: Any) -> bool:
+    return invoice.status in OPEN and _balance(invoice) > 0
+
+
+_MONEY_READS = ("status", "amount_cents", "paid_cents")
+AGGREGATES = (
+    # The counters: loads by status and by type, invoices by status.
+    _counted(LOAD_STATUS, Load),
+    _counted(LOAD_TYPE, Load),
+    _counted(INVOICE_STATUS, Invoice),
+    # Money totals (cents) on the stats row, over finalized invoices.
+    Summed(
+        Invoice,
+        _MONEY_READS,
+        lambda i: {"money_invoiced": i.amount_cents or 0, "money_collected": i.paid_cents or 0},
+        where=_is_finalized,
+    ),
+    # Revenue by month of invoice date, over finalized invoices.
+    Summed(
+        Invoice,
+        (*_MONEY_READS, "invoice_date"),
+        lambda i: {
+            "invoiced_count": 1,
+            "invoiced": i.amount_cents or 0,
+            "paid_count": int((i.paid_cents or 0) > 0),
+            "collected": i.paid_cents or 0,
+        },
+        where=_is_finalized,
+        table=cast(Table, RevenueMonth.__table__),
+        key=lambda i: (month_of(i.invoice_date),),
+    ),
+    # Receivables: open balances per (customer, invoice date); 0 stands for no customer.
+    Summed(
+        Invoice,
+        (*_MONEY_READS, "invoice_date", "customer_id"),
+        lambda i: {"invoices": 1, "balance": _balance(i)},
+        where=_has_open_balance,
+        table=cast(Table, Receivable.__table__),
+        key=lambda i: (i.customer_id or 0, i.invoice_date),
+    ),
+)
+BY_SOURCE: dict[type[Base], tuple[Summed, ...]] = {
+    model: tuple(a for a in AGGREGATES if a.source is model) for model in (Load, Invoice)
+}
+READS: dict[type[Base], tuple[str, ...]] = {
+    model: tuple(dict.fromkeys(column for a in aggregates for column in a.reads))
+    for model, aggregates in BY_SOURCE.items()
+}
+COUNTED_TABLES = {
+    *(group.table for group in GROUPS),
+    *(cast(Table, a.table).name for a in AGGREGATES if a.table is not None),
+    OrganizationStats.__tablename__,
+}
 
 # Keys in Session.info and execution options.
 PENDING = "tally.pending_deltas"
@@ -81,7 +167,8 @@ _DIALECTS = (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))  # st
 
 @dataclass(frozen=True)
 class StatsSnapshot:
-    """The aggregate row of one org at one version."""
+    """The aggregate row of one org at one version. `counts`: every column of SUMS, the
+    counters and the money totals (cents)."""
 
     org_id: str
     counts: dict[str, int]
@@ -94,7 +181,7 @@ class StatsSnapshot:
         """From a row of the stats table: SQLAlchemy's, or `Prepared.row`'s named tuple."""
         return cls(
             org_id=row.org_id,
-            counts={c: int(getattr(row, c)) for c in COUNTERS},
+            counts={c: int(getattr(row, c)) for c in SUMS},
             version=int(row.version),
             updated_at=row.updated_at,
             last_recalculated_at=row.last_recalculated_at,
@@ -104,7 +191,7 @@ class StatsSnapshot:
     def from_mapping(cls, row: Mapping[str, Any]) -> StatsSnapshot:
         return cls(
             org_id=row["org_id"],
-            counts={c: int(row[c]) for c in COUNTERS},
+            counts={c: int(row[c]) for c in SUMS},
             version=int(row["version"]),
             updated_at=row["updated_at"],
             last_recalculated_at=row["last_recalculated_at"],
@@ -112,9 +199,10 @@ class StatsSnapshot:
 
     @classmethod
     def empty(cls, org_id: str) -> StatsSnapshot:
-        return cls(org_id, dict.fromkeys(COUNTERS, 0), 0, None, None)
+        return cls(org_id, dict.fromkeys(SUMS, 0), 0, None, None)
 
 
+Pending = dict[str, Counter[Any]]  # an org's deltas: by stats column, or (table, key, column)
 COUNTED = "tally.counted"  # execution option of a statement whose counter deltas are already pending
 _flushing: ContextVar[bool] = ContextVar("tally_flushing", default=False)
 SOURCE_TABLES = sorted({group.table for group in GROUPS})  # the tables whose rows are counted
@@ -214,8 +302,8 @@ def _counted_update(model: type[Base]) -> Update:
     return update(table).where(table.c.id == bindparam("row_id")).returning(*table.c)
 
 
-def _pending(session: AsyncSession | Session) -> dict[str, Counter[str]]:
-    return cast(dict[str, Counter[str]], session.info.setdefault(PENDING, {}))
+def _pending(session: AsyncSession | Session) -> Pending:
+    return cast(Pending, session.info.setdefault(PENDING, {}))
 
 
 async def insert_counted(session: AsyncSession, model: type[Base], rows: list[dict[str, Any]]) -> Sequence[Row[Any]]:
@@ -241,20 +329,31 @@ async def insert_counted(session: AsyncSession, model: type[Base], rows: list[di
     return inserted
 
 
-def count_inserted(pending: dict[str, Counter[str]], model: type[Base], row: Any) -> None:
+def count_inserted(pending: Pending, model: type[Base], row: Any) -> None:
     """Add an inserted row of `model` (every column) to the pending deltas."""
-    for attr, counters in TRACKED.get(model, ()):
-        pending.setdefault(row.org_id, Counter())[counters[getattr(row, attr)]] += 1
+    _contribute(pending, model, row, +1)
 
 
-def count_changed(pending: dict[str, Counter[str]], model: type[Base], old: Any, new: Any) -> None:
+def count_changed(pending: Pending, model: type[Base], old: Any, new: Any) -> None:
     """Add a changed row of `model`, from its locked state `old` to `new`, to the pending deltas."""
-    deltas = pending.setdefault(old.org_id, Counter())
-    for attr, counters in TRACKED.get(model, ()):
-        before, after = getattr(old, attr), getattr(new, attr)
-        if before != after:
-            deltas[counters[before]] -= 1
-            deltas[counters[after]] += 1
+    _contribute(pending, model, old, -1)
+    _contribute(pending, model, new, +1)
+
+
+def _contribute(pending: Pending, model: type[Base], row: Any, sign: int) -> None:
+    """Add (`sign` +1) or take away (-1) what `row` gives each aggregate of its model. A delta
+    is keyed by its stats column, or by (table, key, column) for the keyed aggregates."""
+    for aggregate in BY_SOURCE.get(model, ()):
+        if not aggregate.where(row):
+            continue
+        deltas = pending.setdefault(row.org_id, Counter())
+        if aggregate.table is None:
+            for column, value in aggregate.amounts(row).items():
+                deltas[column] += sign * value
+        else:
+            key = (aggregate.table.name, aggregate.key(row))
+            for column, value in aggregate.amounts(row).items():
+                deltas[(*key, column)] += sign * value
 
 
 async def update_counted(session: AsyncSession, model: type[Base], row: Row[Any], values: dict[str, Any]) -> Row[Any]:
@@ -304,54 +403,71 @@ def _require_locked(session: Session, obj: object) -> None:
 @event.listens_for(AggregateSession, "before_flush")
 def _collect_deltas(session: Session, _flush: UOWTransaction, _instances: object) -> None:
     pending = _pending(session)
-
-    def add(org_id: str, counter: str, amount: int) -> None:
-        pending.setdefault(org_id, Counter())[counter] += amount
-
     for obj in session.new:
-        for attr, counters in TRACKED.get(type(obj), ()):
-            add(obj.org_id, counters[getattr(obj, attr)], +1)
+        _contribute(pending, type(obj), obj, +1)
     for obj in session.deleted:
-        if type(obj) in TRACKED:
+        if type(obj) in BY_SOURCE:
             _require_locked(session, obj)
-        for attr, counters in TRACKED.get(type(obj), ()):
-            add(obj.org_id, counters[_old_value(obj, attr)], -1)
+            _contribute(pending, type(obj), _as_loaded(obj), -1)
     for obj in session.dirty:
-        if type(obj) not in TRACKED or not session.is_modified(obj):
+        if type(obj) not in BY_SOURCE or not session.is_modified(obj):
             continue
         _require_locked(session, obj)
         if inspect(obj).attrs["org_id"].history.has_changes():
             raise RuntimeError("a row cannot move to another organization")
-        for attr, counters in TRACKED[type(obj)]:
-            history = inspect(obj).attrs[attr].history
-            if history.has_changes() and history.added[0] != _old_value(obj, attr):
-                add(obj.org_id, counters[_old_value(obj, attr)], -1)
-                add(obj.org_id, counters[history.added[0]], +1)
+        _contribute(pending, type(obj), _as_loaded(obj), -1)
+        _contribute(pending, type(obj), obj, +1)
+
+
+def _as_loaded(obj: Any) -> SimpleNamespace:
+    """The columns the aggregates read of `obj`, as loaded (before this flush's changes)."""
+    return SimpleNamespace(org_id=obj.org_id, **{attr: _old_value(obj, attr) for attr in READS[type(obj)]})
 
 
 @event.listens_for(AggregateSession, "before_commit")
 def _apply_deltas(session: Session) -> None:
     session.flush()
-    pending: dict[str, Counter[str]] = session.info.pop(PENDING, {})
+    pending: Pending = session.info.pop(PENDING, {})
     for params in counter_additions(pending, session.info.get(SHARDS, 1)):
         _ADD.run(session.connection(), params)  # Core, not the ORM's execute; on SQLite it goes with COMMIT
         session.info.setdefault(REREAD, []).append(params["org_id"])
+    for table, params in row_additions(pending):
+        _ADD_TO_ROWS[table].run(session.connection(), params)
 
 
-def counter_additions(pending: dict[str, Counter[str]], shards: int) -> list[dict[str, Any]]:
+def counter_additions(pending: Pending, shards: int) -> list[dict[str, Any]]:
     """The parameters of `ADD_COUNTERS`, the one statement per org that applies a transaction's
-    deltas (none for an org whose deltas cancel out): it creates the org's (shard) row or adds the
-    delta to it, bumping `version`. After commit each org's stats are read again (REREAD) for its
+    deltas to its stats row (none for an org whose deltas all cancel out): it creates the org's
+    (shard) row or adds the delta to it, bumping `version`, also when only a keyed aggregate
+    moved (`row_additions`). After commit each org's stats are read again (REREAD) for its
     event: the sums of every shard, never this one row (other processes, with another
     TALLY_STATS_SHARDS, or an earlier setting may have written other rows of the org)."""
     additions = []
     now = utcnow()
     for org_id in sorted(pending):  # a fixed order: concurrent writers never deadlock here
-        delta = {counter: d for counter, d in pending[org_id].items() if d}
-        if delta:
+        moved = {key: d for key, d in pending[org_id].items() if d}
+        if moved:
+            delta = {key: d for key, d in moved.items() if isinstance(key, str)}
             # Spread over the org's shards, writers of one hot org rarely wait on one row.
             shard = random.randrange(shards)
-            additions.append({"org_id": org_id, "shard": shard, "now": now, **dict.fromkeys(COUNTERS, 0), **delta})
+            additions.append({"org_id": org_id, "shard": shard, "now": now, **dict.fromkeys(SUMS, 0), **delta})
+    return additions
+
+
+def row_additions(pending: Pending) -> list[tuple[str, dict[str, Any]]]:
+    """The keyed aggregates' upserts (table, parameters of `ADD_TO_ROWS[dialect][table]`), one
+    per row whose sums move, in a fixed order (no deadlock between writers)."""
+    rows: dict[tuple[str, str, tuple[Any, ...]], dict[str, int]] = {}
+    for org_id, deltas in pending.items():
+        for key, d in deltas.items():
+            if d and not isinstance(key, str):
+                table, row_key, column = key
+                rows.setdefault((table, org_id, row_key), {})[column] = d
+    additions = []
+    for (table, org_id, row_key), moved in sorted(rows.items(), key=lambda item: repr(item[0])):
+        key_columns = _KEY_COLUMNS[table]
+        params = {"org_id": org_id, **dict(zip(key_columns, row_key, strict=True))}
+        additions.append((table, {**params, **dict.fromkeys(_SUM_COLUMNS[table], 0), **moved}))
     return additions
 
 
@@ -432,7 +548,7 @@ _CORRECT = {
 def _build_add_statement(insert: Any) -> Any:
     """`_add`'s upsert, built once per dialect: every counter a bound parameter."""
     table = _table()
-    values: dict[str, Any] = {c: bindparam(c) for c in COUNTERS}
+    values: dict[str, Any] = {c: bindparam(c) for c in SUMS}
     stmt = insert(table).values(
         org_id=bindparam("org_id"),
         shard=bindparam("shard"),
@@ -442,15 +558,34 @@ def _build_add_statement(insert: Any) -> Any:
         corrections=0,
         **values,
     )
-    changes: dict[str, Any] = {c: table.c[c] + stmt.excluded[c] for c in COUNTERS}
+    changes: dict[str, Any] = {c: table.c[c] + stmt.excluded[c] for c in SUMS}
     changes.update(version=table.c.version + 1, updated_at=stmt.excluded.updated_at)
     return stmt.on_conflict_do_update(index_elements=[table.c.org_id, table.c.shard], set_=changes)
+
+
+def _build_row_add_statement(insert: Any, table: Table) -> Any:
+    """A keyed aggregate's upsert, built once per dialect and table: its key and every sum a
+    bound parameter; the sums are added to an existing row."""
+    stmt = insert(table).values({c.key: bindparam(c.key) for c in table.c})
+    sums = {c: table.c[c] + stmt.excluded[c] for c in _SUM_COLUMNS[table.name]}
+    return stmt.on_conflict_do_update(index_elements=list(table.primary_key.columns), set_=sums)
+
+
+_KEYED = {cast(Table, a.table).name: cast(Table, a.table) for a in AGGREGATES if a.table is not None}
+_KEY_COLUMNS = {name: [c.key for c in t.primary_key.columns if c.key != "org_id"] for name, t in _KEYED.items()}
+_SUM_COLUMNS = {name: [c.key for c in t.c if not c.primary_key] for name, t in _KEYED.items()}
+ADD_TO_ROWS = {
+    name: {table: _build_row_add_statement(insert, t) for table, t in _KEYED.items()} for name, insert in _DIALECTS
+}
 
 
 # The common write's statement, built once (building it per commit cost ~0.7 ms of CPU);
 # a recalculation's correction goes through `correct`.
 ADD_COUNTERS = {name: _build_add_statement(insert) for name, insert in _DIALECTS}
 _ADD = Unread(ADD_COUNTERS)
+_ADD_TO_ROWS = {
+    table: Unread({dialect: statements[table] for dialect, statements in ADD_TO_ROWS.items()}) for table in _KEYED
+}
 
 
 def _build_stats_query() -> Select[Any]:
@@ -463,7 +598,7 @@ def _build_stats_query() -> Select[Any]:
     return (
         select(
             table.c.org_id,
-            *(total(c) for c in COUNTERS),
+            *(total(c) for c in SUMS),
             total("version"),
             total("corrections"),
             func.max(table.c.updated_at).label("updated_at"),

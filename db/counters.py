@@ -70,3 +70,10 @@ GROUPS = (LOAD_STATUS, LOAD_TYPE, INVOICE_STATUS)
 def counter_names(groups: Iterable[CounterGroup] = GROUPS) -> tuple[str, ...]:
     """Every counter of `groups`, in declaration order."""
     return tuple(counter for group in groups for counter in group.counters.values())
+
+
+# Money (money.md). Finalized invoices count in every money aggregate, open ones in receivables.
+FINALIZED = frozenset({InvoiceStatus.BILLED, InvoiceStatus.PENDING_PAYMENT, InvoiceStatus.PAID})
+OPEN = frozenset({InvoiceStatus.BILLED, InvoiceStatus.PENDING_PAYMENT})
+# The org's money totals, in cents, summed in organization_stats beside the counters.
+MONEY_TOTALS = ("money_invoiced", "money_collected")

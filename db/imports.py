@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db.aggregates import insert_counted
 from db.errors import BadInput
 from db.models import Customer, Invoice, Lane, Load, ReturnedRow
+from db.money import rate_cents
 from db.organizations import customers_by_name, ensure_organization
 from db.queries import lock_where
 from db.rules import (
@@ -76,15 +77,23 @@ class NewLoad:
     hcr: str | None
     trip_number: str | None
     invoice_reason: str | None  # MISSING_DATA's reason, or None for a DRAFT invoice
+    invoice_amount: int | None  # cents: a CONTRACT load's lane rate
 
     def load_row(self) -> dict[str, Any]:
         row = dict(vars(self))  # not dataclasses.asdict: it deep-copies every value
-        del row["invoice_reason"]
+        del row["invoice_reason"], row["invoice_amount"]
         return row
 
     def invoice_row(self, load_id: int) -> dict[str, Any]:
         status = "MISSING_DATA" if self.invoice_reason else "DRAFT"
-        return {"org_id": self.org_id, "load_id": load_id, "status": status, "missing_data_reason": self.invoice_reason}
+        return {
+            "org_id": self.org_id,
+            "load_id": load_id,
+            "status": status,
+            "missing_data_reason": self.invoice_reason,
+            "customer_id": self.customer_id,
+            "amount_cents": self.invoice_amount,
+        }
 
 
 def validate(shipment: Shipment) -> None:
@@ -196,6 +205,7 @@ def _create(org_id: str, shipment: Shipment, lanes: dict[LaneKey, Lane], custome
         hcr=shipment.hcr,
         trip_number=shipment.trip_number,
         invoice_reason={"SPOT": REASON_SPOT_RATE, "UNMAPPED": REASON_NO_LANE}.get(load_type),
+        invoice_amount=rate_cents(lane.rate) if lane and load_type == "CONTRACT" else None,
     )
 
 

@@ -1,15 +1,20 @@
-"""Invoice writes. Counters follow from the ORM changes and the counted updates (db/aggregates.py)."""
+"""Invoice writes: statuses and money (money.md). The aggregates follow from the ORM changes and
+the counted updates (db/aggregates.py); here only what each move does to the invoice itself."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from db.counters import FINALIZED, OPEN
 from db.errors import BadInput, Conflict, InvalidTransition
-from db.models import Invoice, Load
+from db.models import Invoice, Load, utcnow
+from db.money import format_cents
 from db.queries import lock_one, lock_rows
 from db.row_writes import Lock, Plan, Update
 from db.rules import INVOICE_TRANSITIONS, can_move, check_text, check_transition
@@ -24,8 +29,20 @@ class BulkOutcome:
     unchanged: int
 
 
-def _entered(current: str, status: str, *, void_reason: str | None = None) -> dict[str, Any]:
-    """The columns an invoice in `current` changes to enter `status` (none if it is there)."""
+def today() -> date:
+    """ "Today" of money.md: the UTC date of the write."""
+    return utcnow().date()
+
+
+def _entered(
+    invoice: Any, status: str, *, void_reason: str | None = None, invoice_date: date | None = None
+) -> dict[str, Any]:
+    """The columns `invoice` changes to enter `status` (none if it is there): the reasons,
+    and money.md's rules. Entering a finalized status undated (DRAFT -> BILLED) dates it
+    (`invoice_date`, else today) and prices it at 0.00 if it has no amount; PAID by status is
+    paid in full; PAID -> PENDING_PAYMENT undoes the payment; a reset to DRAFT clears the
+    payment and the date; VOID keeps every money column for the record."""
+    current = invoice.status
     if current == status:
         return {}
     values: dict[str, Any] = {"status": status}
@@ -33,6 +50,18 @@ def _entered(current: str, status: str, *, void_reason: str | None = None) -> di
         values["missing_data_reason"] = None
     if status == "VOID":
         values["void_reason"] = void_reason
+        return values
+    amount = invoice.amount_cents
+    if status in FINALIZED and invoice.invoice_date is None:
+        values["invoice_date"] = invoice_date or today()
+        if amount is None:
+            amount = values["amount_cents"] = 0
+    if status == "PAID":
+        values["paid_cents"] = amount or 0
+    elif status == "PENDING_PAYMENT" and current == "PAID":
+        values["paid_cents"] = 0
+    elif status == "DRAFT" and current in OPEN:
+        values.update(paid_cents=0, invoice_date=None)
     return values
 
 
@@ -42,7 +71,10 @@ async def create_invoice(
     status: str,
     missing_data_reason: str | None,
     scope: str | None,
+    amount_cents: int | None = None,
 ) -> Invoice:
+    """An invoice of a load that has none. Created in a finalized status, it is dated today and
+    priced at 0.00 if no amount is given (a PAID one is paid in full)."""
     reason = check_text(missing_data_reason, "missingDataReason", max_len=MAX_REASON)
     if status == "MISSING_DATA" and not (reason and reason.strip()):
         raise BadInput("missingDataReason is required for a MISSING_DATA invoice")
@@ -50,21 +82,54 @@ async def create_invoice(
     existing = await session.scalar(select(Invoice.id).where(Invoice.load_id == load.id))
     if existing is not None:
         raise Conflict(f"Load {load_id} already has invoice {existing}", ids=[existing])
-    invoice = Invoice(
-        org_id=load.org_id,
-        load_id=load.id,
-        status=status,
-        missing_data_reason=reason if status == "MISSING_DATA" else None,
-    )
+    new = SimpleNamespace(status=None, amount_cents=amount_cents, invoice_date=None)  # entering its first status
+    values = {"amount_cents": amount_cents, "paid_cents": 0, **_entered(new, status)}
+    invoice = Invoice(org_id=load.org_id, load_id=load.id, customer_id=load.customer_id, **values)
+    invoice.missing_data_reason = reason if status == "MISSING_DATA" else None
     session.add(invoice)
     await session.flush()
     return invoice
 
 
-def set_invoice_status(invoice_id: str, status: str, scope: str | None) -> Plan:
+def set_invoice_status(invoice_id: str, status: str, scope: str | None, invoice_date: date | None = None) -> Plan:
     invoice = yield Lock(Invoice, invoice_id, scope)
     check_transition("Invoice", INVOICE_TRANSITIONS, invoice.status, status, invoice_id)
-    return Update(Invoice, invoice, _entered(invoice.status, status))
+    return Update(Invoice, invoice, _entered(invoice, status, invoice_date=invoice_date))
+
+
+def set_invoice_amount(invoice_id: str, amount_cents: int, scope: str | None) -> Plan:
+    """Price an invoice: only while MISSING_DATA or DRAFT (the amount is frozen once billed)."""
+    invoice = yield Lock(Invoice, invoice_id, scope)
+    if invoice.status not in ("MISSING_DATA", "DRAFT"):
+        raise InvalidTransition(
+            f"Invoice {invoice_id} is {invoice.status}: its amount can change only while MISSING_DATA or DRAFT "
+            "(move it back to DRAFT first)",
+            ids=[invoice_id],
+        )
+    return Update(Invoice, invoice, {"amount_cents": amount_cents})
+
+
+def record_payment(invoice_id: str, amount_cents: int, scope: str | None) -> Plan:
+    """A payment of a BILLED or PENDING_PAYMENT invoice, never more than its balance: PAID when
+    nothing is left to pay, else PENDING_PAYMENT."""
+    invoice = yield Lock(Invoice, invoice_id, scope)
+    if invoice.status not in OPEN:
+        raise InvalidTransition(
+            f"Invoice {invoice_id} is {invoice.status}: payments are recorded only while BILLED or PENDING_PAYMENT",
+            ids=[invoice_id],
+        )
+    balance = (invoice.amount_cents or 0) - invoice.paid_cents
+    if amount_cents <= 0:
+        raise BadInput("amount must be greater than 0.00", ids=[invoice_id])
+    if amount_cents > balance:
+        raise BadInput(
+            f"amount {format_cents(amount_cents)} is more than the balance {format_cents(balance)} "
+            f"of invoice {invoice_id}",
+            ids=[invoice_id],
+        )
+    paid = invoice.paid_cents + amount_cents
+    status = "PAID" if paid == invoice.amount_cents else "PENDING_PAYMENT"
+    return Update(Invoice, invoice, {"paid_cents": paid, **_entered(invoice, status)})
 
 
 async def bulk_set_invoice_status(
@@ -74,6 +139,7 @@ async def bulk_set_invoice_status(
     scope: str | None,
     *,
     void_reason: str | None = None,
+    invoice_date: date | None = None,
 ) -> BulkOutcome:
     """All or nothing: one org, every id known, every transition legal."""
     unique_ids = list(dict.fromkeys(ids))
@@ -92,7 +158,7 @@ async def bulk_set_invoice_status(
         )
     changed = [i for i in invoices if i.status != status]
     for invoice in changed:
-        for column, value in _entered(invoice.status, status, void_reason=reason).items():
+        for column, value in _entered(invoice, status, void_reason=reason, invoice_date=invoice_date).items():
             setattr(invoice, column, value)
     await session.flush()
     return BulkOutcome(orgs.pop(), len(changed), len(invoices) - len(changed))

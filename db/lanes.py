@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.errors import Conflict
 from db.models import Invoice, Lane, Load
+from db.money import rate_cents
 from db.organizations import ensure_organization
 from db.queries import customer_in_org, lock_where
 from db.rules import LaneKey, check_text, is_upgrade, match_lane_type
@@ -87,9 +88,12 @@ async def rematch_loads(session: AsyncSession, org_id: str, *where: object) -> P
         load.load_type = load_type
         load.lane_id = lane.id
         load.requires_manual_review = load_type == "SPOT"
+    lane_of = {load.id: lane for load, _, lane in promoted}
     for invoice in invoices:
         invoice.status = "DRAFT"
         invoice.missing_data_reason = None
+        if invoice.amount_cents is None:  # priced by its lane's rate, if it has one (money.md)
+            invoice.amount_cents = rate_cents(lane_of[invoice.load_id].rate)
     await session.flush()
     return Promotion(len(promoted), len(invoices))
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -17,10 +18,11 @@ from sqlalchemy import (
     Row,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from db.counters import GROUPS, CounterGroup, counter_names
+from db.counters import GROUPS, MONEY_TOTALS, CounterGroup, counter_names
 
 ReturnedRow = Row[Any]  # a row as a Core INSERT or UPDATE ... RETURNING gave it back (db.aggregates)
 
@@ -115,8 +117,51 @@ class Invoice(Base):
     void_reason: Mapped[str | None] = mapped_column(String(1000))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    # Money (money.md), in integer cents. customer_id is the load's, copied when the invoice
+    # is created (a load's customer never changes): receivables are kept per customer.
+    amount_cents: Mapped[int | None] = mapped_column(BigInteger)
+    paid_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    invoice_date: Mapped[date | None] = mapped_column(Date)
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
 
     load: Mapped[Load] = relationship(lazy="raise", back_populates="invoice")
+
+
+class RevenueMonth(Base):
+    """Finalized invoices of an org by month of invoice date. Written only by db/aggregates.py."""
+
+    __tablename__ = "revenue_months"
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.org_id"), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)  # YYYY-MM
+    invoiced_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    invoiced: Mapped[int] = mapped_column(BigInteger, default=0)
+    paid_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    collected: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Receivable(Base):
+    """Open balances of an org per (customer, invoice date): `customer_key` is the customer's
+    id, 0 for invoices with none. Rows back at zero stay, outside the partial index the
+    aging query reads. Written only by db/aggregates.py."""
+
+    __tablename__ = "receivables"
+    __table_args__ = (
+        Index(
+            "ix_receivables_open",
+            "org_id",
+            "customer_key",
+            "invoice_date",
+            postgresql_where=text("balance <> 0"),
+            sqlite_where=text("balance <> 0"),
+        ),
+    )
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.org_id"), primary_key=True)
+    customer_key: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    invoice_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    invoices: Mapped[int] = mapped_column(BigInteger, default=0)
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class OrganizationStats(Base):
@@ -142,6 +187,8 @@ def add_counter_columns(model: type[Base], groups: Iterable[CounterGroup] = GROU
 
 
 add_counter_columns(OrganizationStats)
+for _name in MONEY_TOTALS:  # cents, over finalized invoices (money.md)
+    setattr(OrganizationStats, _name, mapped_column(BigInteger, nullable=False, default=0))
 
 
 class RecalculationRun(Base):

@@ -44,11 +44,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from db.aggregates import (
     ADD_COUNTERS,
+    ADD_TO_ROWS,
     count_changed,
     count_inserted,
     counted_table_written,
     counter_additions,
     insert_counted,
+    row_additions,
     update_counted,
     with_defaults,
 )
@@ -254,6 +256,10 @@ class _Transaction:
             if isinstance(write, Update):
                 params["row_id"] = write.locked.id
             additions = counter_additions(self._pending, self._shards)  # one row: at most one org
+            rows = row_additions(self._pending)  # the keyed aggregates (money): statements of their own
+            if rows and not began:
+                yield self._run("BEGIN")
+                began = True
             if self._compose:
                 params.update(organization_values(org.org_id) if org else {}, **(additions[0] if additions else {}))
                 prepared = s.write(write, tuple(columns), with_org=org is not None, with_counters=bool(additions))
@@ -263,6 +269,8 @@ class _Transaction:
                 result = prepared.row((yield self._run(prepared.sql, prepared.values(params))))
                 for addition in additions:
                     yield self._run(s.add_counters.sql, s.add_counters.values(addition))
+            for table, params in rows:
+                yield self._run(s.add_to_rows[table].sql, s.add_to_rows[table].values(params))
         if began:
             yield self._run("COMMIT")
         yield None, result
@@ -405,6 +413,7 @@ class _Statements:
         self.dialect = dialect
         self.ensure_organization = Prepared(ENSURE_ORGANIZATION[dialect], dialect)
         self.add_counters = Prepared(ADD_COUNTERS[dialect], dialect)
+        self.add_to_rows = {table: Prepared(statement, dialect) for table, statement in ADD_TO_ROWS[dialect].items()}
         self._prepared: dict[tuple[Any, ...], Prepared] = {}
 
     def get(self, kind: str, model: type[Base], *args: Any) -> Prepared:

@@ -1,14 +1,18 @@
-"""Invoice reads and writes: single and bulk status changes, voids, deletes."""
+"""Invoice reads and writes: single and bulk status changes, voids, deletes (money: resolvers/money.py)."""
 
 from __future__ import annotations
+
+from datetime import date
 
 import strawberry
 
 from db import invoices, models, queries
 from db.errors import BadInput
+from db.money import parse_cents
 from schema.context import Info
 from schema.enums import InvoiceStatus
 from schema.inputs import CreateInvoiceInput
+from schema.scalars import Date
 from schema.types import (
     BulkResult,
     DeleteResult,
@@ -45,31 +49,41 @@ async def invoices_page(
 async def create_invoice(info: Info, input: CreateInvoiceInput) -> Invoice:
     scope = info.context.principal.scope
     status = (input.status or InvoiceStatus.DRAFT).value
+    amount = None if input.amount is None else parse_cents(input.amount, "amount")
     row = await info.context.db.write(
-        lambda s: invoices.create_invoice(s, input.load_id, status, input.missing_data_reason, scope)
+        lambda s: invoices.create_invoice(s, input.load_id, status, input.missing_data_reason, scope, amount)
     )
     return Invoice.of(row)
 
 
-async def update_invoice_status(info: Info, id: strawberry.ID, status: InvoiceStatus) -> Invoice:
+async def update_invoice_status(
+    info: Info, id: strawberry.ID, status: InvoiceStatus, invoice_date: Date | None = None
+) -> Invoice:
+    """`invoiceDate`: the date a DRAFT -> BILLED move bills on (default: today, UTC); other moves ignore it."""
     scope = info.context.principal.scope
-    row = await info.context.db.write_row(lambda: invoices.set_invoice_status(id, status.value, scope))
+    row = await info.context.db.write_row(lambda: invoices.set_invoice_status(id, status.value, scope, invoice_date))
     return Invoice.of(row)
 
 
-async def _bulk(info: Info, ids: list[strawberry.ID], status: str, reason: str | None) -> BulkResult:
+async def _bulk(
+    info: Info, ids: list[strawberry.ID], status: str, reason: str | None, invoice_date: date | None = None
+) -> BulkResult:
     scope = info.context.principal.scope
     if len(ids) > info.context.limits.bulk_ids:
         raise BadInput(f"At most {info.context.limits.bulk_ids} ids per request")
     outcome, stats = await info.context.db.write_with_stats(
-        lambda s: invoices.bulk_set_invoice_status(s, list(ids), status, scope, void_reason=reason),
+        lambda s: invoices.bulk_set_invoice_status(
+            s, list(ids), status, scope, void_reason=reason, invoice_date=invoice_date
+        ),
         lambda outcome: outcome.org_id,
     )
     return BulkResult(updated=outcome.updated, unchanged=outcome.unchanged, stats=OrganizationStats.of(stats))
 
 
-async def bulk_update_invoice_status(info: Info, ids: list[strawberry.ID], status: InvoiceStatus) -> BulkResult:
-    return await _bulk(info, ids, status.value, None)
+async def bulk_update_invoice_status(
+    info: Info, ids: list[strawberry.ID], status: InvoiceStatus, invoice_date: Date | None = None
+) -> BulkResult:
+    return await _bulk(info, ids, status.value, None, invoice_date)
 
 
 async def bulk_void_invoices(info: Info, ids: list[strawberry.ID], reason: str | None = None) -> BulkResult:

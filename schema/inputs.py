@@ -12,6 +12,7 @@ from strawberry.types.base import StrawberryOptional
 from strawberry.types.enum import StrawberryEnumDefinition
 
 from schema.enums import InvoiceStatus, LoadStatus, LoadType
+from schema.scalars import Money
 
 
 @strawberry.input
@@ -30,6 +31,7 @@ class CreateInvoiceInput:
     load_id: strawberry.ID
     status: InvoiceStatus | None = InvoiceStatus.DRAFT
     missing_data_reason: str | None = None
+    amount: Money | None = None
 
 
 @strawberry.input

@@ -10,7 +10,9 @@ import strawberry
 from db import models
 from db.aggregates import StatsSnapshot
 from db.counters import INVOICE_STATUS, LOAD_STATUS, LOAD_TYPE, CounterGroup
+from db.money import format_cents
 from schema.enums import InvoiceStatus, LoadStatus, LoadType
+from schema.scalars import Date, Money
 
 # Field resolvers take the plain `strawberry.Info`: schema.context imports this module.
 Info = strawberry.Info
@@ -60,12 +62,33 @@ class InvoiceStatusCounts(Counts, group=INVOICE_STATUS):
     pass
 
 
+def money(cents: int) -> Money:
+    return Money(format_cents(cents))
+
+
+@strawberry.type
+class MoneyTotals:
+    invoiced: Money = strawberry.field(
+        description="Sum of amounts of finalized invoices (BILLED, PENDING_PAYMENT, PAID)."
+    )
+    collected: Money = strawberry.field(description="Sum of paid amounts of finalized invoices.")
+    outstanding: Money = strawberry.field(description="invoiced - collected: the open invoices' balances.")
+
+    @classmethod
+    def of(cls, s: StatsSnapshot) -> Self:
+        invoiced, collected = s.counts["money_invoiced"], s.counts["money_collected"]
+        return cls(invoiced=money(invoiced), collected=money(collected), outstanding=money(invoiced - collected))
+
+
 @strawberry.type(description="One row per organization, maintained in the same transaction as every write.")
 class OrganizationStats:
     org_id: strawberry.ID
     loads: LoadStatusCounts
     load_types: LoadTypeCounts
     invoices: InvoiceStatusCounts
+    money: MoneyTotals = strawberry.field(
+        description="Maintained with the counts, in the same row read and the same event."
+    )
     version: int = strawberry.field(
         description=("Increases by exactly 1 for every committed transaction that changed any count of this org.")
     )
@@ -79,6 +102,7 @@ class OrganizationStats:
             loads=LoadStatusCounts.of(s),
             load_types=LoadTypeCounts.of(s),
             invoices=InvoiceStatusCounts.of(s),
+            money=MoneyTotals.of(s),
             version=s.version,
             updated_at=maybe_utc(s.updated_at) or datetime(1970, 1, 1, tzinfo=UTC),
             last_recalculated_at=maybe_utc(s.last_recalculated_at),
@@ -196,6 +220,10 @@ class Invoice:
     void_reason: str | None
     created_at: datetime
     updated_at: datetime
+    amount: Money | None
+    paid_amount: Money
+    balance: Money = strawberry.field(description="amount - paidAmount (0.00 while amount is null).")
+    invoice_date: Date | None = strawberry.field(description="Set when billed.")
     load_id: strawberry.Private[int]
 
     @strawberry.field
@@ -214,6 +242,10 @@ class Invoice:
             void_reason=row.void_reason,
             created_at=as_utc(row.created_at),
             updated_at=as_utc(row.updated_at),
+            amount=None if row.amount_cents is None else money(row.amount_cents),
+            paid_amount=money(row.paid_cents),
+            balance=money((row.amount_cents or 0) - row.paid_cents),
+            invoice_date=None if row.invoice_date is None else Date(row.invoice_date),
             load_id=row.load_id,
         )
 
@@ -244,11 +276,19 @@ class CounterDrift:
 
 
 @strawberry.type
+class MoneyDrift:
+    name: str
+    stored: Money
+    actual: Money
+
+
+@strawberry.type
 class DriftReport:
     org_id: strawberry.ID
     ok: bool
     drift: list[CounterDrift]
     checked_at: datetime
+    money_drift: list[MoneyDrift] = strawberry.field(default_factory=list)
 
 
 @strawberry.type
@@ -256,6 +296,46 @@ class RecalculationResult:
     org_id: strawberry.ID
     corrected: list[CounterDrift]
     stats: OrganizationStats
+    corrected_money: list[MoneyDrift] = strawberry.field(default_factory=list)
+
+
+@strawberry.type
+class RevenueMonth:
+    month: str = strawberry.field(description="YYYY-MM")
+    invoiced_count: int
+    invoiced: Money
+    paid_count: int
+    collected: Money
+
+
+@strawberry.type
+class AgingBuckets:
+    current: Money
+    days31to60: Money
+    days61to90: Money
+    over90: Money
+    total: Money
+
+    @classmethod
+    def of(cls, cents: tuple[int, int, int, int]) -> Self:
+        current, days31to60, days61to90, over90 = (money(c) for c in cents)
+        total = money(sum(cents))
+        return cls(current=current, days31to60=days31to60, days61to90=days61to90, over90=over90, total=total)
+
+
+@strawberry.type
+class CustomerAging:
+    customer: Customer | None = strawberry.field(description="null: invoices with no customer")
+    invoices: int
+    buckets: AgingBuckets
+
+
+@strawberry.type
+class ReceivablesAging:
+    org_id: strawberry.ID
+    as_of: Date
+    buckets: AgingBuckets
+    customers: list[CustomerAging]
 
 
 @strawberry.type

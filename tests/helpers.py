@@ -13,7 +13,8 @@ from db.aggregates import (
     LOAD_STATUS_COUNTERS,
     LOAD_TYPE_COUNTERS,
 )
-from db.models import Invoice, Load
+from db.counters import MONEY_TOTALS
+from db.models import Invoice, Load, Receivable, RevenueMonth
 from db.queries import get_stats
 from db.unit_of_work import Database
 from edge.tokens import TokenVerifier
@@ -85,14 +86,80 @@ async def recount(db: Database, org_id: str) -> dict[str, int]:
     return await db.read(work)
 
 
-async def stored(db: Database, org_id: str) -> tuple[dict[str, int], int]:
+async def money_totals(db: Database, org_id: str) -> tuple[dict[str, int], dict[str, int]]:
+    """The org's stored money totals, and the same summed from its finalized invoices."""
+
+    async def work(session: Any) -> dict[str, int]:
+        finalized = (Invoice.org_id == org_id, Invoice.status.in_(["BILLED", "PENDING_PAYMENT", "PAID"]))
+        money = select(func.sum(Invoice.amount_cents), func.sum(Invoice.paid_cents)).where(*finalized)
+        invoiced, collected = (await session.execute(money)).one()
+        return {"money_invoiced": int(invoiced or 0), "money_collected": int(collected or 0)}
+
     snapshot = await db.read(lambda s: get_stats(s, org_id))
-    return snapshot.counts, snapshot.version
+    return {c: snapshot.counts[c] for c in MONEY_TOTALS}, await db.read(work)
+
+
+async def money_rows(
+    db: Database, org_id: str
+) -> tuple[dict[str, tuple[int, ...]], dict[tuple[int, str], tuple[int, int]]]:
+    """The org's stored revenue months and receivables (non-zero rows only)."""
+
+    async def work(session: Any) -> Any:
+        months = await session.execute(
+            select(RevenueMonth.month, RevenueMonth.invoiced_count, RevenueMonth.invoiced, RevenueMonth.paid_count,
+                   RevenueMonth.collected).where(RevenueMonth.org_id == org_id)
+        )  # fmt: skip
+        owed = await session.execute(
+            select(Receivable.customer_key, Receivable.invoice_date, Receivable.invoices, Receivable.balance).where(
+                Receivable.org_id == org_id
+            )
+        )
+        return (
+            {m: tuple(rest) for m, *rest in months if any(rest)},
+            {(c, str(d)): (n, b) for c, d, n, b in owed if n or b},
+        )
+
+    return await db.read(work)
+
+
+async def money_recount(
+    db: Database, org_id: str
+) -> tuple[dict[str, tuple[int, ...]], dict[tuple[int, str], tuple[int, int]]]:
+    """The same, recomputed from the invoices, in Python (independent of db/aggregates.py)."""
+
+    async def work(session: Any) -> Any:
+        return (await session.execute(select(Invoice).where(Invoice.org_id == org_id))).scalars().all()
+
+    months: dict[str, list[int]] = {}
+    owed: dict[tuple[int, str], list[int]] = {}
+    for i in await db.read(work):
+        amount, paid = i.amount_cents or 0, i.paid_cents
+        if i.status in ("BILLED", "PENDING_PAYMENT", "PAID"):
+            month = months.setdefault(str(i.invoice_date)[:7], [0, 0, 0, 0])
+            month[0] += 1
+            month[1] += amount
+            month[2] += paid > 0
+            month[3] += paid
+        if i.status in ("BILLED", "PENDING_PAYMENT") and amount - paid > 0:
+            row = owed.setdefault((i.customer_id or 0, str(i.invoice_date)), [0, 0])
+            row[0] += 1
+            row[1] += amount - paid
+    return {m: tuple(v) for m, v in months.items()}, {k: (n, b) for k, (n, b) in owed.items()}
+
+
+async def stored(db: Database, org_id: str) -> tuple[dict[str, int], int]:
+    """The org's stored counters (not the money totals: `money_totals`) and version."""
+    snapshot = await db.read(lambda s: get_stats(s, org_id))
+    return {c: snapshot.counts[c] for c in COUNTERS}, snapshot.version
 
 
 async def assert_exact(db: Database, org_id: str) -> None:
+    """Every aggregate of the org equals its recount: counters, money totals, revenue months, receivables."""
     counts, _ = await stored(db, org_id)
     assert counts == await recount(db, org_id)
+    totals, summed = await money_totals(db, org_id)
+    assert totals == summed
+    assert await money_rows(db, org_id) == await money_recount(db, org_id)
 
 
 # --- Write paths and access --------------------------------------------------

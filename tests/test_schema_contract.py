@@ -5,14 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from graphql import GraphQLEnumType, GraphQLInputObjectType, GraphQLObjectType, GraphQLSchema, build_schema
+from graphql import (
+    GraphQLEnumType,
+    GraphQLInputObjectType,
+    GraphQLObjectType,
+    GraphQLSchema,
+    build_schema,
+    extend_schema,
+    parse,
+)
 
 from api.root import build_schema as build_tally_schema
 from schema.limits import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT = ROOT / "docs" / "contract.graphql"
-DESIGN_COPY = ROOT.parent / "shared" / "design" / "contract.graphql"
+MONEY_CONTRACT = ROOT / "docs" / "contract-money.graphql"  # additions to CONTRACT (money.md)
+DESIGN = ROOT.parent / "shared" / "design"
+DESIGN_COPY = DESIGN / "contract.graphql"
 
 
 def test_schema_graphql_is_the_exported_schema() -> None:
@@ -26,11 +36,14 @@ def test_the_contract_in_the_repository_is_the_design_s() -> None:
     if not DESIGN_COPY.exists():
         pytest.skip("no design folder beside this checkout to compare with")
     assert CONTRACT.read_text() == DESIGN_COPY.read_text(), f"copy {DESIGN_COPY} to {CONTRACT}"
+    design_money = DESIGN / MONEY_CONTRACT.name
+    assert MONEY_CONTRACT.read_text() == design_money.read_text(), f"copy {design_money} to {MONEY_CONTRACT}"
 
 
 @pytest.fixture(scope="module")
 def contract() -> GraphQLSchema:
-    return build_schema(CONTRACT.read_text())
+    """contract.graphql with the money contract's additions (its `extend type`s) applied."""
+    return extend_schema(build_schema(CONTRACT.read_text()), parse(MONEY_CONTRACT.read_text()))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,130 @@
+"""The money aggregates' reads (money.md): revenue by month and receivables aging, each one
+statement over the rows db/aggregates.py keeps, never the invoices."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, and_, bindparam, case, func, literal, null, select, union_all
+
+from db.errors import BadInput
+from db.models import Customer, Receivable, RevenueMonth
+from db.work import ReadSession
+
+MAX_MONTHS = 120
+MAX_CUSTOMERS = 500
+_MONTH = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
+REVENUE = cast(Table, RevenueMonth.__table__)
+OWED = cast(Table, Receivable.__table__)
+CUSTOMERS = cast(Table, Customer.__table__)
+BUCKETS = ("current", "days31to60", "days61to90", "over90")
+
+
+def months_between(first: str, last: str) -> list[str]:
+    """Every month from `first` to `last` (YYYY-MM, inclusive, at most MAX_MONTHS)."""
+    bounds = []
+    for value, field in ((first, "from"), (last, "to")):
+        match = _MONTH.fullmatch(value)
+        if match is None:
+            raise BadInput(f"{field} must be a month as YYYY-MM (got {value[:20]!r})")
+        bounds.append(int(match.group(1)) * 12 + int(match.group(2)) - 1)
+    start, end = bounds
+    if end < start:
+        raise BadInput("to must not be before from")
+    if end - start + 1 > MAX_MONTHS:
+        raise BadInput(f"At most {MAX_MONTHS} months per request")
+    return [f"{m // 12:04d}-{m % 12 + 1:02d}" for m in range(start, end + 1)]
+
+
+@dataclass(frozen=True)
+class MonthRevenue:
+    month: str
+    invoiced_count: int = 0
+    invoiced: int = 0
+    paid_count: int = 0
+    collected: int = 0
+
+
+_REVENUE = select(REVENUE.c.month, REVENUE.c.invoiced_count, REVENUE.c.invoiced, REVENUE.c.paid_count,
+                  REVENUE.c.collected).where(
+    REVENUE.c.org_id == bindparam("org_id"), REVENUE.c.month.between(bindparam("first"), bindparam("last"))
+)  # fmt: skip
+
+
+async def revenue_by_month(session: ReadSession, org_id: str, first: str, last: str) -> list[MonthRevenue]:
+    months = months_between(first, last)
+    rows = await session.execute(_REVENUE, {"org_id": org_id, "first": months[0], "last": months[-1]})
+    found = {row.month: MonthRevenue(*row) for row in rows}
+    return [found.get(month, MonthRevenue(month)) for month in months]
+
+
+@dataclass(frozen=True)
+class Aging:
+    """Open balances (cents) by age: current (30 days or less, or dated after asOf), 31-60, 61-90, over 90."""
+
+    buckets: tuple[int, int, int, int]
+    invoices: int = 0
+    customer_id: int | None = None  # None: the org's total, or invoices with no customer
+    customer_name: str | None = None
+
+
+def _aging_statement() -> Any:
+    """The org's total and its first customers (by balance, then name, no customer last), in one
+    statement. Ages are compared as dates (`since_*` bound by the caller), the same on every database."""
+    dated = OWED.c.invoice_date
+
+    def owed(*when: Any) -> Any:
+        return func.sum(case((and_(*when), OWED.c.balance), else_=0))
+
+    since: dict[int, Any] = {days: bindparam(f"since_{days}") for days in (30, 60, 90)}
+    sums = [
+        owed(dated >= since[30]),
+        owed(dated < since[30], dated >= since[60]),
+        owed(dated < since[60], dated >= since[90]),
+        owed(dated < since[90]),
+    ]
+    open_rows = and_(OWED.c.org_id == bindparam("org_id"), OWED.c.balance != 0)  # the partial index's rows
+    labels = [s.label(name) for s, name in zip(sums, BUCKETS, strict=True)]
+    total = select(literal(0).label("kind"), null().label("customer_key"), null().label("name"),
+                   func.sum(OWED.c.invoices).label("invoices"), *labels).where(open_rows)  # fmt: skip
+    by_customer = (
+        select(
+            literal(1).label("kind"),
+            OWED.c.customer_key,
+            CUSTOMERS.c.name,
+            func.sum(OWED.c.invoices).label("invoices"),
+            *labels,
+        )
+        .select_from(OWED.outerjoin(CUSTOMERS, CUSTOMERS.c.id == OWED.c.customer_key))
+        .where(open_rows)
+        .group_by(OWED.c.customer_key, CUSTOMERS.c.name)
+        .order_by(func.sum(OWED.c.balance).desc(), (OWED.c.customer_key == 0).asc(), CUSTOMERS.c.name)
+        .limit(bindparam("first"))
+        .subquery("by_customer")
+    )
+    return union_all(total, select(by_customer))
+
+
+_AGING = _aging_statement()
+
+
+async def receivables_aging(session: ReadSession, org_id: str, as_of: date, first: int) -> tuple[Aging, list[Aging]]:
+    """The org's open balances by age on `as_of`, and the first `first` customers with a balance."""
+    if not 0 <= first <= MAX_CUSTOMERS:
+        raise BadInput(f"first must be between 0 and {MAX_CUSTOMERS}")
+    since = {f"since_{days}": as_of - timedelta(days=days) for days in (30, 60, 90)}
+    rows = (await session.execute(_AGING, {"org_id": org_id, "first": first, **since})).all()
+    total = Aging((0, 0, 0, 0))
+    customers = []
+    for row in rows:
+        buckets = cast(tuple[int, int, int, int], tuple(int(getattr(row, b) or 0) for b in BUCKETS))
+        if row.kind == 0:
+            total = Aging(buckets, int(row.invoices or 0))
+        else:
+            key = int(row.customer_key)
+            customers.append(Aging(buckets, int(row.invoices), key or None, row.name))
+    customers.sort(key=lambda a: (-sum(a.buckets), a.customer_id is None, a.customer_name or ""))
+    return total, customers

@@ -1,0 +1,207 @@
+"""Money (money.md): amounts, payments, dates, and the three money aggregates, exact after every write."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from db.unit_of_work import Database
+from tests.helpers import Api, assert_exact, create_invoice, create_lane, create_load, import_shipments, token
+
+MONEY = "id status amount paidAmount balance invoiceDate"
+STATS = "query($o: ID!) { organizationStats(orgId: $o) { version money { invoiced collected outstanding } } }"
+SET_AMOUNT = f"mutation($id: ID!, $a: Money!) {{ setInvoiceAmount(id: $id, amount: $a) {{ {MONEY} }} }}"
+PAY = f"mutation($id: ID!, $a: Money!) {{ recordPayment(invoiceId: $id, amount: $a) {{ {MONEY} }} }}"
+MOVE = (
+    "mutation($id: ID!, $s: InvoiceStatus!, $d: Date) "
+    f"{{ updateInvoiceStatus(id: $id, status: $s, invoiceDate: $d) {{ {MONEY} }} }}"
+)
+REVENUE = (
+    "query($o: ID!, $f: String!, $t: String!) { revenueByMonth(orgId: $o, from: $f, to: $t) "
+    "{ month invoicedCount invoiced paidCount collected } }"
+)
+AGING = (
+    "query($o: ID!, $d: Date, $n: Int) { receivablesAging(orgId: $o, asOf: $d, first: $n) { orgId asOf "
+    "buckets { current days31to60 days61to90 over90 total } "
+    "customers { customer { id name } invoices buckets { current days31to60 days61to90 over90 total } } } }"
+)
+
+
+async def priced_invoice(api: Api, amount: str | None, **load: Any) -> dict[str, Any]:
+    made = await create_load(api, **load)
+    invoice = await create_invoice(api, made["id"])
+    if amount is not None:
+        invoice = (await api.ok(SET_AMOUNT, id=invoice["id"], a=amount))["setInvoiceAmount"]
+    return invoice
+
+
+async def money(api: Api) -> dict[str, Any]:
+    return (await api.ok(STATS, o="org_a"))["organizationStats"]
+
+
+async def test_pricing_billing_and_payments_follow_money_md(api: Api, db: Database) -> None:
+    invoice = await priced_invoice(api, "1250.5")
+    assert invoice["amount"] == "1250.50" and invoice["paidAmount"] == "0.00" and invoice["balance"] == "1250.50"
+    before = await money(api)
+    assert before["money"] == {"invoiced": "0.00", "collected": "0.00", "outstanding": "0.00"}
+
+    billed = (await api.ok(MOVE, id=invoice["id"], s="BILLED", d="2026-03-14"))["updateInvoiceStatus"]
+    assert billed["invoiceDate"] == "2026-03-14"
+    after = await money(api)
+    assert after["money"] == {"invoiced": "1250.50", "collected": "0.00", "outstanding": "1250.50"}
+    assert after["version"] == before["version"] + 1
+
+    part = (await api.ok(PAY, id=invoice["id"], a="250.50"))["recordPayment"]
+    assert (part["status"], part["paidAmount"], part["balance"]) == ("PENDING_PAYMENT", "250.50", "1000.00")
+    error = await api.error(PAY, id=invoice["id"], a="1000.01")
+    assert error["extensions"]["code"] == "BAD_USER_INPUT" and "balance 1000.00" in error["message"]
+    paid = (await api.ok(PAY, id=invoice["id"], a="1000"))["recordPayment"]
+    assert (paid["status"], paid["paidAmount"], paid["balance"]) == ("PAID", "1250.50", "0.00")
+    assert (await money(api))["money"] == {"invoiced": "1250.50", "collected": "1250.50", "outstanding": "0.00"}
+
+    undone = (await api.ok(MOVE, id=invoice["id"], s="PENDING_PAYMENT"))["updateInvoiceStatus"]
+    assert undone["paidAmount"] == "0.00"
+    reset = (await api.ok(MOVE, id=invoice["id"], s="DRAFT"))["updateInvoiceStatus"]
+    assert (reset["amount"], reset["paidAmount"], reset["invoiceDate"]) == ("1250.50", "0.00", None)
+    assert (await money(api))["money"] == {"invoiced": "0.00", "collected": "0.00", "outstanding": "0.00"}
+    await assert_exact(db, "org_a")
+
+
+async def test_billing_without_an_amount_bills_zero_today_and_void_leaves_every_aggregate(
+    api: Api, db: Database
+) -> None:
+    invoice = await priced_invoice(api, None)
+    billed = (await api.ok(MOVE, id=invoice["id"], s="BILLED"))["updateInvoiceStatus"]
+    assert billed["amount"] == "0.00" and billed["invoiceDate"] == date.today().isoformat()  # UTC, as the test's clock
+    other = await priced_invoice(api, "99.99")
+    await api.ok(MOVE, id=other["id"], s="BILLED")
+    await api.ok(PAY, id=other["id"], a="9.99")
+    await assert_exact(db, "org_a")
+    assert (await money(api))["money"]["outstanding"] == "90.00"
+    voided = (await api.ok(MOVE, id=other["id"], s="VOID"))["updateInvoiceStatus"]
+    assert (voided["amount"], voided["paidAmount"]) == ("99.99", "9.99")  # kept on the invoice, for the record
+    assert (await money(api))["money"] == {"invoiced": "0.00", "collected": "0.00", "outstanding": "0.00"}
+    await assert_exact(db, "org_a")
+
+
+@pytest.mark.parametrize("amount", ["-1", "1.234", "1e3", "NaN", "", " 5", "10000000000", "1.", "abc", "١٢"])
+async def test_bad_amounts_are_refused_naming_the_field_and_change_nothing(api: Api, db: Database, amount: str) -> None:
+    invoice = await priced_invoice(api, "10")
+    before = await money(api)
+    error = await api.error(SET_AMOUNT, id=invoice["id"], a=amount)
+    assert error["extensions"]["code"] == "BAD_USER_INPUT" and error["message"].startswith("amount ")
+    assert (await api.ok(f"query($id: ID!) {{ invoice(id: $id) {{ {MONEY} }} }}", id=invoice["id"]))["invoice"][
+        "amount"
+    ] == "10.00"
+    assert await money(api) == before
+
+
+async def test_a_frozen_amount_and_payments_out_of_turn_are_refused(api: Api, db: Database) -> None:
+    invoice = await priced_invoice(api, "10")
+    error = await api.error(PAY, id=invoice["id"], a="1")
+    assert error["extensions"]["code"] == "INVALID_TRANSITION"  # DRAFT: checked before the amount
+    await api.ok(MOVE, id=invoice["id"], s="BILLED")
+    error = await api.error(SET_AMOUNT, id=invoice["id"], a="20")
+    assert error["extensions"]["code"] == "INVALID_TRANSITION"
+    error = await api.error(PAY, id=invoice["id"], a="0")
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert (await money(api))["money"]["invoiced"] == "10.00"
+    await assert_exact(db, "org_a")
+
+
+async def test_money_of_another_org_is_not_found(api: Api, db: Database) -> None:
+    invoice = await priced_invoice(api, "10")
+    other = api.as_(token("org_b", "admin"))
+    for query in (SET_AMOUNT, PAY):
+        assert (await other.error(query, id=invoice["id"], a="1"))["extensions"]["code"] == "NOT_FOUND"
+    assert (await other.error(REVENUE, o="org_a", f="2026-01", t="2026-12"))["extensions"]["code"] == "FORBIDDEN"
+
+
+async def test_revenue_by_month_lists_every_month_across_year_ends(api: Api, db: Database) -> None:
+    for day, amount in (("2025-12-31", "100"), ("2026-01-01", "50.25"), ("2024-02-29", "7")):
+        invoice = await priced_invoice(api, amount)
+        await api.ok(MOVE, id=invoice["id"], s="BILLED", d=day)
+        if day == "2026-01-01":
+            await api.ok(PAY, id=invoice["id"], a="50.25")
+    months = (await api.ok(REVENUE, o="org_a", f="2025-11", t="2026-02"))["revenueByMonth"]
+    assert months == [
+        {"month": "2025-11", "invoicedCount": 0, "invoiced": "0.00", "paidCount": 0, "collected": "0.00"},
+        {"month": "2025-12", "invoicedCount": 1, "invoiced": "100.00", "paidCount": 0, "collected": "0.00"},
+        {"month": "2026-01", "invoicedCount": 1, "invoiced": "50.25", "paidCount": 1, "collected": "50.25"},
+        {"month": "2026-02", "invoicedCount": 0, "invoiced": "0.00", "paidCount": 0, "collected": "0.00"},
+    ]
+    leap = (await api.ok(REVENUE, o="org_a", f="2024-02", t="2024-02"))["revenueByMonth"]
+    assert leap[0]["invoiced"] == "7.00"
+    for first, last in (("2026-13", "2026-12"), ("2026-02", "2026-01"), ("2016-01", "2026-01"), ("x", "2026-01")):
+        error = await api.error(REVENUE, o="org_a", f=first, t=last)
+        assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    await assert_exact(db, "org_a")
+
+
+async def test_receivables_aging_buckets_by_age_and_sorts_customers(api: Api, db: Database) -> None:
+    as_of = date(2026, 3, 31)
+    acme = (await api.ok('mutation { createCustomer(orgId: "org_a", name: "Acme") { id } }'))["createCustomer"]["id"]
+    zeta = (await api.ok('mutation { createCustomer(orgId: "org_a", name: "Zeta") { id } }'))["createCustomer"]["id"]
+    # (customer, days before asOf, amount, paid): ages on each bucket's edges, and one dated after asOf
+    owed = [(acme, 30, "10", None), (acme, 31, "20", "5"), (acme, 60, "30", None), (acme, 61, "40", None),
+            (zeta, 90, "50", None), (zeta, 91, "60", None), (None, -5, "70", None), (zeta, 10, "80", "80")]  # fmt: skip
+    for customer, days, amount, paid in owed:
+        invoice = await priced_invoice(api, amount, **({"customerId": customer} if customer else {}))
+        await api.ok(MOVE, id=invoice["id"], s="BILLED", d=(as_of - timedelta(days=days)).isoformat())
+        if paid:
+            await api.ok(PAY, id=invoice["id"], a=paid)
+    aging = (await api.ok(AGING, o="org_a", d=as_of.isoformat(), n=20))["receivablesAging"]
+    assert aging["asOf"] == "2026-03-31"
+    assert aging["buckets"] == {
+        "current": "80.00", "days31to60": "45.00", "days61to90": "90.00", "over90": "60.00", "total": "275.00",
+    }  # fmt: skip
+    names = [
+        (c["customer"] and c["customer"]["name"], c["invoices"], c["buckets"]["total"]) for c in aging["customers"]
+    ]
+    assert names == [("Zeta", 2, "110.00"), ("Acme", 4, "95.00"), (None, 1, "70.00")]
+    first = (await api.ok(AGING, o="org_a", d=as_of.isoformat(), n=1))["receivablesAging"]
+    assert [c["customer"]["name"] for c in first["customers"]] == ["Zeta"] and first["buckets"]["total"] == "275.00"
+    assert (await api.error(AGING, o="org_a", d="2026-02-30", n=1))["extensions"]["code"] == "BAD_USER_INPUT"
+    assert (await api.error(AGING, o="org_a", d=None, n=501))["extensions"]["code"] == "BAD_USER_INPUT"
+    await assert_exact(db, "org_a")
+
+
+async def test_money_queries_are_one_statement_that_never_reads_invoices(api: Api, db: Database) -> None:
+    invoice = await priced_invoice(api, "10")
+    await api.ok(MOVE, id=invoice["id"], s="BILLED", d="2026-03-01")
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        for query, variables in ((REVENUE, {"f": "2026-01", "t": "2026-12"}), (AGING, {"d": "2026-03-31", "n": 5})):
+            seen.clear()
+            body = await api.raw(query, o="org_a", **variables)
+            assert not body.get("errors") and body["extensions"]["queryStats"]["statements"] == 1
+            assert len(seen) == 1 and not re.search(r"\b(FROM|JOIN)\s+\"?invoices\b", seen[0], re.I), seen
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+
+
+async def test_contract_imports_and_lane_backfill_price_by_the_lane_rate(api: Api, db: Database) -> None:
+    await api.ok(
+        'mutation { createLane(input: {orgId: "org_a", hcr: "H1", tripNumber: "T1", rate: 1250.125}) { lane { id } } }'
+    )
+    (created,) = await import_shipments(api, [{"shipmentId": "s1", "hcr": "H1", "tripNumber": "T1"}])
+    assert created["load"]["invoice"]["status"] == "DRAFT"
+    invoice_id = created["load"]["invoice"]["id"]
+    got = (await api.ok(f"query($id: ID!) {{ invoice(id: $id) {{ {MONEY} }} }}", id=invoice_id))["invoice"]
+    assert got["amount"] == "1250.12"  # half to even
+    unmapped = await create_load(api, hcr="H2", tripNumber="T2")
+    await create_invoice(api, unmapped["id"], status="MISSING_DATA")
+    await create_lane(api, "H2", "T2")  # no rate: the invoice becomes DRAFT unpriced
+    await api.ok(
+        'mutation { createLane(input: {orgId: "org_a", hcr: "H3", tripNumber: "T3", rate: 10}) { lane { id } } }'
+    )
+    await assert_exact(db, "org_a")
