@@ -23,6 +23,7 @@ import web
 from api.root import build_schema
 from db import recalculation as recalc
 from db.broadcast import StatsHub
+from db.money import format_cents
 from db.scheduler import RecalculationScheduler
 from db.unit_of_work import Database
 from edge.count_cache import CountCache
@@ -254,7 +255,7 @@ async def operate(settings: Settings, command: str, org: str | None, as_json: bo
             checked = orgs if orgs is not None else await db.read(recalc.all_org_ids)
             drifts = [await recalc.drift_report(db, o) for o in checked]
             rows = [
-                {"org": d.org_id, "counter": c.counter, "stored": c.stored, "actual": c.actual}
+                {"org": d.org_id, "counter": c.counter, "stored": shown(c, c.stored), "actual": shown(c, c.actual)}
                 for d in drifts
                 for c in d.counters
             ]
@@ -274,6 +275,11 @@ async def operate(settings: Settings, command: str, org: str | None, as_json: bo
         print(format_table(rows))
         print(summary)
     return 1 if command == "check-drift" and rows else 0
+
+
+def shown(drift: recalc.CounterDrift, value: int) -> int | str:
+    """A drifting value as check-drift prints it: an amount as money ("12.50"), a count as it is."""
+    return format_cents(value) if drift.money else value
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -471,7 +471,13 @@ def row_additions(pending: Pending) -> list[tuple[str, dict[str, Any]]]:
     return additions
 
 
-def correction(dialect: str, org_id: str, delta: dict[str, int], epoch: int) -> Script[StatsSnapshot | None]:
+def correction(
+    dialect: str,
+    org_id: str,
+    delta: dict[str, int],
+    epoch: int,
+    rows: Sequence[tuple[str, tuple[Any, ...], str, int]] = (),
+) -> Script[StatsSnapshot | None]:
     """A recalculation's correction (actual - stored, both read in one snapshot), as a script
     (db/row_writes.py).
 
@@ -480,19 +486,25 @@ def correction(dialect: str, org_id: str, delta: dict[str, int], epoch: int) -> 
     bumping version and `corrections`. `epoch` is the `corrections` value seen in
     that snapshot: if another recalculation corrected the row since, nothing is
     written and None is returned (recount again), so two recalculations never
-    correct twice.
+    correct twice. `rows`: the keyed money rows' corrections (table, key, column, delta),
+    applied in the same transaction once the stats row's epoch matched.
     """
-    corrected = 1 if delta else 0
+    corrected = 1 if delta or rows else 0
     params = {
         "org_id": org_id,
         "now": utcnow(),
         "epoch": epoch,
         "first": corrected,  # version and corrections of a row this correction creates
-        **dict.fromkeys(COUNTERS, 0),
+        **dict.fromkeys(SUMS, 0),
         **delta,
     }
-    row = yield _CORRECT[dialect][bool(delta)], params
-    return None if row is None else StatsSnapshot.from_row(row)
+    row = yield _CORRECT[dialect][bool(corrected)], params
+    if row is None:
+        return None
+    moved: Pending = {org_id: Counter({(table, key, column): d for table, key, column, d in rows})}
+    for table, params in row_additions(moved):
+        yield ADD_TO_ROWS[dialect][table], params
+    return StatsSnapshot.from_row(row)
 
 
 def _table() -> Table:
@@ -527,11 +539,11 @@ def _build_correct_statement(insert: Any, *, adds: bool) -> Any:
         updated_at=bindparam("now"),
         last_recalculated_at=bindparam("now"),
         corrections=bindparam("first"),
-        **{c: bindparam(c) for c in COUNTERS},
+        **{c: bindparam(c) for c in SUMS},
     )
     changes: dict[str, Any] = {"last_recalculated_at": stmt.excluded.last_recalculated_at}
     if adds:
-        changes.update({c: table.c[c] + stmt.excluded[c] for c in COUNTERS})
+        changes.update({c: table.c[c] + stmt.excluded[c] for c in SUMS})
         changes.update(
             version=table.c.version + 1, corrections=table.c.corrections + 1, updated_at=stmt.excluded.updated_at
         )

@@ -46,6 +46,7 @@ from db.models import (
     StatsCorrection,
     utcnow,
 )
+from db.money_drift import AMOUNTS, TOTAL_NAMES, MoneyState, RowDrift, read_money
 from db.organizations import ENSURE_ORGANIZATION, organization_values
 from db.rules import check_text
 from db.run_counts import run_counts
@@ -65,9 +66,12 @@ CORRECTIONS = cast(Table, StatsCorrection.__table__)
 
 @dataclass(frozen=True)
 class CounterDrift:
-    counter: str
+    counter: (
+        str  # a counter, or a money value's name (db/money_drift.py: "money.invoiced", "revenue[2026-03].collected")
+    )
     stored: int
     actual: int
+    money: bool = False  # an amount in cents
 
 
 @dataclass(frozen=True)
@@ -78,18 +82,37 @@ class Drift:
     actual: dict[str, int]
     checked_at: datetime
     has_stats_row: bool = True
+    money: MoneyState | None = None  # read in a snapshot of its own, at the same epoch
 
     @property
     def counters(self) -> list[CounterDrift]:
-        return [
+        """Every value that differs from its recount: counters, money totals, money rows."""
+        found = [
             CounterDrift(c, self.stored.counts[c], self.actual[c])
             for c in COUNTERS
             if self.stored.counts[c] != self.actual[c]
         ]
+        if self.money is not None:
+            stored, actual = self.money.stored, self.money.actual
+            found += [
+                CounterDrift(TOTAL_NAMES[c], stored[c], actual[c], money=True) for c in stored if stored[c] != actual[c]
+            ]
+            found += [CounterDrift(r.name, r.stored, r.actual, money=r.column in AMOUNTS) for r in self.money.rows]
+        return found
 
     @property
     def delta(self) -> dict[str, int]:
-        return {d.counter: d.actual - d.stored for d in self.counters}
+        """The stats row's correction: each counter and money total by its difference."""
+        delta = {c: self.actual[c] - self.stored.counts[c] for c in COUNTERS if self.actual[c] != self.stored.counts[c]}
+        if self.money is not None:
+            delta.update(
+                {c: a - self.money.stored[c] for c, a in self.money.actual.items() if a != self.money.stored[c]}
+            )
+        return delta
+
+    @property
+    def row_deltas(self) -> list[RowDrift]:
+        return list(self.money.rows) if self.money is not None else []
 
 
 @dataclass(frozen=True)
@@ -155,12 +178,26 @@ async def drift_report(db: Database, org_id: str) -> Drift:
 
 async def drift_reports(db: Database, org_ids: list[str]) -> list[Drift]:
     """The drift of the first of `org_ids` (at least one): on SQLite as many as one
-    trip to the recount thread allows, off the event loop; elsewhere one."""
+    trip to the recount thread allows, off the event loop; elsewhere one. Each with its
+    money drift (`db.money_drift`), read at the same correction epoch."""
     rows = await db.stats.read_recounts(DRIFT_STEPS, org_ids)
     return [
-        _drift(org_id, row if row is not None else await db.read(partial(_read_drift_row, org_id=org_id)))
+        await _with_money(
+            db, _drift(org_id, row if row is not None else await db.read(partial(_read_drift_row, org_id=org_id)))
+        )
         for org_id, row in zip(org_ids, rows, strict=False)
     ]
+
+
+async def _with_money(db: Database, drift: Drift) -> Drift:
+    """`drift` and the org's money drift. Two snapshots, but at one epoch: a recalculation that
+    corrected the org in between makes both be read again (a correction needs them to agree)."""
+    for _ in range(MAX_ATTEMPTS):
+        money = await db.read(partial(read_money, org_id=drift.org_id))
+        if money.epoch == drift.epoch:
+            return replace(drift, money=money)
+        drift = _drift(drift.org_id, await db.read(partial(_read_drift_row, org_id=drift.org_id)))
+    raise RuntimeError(f"the drift of {drift.org_id} kept racing another recalculation")
 
 
 async def _read_drift_row(session: ReadSession, *, org_id: str) -> Mapping[str, Any]:
@@ -252,8 +289,9 @@ async def recalculate_org(
         def change(dialect: str, found: Drift = found) -> Script[tuple[StatsSnapshot | None, list[str]]]:
             if not found.has_stats_row:  # the stats row needs its org (foreign key)
                 yield ENSURE_ORGANIZATION[dialect], organization_values(org_id)
-            snapshot = yield from correction(dialect, org_id, found.delta, found.epoch)
-            return snapshot, [org_id] if snapshot is not None and found.delta else []
+            rows = [(r.table, r.key, r.column, r.actual - r.stored) for r in found.row_deltas]
+            snapshot = yield from correction(dialect, org_id, found.delta, found.epoch, rows)
+            return snapshot, [org_id] if snapshot is not None and (found.delta or rows) else []
 
         corrected = [(org_id, d) for d in found.counters]
         if await run.write(db, change, orgs=1, corrected=corrected, finished=last) is not None:

@@ -9,24 +9,35 @@ from schema.context import Info
 from schema.types import (
     CounterDrift,
     DriftReport,
+    MoneyDrift,
     OrganizationStats,
     RecalculationResult,
     RecalculationRun,
     StatsCorrection,
     as_utc,
     maybe_utc,
+    money,
 )
 
 MAX_RUNS = 100
 
 
 def _drifts(items: list[recalc.CounterDrift]) -> list[CounterDrift]:
-    return [CounterDrift(counter=d.counter, stored=d.stored, actual=d.actual) for d in items]
+    """Counts (counters, and the money rows' invoice counts) as CounterDrift."""
+    return [CounterDrift(counter=d.counter, stored=d.stored, actual=d.actual) for d in items if not d.money]
+
+
+def _money_drifts(items: list[recalc.CounterDrift]) -> list[MoneyDrift]:
+    """Amounts as MoneyDrift."""
+    return [MoneyDrift(name=d.counter, stored=money(d.stored), actual=money(d.actual)) for d in items if d.money]
 
 
 def _result(r: recalc.Recalculation) -> RecalculationResult:
     return RecalculationResult(
-        org_id=strawberry.ID(r.org_id), corrected=_drifts(r.corrected), stats=OrganizationStats.of(r.stats)
+        org_id=strawberry.ID(r.org_id),
+        corrected=_drifts(r.corrected),
+        stats=OrganizationStats.of(r.stats),
+        corrected_money=_money_drifts(r.corrected),
     )
 
 
@@ -37,6 +48,7 @@ async def drift_report(info: Info, org_id: strawberry.ID) -> DriftReport:
         ok=not drift.counters,
         drift=_drifts(drift.counters),
         checked_at=as_utc(drift.checked_at),
+        money_drift=_money_drifts(drift.counters),
     )
 
 

@@ -7,7 +7,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from db.unit_of_work import Database
 from tests.helpers import Api, assert_exact, create_invoice, create_lane, create_load, import_shipments, token
@@ -204,4 +204,44 @@ async def test_contract_imports_and_lane_backfill_price_by_the_lane_rate(api: Ap
     await api.ok(
         'mutation { createLane(input: {orgId: "org_a", hcr: "H3", tripNumber: "T3", rate: 10}) { lane { id } } }'
     )
+    await assert_exact(db, "org_a")
+
+
+MONEY_DRIFT = (
+    'query { driftReport(orgId: "org_a") { ok drift { counter stored actual } moneyDrift { name stored actual } } }'
+)
+MONEY_RECALC = (
+    'mutation { recalculateOrgStats(orgId: "org_a") { corrected { counter stored actual } '
+    "correctedMoney { name stored actual } stats { version money { invoiced collected outstanding } } } }"
+)
+
+
+async def test_money_drift_is_reported_corrected_once_and_recorded(api: Api, db: Database) -> None:
+    acme = (await api.ok('mutation { createCustomer(orgId: "org_a", name: "Acme") { id } }'))["createCustomer"]["id"]
+    invoice = await priced_invoice(api, "100", customerId=acme)
+    await api.ok(MOVE, id=invoice["id"], s="BILLED", d="2026-03-14")
+    await api.ok(PAY, id=invoice["id"], a="40")
+    async with db.engine.begin() as conn:  # behind the aggregate's back, as a bug would
+        await conn.execute(text("UPDATE organization_stats SET money_collected = money_collected + 7"))
+        await conn.execute(text("UPDATE revenue_months SET invoiced = invoiced - 100, invoiced_count = 5"))
+        await conn.execute(text("UPDATE receivables SET balance = 0, invoices = 0"))
+    report = (await api.ok(MONEY_DRIFT))["driftReport"]
+    assert not report["ok"]
+    assert sorted((d["name"], d["stored"], d["actual"]) for d in report["moneyDrift"]) == [
+        (f"aging[{acme}][2026-03-14].balance", "0.00", "60.00"),
+        ("money.collected", "40.07", "40.00"),  # 7 cents
+        ("revenue[2026-03].invoiced", "99.00", "100.00"),
+    ]
+    assert sorted((d["counter"], d["stored"], d["actual"]) for d in report["drift"]) == [
+        (f"aging[{acme}][2026-03-14].invoices", 0, 1),
+        ("revenue[2026-03].invoicedCount", 5, 1),
+    ]
+    version = (await money(api))["version"]
+    result = (await api.ok(MONEY_RECALC))["recalculateOrgStats"]
+    assert len(result["correctedMoney"]) == 3 and len(result["corrected"]) == 2
+    assert result["stats"]["version"] == version + 1
+    assert result["stats"]["money"] == {"invoiced": "100.00", "collected": "40.00", "outstanding": "60.00"}
+    assert (await api.ok(MONEY_DRIFT))["driftReport"] == {"ok": True, "drift": [], "moneyDrift": []}
+    again = (await api.ok(MONEY_RECALC))["recalculateOrgStats"]
+    assert again["correctedMoney"] == [] and again["stats"]["version"] == version + 1
     await assert_exact(db, "org_a")
