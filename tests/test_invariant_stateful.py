@@ -53,7 +53,17 @@ from db.queries import get_stats
 from main import create_app
 from settings import Settings
 from tests.databases import Databases
-from tests.helpers import INVOICE_MOVES, LOAD_MOVES, Api, recount, stored, token
+from tests.helpers import (
+    INVOICE_MOVES,
+    LOAD_MOVES,
+    Api,
+    money_recount,
+    money_rows,
+    money_totals,
+    recount,
+    stored,
+    token,
+)
 
 ORGS = ("org_a", "org_b")
 APP_TABLES = ("invoices", "loads", "lanes", "customers", "organization_stats", "organizations")
@@ -755,7 +765,17 @@ class TallyMachine(RuleBasedStateMachine):
             )
         )
         invoices = await session.execute(select(Invoice.id, Invoice.org_id, Invoice.load_id, Invoice.status))
+        finalized = Invoice.status.in_(["BILLED", "PENDING_PAYMENT", "PAID"])
+        money = await session.execute(
+            select(Invoice.org_id, func.sum(Invoice.amount_cents), func.sum(Invoice.paid_cents))
+            .where(finalized)
+            .group_by(Invoice.org_id)
+        )
+        summed = {org: {"money_invoiced": 0, "money_collected": 0} for org in ORGS}
+        for org, invoiced, collected in money:
+            summed[org] = {"money_invoiced": int(invoiced or 0), "money_collected": int(collected or 0)}
         return {
+            "money": summed,
             "stored": {org: await get_stats(session, org) for org in ORGS},
             "recounted": recounted,
             "loads": {(str(r[0]), *r[1:]) for r in loads},
@@ -767,8 +787,11 @@ class TallyMachine(RuleBasedStateMachine):
         seen = self.run(self.db.read(self.observe))
         for org in ORGS:
             snapshot, actual = seen["stored"][org], seen["recounted"][org]
-            counts, version = snapshot.counts, snapshot.version
+            counts, version = {c: snapshot.counts[c] for c in COUNTERS}, snapshot.version
             expected = self.model_counts(org)
+            # every money value (totals, revenue months, receivables) equals its recount from the invoices
+            assert self.run(money_totals(self.db, org)) == (seen["money"][org], seen["money"][org])
+            assert self.run(money_rows(self.db, org)) == self.run(money_recount(self.db, org))
             # (a) every counter equals COUNT(*) of its source rows (and what the model predicts)
             assert counts == actual, f"{org}: stored {counts} != COUNT(*) {actual}"
             assert actual == expected, f"{org}: COUNT(*) {actual} != model {expected}"
