@@ -1,6 +1,7 @@
 """Concurrency proof on PostgreSQL: two processes, 64 clients, random legal and illegal writes.
 
-Afterwards every counter equals COUNT(*), each process's subscriber saw strictly
+Writes include pricing and payments. Afterwards every counter equals COUNT(*) and every
+money value its recount from the invoices, each process's subscriber saw strictly
 increasing versions ending at the final one, no client saw a deadlock,
 serialization failure or INTERNAL error, and no subscriber is left behind.
 """
@@ -19,7 +20,7 @@ import pytest
 
 from db.unit_of_work import Database
 from tests.databases import Databases
-from tests.helpers import recount, stored, token
+from tests.helpers import assert_exact, recount, stored, token
 from tests.live import RedisServer, redis_server, subscription, wait_live_subscribers
 from tests.server import running_server
 
@@ -68,7 +69,7 @@ class Workload:
     async def step(self, client: httpx.AsyncClient) -> None:
         org = random.choice(ORGS)
         loads, invoices = self.loads[org], self.invoices[org]
-        action = random.randrange(11)
+        action = random.randrange(14)
         if action == 0 or not loads:
             data = await self.call(
                 client,
@@ -156,6 +157,20 @@ class Workload:
             await self.call(client, "mutation($o: ID!) { promoteSpotLoads(orgId: $o) { promotedLoads } }", o=org)
         elif action == 9:
             await self.call(client, "mutation($id: ID!) { deleteLoad(id: $id) { id } }", id=self.some(loads))
+        elif action == 11:  # money: price (refused once billed)
+            await self.call(
+                client,
+                "mutation($id: ID!, $a: Money!) { setInvoiceAmount(id: $id, amount: $a) { id } }",
+                id=self.some(invoices),
+                a=random.choice(["0.01", "99.99", "1250.50", "10"]),
+            )
+        elif action in (12, 13):  # money: pay, partially or too much (refused unless BILLED / PENDING_PAYMENT)
+            await self.call(
+                client,
+                "mutation($id: ID!, $a: Money!) { recordPayment(invoiceId: $id, amount: $a) { id } }",
+                id=self.some(invoices),
+                a=random.choice(["0.01", "5", "50", "1250.50"]),
+            )
         else:
             await self.call(client, "mutation($id: ID!) { deleteInvoice(id: $id) { id } }", id=self.some(invoices))
 
@@ -199,6 +214,7 @@ async def test_two_processes_64_clients_stay_exact(databases: Databases, redis_s
                 for org in set(ORGS):
                     counts, _ = await stored(db, org)
                     assert counts == await recount(db, org), org
+                    await assert_exact(db, org)  # and every money value: totals, revenue months, receivables
             finally:
                 await db.dispose()
             # Each subscriber converges on the final version.
