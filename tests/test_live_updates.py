@@ -197,3 +197,31 @@ async def test_subscriber_converges_after_redis_restarts(database_url: str, redi
             assert event["version"] == 2 and event["loads"]["open"] == 2
             await create_load(writer)
             assert (await sub.next(timeout=5))["version"] == 3
+
+
+MONEY_CHANGED = """
+subscription($org: ID!, $since: Int) {
+  organizationStatsChanged(orgId: $org, sinceVersion: $since) { version money { invoiced collected outstanding } }
+}
+"""
+
+
+async def test_every_event_carries_the_money_totals(server: str) -> None:
+    """gql over a real socket: billing and a payment each publish one event with the new totals;
+    pricing a DRAFT invoice changes no count and no money value, so it publishes nothing."""
+    load_id = await create_load(server)
+    body = await call(server, "mutation($id: ID!) { createInvoice(input: {loadId: $id}) { id } }", id=load_id)
+    invoice = body["data"]["createInvoice"]["id"]
+    async with subscription(server, TOKEN, ORG, document=MONEY_CHANGED) as sub:
+        first = await sub.next()
+        assert first["money"] == {"invoiced": "0.00", "collected": "0.00", "outstanding": "0.00"}
+        await call(server, 'mutation($id: ID!) { setInvoiceAmount(id: $id, amount: "120.5") { id } }', id=invoice)
+        assert await sub.nothing_within(0.5)
+        await call(server, "mutation($id: ID!) { updateInvoiceStatus(id: $id, status: BILLED) { id } }", id=invoice)
+        billed = await sub.next()
+        assert billed["version"] == first["version"] + 1
+        assert billed["money"] == {"invoiced": "120.50", "collected": "0.00", "outstanding": "120.50"}
+        await call(server, 'mutation($id: ID!) { recordPayment(invoiceId: $id, amount: "20.5") { id } }', id=invoice)
+        paid = await sub.next()
+        assert paid["version"] == billed["version"] + 1
+        assert paid["money"] == {"invoiced": "120.50", "collected": "20.50", "outstanding": "100.00"}
