@@ -406,3 +406,88 @@ def check_member_and_bad_tokens(watch: Any, base: str, shown: dict[str, Any]) ->
     expect(page.locator("#connection")).to_have_attribute("data-state", "signed-out")
     assert page.evaluate("sessionStorage.length") == 0
     watch.opened[-1].check_hygiene(base, member)
+
+
+def bill(base: str, bearer: str, customer: str | None, amount: str, day: str, paid: str | None = None) -> str:
+    """A priced invoice of a new load (of `customer`), billed on `day`, maybe partly paid."""
+    load = gql(
+        base, bearer, "mutation($i: CreateLoadInput!) { createLoad(input: $i) { id } }",
+        i={"orgId": ORG, **({"customerId": customer} if customer else {})},
+    )["createLoad"]["id"]  # fmt: skip
+    made = gql(
+        base, bearer, "mutation($i: CreateInvoiceInput!) { createInvoice(input: $i) { id } }",
+        i={"loadId": load, "status": "DRAFT", "amount": amount},
+    )["createInvoice"]["id"]  # fmt: skip
+    gql(
+        base,
+        bearer,
+        "mutation($id: ID!, $d: Date) { updateInvoiceStatus(id: $id, status: BILLED, invoiceDate: $d) { id } }",
+        id=made,
+        d=day,
+    )
+    if paid:
+        pay(base, bearer, made, paid)
+    return str(made)
+
+
+def pay(base: str, bearer: str, invoice: str, amount: str) -> None:
+    gql(
+        base,
+        bearer,
+        "mutation($id: ID!, $a: Money!) { recordPayment(invoiceId: $id, amount: $a) { id } }",
+        id=invoice,
+        a=amount,
+    )
+
+
+@pytest.mark.slow
+def test_receivables_panel_shows_money_and_refreshes_when_it_changes(
+    watch: Any, databases: Databases, database_url: str
+) -> None:
+    """Invoiced / collected / outstanding from the live event; the aging bar, top customers and the
+    last 12 months of revenue read again whenever a money value changes."""
+    env = {"TALLY_DATABASE_URL": database_url, "TALLY_RECALC_INTERVAL_SECONDS": "0"}
+    admin = token(ORG, "admin")
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    month = today[:7]
+    with running_server(env, port=free_port(), timeout=SERVER_START_TIMEOUT) as base:
+        customers = {}
+        for name in ("Acme Freight", "Globex Logistics"):
+            made = gql(
+                base,
+                admin,
+                "mutation($o: ID!, $n: String!) { createCustomer(orgId: $o, name: $n) { id } }",
+                o=ORG,
+                n=name,
+            )
+            customers[name] = made["createCustomer"]["id"]
+        bill(base, admin, customers["Acme Freight"], "1250.50", today)
+        bill(base, admin, customers["Acme Freight"], "800", "2025-01-15", paid="300")
+        globex = bill(base, admin, customers["Globex Logistics"], "2400", today, paid="400")
+        bill(base, admin, None, "99.99", today, paid="99.99")
+
+        page = watch(base)
+        page.get_by_label("Bearer token").fill(admin)
+        page.get_by_role("button", name="Sign in", exact=True).click()
+        expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        expect(page.locator("#receivables")).to_be_visible()
+        expect(page.locator("#tile-money-invoiced .tile-value")).to_have_text("4,550.49")
+        expect(page.locator("#tile-money-collected .tile-value")).to_have_text("799.99")
+        expect(page.locator("#tile-money-outstanding .tile-value")).to_have_text("3,750.50")
+        expect(page.locator("#age-current")).to_have_text("0\u201330 days: 3,250.50")
+        expect(page.locator("#age-over90")).to_have_text("Over 90 days: 500.00")
+        rows = page.locator("#customers tr")
+        expect(rows).to_have_count(2)
+        expect(rows.nth(0)).to_have_text(re.compile(r"Globex Logistics\s*1\s*2,000\.00"))
+        expect(rows.nth(1)).to_have_text(re.compile(r"Acme Freight\s*2\s*1,750\.50"))
+        expect(page.locator("#revenue")).to_have_attribute("aria-label", re.compile(rf"{month} 3,750\.49"))
+        page.screenshot(path=ARTIFACTS.joinpath("dashboard-receivables.png"), full_page=True, animations="disabled")
+
+        # A payment elsewhere: the tiles change with the event, the panel with its next read.
+        pay(base, admin, globex, "1500")
+        expect(page.locator("#tile-money-collected .tile-value")).to_have_text("2,299.99")
+        expect(page.locator("#tile-money-outstanding .tile-value")).to_have_text("2,250.50")
+        expect(rows.nth(0)).to_have_text(re.compile(r"Acme Freight\s*2\s*1,750\.50"))
+        expect(rows.nth(1)).to_have_text(re.compile(r"Globex Logistics\s*1\s*500\.00"))
+        expect(page.locator("#age-current")).to_have_text("0\u201330 days: 1,750.50")
+        watch.opened[0].check_hygiene(base, admin)

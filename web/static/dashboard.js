@@ -1,5 +1,6 @@
 // The live dashboard: sign-in, the organizationStatsChanged subscription with
-// reconnection, tiles and bar charts, and the admins' drift / recalculate panel.
+// reconnection, tiles and bar charts, the receivables panel, and the admins' drift /
+// recalculate panel.
 
 import { GraphQLWsConnection } from "./graphql-ws.js";
 import * as auth from "./session.js";
@@ -31,8 +32,17 @@ const selection = (group) => `${group.key} { ${group.fields.map(([field]) => fie
 const statsChanged = () => `subscription($orgId: ID!, $sinceVersion: Int) {
   organizationStatsChanged(orgId: $orgId, sinceVersion: $sinceVersion) {
     orgId version updatedAt lastRecalculatedAt ${GROUPS.map(selection).join(" ")}
+    money { invoiced collected outstanding }
   }
 }`;
+const MONEY_PANEL = `query($orgId: ID!, $from: String!, $to: String!) {
+  receivablesAging(orgId: $orgId, first: 5) {
+    asOf buckets { current days31to60 days61to90 over90 total }
+    customers { customer { name } invoices buckets { total } }
+  }
+  revenueByMonth(orgId: $orgId, from: $from, to: $to) { month invoiced }
+}`;
+const AGES = [["current", "0–30 days"], ["days31to60", "31–60 days"], ["days61to90", "61–90 days"], ["over90", "Over 90 days"]];
 const DRIFT_REPORT = `query($orgId: ID!) { driftReport(orgId: $orgId) { ok checkedAt drift { counter stored actual } } }`;
 const RECALCULATE = `mutation($orgId: ID!) {
   recalculateOrgStats(orgId: $orgId) { corrected { counter stored actual } stats { version } }
@@ -126,10 +136,106 @@ function render(stats) {
     const summary = group.fields.map(([field, label]) => `${label} ${counts[field]}`).join(", ");
     $(`bars-${group.key}`).setAttribute("aria-label", `${group.title}: ${summary}; total ${counts.total}`);
   }
+  renderMoney(stats.money, previous?.money);
   $("version").textContent = String(stats.version);
   $("last-change").replaceChildren(stats.version > 0 ? timeElement(stats.updatedAt) : "no change yet");
   if (changes.length) $("changes").textContent = `Changed: ${changes.join("; ")}.`;
   $("groups").hidden = false;
+}
+
+// ---------------------------------------------------------------- receivables
+
+const money = (text) => Number(text).toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+
+/** The money tiles from the event; the aging, customers and revenue (two more reads) whenever a money value moved. */
+function renderMoney(totals, before) {
+  for (const field of ["invoiced", "collected", "outstanding"]) {
+    const tile = $(`tile-money-${field}`);
+    tile.querySelector(".tile-value").textContent = money(totals[field]);
+    if (before && before[field] !== totals[field]) {
+      const delta = Number(totals[field]) - Number(before[field]);
+      highlight(tile, `${delta > 0 ? "+" : "−"}${money(Math.abs(delta).toFixed(2))}`);
+    }
+  }
+  $("receivables").hidden = false;
+  if (!before || ["invoiced", "collected"].some((field) => before[field] !== totals[field])) refreshMoneyPanel();
+}
+
+function lastTwelveMonths() {
+  const now = new Date();
+  const month = (offset) => {
+    const d = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - offset, 1));
+    return `${d.getUTCFullYear()}-${String(d.getUTCMonth() + 1).padStart(2, "0")}`;
+  };
+  return { from: month(11), to: month(0) };
+}
+
+async function refreshMoneyPanel() {
+  const session = state.session;
+  if (!session) return;
+  const asked = (state.moneyAsked = (state.moneyAsked ?? 0) + 1);
+  try {
+    const data = await graphql(MONEY_PANEL, { orgId: session.orgId, ...lastTwelveMonths() });
+    if (asked !== state.moneyAsked || state.session !== session) return; // a newer refresh is on its way
+    renderAging(data.receivablesAging);
+    renderRevenue(data.revenueByMonth);
+    $("receivables").dataset.refreshed = String(asked);
+  } catch (error) {
+    $("aging-as-of").textContent = `not read (${error.message})`;
+  }
+}
+
+function renderAging(aging) {
+  const total = Number(aging.buckets.total);
+  $("aging").replaceChildren(
+    ...AGES.map(([field], k) => {
+      const part = element("span", { class: `age-${k}`, title: `${AGES[k][1]}: ${money(aging.buckets[field])}` });
+      part.style.flexGrow = String(total ? Number(aging.buckets[field]) : 0);
+      return part;
+    }),
+  );
+  const described = AGES.map(([field, label]) => `${label} ${money(aging.buckets[field])}`).join(", ");
+  $("aging").setAttribute("aria-label", `Outstanding by age: ${described}; total ${money(aging.buckets.total)}`);
+  $("aging-as-of").textContent = `as of ${aging.asOf}`;
+  $("aging-legend").replaceChildren(
+    ...AGES.map(([field, label], k) => {
+      const item = element("li", { id: `age-${field}` });
+      item.append(element("i", { class: `age-${k}`, "aria-hidden": "true" }), `${label}: ${money(aging.buckets[field])}`);
+      return item;
+    }),
+  );
+  const rows = aging.customers.map((c) => {
+    const row = element("tr");
+    row.append(
+      element("td", {}, c.customer?.name ?? "(no customer)"),
+      element("td", {}, String(c.invoices)),
+      element("td", {}, money(c.buckets.total)),
+    );
+    return row;
+  });
+  if (!rows.length) {
+    const row = element("tr");
+    row.append(element("td", { colspan: "3" }, "Nothing is owed."));
+    rows.push(row);
+  }
+  $("customers").replaceChildren(...rows);
+}
+
+function renderRevenue(months) {
+  const max = Math.max(0.01, ...months.map((m) => Number(m.invoiced)));
+  $("revenue").replaceChildren(
+    ...months.map((m) => {
+      const row = element("div", { class: "bar-row", "aria-hidden": "true" });
+      const track = element("span", { class: "bar-track" });
+      const bar = element("span", { class: "bar bar-money", id: `revenue-${m.month}` });
+      bar.style.width = `${(100 * Number(m.invoiced)) / max}%`;
+      track.append(bar);
+      row.append(element("span", { class: "bar-label" }, m.month), track, element("span", { class: "bar-value" }, money(m.invoiced)));
+      return row;
+    }),
+  );
+  const described = months.filter((m) => Number(m.invoiced)).map((m) => `${m.month} ${money(m.invoiced)}`);
+  $("revenue").setAttribute("aria-label", `Invoiced per month: ${described.join(", ") || "nothing in the last 12 months"}`);
 }
 
 function highlight(tile, deltaText) {
@@ -346,6 +452,7 @@ async function recalculate() {
 function showSignIn(message = "") {
   $("sign-in").hidden = false;
   $("groups").hidden = true;
+  $("receivables").hidden = true;
   $("admin").hidden = true;
   $("org-line").hidden = true;
   $("sign-out").hidden = true;
