@@ -1,11 +1,12 @@
-"""The aggregate: the only code that writes `organization_stats`.
+"""The aggregates: the only code that writes `organization_stats`, `revenue_months` and `receivables`.
 
-Every session of the app is an `AggregateSession`. Its hooks turn each flushed
-insert, status change and delete of a Load or Invoice into counter deltas, and
-just before commit apply them with one atomic upsert per organization
-(`SET n = n + :d, version = version + 1`), in the same transaction.
-`insert_counted` and `update_counted` insert and change rows with Core and
-count them the same way.
+Each aggregate is declared once (`AGGREGATES`: which rows, what is summed, keyed
+how). Every session of the app is an `AggregateSession`. Its hooks turn each
+flushed insert, change and delete of a Load or Invoice into deltas (what the row
+gives each aggregate after, minus before), and just before commit apply them: one
+atomic upsert of the org's stats row (`SET n = n + :d, version = version + 1`)
+and one per keyed row that moved, in the same transaction. `insert_counted` and
+`update_counted` insert and change rows with Core and count them the same way.
 
 Writes cannot forget the counters: `guard_writes` refuses, at the engine,
 every INSERT, UPDATE or DELETE on a counted table that is neither a session
