@@ -1,4 +1,4 @@
-"""Tally benchmarks: `uv run python -m bench [--only sqlite,live,recalc,postgres] [--quick] [--render-only]`.
+"""Tally benchmarks: `uv run python -m bench [--only sqlite,live,recalc,postgres,production,money] [--quick] [--render-only]`.
 
 Each scenario saves its figures as bench/results/<scenario>-<profile>.json, rendered through
 bench/templates/<scenario>.md into docs/ (a quick run: bench/results/quick/).
@@ -16,7 +16,7 @@ import time
 
 from bench.common import RESULTS, ROOT, TEMPLATES, UVICORN_FLAGS, describe, loadavg, log
 
-SCENARIOS = ("sqlite", "live", "recalc", "postgres", "production")
+SCENARIOS = ("sqlite", "live", "recalc", "postgres", "production", "money")
 REPORTS = {name: "benchmarks.md" if name == "sqlite" else f"benchmarks-{name}.md" for name in SCENARIOS}
 
 parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])

@@ -1,0 +1,280 @@
+"""The money aggregates' reads and writes on SQLite (docs/benchmarks-money.md, whose Method section tells how)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable, Coroutine
+from contextlib import closing
+from datetime import date
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from bench.common import database, log, run_async, summarize, token
+from bench.servers import settings, write_without_aggregate
+from db.aggregates import INVOICE_STATUS_COUNTERS, LOAD_STATUS_COUNTERS, LOAD_TYPE_COUNTERS
+from db.invoices import record_payment, set_invoice_status
+from db.migrate import upgrade_async
+from db.money_reads import receivables_aging, revenue_by_month
+from db.queries import get_stats
+from db.unit_of_work import Database
+from main import create_app
+
+ORG = "org_money"
+CUSTOMERS = 1_000
+PROFILES = {
+    "full": {"sizes": [1_000, 100_000, 1_000_000], "reads": 400, "naive_reads": 15, "writes": 2_000},
+    "quick": {"sizes": [1_000, 20_000], "reads": 50, "naive_reads": 3, "writes": 100},
+}
+MONTHS = ("2026-01", "2026-12")
+AS_OF = "2026-12-31"
+QUERIES = {
+    "organizationStats": 'query { organizationStats(orgId: "org_money") { version loads { open total } '
+    "invoices { billed paid total } money { invoiced collected outstanding } } }",
+    "revenueByMonth": 'query { revenueByMonth(orgId: "org_money", from: "2026-01", to: "2026-12") '
+    "{ month invoicedCount invoiced paidCount collected } }",
+    "receivablesAging": f'query {{ receivablesAging(orgId: "org_money", asOf: "{AS_OF}", first: 20) '
+    "{ buckets { current days31to60 days61to90 over90 total } customers { customer { id name } invoices "
+    "buckets { current days31to60 days61to90 over90 total } } } }",
+}
+# The same answers from the invoices table, as a service without the aggregates would compute them.
+NAIVE = {
+    "revenueByMonth": (
+        "SELECT substr(invoice_date, 1, 7) AS month, count(*), sum(amount_cents), "
+        "sum(CASE WHEN paid_cents > 0 THEN 1 ELSE 0 END), sum(paid_cents) FROM invoices "
+        "WHERE org_id = :org AND status IN ('BILLED', 'PENDING_PAYMENT', 'PAID') "
+        "AND invoice_date >= '2026-01-01' AND invoice_date < '2027-01-01' GROUP BY month"
+    ),
+    "receivablesAging": (
+        "SELECT customer_id, count(*), "
+        "sum(CASE WHEN invoice_date >= date(:as_of, '-30 days') THEN amount_cents - paid_cents ELSE 0 END), "
+        "sum(CASE WHEN invoice_date < date(:as_of, '-30 days') AND invoice_date >= date(:as_of, '-60 days') "
+        "THEN amount_cents - paid_cents ELSE 0 END), "
+        "sum(CASE WHEN invoice_date < date(:as_of, '-60 days') AND invoice_date >= date(:as_of, '-90 days') "
+        "THEN amount_cents - paid_cents ELSE 0 END), "
+        "sum(CASE WHEN invoice_date < date(:as_of, '-90 days') THEN amount_cents - paid_cents ELSE 0 END), "
+        "sum(amount_cents - paid_cents) AS total FROM invoices WHERE org_id = :org "
+        "AND status IN ('BILLED', 'PENDING_PAYMENT') AND amount_cents > paid_cents "
+        "GROUP BY customer_id ORDER BY total DESC LIMIT 20"
+    ),
+}
+# Invoice x (1-based): its status, amount (cents), paid (cents) and date (36 months, 2024-2026).
+STATUS = (
+    "CASE WHEN x % 10 < 3 THEN 'PAID' WHEN x % 10 < 5 THEN 'PENDING_PAYMENT' WHEN x % 10 < 8 THEN 'BILLED' "
+    "WHEN x % 10 < 9 THEN 'DRAFT' ELSE 'VOID' END"
+)
+AMOUNT = "(10000 + (x * 7919) % 500000)"
+PAID = f"CASE WHEN x % 10 < 3 THEN {AMOUNT} WHEN x % 10 < 5 THEN {AMOUNT} / 2 ELSE 0 END"
+DATE = "CASE WHEN x % 10 = 8 THEN NULL ELSE date('2024-01-01', '+' || (x % 1095) || ' days') END"
+SEED = [
+    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < :customers) "
+    "INSERT INTO customers (org_id, name) SELECT :org, 'Customer ' || printf('%04d', x) FROM n",
+    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < :size) "
+    "INSERT INTO loads (id, org_id, status, load_type, requires_manual_review, customer_id, created_at, updated_at) "
+    "SELECT x, :org, 'COMPLETED', 'CONTRACT', 0, 1 + x % :customers, :stamp, :stamp FROM n",
+    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < :size) "
+    "INSERT INTO invoices (id, org_id, load_id, status, customer_id, amount_cents, paid_cents, invoice_date, "
+    f"created_at, updated_at) SELECT x, :org, x, {STATUS}, 1 + x % :customers, {AMOUNT}, {PAID}, {DATE}, "
+    ":stamp, :stamp FROM n",
+]
+
+
+def seed(path: Path, size: int) -> float:
+    """A migrated SQLite file with one org of `size` invoices over CUSTOMERS customers, its aggregates
+    filled the way migration 0005 fills them (a recount); the seconds it took."""
+    started = time.perf_counter()
+    url = f"sqlite+aiosqlite:///{path}"
+    run_async(upgrade_async(url))
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO organizations VALUES (?, ?, '2026-01-01 00:00:00')", (ORG, ORG))
+        params = {"org": ORG, "size": size, "customers": CUSTOMERS, "stamp": "2026-01-01 00:00:00.000000+00:00"}
+        for statement in [*SEED, *_fill_sql()]:
+            conn.execute(statement, params)
+        conn.execute("COMMIT")
+        conn.execute("ANALYZE")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return time.perf_counter() - started
+
+
+def _fill_sql() -> list[str]:
+    """The org's stats row (counters and money totals) and money rows, recounted from its rows."""
+    counted = [("loads", "status", c) for c in LOAD_STATUS_COUNTERS.items()]
+    counted += [("loads", "load_type", c) for c in LOAD_TYPE_COUNTERS.items()]
+    counted += [("invoices", "status", c) for c in INVOICE_STATUS_COUNTERS.items()]
+    counts = [f"(SELECT count(*) FROM {t} WHERE org_id = :org AND {col} = '{v}')" for t, col, (v, _) in counted]
+    finalized = "org_id = :org AND status IN ('BILLED', 'PENDING_PAYMENT', 'PAID')"
+    columns = ", ".join(c for _, _, (_, c) in counted)
+    return [
+        f"INSERT INTO organization_stats (org_id, shard, {columns}, money_invoiced, money_collected, version, "
+        f"corrections, updated_at) SELECT :org, 0, {', '.join(counts)}, "
+        f"(SELECT coalesce(sum(amount_cents), 0) FROM invoices WHERE {finalized}), "
+        f"(SELECT coalesce(sum(paid_cents), 0) FROM invoices WHERE {finalized}), 1, 0, '2026-01-01 00:00:00'",
+        "INSERT INTO revenue_months SELECT org_id, substr(invoice_date, 1, 7) AS m, count(*), sum(amount_cents), "
+        f"sum(CASE WHEN paid_cents > 0 THEN 1 ELSE 0 END), sum(paid_cents) FROM invoices WHERE {finalized} "
+        "GROUP BY org_id, m",
+        "INSERT INTO receivables SELECT org_id, coalesce(customer_id, 0), invoice_date, count(*), "
+        "sum(amount_cents - paid_cents) FROM invoices WHERE org_id = :org AND status IN ('BILLED', 'PENDING_PAYMENT') "
+        "AND amount_cents > paid_cents GROUP BY org_id, coalesce(customer_id, 0), invoice_date",
+    ]
+
+
+def _asgi_call(app: Any, body: bytes, bearer: str) -> Coroutine[Any, Any, list[dict[str, Any]]]:
+    async def call() -> list[dict[str, Any]]:
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/graphql", "raw_path": b"/graphql", "query_string": b"",
+                 "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000), "state": {},
+                 "headers": [(b"host", b"bench"), (b"content-type", b"application/json"),
+                             (b"authorization", f"Bearer {bearer}".encode())]}  # fmt: skip
+        sent, out = False, []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.sleep(3600)
+            return {}
+
+        async def send(message: dict[str, Any]) -> None:
+            out.append(message)
+
+        await app(scope, receive, send)
+        return out
+
+    return call()
+
+
+async def _timed(call: Callable[[], Coroutine[Any, Any, Any]], n: int) -> tuple[dict[str, float], Any]:
+    last = await call()  # warm
+    times = []
+    for _ in range(n):
+        started = time.perf_counter()
+        last = await call()
+        times.append((time.perf_counter() - started) * 1e6)
+    return summarize(times), last
+
+
+async def measure_reads(url: str, profile: dict[str, Any]) -> dict[str, Any]:
+    """Each query over the app (in process, count cache off), and the aggregate reads against the naive ones."""
+    os.environ["BENCH_DATABASE_URL"] = url  # bench.servers.settings: the benchmarks' settings for this database
+    app = create_app(settings(count_cache_entries=0))
+    bearer = token(ORG, "admin")
+    out: dict[str, Any] = {}
+    async with app.router.lifespan_context(app):
+        for name, query in QUERIES.items():
+            body = json.dumps({"query": query}).encode()
+            stats, answer = await _timed(lambda body=body: _asgi_call(app, body, bearer), profile["reads"])
+            assert b'"errors"' not in answer[-1]["body"], answer[-1]["body"][:300]
+            out[name] = stats
+        db: Database = app.state.db
+        direct = {
+            "revenueByMonth": lambda: db.read(partial(revenue_by_month, org_id=ORG, first=MONTHS[0], last=MONTHS[1])),
+            "receivablesAging": lambda: db.read(partial(receivables_aging, org_id=ORG, as_of=_as_of(), first=20)),
+            "organizationStats": lambda: db.read(partial(get_stats, org_id=ORG)),
+        }
+        for name, read in direct.items():
+            out[f"{name}_db"] = (await _timed(read, profile["reads"]))[0]
+        for name, sql in NAIVE.items():
+            statement = text(sql)
+
+            async def naive(statement: Any = statement) -> Any:
+                return await db.read(lambda s: s.execute(statement, {"org": ORG, "as_of": AS_OF}))
+
+            out[f"{name}_naive"] = (await _timed(naive, profile["naive_reads"]))[0]
+    return out
+
+
+def _as_of() -> date:
+    return date.fromisoformat(AS_OF)
+
+
+async def measure_writes(url: str, n: int) -> dict[str, Any]:
+    """recordPayment and PAID <-> PENDING_PAYMENT, through `Database.write_row` (every aggregate) and the
+    same plans without any aggregate (bench.servers.write_without_aggregate), interleaved."""
+    async with database(url) as db:
+        paying = await db.read(lambda s: _ids(s, "PENDING_PAYMENT"))
+        toggled = await db.read(lambda s: _ids(s, "PAID"))
+        random.Random(7).shuffle(paying)
+        out: dict[str, Any] = {}
+        for name, plan_of in (
+            ("recordPayment", lambda i, _k: partial(record_payment, str(i), 1, ORG)),
+            (
+                "statusChange",
+                lambda i, k: partial(set_invoice_status, str(i), "PAID" if k % 2 else "PENDING_PAYMENT", ORG),
+            ),
+        ):
+            ids = paying if name == "recordPayment" else toggled
+            cpu: dict[str, list[float]] = {"with": [], "without": []}
+            wall: dict[str, list[float]] = {"with": [], "without": []}
+            for k in range(n):
+                invoice = ids[(k // 4) % len(ids)]  # the same invoice twice each way: both reach the same rows
+                for side in ("with", "without"):
+                    plan = plan_of(invoice, k)
+                    started, cpu_started = time.perf_counter(), time.process_time()
+                    if side == "with":
+                        await db.write_row(plan)
+                    else:
+                        await write_without_aggregate(db, plan)
+                    wall[side].append((time.perf_counter() - started) * 1e6)
+                    cpu[side].append((time.process_time() - cpu_started) * 1e6)
+            out[name] = {side: {"wall": summarize(wall[side]), "cpu": summarize(cpu[side])} for side in wall}
+    return out
+
+
+async def _ids(session: Any, status: str) -> list[int]:
+    rows = await session.execute(
+        text("SELECT id FROM invoices WHERE org_id = :org AND status = :s ORDER BY id LIMIT 2000"),
+        {"org": ORG, "s": status},
+    )
+    return [row[0] for row in rows]
+
+
+def run(profile: dict[str, Any]) -> dict[str, Any]:
+    sizes = []
+    with tempfile.TemporaryDirectory(prefix="tally-bench-money-") as tmp:
+        for size in profile["sizes"]:
+            path = Path(tmp) / f"money-{size}.db"
+            seconds = seed(path, size)
+            log(f"seeded {size:,} invoices in {seconds:.1f} s ({path.stat().st_size / 1e6:.0f} MB)")
+            url = f"sqlite+aiosqlite:///{path}"
+            reads = run_async(measure_reads(url, profile))
+            row = {"invoices": size, "seed_seconds": seconds, "mb": path.stat().st_size / 1e6, "reads": reads}
+            if size == profile["sizes"][-1]:
+                row["writes"] = run_async(measure_writes(url, profile["writes"]))
+            sizes.append(row)
+            log(f"  {size:,}: " + ", ".join(f"{k} p50 {v['p50']:.0f} us" for k, v in reads.items()))
+    largest, smallest = sizes[-1]["reads"], sizes[0]["reads"]
+    writes = sizes[-1]["writes"]
+    targets = [
+        *({"what": f"{q} p50 within 2x of organizationStats' (cache off), {sizes[-1]['invoices']:,} invoices",
+           "ratio": largest[q]["p50"] / largest["organizationStats"]["p50"], "limit": 2.0, "above": False}
+          for q in ("revenueByMonth", "receivablesAging")),
+        *({"what": f"{q} flat: p50 at {sizes[-1]['invoices']:,} / at {sizes[0]['invoices']:,} invoices",
+           "ratio": largest[q]["p50"] / smallest[q]["p50"], "limit": 1.5, "above": False}
+          for q in ("revenueByMonth", "receivablesAging")),
+        *({"what": f"{q}: the invoices table's answer / the aggregate's (db layer), {sizes[-1]['invoices']:,}",
+           "ratio": largest[f"{q}_naive"]["p50"] / largest[f"{q}_db"]["p50"], "limit": 20.0, "above": True}
+          for q in ("revenueByMonth", "receivablesAging")),
+        *({"what": f"{w} CPU with every money aggregate / without any aggregate",
+           "ratio": writes[w]["with"]["cpu"]["mean"] / writes[w]["without"]["cpu"]["mean"], "limit": 1.3,
+           "above": False} for w in ("recordPayment", "statusChange")),
+    ]  # fmt: skip
+    for target in targets:
+        target["met"] = target["ratio"] >= target["limit"] if target["above"] else target["ratio"] <= target["limit"]
+    return {
+        "profile": profile,
+        "sizes": sizes,
+        "targets": targets,
+        "ok": True,
+        "machine": {"SQLite": sqlite3.sqlite_version},
+    }
