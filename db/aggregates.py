@@ -61,7 +61,17 @@ from db.counters import (
     counter_names,
 )
 from db.engine import Unread
-from db.models import Base, Invoice, Load, OrganizationStats, Receivable, RevenueMonth, utcnow
+from db.models import (
+    Base,
+    CustomerBalance,
+    Invoice,
+    Load,
+    OrganizationStats,
+    Receivable,
+    ReceivableDay,
+    RevenueMonth,
+    utcnow,
+)
 from db.money import month_of
 from db.work import Script
 
@@ -107,6 +117,10 @@ def _has_open_balance(invoice: Any) -> bool:
     return invoice.status in OPEN and _balance(invoice) > 0
 
 
+def _owed(invoice: Any) -> dict[str, int]:
+    return {"invoices": 1, "balance": _balance(invoice)}
+
+
 _MONEY_READS = ("status", "amount_cents", "paid_cents")
 AGGREGATES = (
     # The counters: loads by status and by type, invoices by status.
@@ -134,14 +148,31 @@ AGGREGATES = (
         table=cast(Table, RevenueMonth.__table__),
         key=lambda i: (month_of(i.invoice_date),),
     ),
-    # Receivables: open balances per (customer, invoice date); 0 stands for no customer.
+    # Receivables: open balances per (customer, invoice date), and the same summed per date (the
+    # org's aging) and per customer (its ranking); customer 0 stands for no customer.
     Summed(
         Invoice,
         (*_MONEY_READS, "invoice_date", "customer_id"),
-        lambda i: {"invoices": 1, "balance": _balance(i)},
+        _owed,
         where=_has_open_balance,
         table=cast(Table, Receivable.__table__),
         key=lambda i: (i.customer_id or 0, i.invoice_date),
+    ),
+    Summed(
+        Invoice,
+        (*_MONEY_READS, "invoice_date"),
+        _owed,
+        where=_has_open_balance,
+        table=cast(Table, ReceivableDay.__table__),
+        key=lambda i: (i.invoice_date,),
+    ),
+    Summed(
+        Invoice,
+        (*_MONEY_READS, "customer_id"),
+        _owed,
+        where=_has_open_balance,
+        table=cast(Table, CustomerBalance.__table__),
+        key=lambda i: (i.customer_id or 0,),
     ),
 )
 BY_SOURCE: dict[type[Base], tuple[Summed, ...]] = {

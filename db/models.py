@@ -140,6 +140,40 @@ class RevenueMonth(Base):
     collected: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class ReceivableDay(Base):
+    """Open balances of an org per invoice date (every customer): the org's aging buckets read
+    a row per date, however many invoices and customers. Written only by db/aggregates.py."""
+
+    __tablename__ = "receivable_days"
+    __table_args__ = (
+        Index(
+            "ix_receivable_days_open",
+            "org_id",
+            "invoice_date",
+            postgresql_where=text("balance <> 0"),
+            sqlite_where=text("balance <> 0"),
+        ),
+    )
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.org_id"), primary_key=True)
+    invoice_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    invoices: Mapped[int] = mapped_column(BigInteger, default=0)
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class CustomerBalance(Base):
+    """Open balance of an org per customer (`customer_key` 0: none): the aging query's top customers
+    are the first rows of an index, not a sum over every open invoice. Written only by db/aggregates.py."""
+
+    __tablename__ = "customer_balances"
+    __table_args__ = (Index("ix_customer_balances_rank", "org_id", "balance"),)
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.org_id"), primary_key=True)
+    customer_key: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    invoices: Mapped[int] = mapped_column(BigInteger, default=0)
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class Receivable(Base):
     """Open balances of an org per (customer, invoice date): `customer_key` is the customer's
     id, 0 for invoices with none. Rows back at zero stay, outside the partial index the

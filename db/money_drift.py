@@ -13,20 +13,25 @@ from sqlalchemy import BigInteger, String, Table, and_, bindparam, case, func, l
 from sqlalchemy import cast as sql_cast
 
 from db.counters import FINALIZED, OPEN
-from db.models import Invoice, OrganizationStats, Receivable, RevenueMonth
+from db.models import CustomerBalance, Invoice, OrganizationStats, Receivable, ReceivableDay, RevenueMonth
 from db.work import ReadSession
 
 STATS = cast(Table, OrganizationStats.__table__)
 INVOICES = cast(Table, Invoice.__table__)
 REVENUE = cast(Table, RevenueMonth.__table__)
 OWED = cast(Table, Receivable.__table__)
+OWED_BY_DAY = cast(Table, ReceivableDay.__table__)
+OWED_BY_CUSTOMER = cast(Table, CustomerBalance.__table__)
 TOTAL_NAMES = {"money_invoiced": "money.invoiced", "money_collected": "money.collected"}
 # Each keyed table's columns as reported (GraphQL names), and which of them are amounts (cents).
 REPORTED = {
     "revenue_months": {"invoiced_count": "invoicedCount", "invoiced": "invoiced", "paid_count": "paidCount",
                        "collected": "collected"},
     "receivables": {"invoices": "invoices", "balance": "balance"},
+    "receivable_days": {"invoices": "invoices", "balance": "balance"},
+    "customer_balances": {"invoices": "invoices", "balance": "balance"},
 }  # fmt: skip
+KINDS = {"month": "revenue_months", "aging": "receivables", "day": "receivable_days", "customer": "customer_balances"}
 AMOUNTS = frozenset({"invoiced", "collected", "balance", *TOTAL_NAMES})
 
 
@@ -45,6 +50,10 @@ class RowDrift:
         field = REPORTED[self.table][self.column]
         if self.table == "revenue_months":
             return f"revenue[{self.key[0]}].{field}"
+        if self.table == "receivable_days":
+            return f"agingByDate[{self.key[0].isoformat()}].{field}"
+        if self.table == "customer_balances":
+            return f"agingByCustomer[{self.key[0] or 'none'}].{field}"
         customer, day = self.key
         return f"aging[{customer or 'none'}][{day.isoformat()}].{field}"
 
@@ -87,6 +96,13 @@ def _money_drift_query() -> Any:
             OWED.c.org_id == org),
         _part("aging_actual", customer, INVOICES.c.invoice_date, func.count(), func.sum(balance)).where(owing)
         .group_by(customer, INVOICES.c.invoice_date),
+        _part("day", OWED_BY_DAY.c.invoice_date, None, OWED_BY_DAY.c.invoices, OWED_BY_DAY.c.balance).where(
+            OWED_BY_DAY.c.org_id == org),
+        _part("day_actual", INVOICES.c.invoice_date, None, func.count(), func.sum(balance)).where(owing)
+        .group_by(INVOICES.c.invoice_date),
+        _part("customer", OWED_BY_CUSTOMER.c.customer_key, None, OWED_BY_CUSTOMER.c.invoices,
+              OWED_BY_CUSTOMER.c.balance).where(OWED_BY_CUSTOMER.c.org_id == org),
+        _part("customer_actual", customer, None, func.count(), func.sum(balance)).where(owing).group_by(customer),
     )  # fmt: skip
 
 
@@ -102,8 +118,9 @@ async def read_money(session: ReadSession, *, org_id: str) -> MoneyState:
     stored_total = values.get("total", {}).get((), (0, 0, 0, 0))
     actual_total = values.get("total_actual", {}).get((), (0, 0, 0, 0))
     drift = [
-        *_rows("revenue_months", values.get("month", {}), values.get("month_actual", {})),
-        *_rows("receivables", values.get("aging", {}), values.get("aging_actual", {})),
+        row
+        for kind, table in KINDS.items()
+        for row in _rows(table, values.get(kind, {}), values.get(f"{kind}_actual", {}))
     ]
     return MoneyState(
         epoch=stored_total[2],
@@ -114,10 +131,15 @@ async def read_money(session: ReadSession, *, org_id: str) -> MoneyState:
 
 
 def _key(kind: str, k1: str | None, k2: str | None) -> tuple[Any, ...]:
+    """A row's key beyond org_id, typed as the table's columns (the upsert binds them)."""
     if kind.startswith("month"):
         return (k1,)
     if kind.startswith("aging"):
         return (int(cast(str, k1)), date.fromisoformat(cast(str, k2)[:10]))
+    if kind.startswith("day"):
+        return (date.fromisoformat(cast(str, k1)[:10]),)
+    if kind.startswith("customer"):
+        return (int(cast(str, k1)),)
     return ()
 
 

@@ -11,7 +11,7 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, bindparam, case, func, literal, null, select, union_all
 
 from db.errors import BadInput
-from db.models import Customer, Receivable, RevenueMonth
+from db.models import Customer, CustomerBalance, Receivable, ReceivableDay, RevenueMonth
 from db.work import ReadSession
 
 MAX_MONTHS = 120
@@ -19,6 +19,8 @@ MAX_CUSTOMERS = 500
 _MONTH = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 REVENUE = cast(Table, RevenueMonth.__table__)
 OWED = cast(Table, Receivable.__table__)
+BY_DAY = cast(Table, ReceivableDay.__table__)
+BY_CUSTOMER = cast(Table, CustomerBalance.__table__)
 CUSTOMERS = cast(Table, Customer.__table__)
 BUCKETS = ("current", "days31to60", "days61to90", "over90")
 
@@ -73,39 +75,46 @@ class Aging:
 
 def _aging_statement() -> Any:
     """The org's total and its first customers (by balance, then name, no customer last), in one
-    statement. Ages are compared as dates (`since_*` bound by the caller), the same on every database."""
-    dated = OWED.c.invoice_date
-
-    def owed(*when: Any) -> Any:
-        return func.sum(case((and_(*when), OWED.c.balance), else_=0))
-
+    statement whose cost grows with dates and customers, not invoices: the total from the rows per
+    date, the first customers from the rows per customer (the ranking index), and their buckets
+    from their rows per (customer, date). Ages are compared as dates (`since_*`, bound by the caller),
+    the same on every database."""
+    org: Any = bindparam("org_id")
     since: dict[int, Any] = {days: bindparam(f"since_{days}") for days in (30, 60, 90)}
-    sums = [
-        owed(dated >= since[30]),
-        owed(dated < since[30], dated >= since[60]),
-        owed(dated < since[60], dated >= since[90]),
-        owed(dated < since[90]),
-    ]
-    open_rows = and_(OWED.c.org_id == bindparam("org_id"), OWED.c.balance != 0)  # the partial index's rows
-    labels = [s.label(name) for s, name in zip(sums, BUCKETS, strict=True)]
-    total = select(literal(0).label("kind"), null().label("customer_key"), null().label("name"),
-                   func.sum(OWED.c.invoices).label("invoices"), *labels).where(open_rows)  # fmt: skip
-    by_customer = (
-        select(
-            literal(1).label("kind"),
-            OWED.c.customer_key,
-            CUSTOMERS.c.name,
-            func.sum(OWED.c.invoices).label("invoices"),
-            *labels,
-        )
-        .select_from(OWED.outerjoin(CUSTOMERS, CUSTOMERS.c.id == OWED.c.customer_key))
-        .where(open_rows)
-        .group_by(OWED.c.customer_key, CUSTOMERS.c.name)
-        .order_by(func.sum(OWED.c.balance).desc(), (OWED.c.customer_key == 0).asc(), CUSTOMERS.c.name)
+
+    def buckets(table: Table) -> list[Any]:
+        dated = table.c.invoice_date
+
+        def owed(*when: Any) -> Any:
+            return func.sum(case((and_(*when), table.c.balance), else_=0))
+
+        sums = [
+            owed(dated >= since[30]),
+            owed(dated < since[30], dated >= since[60]),
+            owed(dated < since[60], dated >= since[90]),
+            owed(dated < since[90]),
+        ]
+        return [total.label(name) for total, name in zip(sums, BUCKETS, strict=True)]
+
+    total = select(
+        literal(0).label("kind"), null().label("customer_key"), null().label("name"),
+        func.sum(BY_DAY.c.invoices).label("invoices"), *buckets(BY_DAY),
+    ).where(BY_DAY.c.org_id == org, BY_DAY.c.balance != 0)  # fmt: skip
+    first = (
+        select(BY_CUSTOMER.c.customer_key, BY_CUSTOMER.c.invoices, CUSTOMERS.c.name)
+        .select_from(BY_CUSTOMER.outerjoin(CUSTOMERS, CUSTOMERS.c.id == BY_CUSTOMER.c.customer_key))
+        .where(BY_CUSTOMER.c.org_id == org, BY_CUSTOMER.c.balance != 0)
+        .order_by(BY_CUSTOMER.c.balance.desc(), (BY_CUSTOMER.c.customer_key == 0).asc(), CUSTOMERS.c.name)
         .limit(bindparam("first"))
-        .subquery("by_customer")
+        .cte("first_customers")
     )
-    return union_all(total, select(by_customer))
+    by_customer = (
+        select(literal(1).label("kind"), first.c.customer_key, first.c.name, first.c.invoices, *buckets(OWED))
+        .select_from(first.join(OWED, and_(OWED.c.org_id == org, OWED.c.customer_key == first.c.customer_key)))
+        .where(OWED.c.balance != 0)
+        .group_by(first.c.customer_key, first.c.name, first.c.invoices)
+    )
+    return union_all(total, by_customer)
 
 
 _AGING = _aging_statement()

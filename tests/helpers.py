@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from sqlalchemy import func, select
@@ -14,7 +14,7 @@ from db.aggregates import (
     LOAD_TYPE_COUNTERS,
 )
 from db.counters import MONEY_TOTALS
-from db.models import Invoice, Load, Receivable, RevenueMonth
+from db.models import CustomerBalance, Invoice, Load, Receivable, ReceivableDay, RevenueMonth
 from db.queries import get_stats
 from db.unit_of_work import Database
 from edge.tokens import TokenVerifier
@@ -99,10 +99,23 @@ async def money_totals(db: Database, org_id: str) -> tuple[dict[str, int], dict[
     return {c: snapshot.counts[c] for c in MONEY_TOTALS}, await db.read(work)
 
 
-async def money_rows(
-    db: Database, org_id: str
-) -> tuple[dict[str, tuple[int, ...]], dict[tuple[int, str], tuple[int, int]]]:
-    """The org's stored revenue months and receivables (non-zero rows only)."""
+Owed = dict[tuple[int, str], tuple[int, int]]  # (customer key, invoice date) -> (invoices, balance)
+MoneyRows = tuple[dict[str, tuple[int, ...]], Owed, dict[str, tuple[int, int]], dict[int, tuple[int, int]]]
+
+
+def owed_rollups(owed: Owed) -> tuple[dict[str, tuple[int, int]], dict[int, tuple[int, int]]]:
+    """Receivables summed per invoice date and per customer (what receivable_days and customer_balances hold)."""
+    by_day: dict[str, list[int]] = {}
+    by_customer: dict[int, list[int]] = {}
+    for (customer, day), (n, balance) in owed.items():
+        for row in (by_day.setdefault(day, [0, 0]), by_customer.setdefault(customer, [0, 0])):
+            row[0] += n
+            row[1] += balance
+    return {k: (n, b) for k, (n, b) in by_day.items()}, {k: (n, b) for k, (n, b) in by_customer.items()}
+
+
+async def money_rows(db: Database, org_id: str) -> MoneyRows:
+    """The org's stored revenue months, receivables, receivables per date and per customer (non-zero rows only)."""
 
     async def work(session: Any) -> Any:
         months = await session.execute(
@@ -114,17 +127,27 @@ async def money_rows(
                 Receivable.org_id == org_id
             )
         )
+        days = await session.execute(
+            select(ReceivableDay.invoice_date, ReceivableDay.invoices, ReceivableDay.balance).where(
+                ReceivableDay.org_id == org_id
+            )
+        )
+        customers = await session.execute(
+            select(CustomerBalance.customer_key, CustomerBalance.invoices, CustomerBalance.balance).where(
+                CustomerBalance.org_id == org_id
+            )
+        )
         return (
             {m: tuple(rest) for m, *rest in months if any(rest)},
             {(c, str(d)): (n, b) for c, d, n, b in owed if n or b},
+            {str(d): (n, b) for d, n, b in days if n or b},
+            {c: (n, b) for c, n, b in customers if n or b},
         )
 
-    return await db.read(work)
+    return cast(MoneyRows, await db.read(work))
 
 
-async def money_recount(
-    db: Database, org_id: str
-) -> tuple[dict[str, tuple[int, ...]], dict[tuple[int, str], tuple[int, int]]]:
+async def money_recount(db: Database, org_id: str) -> MoneyRows:
     """The same, recomputed from the invoices, in Python (independent of db/aggregates.py)."""
 
     async def work(session: Any) -> Any:
@@ -144,7 +167,8 @@ async def money_recount(
             row = owed.setdefault((i.customer_id or 0, str(i.invoice_date)), [0, 0])
             row[0] += 1
             row[1] += amount - paid
-    return {m: tuple(v) for m, v in months.items()}, {k: (n, b) for k, (n, b) in owed.items()}
+    receivables = {k: (n, b) for k, (n, b) in owed.items()}
+    return ({m: tuple(v) for m, v in months.items()}, receivables, *owed_rollups(receivables))
 
 
 async def stored(db: Database, org_id: str) -> tuple[dict[str, int], int]:

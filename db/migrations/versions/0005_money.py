@@ -1,6 +1,6 @@
 """Money (money.md): invoice amounts, payments and dates; the money totals on
 organization_stats, revenue by month and receivables by (customer, invoice date),
-backfilled from the invoices that exist.
+by date and by customer, backfilled from the invoices that exist.
 
 Invoices billed before this revision carry no amount: they become billed at 0.00
 (money.md: an invoice billed with no amount is billed at 0.00), PAID ones paid
@@ -52,6 +52,30 @@ def upgrade() -> None:
         sa.Column("balance", sa.BigInteger, nullable=False, server_default="0"),
         sa.PrimaryKeyConstraint("org_id", "customer_key", "invoice_date", name="pk_receivables"),
     )
+    op.create_table(
+        "receivable_days",
+        sa.Column("org_id", sa.String(200), sa.ForeignKey("organizations.org_id"), nullable=False),
+        sa.Column("invoice_date", sa.Date, nullable=False),
+        sa.Column("invoices", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("balance", sa.BigInteger, nullable=False, server_default="0"),
+        sa.PrimaryKeyConstraint("org_id", "invoice_date", name="pk_receivable_days"),
+    )
+    op.create_index(
+        "ix_receivable_days_open",
+        "receivable_days",
+        ["org_id", "invoice_date"],
+        postgresql_where=sa.text("balance <> 0"),
+        sqlite_where=sa.text("balance <> 0"),
+    )
+    op.create_table(
+        "customer_balances",
+        sa.Column("org_id", sa.String(200), sa.ForeignKey("organizations.org_id"), nullable=False),
+        sa.Column("customer_key", sa.BigInteger, nullable=False),
+        sa.Column("invoices", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("balance", sa.BigInteger, nullable=False, server_default="0"),
+        sa.PrimaryKeyConstraint("org_id", "customer_key", name="pk_customer_balances"),
+    )
+    op.create_index("ix_customer_balances_rank", "customer_balances", ["org_id", "balance"])
     op.create_index(
         "ix_receivables_open",
         "receivables",
@@ -81,11 +105,23 @@ def upgrade() -> None:
         f"FROM invoices WHERE status IN {OPEN} AND amount_cents - paid_cents > 0 "
         "GROUP BY org_id, COALESCE(customer_id, 0), invoice_date"
     )
+    op.execute(
+        "INSERT INTO receivable_days (org_id, invoice_date, invoices, balance) "
+        "SELECT org_id, invoice_date, SUM(invoices), SUM(balance) FROM receivables GROUP BY org_id, invoice_date"
+    )
+    op.execute(
+        "INSERT INTO customer_balances (org_id, customer_key, invoices, balance) "
+        "SELECT org_id, customer_key, SUM(invoices), SUM(balance) FROM receivables GROUP BY org_id, customer_key"
+    )
 
 
 def downgrade() -> None:
     op.drop_index("ix_receivables_open", "receivables")
     op.drop_table("receivables")
+    op.drop_index("ix_customer_balances_rank", "customer_balances")
+    op.drop_table("customer_balances")
+    op.drop_index("ix_receivable_days_open", "receivable_days")
+    op.drop_table("receivable_days")
     op.drop_table("revenue_months")
     with op.batch_alter_table("organization_stats") as batch:
         batch.drop_column("money_collected")
