@@ -24,7 +24,6 @@ from db.aggregates import INVOICE_STATUS_COUNTERS, LOAD_STATUS_COUNTERS, LOAD_TY
 from db.invoices import record_payment, set_invoice_status
 from db.migrate import upgrade_async
 from db.money_reads import receivables_aging, revenue_by_month
-from db.queries import get_stats
 from db.unit_of_work import Database
 from main import create_app
 
@@ -178,9 +177,9 @@ async def measure_reads(url: str, profile: dict[str, Any]) -> dict[str, Any]:
             out[name] = stats
         db: Database = app.state.db
         direct = {
-            "revenueByMonth": lambda: db.read(partial(revenue_by_month, org_id=ORG, first=MONTHS[0], last=MONTHS[1])),
-            "receivablesAging": lambda: db.read(partial(receivables_aging, org_id=ORG, as_of=_as_of(), first=20)),
-            "organizationStats": lambda: db.read(partial(get_stats, org_id=ORG)),
+            "revenueByMonth": lambda: revenue_by_month(db, ORG, MONTHS[0], MONTHS[1]),
+            "receivablesAging": lambda: receivables_aging(db, ORG, _as_of(), 20),
+            "organizationStats": lambda: db.read_stats(ORG),
         }
         for name, read in direct.items():
             out[f"{name}_db"] = (await _timed(read, profile["reads"]))[0]

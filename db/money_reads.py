@@ -12,7 +12,7 @@ from sqlalchemy import Table, and_, bindparam, case, func, literal, null, select
 
 from db.errors import BadInput
 from db.models import Customer, CustomerBalance, Receivable, ReceivableDay, RevenueMonth
-from db.work import ReadSession
+from db.unit_of_work import Database
 
 MAX_MONTHS = 120
 MAX_CUSTOMERS = 500
@@ -56,9 +56,9 @@ _REVENUE = select(REVENUE.c.month, REVENUE.c.invoiced_count, REVENUE.c.invoiced,
 )  # fmt: skip
 
 
-async def revenue_by_month(session: ReadSession, org_id: str, first: str, last: str) -> list[MonthRevenue]:
+async def revenue_by_month(db: Database, org_id: str, first: str, last: str) -> list[MonthRevenue]:
     months = months_between(first, last)
-    rows = await session.execute(_REVENUE, {"org_id": org_id, "first": months[0], "last": months[-1]})
+    rows = await db.read_rows(_REVENUE, {"org_id": org_id, "first": months[0], "last": months[-1]})
     found = {row.month: MonthRevenue(*row) for row in rows}
     return [found.get(month, MonthRevenue(month)) for month in months]
 
@@ -120,12 +120,12 @@ def _aging_statement() -> Any:
 _AGING = _aging_statement()
 
 
-async def receivables_aging(session: ReadSession, org_id: str, as_of: date, first: int) -> tuple[Aging, list[Aging]]:
+async def receivables_aging(db: Database, org_id: str, as_of: date, first: int) -> tuple[Aging, list[Aging]]:
     """The org's open balances by age on `as_of`, and the first `first` customers with a balance."""
     if not 0 <= first <= MAX_CUSTOMERS:
         raise BadInput(f"first must be between 0 and {MAX_CUSTOMERS}")
     since = {f"since_{days}": as_of - timedelta(days=days) for days in (30, 60, 90)}
-    rows = (await session.execute(_AGING, {"org_id": org_id, "first": first, **since})).all()
+    rows = await db.read_rows(_AGING, {"org_id": org_id, "first": first, **since})
     total = Aging((0, 0, 0, 0))
     customers = []
     for row in rows:

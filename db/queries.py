@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Row, Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import Executable
 
 from db.aggregates import STATS_QUERY, StatsSnapshot, mark_locked
 from db.errors import BadInput, NotFound
@@ -28,6 +29,10 @@ async def get_stats(session: ReadSession, org_id: str) -> StatsSnapshot:
     """The whole aggregate row in one statement (zeros, version 0 for an unknown org)."""
     row = (await session.execute(STATS_QUERY, {"org_id": org_id})).one_or_none()
     return StatsSnapshot.from_row(row) if row else StatsSnapshot.empty(org_id)
+
+
+async def all_rows(session: ReadSession, statement: Executable, parameters: dict[str, Any]) -> list[Any]:
+    return list((await session.execute(statement, parameters)).all())
 
 
 def _scoped(stmt: Select[Any], model: type, scope: str | None) -> Select[Any]:

@@ -20,9 +20,11 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql import Executable
 
 from db.aggregates import STATS_QUERY, StatsSnapshot
 from db.postgres.reads import PostgresStatsReads
+from db.prepared import prepared
 from db.sqlite.connections import ReadOnlyConnections
 from db.sqlite.inline_reads import InlineStatsReads
 from db.sqlite.recount_thread import RecountSteps, RecountThread
@@ -40,6 +42,7 @@ class StatsReader:
         self,
         engine: AsyncEngine,
         in_session: SessionRead,
+        rows_in_session: Callable[[Executable, dict[str, Any]], Awaitable[list[Any]]],
         writers: WritersInFlight,
         *,
         sqlite_fast_paths: bool,
@@ -49,6 +52,7 @@ class StatsReader:
         `postgres_read_pool` > 0 reads through asyncpg with that many connections."""
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._in_session = in_session
+        self._rows_in_session = rows_in_session
         url = engine.url
         self._sqlite = url.get_backend_name() == "sqlite"
         self.postgres: PostgresStatsReads | None = None
@@ -79,6 +83,17 @@ class StatsReader:
                 if attempt == MAX_ATTEMPTS or not error.connection_invalidated:
                     raise
         raise AssertionError("unreachable")
+
+    async def read_rows(self, statement: Executable, parameters: dict[str, Any]) -> list[Any]:
+        """Every row of a one-statement read (the money queries), as cheaply as the count read:
+        inline on SQLite, through the asyncpg read pool on PostgreSQL, else in a session."""
+        if self.inline is not None:
+            rows = self.inline.rows(prepared(statement, "sqlite"), parameters)
+            if rows is not None:
+                return rows
+        elif self.postgres is not None:
+            return await self.postgres.rows(prepared(statement, "postgresql"), parameters)
+        return await self._rows_in_session(statement, parameters)
 
     async def read_recounts(self, steps: RecountSteps, org_ids: list[str]) -> list[Any | None]:
         """The drift row of `steps` (stored row and counts, one snapshot) for the first

@@ -21,11 +21,12 @@ from typing import Any, TypeVar, cast
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.sql import Executable
 
 from db.after_commit import AfterCommitHooks
 from db.aggregates import REREAD, SHARDS, AggregateSession, StatsSnapshot, guard_writes
 from db.engine import WRITE, create_engine
-from db.queries import get_stats
+from db.queries import all_rows, get_stats
 from db.retries import MAX_ATTEMPTS, WriteRetries
 from db.row_writes import DriverRowWrites, Plan, in_session, script_in_session
 from db.shared_reads import SharedReads
@@ -72,6 +73,7 @@ class Database:
         self.stats = StatsReader(
             self.engine,
             lambda org_id: self.read(partial(get_stats, org_id=org_id)),
+            lambda statement, parameters: self.read(partial(all_rows, statement=statement, parameters=parameters)),
             self.writers,
             sqlite_fast_paths=sqlite_fast_paths,
             postgres_read_pool=postgres_read_pool,
@@ -92,6 +94,10 @@ class Database:
     async def read_stats(self, org_id: str) -> StatsSnapshot:
         """One org's committed stats: the one statement of every count query."""
         return await self.stats.read(org_id)
+
+    async def read_rows(self, statement: Executable, parameters: dict[str, Any]) -> list[Any]:
+        """Every row of one read statement, by the count read's fast path where there is one."""
+        return await self.stats.read_rows(statement, parameters)
 
     async def read(self, work: ReadWork[T]) -> T:
         """Run `work` in a read transaction."""

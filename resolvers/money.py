@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated
 
 import strawberry
@@ -40,7 +39,7 @@ async def record_payment(info: Info, invoice_id: strawberry.ID, amount: Money) -
 async def revenue_by_month(
     info: Info, org_id: strawberry.ID, from_: Annotated[str, strawberry.argument(name="from")], to: str
 ) -> list[RevenueMonth]:
-    months = await info.context.db.read(partial(read_revenue, org_id=org_id, first=from_, last=to))
+    months = await read_revenue(info.context.db, org_id, from_, to)
     return [
         RevenueMonth(
             month=m.month,
@@ -57,9 +56,7 @@ async def receivables_aging(
     info: Info, org_id: strawberry.ID, as_of: Date | None = None, first: int | None = 20
 ) -> ReceivablesAging:
     day = as_of or today()
-    total, customers = await info.context.db.read(
-        partial(read_aging, org_id=org_id, as_of=day, first=20 if first is None else first)
-    )
+    total, customers = await read_aging(info.context.db, org_id, day, 20 if first is None else first)
     return ReceivablesAging(
         org_id=org_id,
         as_of=Date(day),

@@ -1,4 +1,4 @@
-"""The count queries' one statement, inline on the event loop's thread.
+"""The count queries' one statement (and the money queries' one statement), inline on the event loop's thread.
 
 The statement takes ~10 µs in sqlite3, but through the async session it makes
 nine hops to aiosqlite's worker thread (BEGIN, execute, fetch, closes,
@@ -12,8 +12,11 @@ every other statement.
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from db.aggregates import STATS_QUERY, StatsSnapshot
+from db.engine import count_statement
+from db.prepared import Prepared
 from db.sqlite.connections import ReadOnlyConnections, compiled, first_row
 
 _STATS = compiled(STATS_QUERY)
@@ -30,3 +33,12 @@ class InlineStatsReads:
         except sqlite3.OperationalError:
             return None
         return StatsSnapshot.from_mapping(row) if row["org_id"] is not None else StatsSnapshot.empty(org_id)
+
+    def rows(self, statement: Prepared, parameters: dict[str, Any]) -> list[Any] | None:
+        """Every row of `statement` (prepared for SQLite, with `returns`), or None if SQLite is busy."""
+        try:
+            found = self._connections.this_thread().execute(statement.sql, statement.values(parameters)).fetchall()
+        except sqlite3.OperationalError:
+            return None
+        count_statement()
+        return [statement.row(row) for row in found]
