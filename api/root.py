@@ -73,11 +73,13 @@ class Query:
     revenue_by_month: list[RevenueMonth] = strawberry.field(
         resolver=money.revenue_by_month,
         permission_classes=member,
+        metadata=DIRECT,
         description="Every month from..to (YYYY-MM, at most 120), zeros where nothing was billed. " + ONE_STATEMENT,
     )
     receivables_aging: ReceivablesAging = strawberry.field(
         resolver=money.receivables_aging,
         permission_classes=member,
+        metadata=DIRECT,
         description="Open balances by age on asOf (default: today, UTC). " + ONE_STATEMENT,
     )
     load: Load | None = strawberry.field(resolver=loads.load, permission_classes=member)

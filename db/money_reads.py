@@ -11,7 +11,7 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, bindparam, case, func, literal, null, select, union_all
 
 from db.errors import BadInput
-from db.models import Customer, CustomerBalance, Receivable, ReceivableDay, RevenueMonth
+from db.models import Customer, CustomerBalance, OrganizationStats, Receivable, ReceivableDay, RevenueMonth
 from db.unit_of_work import Database
 
 MAX_MONTHS = 120
@@ -19,6 +19,7 @@ MAX_CUSTOMERS = 500
 _MONTH = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 REVENUE = cast(Table, RevenueMonth.__table__)
 OWED = cast(Table, Receivable.__table__)
+STATS = cast(Table, OrganizationStats.__table__)
 BY_DAY = cast(Table, ReceivableDay.__table__)
 BY_CUSTOMER = cast(Table, CustomerBalance.__table__)
 CUSTOMERS = cast(Table, Customer.__table__)
@@ -75,44 +76,59 @@ class Aging:
 
 def _aging_statement() -> Any:
     """The org's total and its first customers (by balance, then name, no customer last), in one
-    statement whose cost grows with dates and customers, not invoices: the total from the rows per
-    date, the first customers from the rows per customer (the ranking index), and their buckets
-    from their rows per (customer, date). Ages are compared as dates (`since_*`, bound by the caller),
-    the same on every database."""
+    statement whose cost grows with customers and the last 90 days, not with invoices or history.
+
+    Balances over 90 days old are what is left of a balance once the three recent buckets are
+    taken out: the org's outstanding (its stats row) or the customer's balance (its ranking row)
+    minus its rows of the last 90 days (and later). Dates are compared with `since_*` (asOf - 30,
+    60, 90 days, bound by the caller): the same statement on every database."""
     org: Any = bindparam("org_id")
     since: dict[int, Any] = {days: bindparam(f"since_{days}") for days in (30, 60, 90)}
 
-    def buckets(table: Table) -> list[Any]:
-        dated = table.c.invoice_date
+    def recent(table: Table, remaining_of: Any) -> list[Any]:
+        dated, owed = table.c.invoice_date, table.c.balance
 
-        def owed(*when: Any) -> Any:
-            return func.sum(case((and_(*when), table.c.balance), else_=0))
+        def between(*when: Any) -> Any:
+            return func.coalesce(func.sum(case((and_(*when), owed), else_=0)), 0)
 
-        sums = [
-            owed(dated >= since[30]),
-            owed(dated < since[30], dated >= since[60]),
-            owed(dated < since[60], dated >= since[90]),
-            owed(dated < since[90]),
+        return [
+            between(dated >= since[30]).label("current"),
+            between(dated < since[30], dated >= since[60]).label("days31to60"),
+            between(dated < since[60]).label("days61to90"),  # the rows read start at since_90
+            (func.coalesce(remaining_of, 0) - func.coalesce(func.sum(owed), 0)).label("over90"),
         ]
-        return [total.label(name) for total, name in zip(sums, BUCKETS, strict=True)]
 
+    outstanding = (
+        select(func.sum(STATS.c.money_invoiced - STATS.c.money_collected)).where(STATS.c.org_id == org)
+    ).scalar_subquery()
     total = select(
-        literal(0).label("kind"), null().label("customer_key"), null().label("name"),
-        func.sum(BY_DAY.c.invoices).label("invoices"), *buckets(BY_DAY),
-    ).where(BY_DAY.c.org_id == org, BY_DAY.c.balance != 0)  # fmt: skip
+        literal(0).label("kind"), null().label("customer_key"), null().label("name"), literal(0).label("invoices"),
+        *recent(BY_DAY, outstanding),
+    ).where(BY_DAY.c.org_id == org, BY_DAY.c.invoice_date >= since[90], BY_DAY.c.balance != 0)  # fmt: skip
     first = (
-        select(BY_CUSTOMER.c.customer_key, BY_CUSTOMER.c.invoices, CUSTOMERS.c.name)
+        select(BY_CUSTOMER.c.customer_key, BY_CUSTOMER.c.invoices, BY_CUSTOMER.c.balance, CUSTOMERS.c.name)
         .select_from(BY_CUSTOMER.outerjoin(CUSTOMERS, CUSTOMERS.c.id == BY_CUSTOMER.c.customer_key))
         .where(BY_CUSTOMER.c.org_id == org, BY_CUSTOMER.c.balance != 0)
         .order_by(BY_CUSTOMER.c.balance.desc(), (BY_CUSTOMER.c.customer_key == 0).asc(), CUSTOMERS.c.name)
         .limit(bindparam("first"))
         .cte("first_customers")
     )
+    recent_rows = and_(
+        OWED.c.org_id == org,
+        OWED.c.customer_key == first.c.customer_key,
+        OWED.c.invoice_date >= since[90],
+        OWED.c.balance != 0,
+    )
     by_customer = (
-        select(literal(1).label("kind"), first.c.customer_key, first.c.name, first.c.invoices, *buckets(OWED))
-        .select_from(first.join(OWED, and_(OWED.c.org_id == org, OWED.c.customer_key == first.c.customer_key)))
-        .where(OWED.c.balance != 0)
-        .group_by(first.c.customer_key, first.c.name, first.c.invoices)
+        select(
+            literal(1).label("kind"),
+            first.c.customer_key,
+            first.c.name,
+            first.c.invoices,
+            *recent(OWED, first.c.balance),
+        )  # fmt: skip
+        .select_from(first.outerjoin(OWED, recent_rows))
+        .group_by(first.c.customer_key, first.c.name, first.c.invoices, first.c.balance)
     )
     return union_all(total, by_customer)
 

@@ -7,8 +7,8 @@ more CPU than its database work. A POST whose document
 
 - is one query or mutation selecting one field marked `DIRECT` in api/root.py (one
   read, or one transaction on one row), with no directives or fragments,
-- selects below it only stored values (no field resolver): scalars, enums and
-  objects of them, not lists, each maybe aliased, and `__typename`,
+- selects below it only stored values (no field resolver): scalars, enums,
+  objects of them and lists of non-null ones, each maybe aliased, and `__typename`,
 - and which this process already answered once through GraphQL without an error (so the
   document parses and passes every validation rule and limit),
 
@@ -35,6 +35,7 @@ from graphql import (
     GraphQLEnumType,
     GraphQLError,
     GraphQLField,
+    GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
     GraphQLScalarType,
@@ -70,6 +71,7 @@ class Selected:
     serialize: Callable[[Any], Any]
     nullable: bool = False
     fields: tuple[Selected, ...] | None = None
+    many: bool = False  # a list of non-null values
 
     def of(self, parent: Any) -> Any:
         if self.attribute is None:
@@ -79,6 +81,13 @@ class Selected:
             if not self.nullable:  # stored values never are; the executor would say the same
                 raise RuntimeError(f"Cannot return null for non-nullable field {self.key}")
             return None
+        if self.many:
+            return [self.one(item) for item in value]
+        return self.one(value)
+
+    def one(self, value: Any) -> Any:
+        if value is None:
+            raise RuntimeError(f"Cannot return null for a non-null item of {self.key}")
         return self.serialize(value) if self.fields is None else render(value, self.fields)
 
 
@@ -95,6 +104,7 @@ class Plan:
     permissions: tuple[BasePermission, ...]
     info_parameter: str
     selected: tuple[Selected, ...]
+    many: bool = False  # the field returns a list of objects
 
     @property
     def key(self) -> str:
@@ -183,7 +193,8 @@ class DirectOperations:
                 if not (await allowed if inspect.isawaitable(allowed) else allowed):
                     return None
             value = await resolver(**{plan.info_parameter: info}, **kwargs)
-            result = ExecutionResult(data={plan.key: render(value, plan.selected)}, errors=None)
+            data = [render(item, plan.selected) for item in value] if plan.many else render(value, plan.selected)
+            result = ExecutionResult(data={plan.key: data}, errors=None)
         except Exception as error:
             coded = to_client_error(located_error(error, [plan.node], [plan.key]))
             result = ExecutionResult(data=None, errors=[coded])
@@ -218,16 +229,17 @@ class DirectOperations:
         if definition is None or field is None or field.metadata != DIRECT or not _plainly_guarded(field):
             return None
         info = field.base_resolver.info_parameter if field.base_resolver else None
-        result_type = _named(definition.type)
-        if info is None or not isinstance(definition.type, GraphQLNonNull):
+        element = _element(definition.type)
+        if info is None or not isinstance(definition.type, GraphQLNonNull) or element is None:
             return None
+        result_type, many = element
         if not isinstance(result_type, GraphQLObjectType):
             return None
         selected = self._selected(result_type, node.selection_set.selections)
         if selected is None:
             return None
         permissions = tuple(permission() for permission in field.permission_classes)
-        return Plan(operation, node, definition, field, permissions, info.name, selected)
+        return Plan(operation, node, definition, field, permissions, info.name, selected, many)
 
     def _selected(self, parent: GraphQLObjectType, selections: Any) -> tuple[Selected, ...] | None:
         """The fields selected of `parent`, if each is a stored value selected plainly; else None.
@@ -249,17 +261,20 @@ class DirectOperations:
             field = self.schema.get_field_for_type(name, parent.name)
             if definition is None or field is None or field.base_resolver is not None:
                 return None
-            value_type = _named(definition.type)
+            element = _element(definition.type)
+            if element is None:
+                return None  # a list of nullable items, or of lists
+            value_type, many = element
             nullable = not isinstance(definition.type, GraphQLNonNull)
             if isinstance(value_type, GraphQLScalarType | GraphQLEnumType) and not any(below):
-                chosen.append(Selected(key, field.python_name, value_type.serialize, nullable))
+                chosen.append(Selected(key, field.python_name, value_type.serialize, nullable, many=many))
             elif isinstance(value_type, GraphQLObjectType) and all(below):
                 fields = self._selected(value_type, [s for part in below if part for s in part.selections])
                 if fields is None:
                     return None
-                chosen.append(Selected(key, field.python_name, dict, nullable, fields))
+                chosen.append(Selected(key, field.python_name, dict, nullable, fields, many))
             else:
-                return None  # a list, or a selection that does not fit its type
+                return None  # a selection that does not fit its type
         return tuple(chosen)
 
 
@@ -279,5 +294,16 @@ def _constant(value: str) -> Callable[[Any], str]:
 
 
 def _named(type_: Any) -> Any:
-    """The object, scalar or enum type under a non-null; a list type is returned as it is."""
+    """The type under a non-null."""
     return type_.of_type if isinstance(type_, GraphQLNonNull) else type_
+
+
+def _element(type_: Any) -> tuple[Any, bool] | None:
+    """A field's object, scalar or enum type and whether it is a list of non-null ones (T, T!,
+    [T!] or [T!]!); None for anything else (nullable items, lists of lists)."""
+    inner = _named(type_)
+    if not isinstance(inner, GraphQLList):
+        return inner, False
+    if not isinstance(inner.of_type, GraphQLNonNull) or isinstance(inner.of_type.of_type, GraphQLList):
+        return None
+    return inner.of_type.of_type, True
