@@ -126,7 +126,7 @@ def _aging_statement() -> Any:
             first.c.name,
             first.c.invoices,
             *recent(OWED, first.c.balance),
-        )  # fmt: skip
+        )
         .select_from(first.outerjoin(OWED, recent_rows))
         .group_by(first.c.customer_key, first.c.name, first.c.invoices, first.c.balance)
     )
