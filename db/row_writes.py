@@ -205,7 +205,20 @@ def _is_integrity_error(error: BaseException) -> bool:
     return isinstance(error, sqlite3.IntegrityError | asyncpg.IntegrityConstraintViolationError)
 
 
-class _Transaction:
+class _Sent:
+    """What a driver transaction sent: how many statements (BEGIN and COMMIT aside), and the last."""
+
+    statements_run = 0
+    last_sql = ""
+
+    def _run(self, sql: str, values: tuple[Any, ...] = ()) -> SQL:
+        if not sql.startswith(("BEGIN", "COMMIT")):
+            self.statements_run += 1
+        self.last_sql = sql
+        return sql, values
+
+
+class _Transaction(_Sent):
     """One plan's statements for the driver (BEGIN and COMMIT included), and the counters they move.
 
     SQLite: BEGIN IMMEDIATE (the write lock up front), each step, the write, the counter
@@ -220,8 +233,6 @@ class _Transaction:
         self._pending: dict[str, Counter[str]] = {}
         self._locked: list[tuple[type[Base], Any]] = []  # what `Lock` answered: an Update starts from one
         self._compose = statements.dialect == "postgresql"
-        self.statements_run = 0
-        self.last_sql = ""
 
     def sql(self, plan: Plan) -> Statements:
         s = self._statements
@@ -275,12 +286,6 @@ class _Transaction:
             yield self._run("COMMIT")
         yield None, result
 
-    def _run(self, sql: str, values: tuple[Any, ...] = ()) -> SQL:
-        if not sql.startswith(("BEGIN", "COMMIT")):
-            self.statements_run += 1
-        self.last_sql = sql
-        return sql, values
-
     def _read(self, step: Read) -> tuple[Prepared, tuple[Any, ...]]:
         s = self._statements
         match step:
@@ -310,15 +315,13 @@ class _Transaction:
         return [org_id for org_id, delta in self._pending.items() if any(delta.values())]
 
 
-class _ScriptTransaction:
+class _ScriptTransaction(_Sent):
     """A script's statements for the driver, in BEGIN (IMMEDIATE on SQLite) ... COMMIT.
     A script returns its result and the orgs whose stats it changed."""
 
     def __init__(self, dialect: str) -> None:
         self._dialect = dialect
         self.changed_orgs: list[str] = []
-        self.statements_run = 0
-        self.last_sql = ""
 
     def sql(self, script: Script[tuple[Any, list[str]]]) -> Statements:
         yield self._run("BEGIN IMMEDIATE" if self._dialect == "sqlite" else "BEGIN")
@@ -336,12 +339,6 @@ class _ScriptTransaction:
             answer = step.row((yield self._run(step.sql, step.values(params))))
         yield self._run("COMMIT")
         yield None, result
-
-    def _run(self, sql: str, values: tuple[Any, ...] = ()) -> SQL:
-        if not sql.startswith(("BEGIN", "COMMIT")):
-            self.statements_run += 1
-        self.last_sql = sql
-        return sql, values
 
 
 class DriverRowWrites:

@@ -11,7 +11,8 @@ size. Requests are sent sequentially, so each is attributable:
 - a refused request (any error) changed nothing: the organization_stats rows (counters,
   version, timestamps) and the load/invoice/lane/customer counts of every org are the
   same before and after it;
-- at the end, every org's stored counters equal a recount of its rows (zero drift), and
+- at the end, every org's stored counters and money values equal a recount of its rows (zero
+  drift), and
   the server's log never shows a bearer token used in the run.
 
 2,000 requests per backend (TALLY_FUZZ_REQUESTS sets another number for both). On a
@@ -44,7 +45,7 @@ from sqlalchemy import func, literal, select, union, union_all
 from api.root import schema as served_schema
 from db.models import Customer, Invoice, Lane, Load, Organization, OrganizationStats
 from db.unit_of_work import Database
-from tests.helpers import leaks_in, recount, stored, token
+from tests.helpers import leaks_in, money_recount, money_rows, money_totals, recount, stored, token
 from tests.server import ROOT, ServerUrl, running_server
 
 # Per backend; TALLY_FUZZ_REQUESTS sets the number for both (e.g. 500 on a crowded machine).
@@ -238,6 +239,15 @@ SHIPMENTS = st.fixed_dictionaries(
 SHIPMENT_LISTS = st.lists(SHIPMENTS, max_size=4)
 CUSTOMER_NAMES = st.one_of(st.sampled_from(["Acme", "Globex", "Initech"]), texts)
 RATES = st.floats(allow_nan=False, allow_infinity=False)
+# Money strings: amounts money.md allows, and every way to get one wrong (sign, three decimals,
+# exponents, NaN, blank, spaces, non-ASCII digits, too large), and any text.
+MONEY = st.one_of(
+    st.sampled_from(["0", "0.01", "1", "10.5", "99.99", "1250.50", "9999999999.99"]),
+    st.sampled_from(["-1", "1.234", "1e3", "NaN", "", " 5", "5 ", "10000000000", "1.", ".5", "+5", "١٢", "0x10"]),
+    st.decimals(min_value=0, max_value=10**10, places=2, allow_nan=False).map(str),
+    texts,
+)
+DATES = st.one_of(st.none(), st.dates().map(str), st.sampled_from(["2026-02-29", "2024-02-29", "26-01-01", "x"]))
 LOAD_STATUSES = ["OPEN", "ASSIGNED", "COMPLETED", "CANCELED"]
 LOAD_TYPES = ["CONTRACT", "SPOT", "UNMAPPED"]
 INVOICE_STATUSES = ["MISSING_DATA", "DRAFT", "BILLED", "PENDING_PAYMENT", "PAID", "VOID"]
@@ -369,17 +379,36 @@ MUTATIONS: dict[str, Draw] = {
                 "loadId": row_id(data, pool.loads, pool),
                 **optional(data, st.sampled_from(INVOICE_STATUSES), "status"),
                 **optional(data, maybe_texts, "missingDataReason"),
+                **optional(data, MONEY, "amount"),
             }
         },
     ),
     "updateInvoiceStatus": lambda data, pool: (
-        "mutation($id: ID!, $s: InvoiceStatus!) { updateInvoiceStatus(id: $id, status: $s) { id orgId status } }",
-        {"id": row_id(data, pool.invoices, pool), "s": data.draw(st.sampled_from(INVOICE_STATUSES))},
+        "mutation($id: ID!, $s: InvoiceStatus!, $d: Date) { updateInvoiceStatus(id: $id, status: $s, invoiceDate: $d) "
+        "{ id orgId status amount paidAmount balance invoiceDate } }",
+        {
+            "id": row_id(data, pool.invoices, pool),
+            "s": data.draw(st.sampled_from(INVOICE_STATUSES)),
+            "d": data.draw(DATES),
+        },
     ),
     "bulkUpdateInvoiceStatus": lambda data, pool: (
-        "mutation($ids: [ID!]!, $s: InvoiceStatus!) { bulkUpdateInvoiceStatus(ids: $ids, status: $s) "
-        "{ updated unchanged stats { orgId version } } }",
-        {"ids": ids(data, pool.invoices, pool), "s": data.draw(st.sampled_from(INVOICE_STATUSES))},
+        "mutation($ids: [ID!]!, $s: InvoiceStatus!, $d: Date) { bulkUpdateInvoiceStatus(ids: $ids, status: $s, "
+        "invoiceDate: $d) { updated unchanged stats { orgId version money { invoiced collected } } } }",
+        {
+            "ids": ids(data, pool.invoices, pool),
+            "s": data.draw(st.sampled_from(INVOICE_STATUSES)),
+            "d": data.draw(DATES),
+        },
+    ),
+    "setInvoiceAmount": lambda data, pool: (
+        "mutation($id: ID!, $a: Money!) { setInvoiceAmount(id: $id, amount: $a) { id orgId status amount balance } }",
+        {"id": row_id(data, pool.invoices, pool), "a": data.draw(MONEY)},
+    ),
+    "recordPayment": lambda data, pool: (
+        "mutation($id: ID!, $a: Money!) { recordPayment(invoiceId: $id, amount: $a) "
+        "{ id orgId status amount paidAmount balance } }",
+        {"id": row_id(data, pool.invoices, pool), "a": data.draw(MONEY)},
     ),
     "bulkVoidInvoices": lambda data, pool: (
         "mutation($ids: [ID!]!, $r: String) { bulkVoidInvoices(ids: $ids, reason: $r) { updated unchanged stats { orgId } } }",
@@ -432,6 +461,8 @@ def harvest(body: dict[str, Any], pool: Pool) -> None:
             "updateLoadStatus": "loads",
             "createInvoice": "invoices",
             "updateInvoiceStatus": "invoices",
+            "setInvoiceAmount": "invoices",
+            "recordPayment": "invoices",
             "createCustomer": "customers",
         }.get(name)
         walk(value, kind)
@@ -578,6 +609,10 @@ def fuzz(server: ServerUrl, database_url: str, backend: str) -> tuple[str, list[
             actual = db.run(lambda org=org: recount(db.db, org))
             if counts != actual:
                 drift[org] = {k: (counts[k], actual[k]) for k in counts if counts[k] != actual[k]}
+            money = db.run(lambda org=org: money_rows(db.db, org)), db.run(lambda org=org: money_recount(db.db, org))
+            totals, summed = db.run(lambda org=org: money_totals(db.db, org))
+            if money[0] != money[1] or totals != summed:
+                drift[f"{org} (money)"] = {"rows": money, "totals": (totals, summed)}
         # The server's own recount agrees.
         for org in set(ORGS) & set(orgs):
             report = client.post(

@@ -1,4 +1,4 @@
-"""The revision that introduces organization_stats backfills it from existing rows."""
+"""The revisions that introduce organization_stats and the money aggregates backfill them from existing rows."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from db.engine import create_engine
 from db.migrate import upgrade_async
 from db.unit_of_work import Database
 from tests.databases import Databases
-from tests.helpers import recount, stored
+from tests.helpers import assert_exact, money_rows, recount, stored
 
 
 async def test_backfill_counts_rows_that_existed_before_the_stats_table(databases: Databases) -> None:
@@ -50,6 +50,14 @@ async def test_backfill_counts_rows_that_existed_before_the_stats_table(database
             counts, version = await stored(db, org)
             assert counts == await recount(db, org)
             assert sum(counts.values()) > 0 and version == 1
+            # 0005 (money): invoices billed before it are billed at 0.00 on the day of their last
+            # change; the money totals, revenue months and receivables are filled from them
+            await assert_exact(db, org)
+            months, _, _, _ = await money_rows(db, org)
+            assert (
+                sum(count for count, *_ in months.values())
+                == counts["invoices_billed"] + counts["invoices_pending_payment"] + counts["invoices_paid"]
+            )
         counts, version = await stored(db, "org_c")
         assert set(counts.values()) == {0} and version == 0
     finally:
