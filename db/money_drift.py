@@ -4,7 +4,7 @@ recalculation corrects money exactly as it corrects the counters (db/recalculati
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, cast
@@ -110,11 +110,14 @@ MONEY_DRIFT_QUERY = _money_drift_query()
 
 
 async def read_money(session: ReadSession, *, org_id: str) -> MoneyState:
-    rows = (await session.execute(MONEY_DRIFT_QUERY, {"org_id": org_id})).all()
+    return money_state((await session.execute(MONEY_DRIFT_QUERY, {"org_id": org_id})).all())
+
+
+def money_state(rows: Sequence[Sequence[Any]]) -> MoneyState:
+    """The money drift from MONEY_DRIFT_QUERY's rows (SQLAlchemy's, or sqlite3's plain tuples)."""
     values: dict[str, dict[tuple[Any, ...], tuple[int, ...]]] = {}
-    for row in rows:
-        key = _key(row.kind, row.k1, row.k2)
-        values.setdefault(row.kind, {})[key] = tuple(int(v or 0) for v in (row.v0, row.v1, row.v2, row.v3))
+    for kind, k1, k2, *sums in rows:
+        values.setdefault(kind, {})[_key(kind, k1, k2)] = tuple(int(v or 0) for v in sums)
     stored_total = values.get("total", {}).get((), (0, 0, 0, 0))
     actual_total = values.get("total_actual", {}).get((), (0, 0, 0, 0))
     drift = [

@@ -46,7 +46,15 @@ from db.models import (
     StatsCorrection,
     utcnow,
 )
-from db.money_drift import AMOUNTS, TOTAL_NAMES, MoneyState, RowDrift, read_money
+from db.money_drift import (
+    AMOUNTS,
+    MONEY_DRIFT_QUERY,
+    TOTAL_NAMES,
+    MoneyState,
+    RowDrift,
+    money_state,
+    read_money,
+)
 from db.organizations import ENSURE_ORGANIZATION, organization_values
 from db.rules import check_text
 from db.run_counts import run_counts
@@ -157,10 +165,12 @@ def _drift_query() -> Select[Any]:
 DRIFT_QUERY = _drift_query()
 # The same reads as separate statements, for a reader that runs them in one read
 # transaction (one snapshot) and may pause between them (SQLite's recount thread).
-DRIFT_STEPS = RecountSteps(STATS_QUERY, _counts())
+DRIFT_STEPS = RecountSteps(STATS_QUERY, _counts(), listed={"money": MONEY_DRIFT_QUERY})
 
 
 def _drift(org_id: str, row: Mapping[str, Any]) -> Drift:
+    """The drift of a drift row; with its money drift when the row carries it (the recount thread
+    reads MONEY_DRIFT_QUERY in the same snapshot)."""
     has_row = row["org_id"] is not None
     return Drift(
         org_id=org_id,
@@ -169,6 +179,7 @@ def _drift(org_id: str, row: Mapping[str, Any]) -> Drift:
         actual={c: int(row[f"actual_{c}"]) for c in COUNTERS},
         checked_at=utcnow(),
         has_stats_row=has_row,
+        money=money_state(row["money"]) if "money" in row else None,
     )
 
 
@@ -193,6 +204,8 @@ async def _with_money(db: Database, drift: Drift) -> Drift:
     """`drift` and the org's money drift. Two snapshots, but at one epoch: a recalculation that
     corrected the org in between makes both be read again (a correction needs them to agree)."""
     for _ in range(MAX_ATTEMPTS):
+        if drift.money is not None:  # read with the counters, in their snapshot
+            return drift
         money = await db.read(partial(read_money, org_id=drift.org_id))
         if money.epoch == drift.epoch:
             return replace(drift, money=money)

@@ -245,6 +245,19 @@ async def happy_update_invoice(svc: Api, world: World) -> Call:
     }
 
 
+async def happy_set_amount(svc: Api, world: World) -> Call:
+    return 'mutation($id: ID!) { setInvoiceAmount(id: $id, amount: "12.50") { id amount } }', {
+        "id": await fresh_invoice(svc, world.org)
+    }
+
+
+async def happy_record_payment(svc: Api, world: World) -> Call:
+    invoice = await fresh_invoice(svc, world.org)
+    await svc.ok('mutation($id: ID!) { setInvoiceAmount(id: $id, amount: "12.50") { id } }', id=invoice)
+    await svc.ok("mutation($id: ID!) { updateInvoiceStatus(id: $id, status: BILLED) { id } }", id=invoice)
+    return 'mutation($id: ID!) { recordPayment(invoiceId: $id, amount: "2.50") { id paidAmount } }', {"id": invoice}
+
+
 async def happy_bulk_update(svc: Api, world: World) -> Call:
     return "mutation($ids: [ID!]!) { bulkUpdateInvoiceStatus(ids: $ids, status: BILLED) { updated unchanged } }", {
         "ids": [await fresh_invoice(svc, world.org), await fresh_invoice(svc, world.org)]
@@ -352,6 +365,16 @@ MATRIX: dict[str, Op] = {
                 lambda own, aim: ("query($id: ID!) { invoice(id: $id) { id orgId load { id } } }", {"id": aim.invoice}),
             ),
         ),
+    ),
+    "revenueByMonth": Op(
+        "query",
+        const('query($o: ID!) { revenueByMonth(orgId: $o, from: "2026-01", to: "2026-03") { month invoiced } }', o=ORG),
+        (by_org('query($o: ID!) { revenueByMonth(orgId: $o, from: "2026-01", to: "2026-12") { month invoiced } }'),),
+    ),
+    "receivablesAging": Op(
+        "query",
+        const("query($o: ID!) { receivablesAging(orgId: $o) { buckets { total } customers { invoices } } }", o=ORG),
+        (by_org("query($o: ID!) { receivablesAging(orgId: $o, first: 5) { buckets { total } } }"),),
     ),
     "invoices": Op(
         "query",
@@ -492,6 +515,34 @@ MATRIX: dict[str, Op] = {
                 "B's load id",
                 "NOT_FOUND",
                 lambda own, aim: (CREATE_INVOICE, {"i": {"loadId": aim.load, "status": "DRAFT"}}),
+            ),
+        ),
+    ),
+    "setInvoiceAmount": Op(
+        "mutation",
+        happy_set_amount,
+        (
+            Foreign(
+                "B's invoice id",
+                "NOT_FOUND",
+                lambda own, aim: (
+                    'mutation($id: ID!) { setInvoiceAmount(id: $id, amount: "1") { id amount } }',
+                    {"id": aim.invoice},
+                ),
+            ),
+        ),
+    ),
+    "recordPayment": Op(
+        "mutation",
+        happy_record_payment,
+        (
+            Foreign(
+                "B's invoice id",
+                "NOT_FOUND",
+                lambda own, aim: (
+                    'mutation($id: ID!) { recordPayment(invoiceId: $id, amount: "1") { id paidAmount } }',
+                    {"id": aim.invoice},
+                ),
             ),
         ),
     ),

@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Select
@@ -44,16 +44,19 @@ RECOUNT_YIELD_SECONDS = 0.02
 
 @dataclass(frozen=True, eq=False)
 class RecountSteps:
-    """A drift row as separate statements: the stored row, then each count (its label)."""
+    """A drift row as separate statements: the stored row, then each count (its label), then
+    each statement whose every row is kept (its label: a list of tuples)."""
 
     stored: Select[Any]
     counts: dict[str, Select[Any]]
+    listed: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class _CompiledSteps:
     stored: Compiled
     counts: dict[str, Compiled]
+    listed: dict[str, Compiled]
 
 
 _COMPILED_STEPS: dict[RecountSteps, _CompiledSteps] = {}  # by identity, like compiled()
@@ -63,7 +66,8 @@ def _compiled_steps(steps: RecountSteps) -> _CompiledSteps:
     found = _COMPILED_STEPS.get(steps)
     if found is None:
         counts = {label: compiled(count) for label, count in steps.counts.items()}
-        found = _COMPILED_STEPS[steps] = _CompiledSteps(compiled(steps.stored), counts)
+        listed = {label: compiled(statement) for label, statement in steps.listed.items()}
+        found = _COMPILED_STEPS[steps] = _CompiledSteps(compiled(steps.stored), counts, listed)
     return found
 
 
@@ -121,6 +125,10 @@ class RecountThread:
                 for label, count in steps.counts.items():
                     self._no_writers.wait(max(0.0, deadline - time.monotonic()))
                     values[label] = connection.execute(count.sql, count.values({"org_id": org_id})).fetchone()[0]
+                    count_statement()
+                for label, statement in steps.listed.items():
+                    self._no_writers.wait(max(0.0, deadline - time.monotonic()))
+                    values[label] = connection.execute(statement.sql, statement.values({"org_id": org_id})).fetchall()
                     count_statement()
             finally:
                 connection.execute("COMMIT")
