@@ -9,7 +9,20 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, String, Table, and_, bindparam, case, func, literal, null, select, union_all
+from sqlalchemy import (
+    BigInteger,
+    String,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    literal_column,
+    null,
+    select,
+    union_all,
+)
 from sqlalchemy import cast as sql_cast
 
 from db.counters import FINALIZED, OPEN
@@ -76,11 +89,17 @@ def _part(kind: str, k1: Any, k2: Any, *values: Any) -> Any:
     )
 
 
+def _constants(values: frozenset[str]) -> list[Any]:
+    """Status names written into the SQL: a list of values would be an expanding parameter,
+    which a statement prepared once for the driver (the recount thread's) cannot carry."""
+    return [literal_column(f"'{value}'") for value in sorted(values)]
+
+
 def _money_drift_query() -> Any:
     org: Any = bindparam("org_id")
-    finalized = and_(INVOICES.c.org_id == org, INVOICES.c.status.in_(sorted(FINALIZED)))
+    finalized = and_(INVOICES.c.org_id == org, INVOICES.c.status.in_(_constants(FINALIZED)))
     balance = INVOICES.c.amount_cents - INVOICES.c.paid_cents
-    owing = and_(INVOICES.c.org_id == org, INVOICES.c.status.in_(sorted(OPEN)), balance > 0)
+    owing = and_(INVOICES.c.org_id == org, INVOICES.c.status.in_(_constants(OPEN)), balance > 0)
     month = func.substr(sql_cast(INVOICES.c.invoice_date, String), 1, 7)
     customer = func.coalesce(INVOICES.c.customer_id, 0)
     paid = INVOICES.c.paid_cents

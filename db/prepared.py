@@ -37,6 +37,8 @@ class Prepared:
         self.statement = statement
         self.dialect = dialect_ = DIALECTS[dialect]
         compiled = cast(SQLCompiler, statement.compile(dialect=dialect_, column_keys=keys))
+        if "POSTCOMPILE" in compiled.string:  # an expanding IN: SQLAlchemy would rewrite it per execution
+            raise ValueError("a prepared statement cannot take an expanding parameter (a list of values)")
         self.sql = compiled.string
         binds = [compiled.binds[name] for name in compiled.positiontup or ()]
         # (name given by the caller, or None for a literal of the statement; its value or literal; processor)

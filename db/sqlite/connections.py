@@ -33,6 +33,12 @@ def compiled(statement: Select[Any]) -> Compiled:
     return found
 
 
+def is_busy(error: sqlite3.OperationalError) -> bool:
+    """SQLite was busy or locked (worth reading another way), not a statement that cannot run."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def first_row(connection: sqlite3.Connection, statement: Compiled, org_id: str) -> dict[str, Any]:
     """The statement's first row by column name (all None if it has none)."""
     cursor = connection.execute(statement.sql, statement.values({"org_id": org_id}))

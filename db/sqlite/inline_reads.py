@@ -17,7 +17,7 @@ from typing import Any
 from db.aggregates import STATS_QUERY, StatsSnapshot
 from db.engine import count_statement
 from db.prepared import Prepared
-from db.sqlite.connections import ReadOnlyConnections, compiled, first_row
+from db.sqlite.connections import ReadOnlyConnections, compiled, first_row, is_busy
 
 _STATS = compiled(STATS_QUERY)
 
@@ -30,7 +30,9 @@ class InlineStatsReads:
         """The org's stats, or None if SQLite is busy (read through the session instead)."""
         try:
             row = first_row(self._connections.this_thread(), _STATS, org_id)
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as error:
+            if not is_busy(error):
+                raise
             return None
         return StatsSnapshot.from_mapping(row) if row["org_id"] is not None else StatsSnapshot.empty(org_id)
 
@@ -38,7 +40,9 @@ class InlineStatsReads:
         """Every row of `statement` (prepared for SQLite, with `returns`), or None if SQLite is busy."""
         try:
             found = self._connections.this_thread().execute(statement.sql, statement.values(parameters)).fetchall()
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as error:
+            if not is_busy(error):
+                raise
             return None
         count_statement()
         return [statement.row(row) for row in found]

@@ -31,7 +31,7 @@ from typing import Any
 from sqlalchemy import Select
 
 from db.engine import count_statement
-from db.sqlite.connections import Compiled, ReadOnlyConnections, compiled, first_row
+from db.sqlite.connections import Compiled, ReadOnlyConnections, compiled, first_row, is_busy
 
 RECOUNT_NICE = 19
 # A trip to the recount thread recounts orgs until this long has passed: each trip wakes the event
@@ -132,9 +132,11 @@ class RecountThread:
                     count_statement()
             finally:
                 connection.execute("COMMIT")
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as error:
             if connection.in_transaction:  # never leave the next recount inside this one
                 connection.rollback()
+            if not is_busy(error):
+                raise
             return None
         return values
 
