@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -229,7 +230,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         upgrade(settings.database_url)
         print("database is at the newest revision")
     elif args.command in ("recalc", "check-drift", "runs"):
-        return asyncio.run(operate(settings, args.command, getattr(args, "org", None), args.json))
+        try:
+            return asyncio.run(operate(settings, args.command, getattr(args, "org", None), args.json))
+        except DBAPIError as error:  # an operator's command: one line, not a traceback
+            reason = str(error.orig).splitlines()[0] if error.orig else type(error).__name__
+            missing = "no such table" in reason or "does not exist" in reason
+            hint = " (the database has no Tally tables: run `python main.py migrate` first)" if missing else ""
+            print(f"{args.command}: database error: {reason}{hint}", file=sys.stderr)
+            return 2
     else:
         serve(settings)
     return 0

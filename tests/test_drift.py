@@ -262,3 +262,11 @@ async def test_a_run_over_many_orgs_writes_exact_orgs_in_batches(
     assert run["orgsChecked"] == 7 and run["corrections"] == 1 and run["finishedAt"]
     for org in orgs:
         await assert_exact(db, org)
+
+
+def test_operator_commands_on_an_unmigrated_database_say_so_in_one_line(tmp_path: Any) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    for command in ("check-drift", "recalc", "runs"):
+        done = cli(url, command)
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr and "python main.py migrate" in done.stderr, done.stderr
