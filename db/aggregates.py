@@ -562,7 +562,7 @@ _MARK_RECALCULATED = (
 
 
 def _build_correct_statement(insert: Any, *, adds: bool) -> Any:
-    """`correct`'s upsert: with `adds`, the counters' delta too; built once per dialect."""
+    """`correction`'s upsert: with `adds`, the delta too; built once per dialect."""
     table = _table()
     stmt = insert(table).values(
         org_id=bindparam("org_id"),
@@ -631,7 +631,7 @@ ADD_TO_ROWS = {
 
 
 # The common write's statement, built once (building it per commit cost ~0.7 ms of CPU);
-# a recalculation's correction goes through `correct`.
+# a recalculation's correction goes through `correction`.
 ADD_COUNTERS = {name: _build_add_statement(insert) for name, insert in _DIALECTS}
 _ADD = Unread(ADD_COUNTERS)
 _ADD_TO_ROWS = {

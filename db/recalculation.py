@@ -7,7 +7,7 @@ reads as separate statements in one read transaction (`DRIFT_STEPS`), run off
 the event loop at the lowest CPU priority while this process's writers rest
 (`StatsReader.read_recounts`; in a session when SQLite's fast paths are off).
 It then applies that difference as a delta in a short write transaction (one
-single-row upsert, `db.aggregates.correct`). Writers are never blocked longer
+single-row upsert, `db.aggregates.correction`, run on the driver). Writers are never blocked longer
 than by any other single-row update, and writes that commit in between are
 kept: their own deltas already moved both sides alike.
 
