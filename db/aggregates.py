@@ -607,19 +607,12 @@ def _build_add_statement(insert: Any) -> Any:
     return stmt.on_conflict_do_update(index_elements=[table.c.org_id, table.c.shard], set_=changes)
 
 
-def _build_row_add_statement(insert: Any, table: Table, prefix: str = "") -> Any:
+def _build_row_add_statement(insert: Any, table: Table) -> Any:
     """A keyed aggregate's upsert, built once per dialect and table: its key and every sum a
-    bound parameter (named `<prefix><column>`); the sums are added to an existing row."""
-    stmt = insert(table).values({c.key: bindparam(prefix + c.key) for c in table.c})
+    bound parameter; the sums are added to an existing row."""
+    stmt = insert(table).values({c.key: bindparam(c.key) for c in table.c})
     sums = {c: table.c[c] + stmt.excluded[c] for c in _SUM_COLUMNS[table.name]}
     return stmt.on_conflict_do_update(index_elements=list(table.primary_key.columns), set_=sums)
-
-
-@functools.cache
-def row_add_statement(dialect: str, table: str, prefix: str) -> Any:
-    """`ADD_TO_ROWS[dialect][table]` with parameters named `<prefix><column>`: several go in one
-    statement (PostgreSQL's driver path composes them as CTEs of the write)."""
-    return _build_row_add_statement(dict(_DIALECTS)[dialect], _KEYED[table], prefix)
 
 
 _KEYED = {cast(Table, a.table).name: cast(Table, a.table) for a in AGGREGATES if a.table is not None}

@@ -11,10 +11,10 @@ gets each one's row back, checks the domain's rules, and returns its one write
 - `DriverRowWrites`: the whole transaction on the driver, without SQLAlchemy's session
   and per-statement execution contexts (about 40 % of a write's CPU). SQLite runs it in
   one trip to aiosqlite's worker thread, BEGIN IMMEDIATE to COMMIT. PostgreSQL runs it
-  on asyncpg, one round trip per statement, and the write carries the org's creation, its
-  counter upsert and the money rows' upserts as CTEs of the same statement: a createLoad
-  is one round trip (one statement is atomic without BEGIN), a status change four (BEGIN,
-  the locking read, the write, COMMIT). The connection is the engine pool's.
+  on asyncpg, one round trip per statement, and the write carries the org's creation and
+  its counter upsert as CTEs of the same statement: a createLoad is one round trip (one
+  statement is atomic without BEGIN), a status change four (BEGIN, the locking read, the
+  write, COMMIT), plus one per money row it moves. The connection is the engine pool's.
 
 Neither can forget the counters: a plan writes a counted table only by returning an
 `Insert` or `Update`, and the runner moves the counters by it (`count_inserted`;
@@ -50,7 +50,6 @@ from db.aggregates import (
     counted_table_written,
     counter_additions,
     insert_counted,
-    row_add_statement,
     row_additions,
     update_counted,
     with_defaults,
@@ -268,22 +267,24 @@ class _Transaction(_Sent):
             if isinstance(write, Update):
                 params["row_id"] = write.locked.id
             additions = counter_additions(self._pending, self._shards)  # one row: at most one org
-            rows = row_additions(self._pending)  # the keyed aggregates (money)
+            # The keyed aggregates (money) are statements of their own, after the write, in a fixed
+            # order. As CTEs of the write they saved a round trip, but PostgreSQL runs a statement's
+            # CTEs in no fixed order, and two writers locking the same rows deadlocked.
+            rows = row_additions(self._pending)
+            if rows and not began:
+                yield self._run("BEGIN")
+                began = True
             if self._compose:
                 params.update(organization_values(org.org_id) if org else {}, **(additions[0] if additions else {}))
-                params.update({f"r{i}_{k}": v for i, (_, row) in enumerate(rows) for k, v in row.items()})
-                shape = tuple(table for table, _ in rows)
-                prepared = s.write(
-                    write, tuple(columns), with_org=org is not None, with_counters=bool(additions), rows=shape
-                )
+                prepared = s.write(write, tuple(columns), with_org=org is not None, with_counters=bool(additions))
                 result = prepared.row((yield self._run(prepared.sql, prepared.values(params))))
             else:
                 prepared = s.write(write, tuple(columns))
                 result = prepared.row((yield self._run(prepared.sql, prepared.values(params))))
                 for addition in additions:
                     yield self._run(s.add_counters.sql, s.add_counters.values(addition))
-                for table, row in rows:
-                    yield self._run(s.add_to_rows[table].sql, s.add_to_rows[table].values(row))
+            for table, params in rows:
+                yield self._run(s.add_to_rows[table].sql, s.add_to_rows[table].values(params))
         if began:
             yield self._run("COMMIT")
         yield None, result
@@ -424,17 +425,10 @@ class _Statements:
         return prepared
 
     def write(
-        self,
-        write: Write,
-        keys: tuple[str, ...],
-        *,
-        with_org: bool = False,
-        with_counters: bool = False,
-        rows: tuple[str, ...] = (),
+        self, write: Write, keys: tuple[str, ...], *, with_org: bool = False, with_counters: bool = False
     ) -> Prepared:
-        """The write setting `keys`; on PostgreSQL with the org's creation, the counter upsert and the
-        keyed aggregates' upserts (`rows`: their tables, parameters `r<i>_<column>`) as CTEs."""
-        key = (type(write), write.model, keys, with_org, with_counters, rows)
+        """The write setting `keys`; on PostgreSQL with the org's creation and the counter upsert as CTEs."""
+        key = (type(write), write.model, keys, with_org, with_counters)
         prepared = self._prepared.get(key)
         if prepared is None:
             statement = _write_statement(type(write), write.model, keys)
@@ -442,7 +436,5 @@ class _Statements:
                 statement = statement.add_cte(ENSURE_ORGANIZATION[self.dialect].cte("ensure_organization"))
             if with_counters:
                 statement = statement.add_cte(ADD_COUNTERS[self.dialect].cte("add_counters"))
-            for i, table in enumerate(rows):
-                statement = statement.add_cte(row_add_statement(self.dialect, table, f"r{i}_").cte(f"add_row_{i}"))
             prepared = self._prepared[key] = Prepared(statement, self.dialect, returns=_table(write.model))
         return prepared
