@@ -245,7 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def operate(settings: Settings, command: str, org: str | None, as_json: bool) -> int:
     """The operator commands: rows out as a table (or JSON); 1 when drift was found."""
-    db = Database(settings.database_url, sqlite_fast_paths=settings.sqlite_fast_paths)
+    db = Database(
+        settings.database_url, sqlite_fast_paths=settings.sqlite_fast_paths, driver_row_writes=settings.fast_paths
+    )
     hub = StatsHub(settings.broadcast_url, db.read_stats)
     db.after_commit.append(hub.publish)  # corrections reach live subscribers (redis/postgres)
     await hub.start()

@@ -79,7 +79,10 @@ class Database:
             postgres_read_pool=postgres_read_pool,
         )
         self._reads_after_commit = SharedReads(self.read_stats)
-        self._row_writes = DriverRowWrites(self.engine, max(1, stats_shards)) if driver_row_writes else None
+        # On SQLite the driver path needs the one-trip adapter (db/sqlite/driver.py): the plain one
+        # resets a connection going back to the pool with an await, outside SQLAlchemy's greenlet.
+        on_driver = driver_row_writes and (sqlite_fast_paths or self.engine.dialect.name != "sqlite")
+        self._row_writes = DriverRowWrites(self.engine, max(1, stats_shards)) if on_driver else None
 
     @property
     def driver_row_writes(self) -> bool:
