@@ -21,15 +21,17 @@ from starlette.routing import Route
 from api.permissions import Authenticated
 from api.root import DIRECT, Mutation, Query, build_schema
 from bench.floors import write_floor_app as write_floor_app
-from db import loads
+from db import invoices, loads
 from db.aggregates import COUNTERS, LOAD_STATUS_COUNTERS, StatsSnapshot
 from db.models import Load as LoadRow
+from db.money import parse_cents
 from db.row_writes import DriverRowWrites, Plan, Write, _Transaction
 from db.unit_of_work import Database
 from main import create_app
 from schema.context import Info
-from schema.enums import LoadStatus
-from schema.types import Load, LoadStatusCounts
+from schema.enums import InvoiceStatus, LoadStatus
+from schema.scalars import Money
+from schema.types import Invoice, Load, LoadStatusCounts
 from settings import Settings
 
 T = TypeVar("T")
@@ -92,6 +94,18 @@ async def update_load_status_without_aggregate(info: Info, id: strawberry.ID, st
     return Load.of(load)
 
 
+async def update_invoice_status_without_aggregate(info: Info, id: strawberry.ID, status: InvoiceStatus) -> Invoice:
+    scope = info.context.principal.scope
+    row = await write_without_aggregate(info.context.db, lambda: invoices.set_invoice_status(id, status.value, scope))
+    return Invoice.of(row)
+
+
+async def record_payment_without_aggregate(info: Info, invoice_id: strawberry.ID, amount: Money) -> Invoice:
+    scope, cents = info.context.principal.scope, parse_cents(amount, "amount")
+    row = await write_without_aggregate(info.context.db, lambda: invoices.record_payment(invoice_id, cents, scope))
+    return Invoice.of(row)
+
+
 @strawberry.type
 class NaiveQuery(Query):
     count_loads_by_status: LoadStatusCounts = strawberry.field(
@@ -103,6 +117,12 @@ class NaiveQuery(Query):
 class BenchMutation(Mutation):
     update_load_status_without_aggregate: Load = strawberry.mutation(
         resolver=update_load_status_without_aggregate, permission_classes=[Authenticated], metadata=DIRECT
+    )
+    update_invoice_status_without_aggregate: Invoice = strawberry.mutation(
+        resolver=update_invoice_status_without_aggregate, permission_classes=[Authenticated], metadata=DIRECT
+    )
+    record_payment_without_aggregate: Invoice = strawberry.mutation(
+        resolver=record_payment_without_aggregate, permission_classes=[Authenticated], metadata=DIRECT
     )
 
 

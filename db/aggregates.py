@@ -375,17 +375,23 @@ def count_changed(pending: Pending, model: type[Base], old: Any, new: Any) -> No
 def _contribute(pending: Pending, model: type[Base], row: Any, sign: int) -> None:
     """Add (`sign` +1) or take away (-1) what `row` gives each aggregate of its model. A delta
     is keyed by its stats column, or by (table, key, column) for the keyed aggregates."""
-    for aggregate in BY_SOURCE.get(model, ()):
+    aggregates = BY_SOURCE.get(model)
+    if not aggregates:
+        return
+    deltas = pending.get(row.org_id)
+    if deltas is None:
+        deltas = pending[row.org_id] = Counter()
+    for aggregate in aggregates:
         if not aggregate.where(row):
             continue
-        deltas = pending.setdefault(row.org_id, Counter())
         if aggregate.table is None:
             for column, value in aggregate.amounts(row).items():
-                deltas[column] += sign * value
+                deltas[column] = deltas.get(column, 0) + sign * value  # not Counter's `+=`: its __missing__ is Python
         else:
-            key = (aggregate.table.name, aggregate.key(row))
+            table, key = aggregate.table.name, aggregate.key(row)
             for column, value in aggregate.amounts(row).items():
-                deltas[(*key, column)] += sign * value
+                delta_key = (table, key, column)
+                deltas[delta_key] = deltas.get(delta_key, 0) + sign * value
 
 
 async def update_counted(session: AsyncSession, model: type[Base], row: Row[Any], values: dict[str, Any]) -> Row[Any]:
@@ -496,7 +502,7 @@ def row_additions(pending: Pending) -> list[tuple[str, dict[str, Any]]]:
                 table, row_key, column = key
                 rows.setdefault((table, org_id, row_key), {})[column] = d
     additions = []
-    for (table, org_id, row_key), moved in sorted(rows.items(), key=lambda item: repr(item[0])):
+    for (table, org_id, row_key), moved in sorted(rows.items()):  # a table's keys are alike: they compare
         key_columns = _KEY_COLUMNS[table]
         params = {"org_id": org_id, **dict(zip(key_columns, row_key, strict=True))}
         additions.append((table, {**params, **dict.fromkeys(_SUM_COLUMNS[table], 0), **moved}))

@@ -131,6 +131,7 @@ class RevenueMonth(Base):
     """Finalized invoices of an org by month of invoice date. Written only by db/aggregates.py."""
 
     __tablename__ = "revenue_months"
+    __table_args__ = {"sqlite_with_rowid": False}  # clustered by its key (migration 0006)
 
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.org_id"), primary_key=True)
     month: Mapped[str] = mapped_column(String(7), primary_key=True)  # YYYY-MM
@@ -153,6 +154,7 @@ class ReceivableDay(Base):
             postgresql_where=text("balance <> 0"),
             sqlite_where=text("balance <> 0"),
         ),
+        {"sqlite_with_rowid": False},
     )
 
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.org_id"), primary_key=True)
@@ -166,7 +168,7 @@ class CustomerBalance(Base):
     are the first rows of an index, not a sum over every open invoice. Written only by db/aggregates.py."""
 
     __tablename__ = "customer_balances"
-    __table_args__ = (Index("ix_customer_balances_rank", "org_id", "balance"),)
+    __table_args__ = (Index("ix_customer_balances_rank", "org_id", "balance"), {"sqlite_with_rowid": False})
 
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.org_id"), primary_key=True)
     customer_key: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -189,6 +191,7 @@ class Receivable(Base):
             postgresql_where=text("balance <> 0"),
             sqlite_where=text("balance <> 0"),
         ),
+        {"sqlite_with_rowid": False},
     )
 
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.org_id"), primary_key=True)

@@ -35,9 +35,9 @@ def parse_cents(value: str, field: str) -> int:
 
 def format_cents(cents: int) -> str:
     """Cents as a decimal string with two fraction digits: 125050 -> "1250.50" (sums may be negative in drift)."""
-    sign = "-" if cents < 0 else ""
-    whole, fraction = divmod(abs(cents), 100)
-    return f"{sign}{whole}.{fraction:02d}"
+    if cents < 0:
+        return f"-{format_cents(-cents)}"
+    return f"{cents // 100}.{cents % 100:02d}"
 
 
 def rate_cents(rate: float | None) -> int | None:

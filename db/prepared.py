@@ -52,7 +52,8 @@ class Prepared:
             columns = returns.c if isinstance(returns, Table) else returns
             name = returns.name if isinstance(returns, Table) else "row"
             self.row_type = namedtuple(name, [column.key for column in columns])  # type: ignore[misc]
-            self._results = [column.type.dialect_impl(dialect_).result_processor(dialect_, None) for column in columns]
+            processors = [column.type.dialect_impl(dialect_).result_processor(dialect_, None) for column in columns]
+            self._results = [(k, process) for k, process in enumerate(processors) if process is not None]
 
     def values(self, parameters: Mapping[str, Any]) -> tuple[Any, ...]:
         out = []
@@ -66,8 +67,12 @@ class Prepared:
         row of a statement built without `returns`)."""
         if values is None or self.row_type is None:
             return None
-        pairs = zip(values, self._results, strict=True)
-        return self.row_type(*(v if process is None or v is None else process(v) for v, process in pairs))
+        if self._results:
+            values = list(values)
+            for k, process in self._results:
+                if values[k] is not None:
+                    values[k] = process(values[k])
+        return self.row_type._make(values)
 
 
 @functools.cache

@@ -83,7 +83,9 @@ class Selected:
             return None
         if self.many:
             return [self.one(item) for item in value]
-        return self.one(value)
+        if self.fields is None:  # the common case, inline: a response is mostly scalars
+            return self.serialize(value)
+        return render(value, self.fields)
 
     def one(self, value: Any) -> Any:
         if value is None:
