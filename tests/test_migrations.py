@@ -1,15 +1,21 @@
-"""The revisions that introduce organization_stats and the money aggregates backfill them from existing rows."""
+"""The revisions that introduce organization_stats and the money aggregates backfill them from existing rows;
+0006 rebuilds the money tables without losing a row."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+from contextlib import closing
+
 import pytest
-from sqlalchemy import text
+from alembic import command
+from sqlalchemy import make_url, text
 
 from db.engine import create_engine
-from db.migrate import upgrade_async
+from db.migrate import alembic_config, upgrade_async
 from db.unit_of_work import Database
 from tests.databases import Databases
-from tests.helpers import assert_exact, money_rows, recount, stored
+from tests.helpers import Api, assert_exact, create_invoice, create_load, money_rows, recount, stored
 
 
 async def test_backfill_counts_rows_that_existed_before_the_stats_table(databases: Databases) -> None:
@@ -84,3 +90,48 @@ def test_processes_started_together_do_not_race_migrations(databases: Databases)
     outputs = [p.communicate(timeout=120)[0].decode() for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0, 0], outputs
     assert sum("Running upgrade  -> 0001" in out for out in outputs) == 1
+
+
+async def test_0006_rebuilds_the_money_tables_without_losing_a_row(api: Api, db: Database) -> None:
+    """0006 clusters the money tables by key on SQLite (WITHOUT ROWID; nothing on PostgreSQL).
+    Down to 0005 and up again, every money row and aggregate is what it was."""
+    for amount, paid in (("1250.50", "250.50"), ("99.99", None), ("10.00", "10.00")):
+        load = await create_load(api)
+        invoice = await create_invoice(api, load["id"])
+        await api.ok(
+            "mutation($i: ID!, $a: Money!) { setInvoiceAmount(id: $i, amount: $a) { id } }", i=invoice["id"], a=amount
+        )
+        await api.ok(
+            'mutation($i: ID!) { updateInvoiceStatus(id: $i, status: BILLED, invoiceDate: "2026-03-14") { id } }',
+            i=invoice["id"],
+        )
+        if paid:
+            await api.ok(
+                "mutation($i: ID!, $a: Money!) { recordPayment(invoiceId: $i, amount: $a) { id } }",
+                i=invoice["id"],
+                a=paid,
+            )
+    before = await money_rows(db, "org_a")
+    assert before[1], "an open balance to keep"
+
+    await asyncio.to_thread(command.downgrade, alembic_config(db.url), "0005")
+    assert _clustered(db) in ({False}, None)
+    assert await money_rows(db, "org_a") == before
+    await upgrade_async(db.url)
+    assert _clustered(db) in ({True}, None)
+    assert await money_rows(db, "org_a") == before
+    await assert_exact(db, "org_a")
+
+
+def _clustered(db: Database) -> set[bool] | None:
+    """Whether each money table is WITHOUT ROWID (None on PostgreSQL, which has no rowids)."""
+    path = make_url(db.url).database
+    if make_url(db.url).get_backend_name() != "sqlite" or path is None:
+        return None
+    with closing(sqlite3.connect(path)) as connection:
+        tables = connection.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name IN "
+            "('revenue_months', 'receivables', 'receivable_days', 'customer_balances')"
+        ).fetchall()
+    assert len(tables) == 4
+    return {sql.rstrip().endswith("WITHOUT ROWID") for (sql,) in tables}
