@@ -40,7 +40,7 @@ for name in chosen:
         started = time.monotonic()
         machine = describe(0.0 if args.quick else 60.0)
         log(f"{name} ({profile}) on {machine['CPU']}, {machine['Cores (logical)']}")
-        server = {"server": args.server} if name in ("postgres", "production") else {}
+        server = {"server": args.server} if name in ("postgres", "production", "money") else {}
         data = scenario.run(scenario.PROFILES[profile], **server)
         machine.update({"Load average at end": loadavg(), **data.pop("machine", {})})
         run = {"machine": list(machine.items()), "seconds": time.monotonic() - started, "server_flags": UVICORN_FLAGS}

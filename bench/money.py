@@ -1,4 +1,5 @@
-"""The money aggregates' reads and writes on SQLite (docs/benchmarks-money.md, whose Method section tells how)."""
+"""The money aggregates' reads and writes on SQLite, and over HTTP on PostgreSQL too (docs/benchmarks-money.md, whose
+Method section tells how)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import asyncio
 import json
 import os
 import random
+import re
 import sqlite3
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from contextlib import closing
-from datetime import date
+from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,8 +34,10 @@ from bench.common import (
     summarize,
     token,
 )
+from bench.postgres import environment, scratch_database, sql
 from bench.servers import settings, write_without_aggregate
 from db.aggregates import INVOICE_STATUS_COUNTERS, LOAD_STATUS_COUNTERS, LOAD_TYPE_COUNTERS
+from db.engine import create_engine
 from db.invoices import record_payment, set_invoice_status
 from db.migrate import upgrade_async
 from db.money_reads import receivables_aging, revenue_by_month
@@ -97,18 +101,41 @@ STATUS = (
 )
 AMOUNT = "(10000 + (x * 7919) % 500000)"
 PAID = f"CASE WHEN x % 10 < 3 THEN {AMOUNT} WHEN x % 10 < 5 THEN {AMOUNT} / 2 ELSE 0 END"
-DATE = "CASE WHEN x % 10 = 8 THEN NULL ELSE date('2024-01-01', '+' || (x % 1095) || ' days') END"
-SEED = [
-    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < :customers) "
-    "INSERT INTO customers (org_id, name) SELECT :org, 'Customer ' || printf('%04d', x) FROM n",
-    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < :size) "
-    "INSERT INTO loads (id, org_id, status, load_type, requires_manual_review, customer_id, created_at, updated_at) "
-    "SELECT x, :org, 'COMPLETED', 'CONTRACT', 0, 1 + x % :customers, :stamp, :stamp FROM n",
-    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < :size) "
-    "INSERT INTO invoices (id, org_id, load_id, status, customer_id, amount_cents, paid_cents, invoice_date, "
-    f"created_at, updated_at) SELECT x, :org, x, {STATUS}, 1 + x % :customers, {AMOUNT}, {PAID}, {DATE}, "
-    ":stamp, :stamp FROM n",
-]
+# What the seed's SQL says differently on each database: rows 1..n, names, days, booleans, months.
+DIALECT = {
+    "sqlite": {
+        "rows": "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < :{n}) {insert} SELECT {values} FROM n",
+        "name": "printf('%04d', x)", "day": "date('2024-01-01', '+' || (x % 1095) || ' days')", "false": "0",
+        "month": "substr(invoice_date, 1, 7)", "stamp": ":stamp",
+    },
+    "postgresql": {
+        "rows": "{insert} SELECT {values} FROM generate_series(1::bigint, :{n}) AS n(x)",
+        "name": "lpad(x::text, 4, '0')", "day": "DATE '2024-01-01' + (x % 1095)::int", "false": "false",
+        "month": "to_char(invoice_date, 'YYYY-MM')", "stamp": "CAST(:stamp AS timestamptz)",
+    },
+}  # fmt: skip
+
+
+def _seed_sql(dialect: str) -> list[str]:
+    """Customers, loads and invoices of the org (x = 1..size; customer 1 + x % CUSTOMERS)."""
+    d = DIALECT[dialect]
+    date_of = f"CASE WHEN x % 10 = 8 THEN NULL ELSE {d['day']} END"
+    return [
+        d["rows"].format(n="customers", insert="INSERT INTO customers (org_id, name)",
+                         values=f":org, 'Customer ' || {d['name']}"),
+        d["rows"].format(
+            n="size",
+            insert="INSERT INTO loads (id, org_id, status, load_type, requires_manual_review, customer_id, "
+            "created_at, updated_at)",
+            values=f"x, :org, 'COMPLETED', 'CONTRACT', {d['false']}, 1 + x % :customers, {d['stamp']}, {d['stamp']}",
+        ),
+        d["rows"].format(
+            n="size",
+            insert="INSERT INTO invoices (id, org_id, load_id, status, customer_id, amount_cents, paid_cents, "
+            "invoice_date, created_at, updated_at)",
+            values=f"x, :org, x, {STATUS}, 1 + x % :customers, {AMOUNT}, {PAID}, {date_of}, {d['stamp']}, {d['stamp']}",
+        ),
+    ]  # fmt: skip
 
 
 def seed(path: Path, size: int) -> float:
@@ -122,11 +149,33 @@ def seed(path: Path, size: int) -> float:
         conn.execute("BEGIN")
         conn.execute("INSERT INTO organizations VALUES (?, ?, '2026-01-01 00:00:00')", (ORG, ORG))
         params = {"org": ORG, "size": size, "customers": CUSTOMERS, "stamp": "2026-01-01 00:00:00.000000+00:00"}
-        for statement in [*SEED, *_fill_sql()]:
+        for statement in [*_seed_sql("sqlite"), *_fill_sql("sqlite")]:
             conn.execute(statement, params)
         conn.execute("COMMIT")
         conn.execute("ANALYZE")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return time.perf_counter() - started
+
+
+async def seed_postgres(dsn: str, url: str, size: int) -> float:
+    """The same org, customers, loads, invoices and aggregates in a migrated PostgreSQL database."""
+    started = time.perf_counter()
+    await upgrade_async(url)
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            stamp = datetime(2026, 1, 1, tzinfo=UTC)
+            await conn.execute(
+                text("INSERT INTO organizations VALUES (:org, :org, :stamp)"), {"org": ORG, "stamp": stamp}
+            )
+            params = {"org": ORG, "size": size, "customers": CUSTOMERS, "stamp": stamp}
+            for statement in [*_seed_sql("postgresql"), *_fill_sql("postgresql")]:
+                statement = statement.replace(":org", "CAST(:org AS varchar)")  # asyncpg: one type per parameter
+                names = set(re.findall(r":(\w+)", statement))
+                await conn.execute(text(statement), {k: v for k, v in params.items() if k in names})
+    finally:
+        await engine.dispose()
+    await sql(dsn, "VACUUM ANALYZE")
     return time.perf_counter() - started
 
 
@@ -138,7 +187,7 @@ async def check_seeded(url: str) -> None:
         raise AssertionError(f"the seeded aggregates drift: {drift.counters[:5]}")
 
 
-def _fill_sql() -> list[str]:
+def _fill_sql(dialect: str) -> list[str]:
     """The org's stats row (counters and money totals) and money rows, recounted from its rows."""
     counted = [("loads", "status", c) for c in LOAD_STATUS_COUNTERS.items()]
     counted += [("loads", "load_type", c) for c in LOAD_TYPE_COUNTERS.items()]
@@ -151,7 +200,7 @@ def _fill_sql() -> list[str]:
         f"corrections, updated_at) SELECT :org, 0, {', '.join(counts)}, "
         f"(SELECT coalesce(sum(amount_cents), 0) FROM invoices WHERE {finalized}), "
         f"(SELECT coalesce(sum(paid_cents), 0) FROM invoices WHERE {finalized}), 1, 0, '2026-01-01 00:00:00'",
-        "INSERT INTO revenue_months SELECT org_id, substr(invoice_date, 1, 7) AS m, count(*), sum(amount_cents), "
+        f"INSERT INTO revenue_months SELECT org_id, {DIALECT[dialect]['month']} AS m, count(*), sum(amount_cents), "
         f"sum(CASE WHEN paid_cents > 0 THEN 1 ELSE 0 END), sum(paid_cents) FROM invoices WHERE {finalized} "
         "GROUP BY org_id, m",
         "INSERT INTO receivables SELECT org_id, coalesce(customer_id, 0), invoice_date, count(*), "
@@ -282,7 +331,12 @@ def _pooled(cells: list[Cell]) -> dict[str, Any]:
     """The cells' latencies pooled; server CPU per request, the mean over the cells."""
     latencies = sorted(us for cell in cells for us in cell.latencies_us)
     cpu = [cell.server_cpu for cell in cells if cell.server_cpu is not None]
-    return {**summarize([float(us) for us in latencies]), "server_cpu": sum(cpu) / len(cpu) if cpu else None}
+    db_cpu = [cell.also_cpu for cell in cells if cell.also_cpu is not None]  # PostgreSQL's, on PostgreSQL
+    return {
+        **summarize([float(us) for us in latencies]),
+        "server_cpu": sum(cpu) / len(cpu) if cpu else None,
+        "db_cpu": sum(db_cpu) / len(db_cpu) if db_cpu else None,
+    }
 
 
 async def _invoice_ids(url: str, status: str) -> list[int]:
@@ -343,8 +397,15 @@ async def _ids(session: Any, status: str) -> list[int]:
     return [row[0] for row in rows]
 
 
-def run(profile: dict[str, Any]) -> dict[str, Any]:
-    sizes = []
+def run(profile: dict[str, Any], server: str) -> dict[str, Any]:
+    sizes, postgres = [], []
+    for size in (profile["sizes"][0], profile["sizes"][-1]):
+        with scratch_database(server, "tally_bench_money") as (dsn, url):
+            seconds = run_async(seed_postgres(dsn, url, size))
+            log(f"PostgreSQL: seeded {size:,} invoices in {seconds:.1f} s")
+            run_async(check_seeded(url))
+            http = measure_http(url, profile, writes=size == profile["sizes"][-1])
+            postgres.append({"invoices": size, "seed_seconds": seconds, "http": http})
     with tempfile.TemporaryDirectory(prefix="tally-bench-money-") as tmp:
         for size in profile["sizes"]:
             path = Path(tmp) / f"money-{size}.db"
@@ -382,7 +443,8 @@ def run(profile: dict[str, Any]) -> dict[str, Any]:
     return {
         "profile": profile,
         "sizes": sizes,
+        "postgres": postgres,
         "targets": targets,
         "ok": True,
-        "machine": {"SQLite": sqlite3.sqlite_version},
+        "machine": {"SQLite": sqlite3.sqlite_version, **environment(server)},
     }
