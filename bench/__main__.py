@@ -28,8 +28,10 @@ args = parser.parse_args()
 if unknown := set(chosen := args.only.split(",")) - set(REPORTS):
     parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop the servers, drop databases
-if not args.render_only and {"sqlite", "postgres", "production"} & set(chosen) and not shutil.which("wrk"):
-    sys.exit("bench: the sqlite, postgres and production scenarios need wrk as their HTTP client: apt-get install wrk")
+if not args.render_only and {"sqlite", "postgres", "production", "money"} & set(chosen) and not shutil.which("wrk"):
+    sys.exit(
+        "bench: the sqlite, postgres, production and money scenarios need wrk as their HTTP client: apt-get install wrk"
+    )
 profile = "quick" if args.quick else "full"
 RESULTS.mkdir(parents=True, exist_ok=True)
 ok = True
