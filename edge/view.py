@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from cross_web import HTTPException
@@ -164,8 +164,13 @@ class TallyGraphQL(GraphQL[Context, None]):
 
     def encode_json(self, data: object) -> str:
         """orjson: an answer of a few KB (an aging list) took ~35 µs in json.dumps, ~3 here. A str,
-        not bytes: Strawberry sends bytes over a WebSocket as a binary frame."""
-        return orjson.dumps(data).decode()
+        not bytes: Strawberry sends bytes over a WebSocket as a binary frame. What orjson refuses
+        (a lone surrogate, say, echoed from a request in an error message) the standard encoder
+        writes, escaped, as before."""
+        try:
+            return orjson.dumps(data).decode()
+        except TypeError:  # orjson.JSONEncodeError
+            return cast(str, super().encode_json(data))
 
     def parse_json(self, data: str | bytes) -> Any:
         """JSON from a request: what cannot be decoded is a 400, never a 500.

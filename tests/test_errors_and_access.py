@@ -671,3 +671,18 @@ async def test_bad_cursor_is_bad_input(api: Api, subtests: pytest.Subtests) -> N
         with subtests.test(cursor):
             await refused(api, LOADS_PAGE, "BAD_USER_INPUT", o="org_a", a=cursor)
             await refused(api, INVOICES_PAGE, "BAD_USER_INPUT", o="org_a", a=cursor)
+
+
+async def test_an_answer_orjson_refuses_is_written_by_the_standard_encoder(api: Api) -> None:
+    """A lone surrogate, echoed from the request in an error message, is not valid UTF-8 for orjson:
+    the answer is still a coded error (json.dumps escapes it), never a 500."""
+    query = "mutation($i: ID!) { updateLoadStatus(id: $i, status: ASSIGNED) { id } }"
+    request = json.dumps({"query": query, "variables": {"i": "\ud800"}})  # ASCII: the surrogate as an escape
+    response = await api.client.post(
+        "/graphql",
+        content=request,
+        headers={"Authorization": f"Bearer {api.bearer}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    (error,) = response.json()["errors"]
+    assert error["extensions"]["code"] == "NOT_FOUND" and "\ud800" in error["message"]
