@@ -91,7 +91,7 @@ def _aging_statement() -> Any:
             owed = select(func.coalesce(func.sum(table.c.balance), 0)).where(table.c.org_id == org, *where, *within)
             return owed.scalar_subquery()
 
-        return [summed(start, end).label(bucket) for (start, end), bucket in zip(bounds, BUCKETS, strict=False)]
+        return [summed(start, end).label(bucket) for (start, end), bucket in zip(bounds, BUCKETS[:3], strict=True)]
 
     outstanding = select(func.sum(STATS.c.money_invoiced - STATS.c.money_collected)).where(STATS.c.org_id == org)
     total = select(

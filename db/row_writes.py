@@ -283,8 +283,8 @@ class _Transaction(_Sent):
                 result = prepared.row((yield self._run(prepared.sql, prepared.values(params))))
                 for addition in additions:
                     yield self._run(s.add_counters.sql, s.add_counters.values(addition))
-            for table, params in rows:
-                yield self._run(s.add_to_rows[table].sql, s.add_to_rows[table].values(params))
+            for table, row in rows:
+                yield self._run(s.add_to_rows[table].sql, s.add_to_rows[table].values(row))
         if began:
             yield self._run("COMMIT")
         yield None, result

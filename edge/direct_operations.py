@@ -83,9 +83,7 @@ class Selected:
             return None
         if self.many:
             return [self.one(item) for item in value]
-        if self.fields is None:  # the common case, inline: a response is mostly scalars
-            return self.serialize(value)
-        return render(value, self.fields)
+        return self.one(value)
 
     def one(self, value: Any) -> Any:
         if value is None:

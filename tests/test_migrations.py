@@ -113,25 +113,33 @@ async def test_0006_rebuilds_the_money_tables_without_losing_a_row(api: Api, db:
             )
     before = await money_rows(db, "org_a")
     assert before[1], "an open balance to keep"
+    clustered, indexes = _money_schema(db)
+    assert clustered in ({True}, None) and (indexes is None or len(indexes) == 3)
 
     await asyncio.to_thread(command.downgrade, alembic_config(db.url), "0005")
-    assert _clustered(db) in ({False}, None)
+    assert _money_schema(db) in (({False}, indexes), (None, None))
     assert await money_rows(db, "org_a") == before
     await upgrade_async(db.url)
-    assert _clustered(db) in ({True}, None)
+    assert _money_schema(db) == (clustered, indexes)  # the same indexes, on the tables of their name
     assert await money_rows(db, "org_a") == before
     await assert_exact(db, "org_a")
 
 
-def _clustered(db: Database) -> set[bool] | None:
-    """Whether each money table is WITHOUT ROWID (None on PostgreSQL, which has no rowids)."""
+MONEY_TABLES = "('revenue_months', 'receivables', 'receivable_days', 'customer_balances')"
+
+
+def _money_schema(db: Database) -> tuple[set[bool], set[str]] | tuple[None, None]:
+    """Whether each money table is WITHOUT ROWID, and their indexes' SQL (None, None on PostgreSQL,
+    which has no rowids)."""
     path = make_url(db.url).database
     if make_url(db.url).get_backend_name() != "sqlite" or path is None:
-        return None
+        return None, None
     with closing(sqlite3.connect(path)) as connection:
         tables = connection.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name IN "
-            "('revenue_months', 'receivables', 'receivable_days', 'customer_balances')"
+            f"SELECT sql FROM sqlite_master WHERE type = 'table' AND name IN {MONEY_TABLES}"
+        ).fetchall()
+        indexes = connection.execute(
+            f"SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name IN {MONEY_TABLES} AND sql IS NOT NULL"
         ).fetchall()
     assert len(tables) == 4
-    return {sql.rstrip().endswith("WITHOUT ROWID") for (sql,) in tables}
+    return {sql.rstrip().endswith("WITHOUT ROWID") for (sql,) in tables}, {sql for (sql,) in indexes}

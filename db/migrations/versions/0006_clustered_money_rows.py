@@ -42,11 +42,11 @@ def _rebuild(table: str, *, clustered: bool) -> None:
     ).scalar_one()
     indexes = connection.exec_driver_sql(
         "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (table,)
-    ).scalars()
+    ).scalars().all()  # read before the RENAME, which rewrites them to name the renamed table
     create = create.rstrip().removesuffix(WITHOUT_ROWID).rstrip() + (WITHOUT_ROWID if clustered else "")
     op.execute(f"ALTER TABLE {table} RENAME TO {table}_rebuilt")  # its indexes go with it
     op.execute(create)
     op.execute(f"INSERT INTO {table} SELECT * FROM {table}_rebuilt")
     op.execute(f"DROP TABLE {table}_rebuilt")
-    for index in list(indexes):
+    for index in indexes:
         op.execute(index)
