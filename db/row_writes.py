@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, cast
@@ -62,6 +62,7 @@ from db.postgres.reads import LOST_CONNECTION
 from db.prepared import Prepared, prepared, returned_columns
 from db.queries import find, lock_row, parse_id, row_select
 from db.sqlite.driver import in_one_trip
+from db.sqlite.inline_writes import InlineWrites
 from db.work import Script
 
 
@@ -176,10 +177,12 @@ def checked(write: Any, locked: list[tuple[type[Base], Any]]) -> Write:
     return write
 
 
-def _run_on_sqlite(connection: sqlite3.Connection, statements: Statements) -> Any:
-    """On the worker thread: the whole transaction in one trip."""
+def _run_on_sqlite(connection: sqlite3.Connection, statements: Statements, first: SQL | None = None) -> Any:
+    """The whole transaction on the thread that owns `connection`: aiosqlite's worker thread (one
+    trip) or the event loop's (inline). `first`: its first statement, already taken from
+    `statements`; None if that one has run on `connection` (BEGIN, answering no row)."""
     try:
-        sql, values = next(statements)
+        sql, values = statements.send(None) if first is None else first
         while sql is not None:
             sql, values = statements.send(connection.execute(sql, values).fetchone())
         return values
@@ -349,10 +352,12 @@ class DriverRowWrites:
 
     transaction_class = _Transaction  # bench.servers runs the same plans without a counter delta
 
-    def __init__(self, engine: AsyncEngine, shards: int) -> None:
+    def __init__(self, engine: AsyncEngine, shards: int, inline: InlineWrites | None = None) -> None:
+        """`inline`: SQLite's transactions on the event loop's thread where they can (db/sqlite/inline_writes.py)."""
         self._engine = engine
         self._statements = _Statements(engine.dialect.name)
         self._shards = shards
+        self._inline = inline
 
     async def run(self, plan: Plan) -> tuple[Any, list[str]]:
         """Run `plan` and commit. Returns the row it wrote and the orgs whose counters moved.
@@ -364,26 +369,43 @@ class DriverRowWrites:
         return await self._run(_ScriptTransaction(self._statements.dialect), script)
 
     async def _run(self, transaction: _Transaction | _ScriptTransaction, source: Any) -> tuple[Any, list[str]]:
+        statements = transaction.sql(source)
+        try:
+            if self._statements.dialect == "sqlite":
+                result = await self._on_sqlite(statements)
+            else:
+                result = await self._on_pool(lambda driver: _run_on_asyncpg(driver, statements))
+        except (sqlite3.Error, asyncpg.PostgresError, *LOST_CONNECTION) as error:
+            error_type = IntegrityError if _is_integrity_error(error) else DBAPIError
+            lost = isinstance(error, LOST_CONNECTION)
+            raise error_type(transaction.last_sql, None, error, connection_invalidated=lost) from error
+        for _ in range(transaction.statements_run):
+            count_statement()
+        return result, transaction.changed_orgs
+
+    async def _on_sqlite(self, statements: Statements) -> Any:
+        """Inline on the event loop's thread, unless the write lock is taken: then in one trip to
+        the worker thread of a pooled connection, which waits for it."""
+        begin = cast(SQL, next(statements))
+        if self._inline is not None:
+            connection = self._inline.begin(begin)
+            if connection is not None:
+                return _run_on_sqlite(connection, statements)
+        return await self._on_pool(lambda driver: in_one_trip(driver, _run_on_sqlite, statements, begin))
+
+    async def _on_pool(self, run: Callable[[Any], Awaitable[Any]]) -> Any:
+        """`run(driver connection)` on a connection of the engine's pool."""
         pooled = await self._engine.raw_connection()  # the pool's connection, without a Connection around it
         driver: Any = pooled.driver_connection
         try:
-            if self._statements.dialect == "sqlite":
-                result = await in_one_trip(driver, _run_on_sqlite, transaction.sql(source))
-            else:
-                result = await _run_on_asyncpg(driver, transaction.sql(source))
-        except (sqlite3.Error, asyncpg.PostgresError, *LOST_CONNECTION) as error:
-            lost = isinstance(error, LOST_CONNECTION)
-            if lost:
-                pooled.invalidate()
-            error_type = IntegrityError if _is_integrity_error(error) else DBAPIError
-            raise error_type(transaction.last_sql, None, error, connection_invalidated=lost) from error
+            return await run(driver)
+        except LOST_CONNECTION:
+            pooled.invalidate()
+            raise
         finally:
             if self._statements.dialect != "sqlite" and not driver.is_closed() and driver.is_in_transaction():
                 pooled.invalidate()  # cancelled mid-transaction: its state is unknown
             pooled.close()  # back to the pool (a no-op reset: nothing is open)
-        for _ in range(transaction.statements_run):
-            count_statement()
-        return result, transaction.changed_orgs
 
 
 def _row_id(model: type[Base], id_: str) -> int:

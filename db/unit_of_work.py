@@ -31,6 +31,7 @@ from db.retries import MAX_ATTEMPTS, WriteRetries
 from db.row_writes import DriverRowWrites, Plan, in_session, script_in_session
 from db.shared_reads import SharedReads
 from db.sqlite.checkpoints import Checkpoints
+from db.sqlite.inline_writes import InlineWrites
 from db.stats_reader import StatsReader
 from db.work import ReadWork, Script, WriteWork
 from db.writers import WritersInFlight, writer_turn
@@ -82,7 +83,10 @@ class Database:
         # On SQLite the driver path needs the one-trip adapter (db/sqlite/driver.py): the plain one
         # resets a connection going back to the pool with an await, outside SQLAlchemy's greenlet.
         on_driver = driver_row_writes and (sqlite_fast_paths or self.engine.dialect.name != "sqlite")
-        self._row_writes = DriverRowWrites(self.engine, max(1, stats_shards)) if on_driver else None
+        # Inline (db/sqlite/inline_writes.py) needs a file: each connection to ":memory:" is a database of its own.
+        self._inline_writes = InlineWrites(cast(str, path)) if on_driver and file else None
+        shards = max(1, stats_shards)
+        self._row_writes = DriverRowWrites(self.engine, shards, self._inline_writes) if on_driver else None
 
     @property
     def driver_row_writes(self) -> bool:
@@ -194,5 +198,7 @@ class Database:
     async def dispose(self) -> None:
         await self.stats.close()
         await self.engine.dispose()
+        if self._inline_writes is not None:
+            self._inline_writes.close()
         if self._checkpoints is not None:
             self._checkpoints.close()

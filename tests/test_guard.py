@@ -309,6 +309,7 @@ DRIVER_MODULES = {
     "db/engine.py": "connection pragmas, and statements kept for the driver's next trip (counted by their callers)",
     "db/sqlite/connections.py": "read-only: PRAGMA query_only",
     "db/sqlite_follower.py": "read-only: PRAGMA query_only",
+    "db/sqlite/inline_writes.py": "runs BEGIN IMMEDIATE only, and hands its connection to db/row_writes.py's runner",
     "db/sqlite/checkpoints.py": "runs PRAGMA wal_checkpoint only: copies committed pages, changes no row",
     "db/postgres/reads.py": "read-only: default_transaction_read_only",
 }

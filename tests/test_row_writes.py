@@ -5,10 +5,14 @@ Each leaves the counts exact and the pool's connections usable."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from db import loads
 from db.row_writes import Plan
@@ -54,24 +58,34 @@ async def test_a_write_whose_connection_the_server_dropped_runs_again_on_a_new_o
     await assert_exact(db, 5, 0, 5)
 
 
+@contextlib.asynccontextmanager
+async def lock_held(db: Database, load_id: int) -> AsyncIterator[None]:
+    """Another transaction holds the load's row (PostgreSQL) or SQLite's one write lock."""
+    if db.engine.dialect.name == "postgresql":
+        async with db.engine.connect() as holder:
+            await holder.execute(text("SELECT id FROM loads WHERE id = :id FOR UPDATE"), {"id": load_id})
+            yield
+            await holder.rollback()
+        return
+    holder = sqlite3.connect(str(make_url(db.url).database), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
 async def test_a_write_cancelled_mid_transaction_leaves_nothing_behind(driver_db: Database) -> None:
-    """Cancelled while it waits for a row another transaction holds: nothing is written, the
+    """Cancelled while it waits for a lock another transaction holds (on SQLite the write lock, so
+    it waits on a pooled connection's worker thread, not inline): nothing is written, the
     connection does not go back to the pool inside a transaction, and the next writes count."""
     db = driver_db
     created = await db.write_row(create)
-    if db.engine.dialect.name == "postgresql":
-        async with db.engine.connect() as holder:
-            await holder.execute(text("SELECT id FROM loads WHERE id = :id FOR UPDATE"), {"id": created.id})
-            waiting = asyncio.create_task(db.write_row(lambda: loads.set_load_status(str(created.id), "ASSIGNED", ORG)))
-            await asyncio.sleep(0.3)
-            assert not waiting.done()  # it waits for the row's lock
-            waiting.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await waiting
-            await holder.rollback()
-    else:
+    async with lock_held(db, created.id):
         waiting = asyncio.create_task(db.write_row(lambda: loads.set_load_status(str(created.id), "ASSIGNED", ORG)))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # it waits for the lock
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
@@ -79,7 +93,7 @@ async def test_a_write_cancelled_mid_transaction_leaves_nothing_behind(driver_db
         load = await db.write_row(create)
         await db.write_row(lambda load=load: loads.set_load_status(str(load.id), "ASSIGNED", ORG))
     counts, _ = await stored(db, ORG)
-    assert counts["loads_assigned"] in (4, 5)  # 5 if the cancelled change (SQLite) had already gone
+    assert counts["loads_assigned"] in (4, 5)  # 5 if the cancelled change (SQLite) went once the lock was free
     assert counts == await recount(db, ORG)
 
 
@@ -103,3 +117,24 @@ async def test_a_refused_write_rolls_back_the_whole_transaction(driver_db: Datab
     async with db.engine.connect() as connection:
         assert (await connection.execute(text("SELECT count(*) FROM organizations"))).scalar() == 0
     await assert_exact(db, 0, 0, 0)
+
+
+async def test_a_write_that_finds_the_write_lock_taken_waits_for_it_without_blocking_the_loop(
+    driver_db: Database,
+) -> None:
+    """SQLite: the write runs inline on the event loop's thread only when it gets the write lock at
+    once (db/sqlite/inline_writes.py); held by another connection, the write waits on a worker
+    thread while the loop goes on, and commits, counted, once the lock is free."""
+    db = driver_db
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL has no database-wide write lock")
+    created = await db.write_row(create)
+    async with lock_held(db, created.id):
+        waiting = asyncio.create_task(db.write_row(lambda: loads.set_load_status(str(created.id), "ASSIGNED", ORG)))
+        started = time.perf_counter()
+        for _ in range(30):
+            await asyncio.sleep(0.01)
+        assert time.perf_counter() - started < 1.0  # the loop was never blocked for the lock
+        assert not waiting.done()
+    assert (await waiting).status == "ASSIGNED"
+    await assert_exact(db, 0, 1, 2)

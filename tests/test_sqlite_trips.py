@@ -1,7 +1,7 @@
 """SQLite's one-trip driver (db/sqlite/driver.py): each trip to aiosqlite's worker thread costs
 CPU on two threads, so a write makes as few as it can: BEGIN and a statement nobody reads (the
 org's upsert) ride with the next statement, the counter upsert with COMMIT, and the pool's
-reset after COMMIT makes none."""
+reset after COMMIT makes none. A one-row write on the driver makes none at all."""
 
 from __future__ import annotations
 
@@ -54,14 +54,16 @@ async def test_a_write_makes_one_trip_per_statement(db: Database, trips: list[st
     assert counts == await recount(db, "org_a")
 
 
-async def test_a_one_row_write_on_the_driver_is_one_trip(db: Database, trips: list[str]) -> None:
-    """createLoad and a status change (db/row_writes.py): BEGIN IMMEDIATE to COMMIT in one trip."""
+async def test_a_one_row_write_on_the_driver_makes_no_trip(db: Database, trips: list[str]) -> None:
+    """createLoad and a status change (db/row_writes.py): BEGIN IMMEDIATE to COMMIT inline on the
+    event loop's thread (db/sqlite/inline_writes.py); in one trip only when the write lock is taken
+    (tests/test_row_writes.py)."""
     skip_unless_one_trip_driver(db)
     created = await db.write_row(lambda: loads.create_load("org_a", status="OPEN", load_type="SPOT"))
     trips.clear()
     created = await db.write_row(lambda: loads.create_load("org_a", status="OPEN", load_type="SPOT"))
     await db.write_row(lambda: loads.set_load_status(str(created.id), "ASSIGNED", None))
-    assert trips == ["_in_worker_thread", "_in_worker_thread"]
+    assert trips == []
 
     counts, version = await stored(db, "org_a")
     assert (counts["loads_open"], counts["loads_assigned"], version) == (1, 1, 3)
