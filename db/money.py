@@ -33,11 +33,14 @@ def parse_cents(value: str, field: str) -> int:
     return cents
 
 
+_FRACTIONS = tuple(f".{k:02d}" for k in range(100))  # ".00" to ".99": an aging answer formats ~100 amounts
+
+
 def format_cents(cents: int) -> str:
     """Cents as a decimal string with two fraction digits: 125050 -> "1250.50" (sums may be negative in drift)."""
-    if cents < 0:
-        return f"-{format_cents(-cents)}"
-    return f"{cents // 100}.{cents % 100:02d}"
+    if cents >= 0:
+        return f"{cents // 100}{_FRACTIONS[cents % 100]}"
+    return f"-{format_cents(-cents)}"
 
 
 def rate_cents(rate: float | None) -> int | None:

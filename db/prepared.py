@@ -4,6 +4,7 @@ values from a dict, and rows back as named tuples with SQLAlchemy's type process
 from __future__ import annotations
 
 import functools
+import operator
 from collections import namedtuple
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -47,6 +48,12 @@ class Prepared:
              bind.type.dialect_impl(dialect_).bind_processor(dialect_))
             for bind in binds
         ]  # fmt: skip
+        # The caller's values taken in one C call, then the literals put in and the processors run.
+        names = [name for name, _, _ in self._order if name is not None]
+        self._take: Any = operator.itemgetter(*names) if names else lambda _parameters: ()
+        self._one = len(names) == 1  # itemgetter answers one value bare, not in a tuple
+        self._literals = [(k, literal) for k, (name, literal, _) in enumerate(self._order) if name is None]
+        self._processed = [(k, process) for k, (_, _, process) in enumerate(self._order) if process is not None]
         self.row_type: Any = None
         if returns is not None:
             columns = returns.c if isinstance(returns, Table) else returns
@@ -56,11 +63,18 @@ class Prepared:
             self._results = [(k, process) for k, process in enumerate(processors) if process is not None]
 
     def values(self, parameters: Mapping[str, Any]) -> tuple[Any, ...]:
-        out = []
-        for name, literal, process in self._order:
-            value = literal if name is None else parameters[name]
-            out.append(value if process is None or value is None else process(value))
-        return tuple(out)
+        taken = self._take(parameters)
+        if self._one:
+            taken = (taken,)
+        if not self._literals and not self._processed:
+            return cast(tuple[Any, ...], taken)
+        values = list(taken)
+        for k, literal in self._literals:  # in order of position
+            values.insert(k, literal)
+        for k, process in self._processed:
+            if values[k] is not None:
+                values[k] = process(values[k])
+        return tuple(values)
 
     def row(self, values: Sequence[Any] | None) -> Any:
         """The driver's row as a named tuple of Python values (None stays None; so does a

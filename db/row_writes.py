@@ -9,8 +9,10 @@ gets each one's row back, checks the domain's rules, and returns its one write
   `db.aggregates.insert_counted` / `update_counted`), where the engine's guard and
   hooks see it. Used when the fast paths are off.
 - `DriverRowWrites`: the whole transaction on the driver, without SQLAlchemy's session
-  and per-statement execution contexts (about 40 % of a write's CPU). SQLite runs it in
-  one trip to aiosqlite's worker thread, BEGIN IMMEDIATE to COMMIT. PostgreSQL runs it
+  and per-statement execution contexts (about 40 % of a write's CPU). SQLite runs it
+  BEGIN IMMEDIATE to COMMIT inline on the event loop's thread (db/sqlite/inline_writes.py),
+  or, when another connection holds the write lock, in one trip to aiosqlite's worker
+  thread, which waits for it. PostgreSQL runs it
   on asyncpg, one round trip per statement, and the write carries the org's creation and
   its counter upsert as CTEs of the same statement: a createLoad is one round trip (one
   statement is atomic without BEGIN), a status change four (BEGIN, the locking read, the

@@ -48,6 +48,7 @@ from edge.tokens import TokenVerifier
 PATH = "/graphql"
 PINNED = "tally.pinned_stats"  # ASGI scope key read by the view's get_context
 STATS_FIELDS = frozenset({"organizationStats", "countLoadsByStatus", "countInvoicesByStatus"})
+STATS_FIELD_BYTES = tuple(name.encode() for name in STATS_FIELDS)
 MAX_QUERY_CHARS = 4096
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -194,6 +195,8 @@ class CountCache:
     async def _decide(self, headers: dict[bytes, bytes], body: bytes) -> tuple[str | None, float]:
         """(org, until when the caller's token is valid) of a count-only query the caller may read."""
         nothing = None, 0.0
+        if not any(name in body for name in STATS_FIELD_BYTES):
+            return nothing  # a mutation, say: not worth decoding (a name spelled with JSON escapes misses the cache)
         try:
             request = json.loads(body)
         except (ValueError, RecursionError):

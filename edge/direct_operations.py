@@ -27,7 +27,7 @@ import inspect
 import json
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from graphql import (
@@ -72,27 +72,48 @@ class Selected:
     nullable: bool = False
     fields: tuple[Selected, ...] | None = None
     many: bool = False  # a list of non-null values
+    of: Callable[[Any], Any] = field(init=False, repr=False, compare=False)  # the value, rendered, of a parent
 
-    def of(self, parent: Any) -> Any:
-        if self.attribute is None:
-            return self.serialize(parent)
-        value = getattr(parent, self.attribute)
-        if value is None:
-            if not self.nullable:  # stored values never are; the executor would say the same
-                raise RuntimeError(f"Cannot return null for non-nullable field {self.key}")
-            return None
-        if self.many:
-            return [self.one(item) for item in value]
-        return self.one(value)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "of", _reader(self))
 
-    def one(self, value: Any) -> Any:
+
+def _reader(selected: Selected) -> Callable[[Any], Any]:
+    """`selected.of`: one closure made per plan, as the executor would complete the value. An
+    aging answer renders ~200 values: a call per value, not three, and no branch on its kind."""
+    if selected.attribute is None:
+        return selected.serialize
+    attribute, key, nullable = selected.attribute, selected.key, selected.nullable
+    one: Callable[[Any], Any] = selected.serialize
+    if selected.fields is not None:
+        pairs = tuple((child.key, child.of) for child in selected.fields)
+
+        def one(value: Any) -> Any:
+            return {child_key: of(value) for child_key, of in pairs}
+
+    if selected.many:
+        item = one
+
+        def one(values: Any) -> Any:
+            return [item(value) if value is not None else _null(f"a non-null item of {key}") for value in values]
+
+    def of(parent: Any) -> Any:
+        value = getattr(parent, attribute)
         if value is None:
-            raise RuntimeError(f"Cannot return null for a non-null item of {self.key}")
-        return self.serialize(value) if self.fields is None else render(value, self.fields)
+            if nullable:
+                return None
+            _null(f"non-nullable field {key}")  # stored values never are; the executor would say the same
+        return one(value)
+
+    return of
+
+
+def _null(where: str) -> Any:
+    raise RuntimeError(f"Cannot return null for {where}")
 
 
 def render(value: Any, fields: tuple[Selected, ...]) -> dict[str, Any]:
-    return {field.key: field.of(value) for field in fields}
+    return {child.key: child.of(value) for child in fields}
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import re
 from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import event, text
 
+from db.money import MAX_CENTS, format_cents, parse_cents
 from db.prepared import prepared
 from db.unit_of_work import Database
 from tests.helpers import Api, assert_exact, create_invoice, create_lane, create_load, import_shipments, token
@@ -258,3 +262,11 @@ async def test_money_drift_is_reported_corrected_once_and_recorded(api: Api, db:
     again = (await api.ok(MONEY_RECALC))["recalculateOrgStats"]
     assert again["correctedMoney"] == [] and again["stats"]["version"] == version + 1
     await assert_exact(db, "org_a")
+
+
+@given(st.integers(min_value=-(10**15), max_value=10**15))
+def test_an_amount_is_written_as_its_exact_decimal_with_two_digits(cents: int) -> None:
+    """Money out (format_cents) is the amount's exact decimal, and reads back as the same cents."""
+    assert format_cents(cents) == f"{Decimal(cents) / 100:.2f}"
+    if 0 <= cents <= MAX_CENTS:
+        assert parse_cents(format_cents(cents), "amount") == cents
