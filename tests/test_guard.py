@@ -342,11 +342,11 @@ async def test_the_read_only_driver_connections_cannot_write(db: Database) -> No
     reads = PostgresStatsReads(db.engine.url, 1)
     try:
         await reads.read("org_a")
-        connection = reads._slots.get_nowait()
+        connection = await reads._slots.get()
         assert connection is not None
         with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
             await connection.execute("UPDATE organization_stats SET version = 99")
-        reads._slots.put_nowait(connection)
+        reads._slots.put(connection)
     finally:
         await reads.close()
 

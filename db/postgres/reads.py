@@ -12,7 +12,8 @@ its slot reconnects on its next use."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import collections
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 from sqlalchemy.engine import URL
@@ -31,14 +32,52 @@ LOST_CONNECTION = (
     OSError,
 )
 _STATS = Prepared(STATS_QUERY, "postgresql")
+T = TypeVar("T")
+
+
+class Slots(Generic[T]):
+    """Items handed out first come, first served: one put back goes straight to the longest waiter.
+
+    asyncio.Queue lets a reader that just arrived take a connection put back for a woken
+    waiter, and the waiter queues again at the back: at 32 clients 1 % of reads waited
+    ~45 ms (100 clients: ~115 ms) while the median waited 0.6 ms."""
+
+    def __init__(self, items: list[T]) -> None:
+        self._free = collections.deque(items)
+        self._waiters: collections.deque[asyncio.Future[T]] = collections.deque()
+
+    async def get(self) -> T:
+        if self._free:  # none is free while anyone waits: `put` hands each to a waiter
+            return self._free.popleft()
+        waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.put(waiter.result())  # handed over just as the wait was cancelled: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def put(self, item: T) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(item)
+                return
+        self._free.append(item)
+
+    def take_free(self) -> list[T]:
+        """Every item not handed out, taken."""
+        items, self._free = list(self._free), collections.deque()
+        return items
 
 
 class PostgresStatsReads:
     def __init__(self, url: URL, size: int) -> None:
         self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        self._slots: asyncio.Queue[asyncpg.Connection | None] = asyncio.Queue()
-        for _ in range(size):
-            self._slots.put_nowait(None)  # connected on first use
+        self._slots: Slots[asyncpg.Connection | None] = Slots([None] * size)  # each connected on first use
 
     async def read(self, org_id: str) -> StatsSnapshot:
         (row,) = await self._fetch(_STATS, {"org_id": org_id}, one=True) or [None]
@@ -73,12 +112,11 @@ class PostgresStatsReads:
             connection = None
             raise
         finally:
-            self._slots.put_nowait(connection)
+            self._slots.put(connection)
         count_statement()
         return rows
 
     async def close(self) -> None:
-        while not self._slots.empty():
-            connection = self._slots.get_nowait()
+        for connection in self._slots.take_free():
             if connection is not None:
                 await connection.close()
