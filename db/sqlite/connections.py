@@ -1,4 +1,4 @@
-"""Read-only sqlite3 connections, one per thread that reads, and statements compiled for them."""
+"""sqlite3 connections, one per thread that asks (read-only, or the inline writer's), and statements for them."""
 
 from __future__ import annotations
 
@@ -52,12 +52,14 @@ def first_row(connection: sqlite3.Connection, statement: Compiled, org_id: str) 
     return values
 
 
-class ReadOnlyConnections:
-    """One read-only sqlite3 connection, in autocommit, per thread that asks (the
-    event loop's, the recount thread's)."""
+class ThreadConnections:
+    """One sqlite3 connection to the file at `path` per thread that asks, in autocommit, with
+    `pragmas` run on each as it opens. Busy timeout 0: a connection used on the event loop's
+    thread must never block it; a caller that finds the database busy goes another way."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, pragmas: tuple[str, ...]) -> None:
         self._path = path
+        self._pragmas = pragmas
         self._local = threading.local()
         self._opened: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -65,9 +67,9 @@ class ReadOnlyConnections:
     def this_thread(self) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
-            # timeout=0: never block the event loop; a busy database falls back instead.
             connection = sqlite3.connect(self._path, timeout=0, isolation_level=None, check_same_thread=False)
-            connection.execute("PRAGMA query_only=ON")
+            for pragma in self._pragmas:
+                connection.execute(f"PRAGMA {pragma}")
             self._local.connection = connection
             with self._lock:
                 self._opened.append(connection)
@@ -78,3 +80,10 @@ class ReadOnlyConnections:
             opened, self._opened = self._opened, []
         for connection in opened:
             connection.close()
+
+
+class ReadOnlyConnections(ThreadConnections):
+    """One read-only connection per thread that reads (the event loop's, the recount thread's)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, ("query_only=ON",))

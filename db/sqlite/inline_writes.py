@@ -15,10 +15,9 @@ wait: its COMMIT appends to the log.
 from __future__ import annotations
 
 import sqlite3
-import threading
 from typing import Any
 
-from db.sqlite.connections import is_busy
+from db.sqlite.connections import ThreadConnections, is_busy
 
 SQL = tuple[str, tuple[Any, ...]]
 # As the engine's write connections (db/engine.py); checkpoints are the checkpoint thread's (db/sqlite/checkpoints.py).
@@ -29,14 +28,11 @@ class InlineWrites:
     """One write connection per thread that asks (the event loop's), to the SQLite file at `path`."""
 
     def __init__(self, path: str) -> None:
-        self._path = path
-        self._local = threading.local()
-        self._opened: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._connections = ThreadConnections(path, PRAGMAS)
 
     def begin(self, begin: SQL) -> sqlite3.Connection | None:
         """This thread's connection with `begin` (BEGIN IMMEDIATE) run on it; None if the write lock is taken."""
-        connection = self._this_thread()
+        connection = self._connections.this_thread()
         try:
             connection.execute(*begin)
         except sqlite3.OperationalError as error:
@@ -45,19 +41,5 @@ class InlineWrites:
             raise
         return connection
 
-    def _this_thread(self) -> sqlite3.Connection:
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = sqlite3.connect(self._path, timeout=0, isolation_level=None, check_same_thread=False)
-            for pragma in PRAGMAS:
-                connection.execute(f"PRAGMA {pragma}")
-            self._local.connection = connection
-            with self._lock:
-                self._opened.append(connection)
-        return connection
-
     def close(self) -> None:
-        with self._lock:
-            opened, self._opened = self._opened, []
-        for connection in opened:
-            connection.close()
+        self._connections.close()
