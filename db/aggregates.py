@@ -316,15 +316,24 @@ def with_defaults(model: type[Base], values: dict[str, Any], *, on_update: bool)
     """`values` and the Python-side default (on insert) or onupdate value of every column they
     leave out: what Core adds to its own INSERTs and UPDATEs."""
     out = dict(values)
+    for key, make, value in _defaults(model, on_update):
+        if key not in out:
+            out[key] = value if make is None else make(None)
+    return out
+
+
+@functools.cache
+def _defaults(model: type[Base], on_update: bool) -> tuple[tuple[str, Any, Any], ...]:
+    """(column, its default's callable or None, its scalar) of each column of `model` with a
+    Python-side default (on insert) or onupdate value."""
+    found = []
     for column in cast(Table, model.__table__).c:
         default: Any = column.onupdate if on_update else column.default
-        if column.key in out or default is None:
-            continue
-        if default.is_callable:
-            out[column.key] = default.arg(None)
-        elif default.is_scalar:
-            out[column.key] = default.arg
-    return out
+        if default is not None and default.is_callable:
+            found.append((column.key, default.arg, None))
+        elif default is not None and default.is_scalar:
+            found.append((column.key, None, default.arg))
+    return tuple(found)
 
 
 @functools.cache

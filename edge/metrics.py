@@ -15,6 +15,7 @@ requests too.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -38,11 +39,16 @@ class Metrics:
             ["type", "field", "outcome"],
             registry=self.registry,
         )
+        self._counters: dict[tuple[str, str, str], Any] = {}
         self.state = ProcessState(db, hub)
         self.registry.register(self.state)
 
     def count_operation(self, operation_type: str, field: str, outcome: str) -> None:
-        self.requests.labels(operation_type, field, outcome).inc()
+        labels = (operation_type, field, outcome)
+        counter = self._counters.get(labels)
+        if counter is None:  # prometheus_client's labels() checks and locks on every call: once per label set
+            counter = self._counters[labels] = self.requests.labels(*labels)
+        counter.inc()
 
     def watch_count_cache(self, cache: CountCache | None) -> None:
         self.state.count_cache = cache

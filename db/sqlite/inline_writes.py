@@ -21,7 +21,7 @@ from db.sqlite.connections import ThreadConnections, is_busy
 
 SQL = tuple[str, tuple[Any, ...]]
 # As the engine's write connections (db/engine.py); checkpoints are the checkpoint thread's (db/sqlite/checkpoints.py).
-PRAGMAS = ("synchronous=NORMAL", "foreign_keys=ON", "wal_autocheckpoint=0")
+PRAGMAS = ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "wal_autocheckpoint=0")
 
 
 class InlineWrites:
