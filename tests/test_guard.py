@@ -307,14 +307,16 @@ DRIVER_MODULES = {
     "db/row_writes.py": "counted writes: plans return their one write, the runner counts it",
     "db/sqlite/driver.py": "the DBAPI adapter under the engine, whose guard sees every statement",
     "db/engine.py": "connection pragmas, and statements kept for the driver's next trip (counted by their callers)",
-    "db/sqlite/connections.py": "read-only (PRAGMA query_only), or db/sqlite/inline_writes.py's: it runs BEGIN IMMEDIATE "
-    "only, and hands its connection to db/row_writes.py's runner, which counts",
+    "db/sqlite/connections.py": "read-only (PRAGMA query_only), or db/sqlite/inline_writes.py's",
+    "db/sqlite/inline_writes.py": "runs BEGIN IMMEDIATE only, and hands its connection to db/row_writes.py's runner",
+    "db/unit_of_work.py": "makes the inline writer, for db/row_writes.py's runner only",
     "db/sqlite_follower.py": "read-only: PRAGMA query_only",
     "db/sqlite/checkpoints.py": "runs PRAGMA wal_checkpoint only: copies committed pages, changes no row",
     "db/postgres/reads.py": "read-only: default_transaction_read_only",
 }
 DRIVER_ENTRY = re.compile(
     r"driver_connection|get_raw_connection|dbapi_connection|sqlite3\.connect|asyncpg\.connect|create_pool|connection\._conn\b"
+    r"|ThreadConnections|InlineWrites"
 )
 APP_SOURCES = ["main.py", "settings.py", *(f"{p}/**/*.py" for p in ("api", "db", "edge", "resolvers", "schema", "web"))]
 

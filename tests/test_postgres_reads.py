@@ -125,8 +125,8 @@ async def test_a_connection_put_back_goes_to_the_longest_waiter_not_a_newcomer()
     first = await slots.get()
     waiting = [asyncio.create_task(read(name)) for name in ("a", "b")]
     await asyncio.sleep(0)  # both wait
-    slots.put(first)  # handed to "a" ...
-    newcomer = asyncio.create_task(read("newcomer"))  # ... before "a" runs: the newcomer must not take it
+    newcomer = asyncio.create_task(read("newcomer"))  # its first step runs before "a" wakes ...
+    slots.put(first)  # ... to the connection handed to "a": it must not take it
     await asyncio.gather(*waiting, newcomer)
     assert order == ["a", "b", "newcomer"]
 
@@ -142,3 +142,15 @@ async def test_a_wait_cancelled_as_it_is_handed_a_connection_passes_it_on() -> N
         await cancelled
     assert await asyncio.wait_for(next_in_line, 1) == "connection"
     assert slots.take_free() == []
+
+
+async def test_a_wait_cancelled_before_a_connection_comes_back_leaves_it_free() -> None:
+    slots = Slots(["connection"])
+    held = await slots.get()
+    waiting = asyncio.create_task(slots.get())
+    await asyncio.sleep(0)
+    waiting.cancel()  # cancelled while it waits ...
+    slots.put(held)  # ... and passed by as the connection comes back, before the wait ends
+    with pytest.raises(asyncio.CancelledError):  # not a ValueError from a waiter already passed by
+        await waiting
+    assert slots.take_free() == ["connection"]

@@ -138,3 +138,19 @@ async def test_a_write_that_finds_the_write_lock_taken_waits_for_it_without_bloc
         assert not waiting.done()
     assert (await waiting).status == "ASSIGNED"
     await assert_exact(db, 0, 1, 2)
+
+
+async def test_a_transaction_left_open_on_the_inline_connection_is_undone_by_the_next_write(
+    driver_db: Database,
+) -> None:
+    """An interruption between the inline writer's BEGIN and its runner (db/sqlite/inline_writes.py)
+    leaves the transaction open, holding the write lock: the next write undoes it and goes on."""
+    db = driver_db
+    if db._inline_writes is None:
+        pytest.skip("SQLite's inline writer (a database file, fast paths on)")
+    created = await db.write_row(create)
+    connection = db._inline_writes.begin(("BEGIN IMMEDIATE", ()))
+    assert connection is not None
+    connection.execute("UPDATE loads SET status = 'CANCELED' WHERE id = ?", (created.id,))  # and then nothing
+    await db.write_row(create)
+    await assert_exact(db, 2, 0, 2)  # the half-done change is gone, the new load counted

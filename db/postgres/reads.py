@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from typing import Any, Generic, TypeVar
 
 import asyncpg
@@ -57,7 +58,8 @@ class Slots(Generic[T]):
             if waiter.done() and not waiter.cancelled():
                 self.put(waiter.result())  # handed over just as the wait was cancelled: pass it on
             else:
-                self._waiters.remove(waiter)
+                with contextlib.suppress(ValueError):  # a `put` already passed it by
+                    self._waiters.remove(waiter)
             raise
 
     def put(self, item: T) -> None:

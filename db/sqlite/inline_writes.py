@@ -29,10 +29,18 @@ class InlineWrites:
 
     def __init__(self, path: str) -> None:
         self._connections = ThreadConnections(path, PRAGMAS)
+        self._wal: bool | None = None
 
     def begin(self, begin: SQL) -> sqlite3.Connection | None:
-        """This thread's connection with `begin` (BEGIN IMMEDIATE) run on it; None if the write lock is taken."""
+        """This thread's connection with `begin` (BEGIN IMMEDIATE) run on it; None if the write lock
+        is taken, or if the database is not in WAL mode (its COMMIT would wait for readers)."""
         connection = self._connections.this_thread()
+        if self._wal is None:
+            self._wal = connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        if not self._wal:
+            return None
+        if connection.in_transaction:  # left open by an interruption before its runner took it: undo it
+            connection.execute("ROLLBACK")
         try:
             connection.execute(*begin)
         except sqlite3.OperationalError as error:
