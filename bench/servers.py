@@ -22,10 +22,10 @@ from api.permissions import Authenticated
 from api.root import DIRECT, Mutation, Query, build_schema
 from bench.floors import write_floor_app as write_floor_app
 from db import invoices, loads
-from db.aggregates import COUNTERS, LOAD_STATUS_COUNTERS, StatsSnapshot
+from db.aggregates import COUNTERS, LOAD_STATUS_COUNTERS, StatsSnapshot, with_defaults
 from db.models import Load as LoadRow
 from db.money import parse_cents
-from db.row_writes import DriverRowWrites, Plan, Write, _Transaction
+from db.row_writes import DriverRowWrites, Plan, Update, Write, _Transaction
 from db.unit_of_work import Database
 from main import create_app
 from schema.context import Info
@@ -63,12 +63,10 @@ async def naive_count_loads_by_status(info: Info, org_id: strawberry.ID) -> Load
 
 
 class _Uncounted(_Transaction):
-    """The same statements without the aggregate: no counter delta, so no counter upsert."""
+    """The same statements without the aggregate: no delta computed, so no counter or money upsert."""
 
     def _count(self, write: Write) -> dict[str, Any]:
-        params = super()._count(write)
-        self._pending.clear()
-        return params
+        return with_defaults(write.model, write.values, on_update=isinstance(write, Update))
 
 
 class _UncountedRowWrites(DriverRowWrites):

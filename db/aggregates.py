@@ -376,31 +376,53 @@ def count_inserted(pending: Pending, model: type[Base], row: Any) -> None:
 
 
 def count_changed(pending: Pending, model: type[Base], old: Any, new: Any) -> None:
-    """Add a changed row of `model`, from its locked state `old` to `new`, to the pending deltas."""
-    _contribute(pending, model, old, -1)
-    _contribute(pending, model, new, +1)
-
-
-def _contribute(pending: Pending, model: type[Base], row: Any, sign: int) -> None:
-    """Add (`sign` +1) or take away (-1) what `row` gives each aggregate of its model. A delta
-    is keyed by its stats column, or by (table, key, column) for the keyed aggregates."""
+    """Add a changed row of `model`, from its locked state `old` to `new`, to the pending deltas.
+    An aggregate that keeps the row under the same key gets only the differences of its amounts
+    (a payment moves 5 sums, not 26)."""
     aggregates = BY_SOURCE.get(model)
     if not aggregates:
         return
-    deltas = pending.get(row.org_id)
-    if deltas is None:
-        deltas = pending[row.org_id] = Counter()
+    deltas = _deltas(pending, old.org_id)
     for aggregate in aggregates:
-        if not aggregate.where(row):
+        was, now = aggregate.where(old), aggregate.where(new)
+        if was and now and (key := aggregate.key(old)) == aggregate.key(new):
+            moved = dict(aggregate.amounts(new))
+            for column, value in aggregate.amounts(old).items():  # a counter's column follows the value
+                moved[column] = moved.get(column, 0) - value
+            _add(deltas, aggregate, key, moved, +1)
             continue
-        if aggregate.table is None:
-            for column, value in aggregate.amounts(row).items():
-                deltas[column] = deltas.get(column, 0) + sign * value  # not Counter's `+=`: its __missing__ is Python
-        else:
-            table, key = aggregate.table.name, aggregate.key(row)
-            for column, value in aggregate.amounts(row).items():
-                delta_key = (table, key, column)
-                deltas[delta_key] = deltas.get(delta_key, 0) + sign * value
+        if was:
+            _add(deltas, aggregate, aggregate.key(old), aggregate.amounts(old), -1)
+        if now:
+            _add(deltas, aggregate, aggregate.key(new), aggregate.amounts(new), +1)
+
+
+def _contribute(pending: Pending, model: type[Base], row: Any, sign: int) -> None:
+    """Add (`sign` +1) or take away (-1) what `row` gives each aggregate of its model."""
+    aggregates = BY_SOURCE.get(model)
+    if not aggregates:
+        return
+    deltas = _deltas(pending, row.org_id)
+    for aggregate in aggregates:
+        if aggregate.where(row):
+            _add(deltas, aggregate, aggregate.key(row), aggregate.amounts(row), sign)
+
+
+def _deltas(pending: Pending, org_id: str) -> Counter[Any]:
+    deltas = pending.get(org_id)
+    if deltas is None:
+        deltas = pending[org_id] = Counter()
+    return deltas
+
+
+def _add(deltas: Counter[Any], aggregate: Summed, key: tuple[Any, ...], amounts: Mapping[str, int], sign: int) -> None:
+    """Move `deltas` by `sign` times `amounts`. A delta is keyed by its stats column, or by
+    (table, key, column) for the keyed aggregates; a zero amount moves nothing."""
+    table = None if aggregate.table is None else aggregate.table.name
+    for column, value in amounts.items():
+        if value:
+            delta_key = column if table is None else (table, key, column)
+            deltas[delta_key] = deltas.get(delta_key, 0) + sign * value  # not Counter's `+=`: its __missing__ is Python
 
 
 async def update_counted(session: AsyncSession, model: type[Base], row: Row[Any], values: dict[str, Any]) -> Row[Any]:
@@ -462,8 +484,7 @@ def _collect_deltas(session: Session, _flush: UOWTransaction, _instances: object
         _require_locked(session, obj)
         if inspect(obj).attrs["org_id"].history.has_changes():
             raise RuntimeError("a row cannot move to another organization")
-        _contribute(pending, type(obj), _as_loaded(obj), -1)
-        _contribute(pending, type(obj), obj, +1)
+        count_changed(pending, type(obj), _as_loaded(obj), obj)
 
 
 def _as_loaded(obj: Any) -> SimpleNamespace:
@@ -492,13 +513,16 @@ def counter_additions(pending: Pending, shards: int) -> list[dict[str, Any]]:
     additions = []
     now = utcnow()
     for org_id in sorted(pending):  # a fixed order: concurrent writers never deadlock here
-        moved = {key: d for key, d in pending[org_id].items() if d}
-        if moved:
-            delta = {key: d for key, d in moved.items() if isinstance(key, str)}
+        deltas = pending[org_id]
+        if any(deltas.values()):
+            delta = {key: d for key, d in deltas.items() if d and isinstance(key, str)}
             # Spread over the org's shards, writers of one hot org rarely wait on one row.
-            shard = random.randrange(shards)
-            additions.append({"org_id": org_id, "shard": shard, "now": now, **dict.fromkeys(SUMS, 0), **delta})
+            shard = random.randrange(shards) if shards > 1 else 0
+            additions.append({"org_id": org_id, "shard": shard, "now": now, **_NO_SUMS, **delta})
     return additions
+
+
+_NO_SUMS = dict.fromkeys(SUMS, 0)
 
 
 def row_additions(pending: Pending) -> list[tuple[str, dict[str, Any]]]:
@@ -509,12 +533,14 @@ def row_additions(pending: Pending) -> list[tuple[str, dict[str, Any]]]:
         for key, d in deltas.items():
             if d and not isinstance(key, str):
                 table, row_key, column = key
-                rows.setdefault((table, org_id, row_key), {})[column] = d
+                moved = rows.get(row := (table, org_id, row_key))
+                if moved is None:
+                    moved = rows[row] = {}
+                moved[column] = d
     additions = []
     for (table, org_id, row_key), moved in sorted(rows.items()):  # a table's keys are alike: they compare
-        key_columns = _KEY_COLUMNS[table]
-        params = {"org_id": org_id, **dict(zip(key_columns, row_key, strict=True))}
-        additions.append((table, {**params, **dict.fromkeys(_SUM_COLUMNS[table], 0), **moved}))
+        key = dict(zip(_KEY_COLUMNS[table], row_key, strict=True))
+        additions.append((table, {"org_id": org_id, **key, **_NO_ROW_SUMS[table], **moved}))
     return additions
 
 
@@ -633,6 +659,7 @@ def _build_row_add_statement(insert: Any, table: Table) -> Any:
 _KEYED = {cast(Table, a.table).name: cast(Table, a.table) for a in AGGREGATES if a.table is not None}
 _KEY_COLUMNS = {name: [c.key for c in t.primary_key.columns if c.key != "org_id"] for name, t in _KEYED.items()}
 _SUM_COLUMNS = {name: [c.key for c in t.c if not c.primary_key] for name, t in _KEYED.items()}
+_NO_ROW_SUMS = {name: dict.fromkeys(columns, 0) for name, columns in _SUM_COLUMNS.items()}
 ADD_TO_ROWS = {
     name: {table: _build_row_add_statement(insert, t) for table, t in _KEYED.items()} for name, insert in _DIALECTS
 }

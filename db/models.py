@@ -18,7 +18,6 @@ from sqlalchemy import (
     Row,
     String,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -146,16 +145,7 @@ class ReceivableDay(Base):
     a row per date, however many invoices and customers. Written only by db/aggregates.py."""
 
     __tablename__ = "receivable_days"
-    __table_args__ = (
-        Index(
-            "ix_receivable_days_open",
-            "org_id",
-            "invoice_date",
-            postgresql_where=text("balance <> 0"),
-            sqlite_where=text("balance <> 0"),
-        ),
-        {"sqlite_with_rowid": False},
-    )
+    __table_args__ = {"sqlite_with_rowid": False}
 
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.org_id"), primary_key=True)
     invoice_date: Mapped[date] = mapped_column(Date, primary_key=True)
@@ -178,21 +168,12 @@ class CustomerBalance(Base):
 
 class Receivable(Base):
     """Open balances of an org per (customer, invoice date): `customer_key` is the customer's
-    id, 0 for invoices with none. Rows back at zero stay, outside the partial index the
-    aging query reads. Written only by db/aggregates.py."""
+    id, 0 for invoices with none. Rows back at zero stay: they add nothing to the
+    aging query's range sums, and no index names the balance (migration 0007), so a change
+    of it rewrites one row. Written only by db/aggregates.py."""
 
     __tablename__ = "receivables"
-    __table_args__ = (
-        Index(
-            "ix_receivables_open",
-            "org_id",
-            "customer_key",
-            "invoice_date",
-            postgresql_where=text("balance <> 0"),
-            sqlite_where=text("balance <> 0"),
-        ),
-        {"sqlite_with_rowid": False},
-    )
+    __table_args__ = {"sqlite_with_rowid": False}
 
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.org_id"), primary_key=True)
     customer_key: Mapped[int] = mapped_column(BigInteger, primary_key=True)

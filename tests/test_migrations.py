@@ -1,5 +1,5 @@
 """The revisions that introduce organization_stats and the money aggregates backfill them from existing rows;
-0006 rebuilds the money tables without losing a row."""
+0006 rebuilds the money tables and 0007 drops two of their indexes without losing a row."""
 
 from __future__ import annotations
 
@@ -92,9 +92,10 @@ def test_processes_started_together_do_not_race_migrations(databases: Databases)
     assert sum("Running upgrade  -> 0001" in out for out in outputs) == 1
 
 
-async def test_0006_rebuilds_the_money_tables_without_losing_a_row(api: Api, db: Database) -> None:
-    """0006 clusters the money tables by key on SQLite (WITHOUT ROWID; nothing on PostgreSQL).
-    Down to 0005 and up again, every money row and aggregate is what it was."""
+async def test_0006_and_0007_rebuild_the_money_tables_without_losing_a_row(api: Api, db: Database) -> None:
+    """0006 clusters the money tables by key on SQLite (WITHOUT ROWID; nothing on PostgreSQL);
+    0007 drops the partial indexes of receivables and receivable_days (both databases). Down to
+    0006, then 0005, and up again, every money row and aggregate is what it was."""
     for amount, paid in (("1250.50", "250.50"), ("99.99", None), ("10.00", "10.00")):
         load = await create_load(api)
         invoice = await create_invoice(api, load["id"])
@@ -114,10 +115,15 @@ async def test_0006_rebuilds_the_money_tables_without_losing_a_row(api: Api, db:
     before = await money_rows(db, "org_a")
     assert before[1], "an open balance to keep"
     clustered, indexes = _money_schema(db)
-    assert clustered in ({True}, None) and (indexes is None or len(indexes) == 3)
+    assert clustered in ({True}, None) and (indexes is None or len(indexes) == 1)  # the ranking index
+    assert await _partial_indexes(db) == set()
 
+    await asyncio.to_thread(command.downgrade, alembic_config(db.url), "0006")
+    assert await _partial_indexes(db) == {"ix_receivables_open", "ix_receivable_days_open"}
+    assert await money_rows(db, "org_a") == before
+    partial_too = _money_schema(db)[1]
     await asyncio.to_thread(command.downgrade, alembic_config(db.url), "0005")
-    assert _money_schema(db) in (({False}, indexes), (None, None))
+    assert _money_schema(db) in (({False}, partial_too), (None, None))
     assert await money_rows(db, "org_a") == before
     await upgrade_async(db.url)
     assert _money_schema(db) == (clustered, indexes)  # the same indexes, on the tables of their name
@@ -126,6 +132,22 @@ async def test_0006_rebuilds_the_money_tables_without_losing_a_row(api: Api, db:
 
 
 MONEY_TABLES = "('revenue_months', 'receivables', 'receivable_days', 'customer_balances')"
+
+
+async def _partial_indexes(db: Database) -> set[str]:
+    """The names of the `balance <> 0` indexes on the money tables, on either database."""
+    sqlite = make_url(db.url).get_backend_name() == "sqlite"
+    query = (
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE '%balance <> 0%'"
+        if sqlite
+        else "SELECT indexname FROM pg_indexes WHERE indexdef LIKE '%balance <> 0%'"
+    )
+    engine = create_engine(db.url)
+    try:
+        async with engine.connect() as connection:
+            return set((await connection.execute(text(query))).scalars())
+    finally:
+        await engine.dispose()
 
 
 def _money_schema(db: Database) -> tuple[set[bool], set[str]] | tuple[None, None]:
