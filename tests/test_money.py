@@ -175,6 +175,26 @@ async def test_receivables_aging_buckets_by_age_and_sorts_customers(api: Api, db
     await assert_exact(db, "org_a")
 
 
+async def test_receivables_aging_cuts_the_first_customers_through_ties_in_order(api: Api, db: Database) -> None:
+    """Customers tied on balance at the cut come by name, the invoices with no customer last among
+    them, whatever `first` cuts through the tie; `first: 0` lists none, and more than there are lists all."""
+    as_of = date(2026, 3, 31)
+    ids = {}
+    for name in ("Bravo", "Alpha", "Big"):
+        created = await api.ok("mutation($n: String!) { createCustomer(orgId: \"org_a\", name: $n) { id } }", n=name)
+        ids[name] = created["createCustomer"]["id"]
+    for customer, amount in (("Bravo", "50"), (None, "50"), ("Alpha", "50"), ("Big", "100")):
+        invoice = await priced_invoice(api, amount, **({"customerId": ids[customer]} if customer else {}))
+        await api.ok(MOVE, id=invoice["id"], s="BILLED", d="2026-03-01")
+    everyone = ["Big", "Alpha", "Bravo", None]
+    for first in (0, 1, 2, 3, 4, 20):
+        aging = (await api.ok(AGING, o="org_a", d=as_of.isoformat(), n=first))["receivablesAging"]
+        listed = [c["customer"] and c["customer"]["name"] for c in aging["customers"]]
+        assert listed == everyone[:first], first
+        assert aging["buckets"]["total"] == "250.00"
+    await assert_exact(db, "org_a")
+
+
 async def test_money_queries_are_one_statement_that_never_reads_invoices(
     api: Api, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
