@@ -107,9 +107,9 @@ def _reader(selected: Selected) -> Callable[[Any], Any]:
 
 
 def _object_reader(fields: tuple[Selected, ...]) -> Callable[[Any], Any]:
-    """An object's selected fields, rendered. Several stored scalars of one type (the five amounts of
-    aging buckets) are read by one attrgetter and serialized by one map, in C; a None among them
-    takes the field-by-field way, which answers null or the executor's error."""
+    """An object's selected fields, rendered. Several stored scalars of one type serialized in C
+    (the five Money amounts of aging buckets: `str`) are read by one attrgetter and serialized by
+    one map; a None among them takes the field-by-field way, which answers null or the executor's error."""
     pairs = tuple((child.key, child.of) for child in fields)
 
     def each(value: Any) -> Any:
@@ -117,6 +117,8 @@ def _object_reader(fields: tuple[Selected, ...]) -> Callable[[Any], Any]:
 
     alike = {child.serialize for child in fields}
     if len(fields) < 2 or len(alike) > 1 or any(c.attribute is None or c.fields or c.many for c in fields):
+        return each
+    if hasattr(next(iter(alike)), "__code__"):  # a serializer in Python (graphql-core's Int): no faster in a map
         return each
     keys, serialize = tuple(c.key for c in fields), alike.pop()
     read = operator.attrgetter(*(cast(str, c.attribute) for c in fields))
