@@ -58,12 +58,6 @@ class Prepared:
         keys = [name if name is not None else f"\0{k}" for k, (name, _, _) in enumerate(self._order)]
         self._take: Any = operator.itemgetter(*keys) if keys else lambda _parameters: ()
         self._one = len(keys) == 1  # itemgetter answers one value bare, not in a tuple
-        types: dict[str, set[type]] = {}
-        for bind in binds:
-            if bind.required:
-                types.setdefault(bind.key, set()).add(type(bind.type.dialect_impl(dialect_)))
-        if any(len(found) > 1 for found in types.values()):
-            raise ValueError(f"a parameter bound with two types: {types}")  # one processing per name would not do
         self._processed = tuple({name: process for name, _, process in self._order if name and process}.items())
         self.row_type: Any = None
         if returns is not None:
