@@ -48,17 +48,12 @@ class Prepared:
              bind.type.dialect_impl(dialect_).bind_processor(dialect_))
             for bind in binds
         ]  # fmt: skip
-        # The caller's values and the statement's constants taken in one C call, each name's value
-        # processed once however many times the statement binds it; a constant is processed here.
-        self._constants = {
-            f"\0{k}": literal if process is None or literal is None else process(literal)
-            for k, (name, literal, process) in enumerate(self._order)
-            if name is None
-        }
-        keys = [name if name is not None else f"\0{k}" for k, (name, _, _) in enumerate(self._order)]
-        self._take: Any = operator.itemgetter(*keys) if keys else lambda _parameters: ()
-        self._one = len(keys) == 1  # itemgetter answers one value bare, not in a tuple
-        self._processed = tuple({name: process for name, _, process in self._order if name and process}.items())
+        # The caller's values taken in one C call, then the literals put in and the processors run.
+        names = [name for name, _, _ in self._order if name is not None]
+        self._take: Any = operator.itemgetter(*names) if names else lambda _parameters: ()
+        self._one = len(names) == 1  # itemgetter answers one value bare, not in a tuple
+        self._literals = [(k, literal) for k, (name, literal, _) in enumerate(self._order) if name is None]
+        self._processed = [(k, process) for k, (_, _, process) in enumerate(self._order) if process is not None]
         self.row_type: Any = None
         if returns is not None:
             columns = returns.c if isinstance(returns, Table) else returns
@@ -68,15 +63,18 @@ class Prepared:
             self._results = [(k, process) for k, process in enumerate(processors) if process is not None]
 
     def values(self, parameters: Mapping[str, Any]) -> tuple[Any, ...]:
-        if self._processed:
-            processed = {
-                name: process(value) for name, process in self._processed if (value := parameters[name]) is not None
-            }
-            parameters = {**parameters, **processed, **self._constants}
-        elif self._constants:
-            parameters = {**parameters, **self._constants}
         taken = self._take(parameters)
-        return (taken,) if self._one else cast(tuple[Any, ...], taken)
+        if self._one:
+            taken = (taken,)
+        if not self._literals and not self._processed:
+            return cast(tuple[Any, ...], taken)
+        values = list(taken)
+        for k, literal in self._literals:  # in order of position
+            values.insert(k, literal)
+        for k, process in self._processed:
+            if values[k] is not None:
+                values[k] = process(values[k])
+        return tuple(values)
 
     def row(self, values: Sequence[Any] | None) -> Any:
         """The driver's row as a named tuple of Python values (None stays None; so does a

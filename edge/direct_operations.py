@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import operator
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,7 +86,10 @@ def _reader(selected: Selected) -> Callable[[Any], Any]:
     attribute, key, nullable = selected.attribute, selected.key, selected.nullable
     one: Callable[[Any], Any] = selected.serialize
     if selected.fields is not None:
-        one = _object_reader(selected.fields)
+        pairs = tuple((child.key, child.of) for child in selected.fields)
+
+        def one(value: Any) -> Any:
+            return {child_key: of(value) for child_key, of in pairs}
 
     if selected.many:
         item = one
@@ -104,30 +106,6 @@ def _reader(selected: Selected) -> Callable[[Any], Any]:
         return one(value)
 
     return of
-
-
-def _object_reader(fields: tuple[Selected, ...]) -> Callable[[Any], Any]:
-    """An object's selected fields, rendered. Several stored scalars of one type serialized in C
-    (the five Money amounts of aging buckets: `str`) are read by one attrgetter and serialized by
-    one map; a None among them takes the field-by-field way, which answers null or the executor's error."""
-    pairs = tuple((child.key, child.of) for child in fields)
-
-    def each(value: Any) -> Any:
-        return {child_key: of(value) for child_key, of in pairs}
-
-    alike = {child.serialize for child in fields}
-    if len(fields) < 2 or len(alike) > 1 or any(c.attribute is None or c.fields or c.many for c in fields):
-        return each
-    if hasattr(next(iter(alike)), "__code__"):  # a serializer in Python (graphql-core's Int): no faster in a map
-        return each
-    keys, serialize = tuple(c.key for c in fields), alike.pop()
-    read = operator.attrgetter(*(cast(str, c.attribute) for c in fields))
-
-    def together(value: Any) -> Any:
-        values = read(value)
-        return each(value) if None in values else dict(zip(keys, map(serialize, values), strict=True))
-
-    return together
 
 
 def _null(where: str) -> Any:

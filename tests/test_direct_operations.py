@@ -294,23 +294,3 @@ async def test_known_documents_are_bounded(direct: tuple[Api, TallyGraphQL], mon
         await api.ok(document)
     assert list(operations_of(view).known) == documents[1:]
     del load
-
-
-def test_an_object_of_alike_scalars_renders_as_field_by_field() -> None:
-    """The aging buckets' way (one attrgetter, one map) answers what field by field answers: the
-    serialized values under their keys, null for a nullable None, the executor's error for another."""
-    from types import SimpleNamespace
-
-    from edge.direct_operations import Selected, render
-
-    def fields(nullable: bool) -> tuple[Selected, ...]:
-        return tuple(Selected(key, attribute, str, nullable) for key, attribute in (("a", "x"), ("b", "y"), ("c", "z")))
-
-    buckets = Selected("buckets", "buckets", str, fields=fields(nullable=True))
-    row = SimpleNamespace(buckets=SimpleNamespace(x="1.00", y=2, z="3.50"))
-    assert render(row, (buckets,)) == {"buckets": {"a": "1.00", "b": "2", "c": "3.50"}}
-    row.buckets.y = None
-    assert render(row, (buckets,)) == {"buckets": {"a": "1.00", "b": None, "c": "3.50"}}
-    strict = Selected("buckets", "buckets", str, fields=fields(nullable=False))
-    with pytest.raises(RuntimeError, match="non-nullable field b"):
-        render(row, (strict,))
