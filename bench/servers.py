@@ -78,7 +78,7 @@ _uncounted: dict[int, _UncountedRowWrites] = {}
 
 async def write_without_aggregate(db: Database, plan: Callable[[], Plan]) -> Any:
     """`Database.write_row` on the driver without the aggregate: same engine, pool, inline connection, writer's turn,
-    statements and commit; no counter upsert, no read after commit, no publish."""
+    statements and commit; no delta computed, no counter upsert, no read after commit, no publish."""
     if (writes := _uncounted.get(id(db))) is None:
         writes = _uncounted[id(db)] = _UncountedRowWrites(db.engine, 1, db._inline_writes)
     async with db._writer_turn:
