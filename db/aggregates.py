@@ -503,6 +503,9 @@ def _apply_deltas(session: Session) -> None:
         _ADD_TO_ROWS[table].run(session.connection(), params)
 
 
+_NO_SUMS = dict.fromkeys(SUMS, 0)  # every stats column, before a transaction's deltas
+
+
 def counter_additions(pending: Pending, shards: int) -> list[dict[str, Any]]:
     """The parameters of `ADD_COUNTERS`, the one statement per org that applies a transaction's
     deltas to its stats row (none for an org whose deltas all cancel out): it creates the org's
@@ -520,9 +523,6 @@ def counter_additions(pending: Pending, shards: int) -> list[dict[str, Any]]:
             shard = random.randrange(shards) if shards > 1 else 0
             additions.append({"org_id": org_id, "shard": shard, "now": now, **_NO_SUMS, **delta})
     return additions
-
-
-_NO_SUMS = dict.fromkeys(SUMS, 0)
 
 
 def row_additions(pending: Pending) -> list[tuple[str, dict[str, Any]]]:
