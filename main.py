@@ -10,8 +10,10 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -200,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("serve", help="migrate the database, then serve /graphql (the default)")
     commands.add_parser("migrate", help="upgrade the database to the newest schema")
     commands.add_parser("schema", help="print the GraphQL schema (what schema.graphql holds)")
+    commands.add_parser("vacuum", help="rewrite an older SQLite file with 1 KB pages (stop the server first)")
     token = commands.add_parser("token", help="print a token signed with TALLY_JWT_SECRET")
     token.add_argument("--org", help="the org_id claim (omit for a service token)")
     token.add_argument("--role", choices=ROLES, default="admin")
@@ -229,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         upgrade(settings.database_url)
         print("database is at the newest revision")
+    elif args.command == "vacuum":
+        return vacuum(settings.database_url)
     elif args.command in ("recalc", "check-drift", "runs"):
         try:
             return asyncio.run(operate(settings, args.command, getattr(args, "org", None), args.json))
@@ -240,6 +245,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     else:
         serve(settings)
+    return 0
+
+
+def vacuum(url: str) -> int:
+    """Rewrite the SQLite file with Tally's page size (db/sqlite/page_size.py); 2 if it cannot."""
+    from db.migrate import sqlite_file_lock
+    from db.sqlite.page_size import FileInUse, rewrite_pages
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        print("vacuum: only an SQLite file has a page size to change", file=sys.stderr)
+        return 2
+    path = cast(str, parsed.database)
+    if not Path(path).exists():
+        print(f"vacuum: no database at {path}", file=sys.stderr)
+        return 2
+    try:
+        with sqlite_file_lock(url):
+            before, after = rewrite_pages(path)
+    except FileInUse as error:
+        print(f"vacuum: another process has {path} open ({error}): stop the server first", file=sys.stderr)
+        return 2
+    print(f"{path}: pages of {after} bytes" + ("" if before == after else f" (were {before})"))
     return 0
 
 

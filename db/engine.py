@@ -21,6 +21,11 @@ from db.prepared import Prepared
 from db.sqlite.driver import OneTripConnection, OneTripDbapi
 
 WRITE = "tally_write"  # execution option: this transaction will write
+# A new SQLite file's page size. Every write's COMMIT copies each page it dirtied into the log
+# (and a checkpoint copies it back): a payment dirties 7 pages, and Tally's rows are tens of
+# bytes, so 1 KB pages cost each write a quarter of the bytes 4 KB ones do (docs/benchmarks-money.md).
+# It only takes effect on a file with no table yet; `python main.py vacuum` rewrites an older one.
+SQLITE_PAGE_SIZE = 1024
 
 
 @dataclass
@@ -69,6 +74,7 @@ def _make_sqlite_transactional(engine: AsyncEngine, *, automatic_checkpoints: bo
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         for pragma in (
+            f"page_size={SQLITE_PAGE_SIZE}",  # before WAL: a new file's first page is written with it
             "journal_mode=WAL",
             "synchronous=NORMAL",
             "foreign_keys=ON",

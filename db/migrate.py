@@ -29,12 +29,14 @@ def upgrade(url: str, revision: str = "head") -> None:
     advisory lock (env.py); SQLite ones an exclusive lock on a file beside the
     database.
     """
-    with _sqlite_file_lock(url):
+    with sqlite_file_lock(url):
         command.upgrade(alembic_config(url), revision)
 
 
 @contextlib.contextmanager
-def _sqlite_file_lock(url: str) -> Iterator[None]:
+def sqlite_file_lock(url: str) -> Iterator[None]:
+    """An exclusive lock on a file beside an SQLite database (none for other databases): one
+    migration, or one rewrite (`main.py vacuum`), at a time."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         yield
