@@ -16,7 +16,8 @@ gets each one's row back, checks the domain's rules, and returns its one write
   on asyncpg, one round trip per statement, and the write carries the org's creation and
   its counter upsert as CTEs of the same statement: a createLoad is one round trip (one
   statement is atomic without BEGIN), a status change four (BEGIN, the locking read, the
-  write, COMMIT), plus one per money row it moves. The connection is the engine pool's.
+  write, COMMIT; a write that moves money rows sends their upserts with COMMIT, in one
+  message). The connection is the engine pool's.
 
 Neither can forget the counters: a plan writes a counted table only by returning an
 `Insert` or `Update`, and the runner moves the counters by it (`count_inserted`;
@@ -60,6 +61,7 @@ from db.engine import count_statement
 from db.errors import NotFound
 from db.models import Base
 from db.organizations import ENSURE_ORGANIZATION, ensure_organization, organization_values
+from db.postgres.inlined import Inlined
 from db.postgres.reads import LOST_CONNECTION
 from db.prepared import Prepared, prepared, returned_columns
 from db.queries import find, lock_row, parse_id, row_select
@@ -198,7 +200,11 @@ async def _run_on_asyncpg(connection: asyncpg.Connection, statements: Statements
     try:
         sql, values = next(statements)
         while sql is not None:
-            sql, values = statements.send(await connection.fetchrow(sql, *values))
+            if values is None:  # statements with their values written in (db/postgres/inlined.py): no row
+                await connection.execute(sql)
+                sql, values = statements.send(None)
+            else:
+                sql, values = statements.send(await connection.fetchrow(sql, *values))
         return values
     except BaseException:
         if not connection.is_closed() and connection.is_in_transaction():
@@ -221,6 +227,13 @@ class _Sent:
             self.statements_run += 1
         self.last_sql = sql
         return sql, values
+
+    def _run_inlined(self, statements: list[str]) -> tuple[str, None]:
+        """Statements with their values written in, sent together (PostgreSQL's simple protocol)."""
+        for sql in statements:
+            self._run(sql)
+        self.last_sql = sql = "; ".join(statements)
+        return sql, None
 
 
 class _Transaction(_Sent):
@@ -274,7 +287,8 @@ class _Transaction(_Sent):
             additions = counter_additions(self._pending, self._shards)  # one row: at most one org
             # The keyed aggregates (money) are statements of their own, after the write, in a fixed
             # order. As CTEs of the write they saved a round trip, but PostgreSQL runs a statement's
-            # CTEs in no fixed order, and two writers locking the same rows deadlocked.
+            # CTEs in no fixed order, and two writers locking the same rows deadlocked. On PostgreSQL
+            # they go with COMMIT, in one round trip (db/postgres/inlined.py).
             rows = row_additions(self._pending)
             if rows and not began:
                 yield self._run("BEGIN")
@@ -288,6 +302,10 @@ class _Transaction(_Sent):
                 result = prepared.row((yield self._run(prepared.sql, prepared.values(params))))
                 for addition in additions:
                     yield self._run(s.add_counters.sql, s.add_counters.values(addition))
+            if rows and self._compose:  # with COMMIT in one round trip, in this order
+                yield self._run_inlined([*(s.inlined_rows[table].sql(row) for table, row in rows), "COMMIT"])
+                yield None, result
+                return
             for table, row in rows:
                 yield self._run(s.add_to_rows[table].sql, s.add_to_rows[table].values(row))
         if began:
@@ -438,6 +456,8 @@ class _Statements:
         self.ensure_organization = Prepared(ENSURE_ORGANIZATION[dialect], dialect)
         self.add_counters = Prepared(ADD_COUNTERS[dialect], dialect)
         self.add_to_rows = {table: Prepared(statement, dialect) for table, statement in ADD_TO_ROWS[dialect].items()}
+        if dialect == "postgresql":
+            self.inlined_rows = {table: Inlined(prepared) for table, prepared in self.add_to_rows.items()}
         self._prepared: dict[tuple[Any, ...], Prepared] = {}
 
     def get(self, kind: str, model: type[Base], *args: Any) -> Prepared:

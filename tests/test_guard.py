@@ -312,6 +312,7 @@ DRIVER_MODULES = {
     "db/unit_of_work.py": "makes the inline writer, for db/row_writes.py's runner only",
     "db/sqlite_follower.py": "read-only: PRAGMA query_only",
     "db/sqlite/checkpoints.py": "runs PRAGMA wal_checkpoint only: copies committed pages, changes no row",
+    "db/sqlite/page_size.py": "main.py vacuum: VACUUM and pragmas, with the file to itself; rewrites pages, changes no row",
     "db/postgres/reads.py": "read-only: default_transaction_read_only",
 }
 DRIVER_ENTRY = re.compile(

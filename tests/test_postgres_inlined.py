@@ -1,0 +1,89 @@
+"""PostgreSQL: a write's money upserts go with COMMIT in one round trip, their values written
+into the SQL text (db/postgres/inlined.py). Each value must come back from the server as it
+went in, whatever characters an org id holds."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import date, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from db.postgres.inlined import literal
+from db.unit_of_work import Database
+from tests.helpers import Api, assert_exact, create_invoice, create_load, token
+
+HOSTILE = ("o'rg", "o\\'rg", "org\\", "a'); DROP TABLE invoices; --", "$$x$$", "-- not a comment", "Zürich ☃", "''")
+BILL = 'mutation($i: ID!) { updateInvoiceStatus(id: $i, status: BILLED, invoiceDate: "2026-03-14") { id } }'
+PRICE = "mutation($i: ID!, $a: Money!) { setInvoiceAmount(id: $i, amount: $a) { id } }"
+PAY = 'mutation($i: ID!) { recordPayment(invoiceId: $i, amount: "2.50") { id balance } }'
+
+
+@pytest.fixture
+def postgres_url(database_url: str) -> str:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's simple protocol")
+    return database_url
+
+
+def test_literals_are_refused_for_what_has_no_unambiguous_text() -> None:
+    assert [literal(v) for v in (None, True, 0, 7, -7, date(2024, 2, 29))] == [
+        "NULL", "true", "0", "7", "(-7)", "DATE '2024-02-29'",
+    ]  # fmt: skip
+    assert literal("o'r\\g") == "E'o\\'r\\\\g'"
+    for value in ("a\x00b", 1.5, datetime(2026, 1, 1), b"x"):
+        with pytest.raises((ValueError, TypeError)):
+            literal(value)
+
+
+async def test_every_literal_comes_back_from_the_server_as_it_went_in(postgres_url: str) -> None:
+    values: list[Any] = [*HOSTILE, None, True, -(2**62), 2**62, date(2024, 2, 29)]
+    connection = await asyncpg.connect(postgres_url.replace("+asyncpg", ""))
+    try:
+        for standard_strings in ("on", "off"):  # E'' strings mean the same under either setting
+            await connection.execute(f"SET standard_conforming_strings = {standard_strings}")
+            row = await connection.fetchrow("SELECT " + ", ".join(literal(v) for v in values))
+            assert list(row) == values
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The statements asyncpg sends, one entry per round trip."""
+    sent: list[str] = []
+    for name in ("fetchrow", "execute"):
+        original = getattr(asyncpg.Connection, name)
+
+        async def counted(self: Any, query: str, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            sent.append(query)
+            return await _original(self, query, *args, **kwargs)
+
+        monkeypatch.setattr(asyncpg.Connection, name, counted)
+    yield sent
+
+
+@pytest.mark.parametrize("org", ["org_a", HOSTILE[3], HOSTILE[1]])
+async def test_a_payment_sends_its_four_money_rows_with_commit_in_one_round_trip(
+    postgres_url: str, api: Api, db: Database, round_trips: list[str], org: str
+) -> None:
+    assert db.driver_row_writes
+    api = api.as_(token(org, "admin"))
+    customer = await api.ok('mutation($o: ID!) { createCustomer(orgId: $o, name: "C") { id } }', o=org)
+    load = await create_load(api, org=org, customerId=customer["createCustomer"]["id"])
+    invoice = await create_invoice(api, load["id"])
+    await api.ok(PRICE, i=invoice["id"], a="10.00")
+    await api.ok(BILL, i=invoice["id"])
+
+    round_trips.clear()
+    paid = await api.ok(PAY, i=invoice["id"])
+    assert paid["recordPayment"]["balance"] == "7.50"
+    begin, lock, write, last = round_trips
+    assert (begin, lock.split()[0]) == ("BEGIN", "SELECT") and "UPDATE invoices" in write  # with the counters' CTE
+    tables = ["customer_balances", "receivable_days", "receivables", "revenue_months"]  # in a fixed order
+    assert re.findall(r"^INSERT INTO (\w+)|; INSERT INTO (\w+)", last) == [(tables[0], ""), *(("", t) for t in tables[1:])]
+    assert last.endswith("; COMMIT")
+    await assert_exact(db, org)
