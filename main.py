@@ -250,22 +250,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def vacuum(url: str) -> int:
     """Rewrite the SQLite file with Tally's page size (db/sqlite/page_size.py); 2 if it cannot."""
+    import sqlite3
+
     from db.migrate import sqlite_file_lock
-    from db.sqlite.page_size import FileInUse, rewrite_pages
+    from db.sqlite.page_size import Unchanged, rewrite_pages
 
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         print("vacuum: only an SQLite file has a page size to change", file=sys.stderr)
         return 2
     path = cast(str, parsed.database)
-    if not Path(path).exists():
+    if not Path(path).is_file():
         print(f"vacuum: no database at {path}", file=sys.stderr)
         return 2
     try:
         with sqlite_file_lock(url):
             before, after = rewrite_pages(path)
-    except FileInUse as error:
-        print(f"vacuum: another process has {path} open ({error}): stop the server first", file=sys.stderr)
+    except Unchanged as error:
+        print(f"vacuum: {path} is unchanged: {error}; stop every process using it first", file=sys.stderr)
+        return 2
+    except sqlite3.Error as error:  # not a database, unreadable: one line, not a traceback
+        print(f"vacuum: {path}: {error}", file=sys.stderr)
         return 2
     print(f"{path}: pages of {after} bytes" + ("" if before == after else f" (were {before})"))
     return 0

@@ -228,12 +228,13 @@ class _Sent:
         self.last_sql = sql
         return sql, values
 
-    def _run_inlined(self, statements: list[str]) -> tuple[str, None]:
-        """Statements with their values written in, sent together (PostgreSQL's simple protocol)."""
-        for sql in statements:
-            self._run(sql)
-        self.last_sql = sql = "; ".join(statements)
-        return sql, None
+    def _run_inlined(self, statements: list[tuple[str, str]]) -> tuple[str, None]:
+        """Statements sent together (PostgreSQL's simple protocol), each (as prepared, with its
+        placeholders: what an error shows, no org's values; with its values written in: what is sent)."""
+        for shown, _ in statements:
+            self._run(shown)
+        self.last_sql = "; ".join(shown for shown, _ in statements)
+        return "; ".join(sent for _, sent in statements), None
 
 
 class _Transaction(_Sent):
@@ -303,7 +304,8 @@ class _Transaction(_Sent):
                 for addition in additions:
                     yield self._run(s.add_counters.sql, s.add_counters.values(addition))
             if rows and self._compose:  # with COMMIT in one round trip, in this order
-                yield self._run_inlined([*(s.inlined_rows[table].sql(row) for table, row in rows), "COMMIT"])
+                money = [(s.add_to_rows[table].sql, s.inlined_rows[table].sql(row)) for table, row in rows]
+                yield self._run_inlined([*money, ("COMMIT", "COMMIT")])
                 yield None, result
                 return
             for table, row in rows:
@@ -397,8 +399,11 @@ class DriverRowWrites:
                 result = await self._on_pool(lambda driver: _run_on_asyncpg(driver, statements))
         except (sqlite3.Error, asyncpg.PostgresError, *LOST_CONNECTION) as error:
             error_type = IntegrityError if _is_integrity_error(error) else DBAPIError
-            lost = isinstance(error, LOST_CONNECTION)
-            raise error_type(transaction.last_sql, None, error, connection_invalidated=lost) from error
+            # A connection lost before COMMIT: nothing was committed, run it again (db/retries.py). Lost
+            # while COMMIT was on its way, the write may have committed: running it again could apply
+            # it twice (a payment), so the caller gets the error.
+            again = isinstance(error, LOST_CONNECTION) and not transaction.last_sql.endswith("COMMIT")
+            raise error_type(transaction.last_sql, None, error, connection_invalidated=again) from error
         for _ in range(transaction.statements_run):
             count_statement()
         return result, transaction.changed_orgs

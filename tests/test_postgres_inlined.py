@@ -33,7 +33,7 @@ def test_literals_are_refused_for_what_has_no_unambiguous_text() -> None:
     assert [literal(v) for v in (None, True, 0, 7, -7, date(2024, 2, 29))] == [
         "NULL", "true", "0", "7", "(-7)", "DATE '2024-02-29'",
     ]  # fmt: skip
-    assert literal("o'r\\g") == "E'o\\'r\\\\g'"
+    assert literal("o'r\\g") == "E'o''r\\\\g'"
     for value in ("a\x00b", 1.5, datetime(2026, 1, 1), b"x"):
         with pytest.raises((ValueError, TypeError)):
             literal(value)
@@ -43,8 +43,9 @@ async def test_every_literal_comes_back_from_the_server_as_it_went_in(postgres_u
     values: list[Any] = [*HOSTILE, None, True, -(2**62), 2**62, date(2024, 2, 29)]
     connection = await asyncpg.connect(postgres_url.replace("+asyncpg", ""))
     try:
-        for standard_strings in ("on", "off"):  # E'' strings mean the same under either setting
+        for standard_strings, backslash_quote in (("on", "off"), ("off", "on")):  # E'' reads the same under each
             await connection.execute(f"SET standard_conforming_strings = {standard_strings}")
+            await connection.execute(f"SET backslash_quote = {backslash_quote}")
             row = await connection.fetchrow("SELECT " + ", ".join(literal(v) for v in values))
             assert list(row) == values
     finally:
@@ -87,3 +88,27 @@ async def test_a_payment_sends_its_four_money_rows_with_commit_in_one_round_trip
     assert re.findall(r"^INSERT INTO (\w+)|; INSERT INTO (\w+)", last) == [(tables[0], ""), *(("", t) for t in tables[1:])]
     assert last.endswith("; COMMIT")
     await assert_exact(db, org)
+
+
+async def test_a_connection_lost_while_commit_was_on_its_way_is_not_run_again(
+    postgres_url: str, api: Api, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write may have committed: running it again could apply a payment twice. The caller
+    gets the error; a connection lost before COMMIT is run again (test_row_writes.py)."""
+    invoice = await create_invoice(api, (await create_load(api))["id"])
+    await api.ok(PRICE, i=invoice["id"], a="10.00")
+    await api.ok(BILL, i=invoice["id"])
+    execute = asyncpg.Connection.execute
+
+    async def lost_at_commit(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+        if query.endswith("COMMIT"):
+            self.terminate()  # the server is gone before it answers
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return await execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "execute", lost_at_commit)
+    body = await api.raw(PAY, i=invoice["id"])
+    assert body["errors"][0]["extensions"]["code"] == "INTERNAL" and db.write_retries == 0
+    monkeypatch.setattr(asyncpg.Connection, "execute", execute)
+    assert (await api.ok(PAY, i=invoice["id"]))["recordPayment"]["balance"] == "7.50"  # the lost one never reached it
+    await assert_exact(db, "org_a")

@@ -88,7 +88,7 @@ async def test_vacuum_changes_nothing_while_a_server_has_the_file_open(tmp_path:
     async with served(url) as (api, db):
         await create_load(api)
         done = cli(url, "vacuum")
-        assert done.returncode == 2 and "stop the server first" in done.stderr, done.stderr
+        assert done.returncode == 2 and "another connection has it open" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
         assert (pragma(path, "page_size"), pragma(path, "journal_mode")) == (4096, "wal")
         await create_load(api)
@@ -96,9 +96,12 @@ async def test_vacuum_changes_nothing_while_a_server_has_the_file_open(tmp_path:
 
 
 def test_vacuum_takes_only_an_existing_sqlite_file(tmp_path: Path) -> None:
+    (tmp_path / "notes.db").write_text("not a database, but longer than a header of one " * 3)
     for url, reason in (
         ("postgresql+asyncpg://postgres@127.0.0.1:5432/test", "only an SQLite file"),
         (f"sqlite+aiosqlite:///{tmp_path / 'missing.db'}", "no database at"),
+        (f"sqlite+aiosqlite:///{tmp_path}", "no database at"),
+        (f"sqlite+aiosqlite:///{tmp_path / 'notes.db'}", "file is not a database"),
     ):
         done = cli(url, "vacuum")
         assert done.returncode == 2 and reason in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -8,8 +8,8 @@ COMMIT (db/row_writes.py); sent as one message they cost one round trip instead 
 run in the order written, so concurrent writers still lock rows in one order (no deadlock).
 
 Only values whose text is unambiguous are written in: None, bool, int, date and str (as an
-escape-string literal, E'...', whose backslashes and quotes are escaped whatever
-standard_conforming_strings says); anything else is refused.
+escape-string literal, E'...', its backslashes doubled and its quotes doubled, which reads the
+same whatever standard_conforming_strings or backslash_quote say); anything else is refused.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def literal(value: Any) -> str:
     if isinstance(value, str):
         if "\x00" in value:
             raise ValueError("PostgreSQL text cannot hold NUL")
-        return "E'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        # Quotes doubled, not backslashed: with backslash_quote=off the server refuses \'.
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
     if isinstance(value, date) and not isinstance(value, datetime):
         return f"DATE '{value.isoformat()}'"
     raise TypeError(f"no literal for a {type(value).__name__}")

@@ -20,7 +20,8 @@ from typing import Any
 from db.sqlite.connections import ThreadConnections, is_busy
 
 SQL = tuple[str, tuple[Any, ...]]
-# As the engine's write connections (db/engine.py); checkpoints are the checkpoint thread's (db/sqlite/checkpoints.py).
+# As the engine's write connections (db/engine.py; the file exists, so no page_size); checkpoints are the
+# checkpoint thread's (db/sqlite/checkpoints.py).
 PRAGMAS = ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "wal_autocheckpoint=0")
 
 

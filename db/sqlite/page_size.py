@@ -2,25 +2,23 @@
 
 A new file gets `SQLITE_PAGE_SIZE` from its first connection (db/engine.py). An older one
 keeps the size it was made with until VACUUM rewrites it, which SQLite allows only outside
-WAL mode: the file leaves WAL, is rewritten, and goes back. That needs the file to itself,
-so the server must be stopped first; with another connection open, nothing changes.
+WAL mode: the file leaves WAL, is rewritten, and goes back. That needs the file to itself:
+the rewrite takes an exclusive lock first, and holds it to the end (locking_mode=EXCLUSIVE),
+so with another connection open it changes nothing, and no connection opens meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from contextlib import closing
 
 from db.engine import SQLITE_PAGE_SIZE
 
 
-class FileInUse(Exception):
-    """Another connection has the file open: the rewrite did not start."""
-
-
-def page_size(path: str) -> int:
-    with closing(sqlite3.connect(path)) as connection:
-        return int(connection.execute("PRAGMA page_size").fetchone()[0])
+class Unchanged(Exception):
+    """The file was not rewritten (another connection has it open, or SQLite refused): the
+    message says why. Its rows are as they were."""
 
 
 def rewrite_pages(path: str, size: int = SQLITE_PAGE_SIZE) -> tuple[int, int]:
@@ -31,15 +29,23 @@ def rewrite_pages(path: str, size: int = SQLITE_PAGE_SIZE) -> tuple[int, int]:
         if before == size:
             return before, size
         try:
+            connection.execute("PRAGMA locking_mode=EXCLUSIVE")  # locks, once taken, are kept until close
             mode = connection.execute("PRAGMA journal_mode=DELETE").fetchone()[0]
+            if mode != "delete":
+                raise Unchanged(f"it stayed in {mode} mode")
+            connection.execute("BEGIN EXCLUSIVE")  # held from here to close: nobody opens it meanwhile
+            connection.execute("COMMIT")
         except sqlite3.OperationalError as error:  # "database is locked"
-            raise FileInUse(str(error)) from error
-        if mode != "delete":
-            raise FileInUse(f"the file stayed in {mode} mode")
+            raise Unchanged(f"another connection has it open ({error})") from error
         try:
             connection.execute(f"PRAGMA page_size={int(size)}")
             connection.execute("VACUUM")
+        except sqlite3.Error as error:  # a full disk: VACUUM is atomic, the file is as it was
+            raise Unchanged(f"VACUUM failed ({error})") from error
         finally:
-            connection.execute("PRAGMA journal_mode=WAL")
+            with contextlib.suppress(sqlite3.Error):  # else the server's connections set WAL again
+                connection.execute("PRAGMA journal_mode=WAL")
         after = int(connection.execute("PRAGMA page_size").fetchone()[0])
+        if after != size:
+            raise Unchanged(f"SQLite kept pages of {after} bytes")
     return before, after
