@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import httpx
@@ -18,7 +20,7 @@ from db.models import CustomerBalance, Invoice, Load, Receivable, ReceivableDay,
 from db.queries import get_stats
 from db.unit_of_work import Database
 from edge.tokens import TokenVerifier
-from settings import DEV_SECRET
+from settings import DEV_SECRET, Settings
 
 VERIFIER = TokenVerifier(DEV_SECRET)
 
@@ -350,3 +352,18 @@ INVOICE_MOVES = {
     "PAID": {"PENDING_PAYMENT", "VOID"},
     "VOID": set(),
 }
+
+
+@contextlib.asynccontextmanager
+async def served_in_process(settings: Settings, org: str = "org_a") -> AsyncIterator[tuple[Api, Any]]:
+    """The app on `settings`, its hub started, served in process over httpx: an admin of `org`, and the app."""
+    from main import create_app
+
+    app = create_app(settings)
+    await app.state.hub.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tally") as client:
+            yield Api(client, token(org, "admin")), app
+    finally:
+        await app.state.hub.stop()
+        await app.state.db.dispose()

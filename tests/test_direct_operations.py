@@ -18,9 +18,8 @@ from api.root import DIRECT
 from edge import direct_operations
 from edge.direct_operations import DirectOperations
 from edge.view import TallyGraphQL
-from main import create_app
 from settings import Settings
-from tests.helpers import Api, assert_exact, create_invoice, create_load, stored, token
+from tests.helpers import Api, assert_exact, create_invoice, create_load, served_in_process, stored, token
 
 LOAD_FIELDS = ["id", "orgId", "status", "loadType", "requiresManualReview", "externalId", "loadNumber", "hcr",
                "tripNumber", "createdAt", "updatedAt", "__typename"]  # fmt: skip
@@ -38,14 +37,8 @@ async def serve(database_url: str, *, direct: bool) -> AsyncIterator[tuple[Api, 
         count_cache_entries=0,
         direct_operations=direct,
     )
-    app = create_app(settings)
-    await app.state.hub.start()
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tally") as client:
-            yield Api(client, token("org_a", "admin")), app.state.graphql
-    finally:
-        await app.state.hub.stop()
-        await app.state.db.dispose()
+    async with served_in_process(settings) as (api, app):
+        yield api, app.state.graphql
 
 
 @pytest.fixture

@@ -7,14 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
-import httpx
-
 from db.engine import SQLITE_PAGE_SIZE
 from db.migrate import upgrade_async
 from db.unit_of_work import Database
-from main import create_app
 from settings import Settings
-from tests.helpers import Api, assert_exact, create_invoice, create_load, dump_tables, token
+from tests.helpers import Api, assert_exact, create_invoice, create_load, dump_tables, served_in_process
 from tests.test_drift import cli
 
 PAY = "mutation($i: ID!, $a: Money!) { recordPayment(invoiceId: $i, amount: $a) { id } }"
@@ -29,14 +26,8 @@ def pragma(path: Path, name: str) -> str | int:
 
 @asynccontextmanager
 async def served(url: str) -> AsyncIterator[tuple[Api, Database]]:
-    app = create_app(Settings(database_url=url, recalc_interval_seconds=0))
-    await app.state.hub.start()
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tally") as client:
-            yield Api(client, token("org_a", "admin")), app.state.db
-    finally:
-        await app.state.hub.stop()
-        await app.state.db.dispose()
+    async with served_in_process(Settings(database_url=url, recalc_interval_seconds=0)) as (api, app):
+        yield api, app.state.db
 
 
 async def older_file(tmp_path: Path) -> tuple[Path, str]:
