@@ -14,12 +14,20 @@ import pytest
 
 from db.postgres.inlined import literal
 from db.unit_of_work import Database
+from settings import Settings
 from tests.helpers import Api, assert_exact, create_invoice, create_load, token
 
 HOSTILE = ("o'rg", "o\\'rg", "org\\", "a'); DROP TABLE invoices; --", "$$x$$", "-- not a comment", "Zürich ☃", "''")
 BILL = 'mutation($i: ID!) { updateInvoiceStatus(id: $i, status: BILLED, invoiceDate: "2026-03-14") { id } }'
 PRICE = "mutation($i: ID!, $a: Money!) { setInvoiceAmount(id: $i, amount: $a) { id } }"
 PAY = 'mutation($i: ID!) { recordPayment(invoiceId: $i, amount: "2.50") { id balance } }'
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """conftest's, with the driver path on whatever the environment says: it is the path that
+    sends the batch (CI's second pass turns the fast paths off for the rest of the suite)."""
+    return Settings(database_url=database_url, query_stats=True, recalc_interval_seconds=0, postgres_fast_paths=True)
 
 
 @pytest.fixture
