@@ -41,11 +41,10 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -57,6 +56,7 @@ from sqlalchemy.engine import make_url
 
 from db.aggregates import StatsSnapshot
 from db.sqlite_follower import SqliteFollower, sqlite_file
+from db.tasks import finish
 
 log = logging.getLogger("tally.broadcast")
 
@@ -120,23 +120,6 @@ def redacted(url: str) -> str:
     return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
-async def _finish(tasks: Iterable[asyncio.Task[Any]], at_most: float = 2.0) -> None:
-    """Cancel the tasks and wait for them. asyncio logs a task dropped while pending
-    ("Task was destroyed") and a failure nobody looked at ("never retrieved")."""
-    tasks = list(tasks)
-    pending = {task for task in tasks if not task.done()}
-    deadline = time.monotonic() + at_most
-    # Cancel until done: on Python 3.11, asyncio.wait_for may swallow a cancel that
-    # lands just as its inner wait completes.
-    while pending and time.monotonic() < deadline:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.1)
-    for task in tasks:
-        if task.done() and not task.cancelled():
-            task.exception()
-
-
 class _RedisBackend(RedisBackend):
     """broadcaster's Redis backend with its subscribe race closed and its listener owned.
 
@@ -153,7 +136,7 @@ class _RedisBackend(RedisBackend):
 
     async def disconnect(self) -> None:
         if self._listener is not None:
-            await _finish([self._listener])
+            await finish([self._listener], at_most=2.0)
         with contextlib.suppress(Exception):
             await self._pubsub.aclose()
         with contextlib.suppress(Exception):
@@ -170,7 +153,7 @@ class _Broadcast(Broadcast):
     async def disconnect(self) -> None:
         listener: asyncio.Task[None] | None = getattr(self, "_listener_task", None)
         if listener is not None:
-            await _finish([listener])
+            await finish([listener], at_most=2.0)
         await self._backend.disconnect()
 
 
@@ -307,7 +290,7 @@ class StatsHub:
         if self._follower is not None:
             await self._follower.stop()
         if self._supervisor:
-            await _finish([self._supervisor], at_most=math.inf)
+            await finish([self._supervisor])
         await self._teardown()
 
     # Publishing (the unit of work's after-commit hook) --------------------
@@ -497,7 +480,7 @@ class StatsHub:
         self._readers.clear()
         self._reader_ready.clear()
         self._count()
-        await _finish(readers)
+        await finish(readers, at_most=2.0)
         if broadcast is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(broadcast.disconnect(), 2)

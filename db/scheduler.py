@@ -10,7 +10,6 @@ promotes SPOT loads, then releases the lease and sets the next due time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from datetime import timedelta
@@ -22,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db.lanes import promote_spot_loads
 from db.models import SchedulerLease, utcnow
 from db.recalculation import all_org_ids, recalculate
+from db.tasks import finish
 from db.unit_of_work import Database
 
 log = logging.getLogger("tally.scheduler")
@@ -43,9 +43,7 @@ class RecalculationScheduler:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await finish([self._task])
 
     async def _loop(self) -> None:
         while True:

@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 
 from db.aggregates import StatsSnapshot
 from db.models import OrganizationStats
+from db.tasks import finish
 
 log = logging.getLogger("tally.broadcast")
 
@@ -71,9 +72,7 @@ class SqliteFollower:
 
     async def stop(self) -> None:
         if self._task is not None:
-            while not self._task.done():
-                self._task.cancel()
-                await asyncio.wait({self._task}, timeout=0.1)
+            await finish([self._task])
             self._task = None
         self._close()
 

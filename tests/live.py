@@ -15,6 +15,7 @@ import pytest
 from gql import Client, GraphQLRequest
 from gql.transport.websockets import WebsocketsTransport
 
+from db.tasks import finish
 from tests.scrape import live
 from tests.server import free_port
 
@@ -83,9 +84,7 @@ async def subscription(
         await asyncio.wait_for(subscriber.ready.wait(), 10)
         yield subscriber
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        await finish([task], at_most=10)
 
 
 async def wait_live_subscribers(base: str, expected: int, timeout: float = 10) -> int:

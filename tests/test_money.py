@@ -181,7 +181,7 @@ async def test_receivables_aging_cuts_the_first_customers_through_ties_in_order(
     as_of = date(2026, 3, 31)
     ids = {}
     for name in ("Bravo", "Alpha", "Big"):
-        created = await api.ok("mutation($n: String!) { createCustomer(orgId: \"org_a\", name: $n) { id } }", n=name)
+        created = await api.ok('mutation($n: String!) { createCustomer(orgId: "org_a", name: $n) { id } }', n=name)
         ids[name] = created["createCustomer"]["id"]
     for customer, amount in (("Bravo", "50"), (None, "50"), ("Alpha", "50"), ("Big", "100")):
         invoice = await priced_invoice(api, amount, **({"customerId": ids[customer]} if customer else {}))

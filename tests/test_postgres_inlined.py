@@ -93,7 +93,10 @@ async def test_a_payment_sends_its_four_money_rows_with_commit_in_one_round_trip
     begin, lock, write, last = round_trips
     assert (begin, lock.split()[0]) == ("BEGIN", "SELECT") and "UPDATE invoices" in write  # with the counters' CTE
     tables = ["customer_balances", "receivable_days", "receivables", "revenue_months"]  # in a fixed order
-    assert re.findall(r"^INSERT INTO (\w+)|; INSERT INTO (\w+)", last) == [(tables[0], ""), *(("", t) for t in tables[1:])]
+    assert re.findall(r"^INSERT INTO (\w+)|; INSERT INTO (\w+)", last) == [
+        (tables[0], ""),
+        *(("", t) for t in tables[1:]),
+    ]
     assert last.endswith("; COMMIT")
     await assert_exact(db, org)
 

@@ -1,0 +1,31 @@
+"""Stopping background tasks for good.
+
+One cancel is not always enough: on Python 3.11, asyncio.wait_for (and, as seen
+here, redis-py under broadcaster's publish) may swallow a cancel that lands just
+as the awaited operation completes, and the task carries on. So a task is
+cancelled again until it is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Iterable
+from typing import Any
+
+
+async def finish(tasks: Iterable[asyncio.Task[Any]], at_most: float = math.inf) -> None:
+    """Cancel the tasks until they are done (for at most `at_most` seconds) and retrieve
+    their outcomes: asyncio logs a task dropped while pending ("Task was destroyed")
+    and a failure nobody looked at ("never retrieved")."""
+    tasks = list(tasks)
+    pending = {task for task in tasks if not task.done()}
+    deadline = time.monotonic() + at_most
+    while pending and time.monotonic() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()
