@@ -1,9 +1,10 @@
 """Stopping background tasks for good.
 
-One cancel is not always enough: on Python 3.11, asyncio.wait_for (and, as seen
-here, redis-py under broadcaster's publish) may swallow a cancel that lands just
-as the awaited operation completes, and the task carries on. So a task is
-cancelled again until it is done.
+One cancel is not always enough: on Python 3.11, asyncio.wait_for swallows a
+cancel that lands just as the awaited operation completes (CPython gh-86296,
+fixed in 3.12), and the task carries on. redis-py wraps every socket write in
+it, so a task cancelled during broadcaster's publish sometimes keeps running.
+So a task is cancelled again until it is done.
 """
 
 from __future__ import annotations
