@@ -15,9 +15,9 @@ gets each one's row back, checks the domain's rules, and returns its one write
   thread, which waits for it. PostgreSQL runs it
   on asyncpg, one round trip per statement, and the write carries the org's creation and
   its counter upsert as CTEs of the same statement: a createLoad is one round trip (one
-  statement is atomic without BEGIN), a status change four (BEGIN, the locking read, the
-  write, COMMIT; a write that moves money rows sends their upserts with COMMIT, in one
-  message). The connection is the engine pool's.
+  statement is atomic without BEGIN), a status change three (BEGIN, the locking read, and
+  the update with its money upserts and COMMIT in one message, its values written in:
+  db/postgres/inlined.py). The connection is the engine pool's.
 
 Neither can forget the counters: a plan writes a counted table only by returning an
 `Insert` or `Update`, and the runner moves the counters by it (`count_inserted`;
@@ -289,7 +289,7 @@ class _Transaction(_Sent):
             # The keyed aggregates (money) are statements of their own, after the write, in a fixed
             # order. As CTEs of the write they saved a round trip, but PostgreSQL runs a statement's
             # CTEs in no fixed order, and two writers locking the same rows deadlocked. On PostgreSQL
-            # they go with COMMIT, in one round trip (db/postgres/inlined.py).
+            # they go with COMMIT, in one message.
             rows = row_additions(self._pending)
             if rows and not began:
                 yield self._run("BEGIN")
@@ -297,19 +297,27 @@ class _Transaction(_Sent):
             if self._compose:
                 params.update(organization_values(org.org_id) if org else {}, **(additions[0] if additions else {}))
                 prepared = s.write(write, tuple(columns), with_org=org is not None, with_counters=bool(additions))
+                money = [(s.add_to_rows[table].sql, s.inlined_rows[table].sql(row)) for table, row in rows]
+                if isinstance(write, Update):
+                    # Its Lock began the transaction. The update, the money upserts and COMMIT go in
+                    # one message (db/postgres/inlined.py), in this order; the row it wrote is the
+                    # locked one with the columns set (no trigger, no server-side value).
+                    update = (prepared.sql, s.inlined(prepared).sql(params))
+                    yield self._run_inlined([update, *money, ("COMMIT", "COMMIT")])
+                    yield None, write.locked._replace(**columns)
+                    return
                 result = prepared.row((yield self._run(prepared.sql, prepared.values(params))))
+                if money:
+                    yield self._run_inlined([*money, ("COMMIT", "COMMIT")])
+                    yield None, result
+                    return
             else:
                 prepared = s.write(write, tuple(columns))
                 result = prepared.row((yield self._run(prepared.sql, prepared.values(params))))
                 for addition in additions:
                     yield self._run(s.add_counters.sql, s.add_counters.values(addition))
-            if rows and self._compose:  # with COMMIT in one round trip, in this order
-                money = [(s.add_to_rows[table].sql, s.inlined_rows[table].sql(row)) for table, row in rows]
-                yield self._run_inlined([*money, ("COMMIT", "COMMIT")])
-                yield None, result
-                return
-            for table, row in rows:
-                yield self._run(s.add_to_rows[table].sql, s.add_to_rows[table].values(row))
+                for table, row in rows:
+                    yield self._run(s.add_to_rows[table].sql, s.add_to_rows[table].values(row))
         if began:
             yield self._run("COMMIT")
         yield None, result
@@ -464,6 +472,14 @@ class _Statements:
         if dialect == "postgresql":
             self.inlined_rows = {table: Inlined(prepared) for table, prepared in self.add_to_rows.items()}
         self._prepared: dict[tuple[Any, ...], Prepared] = {}
+        self._inlined: dict[int, Inlined] = {}
+
+    def inlined(self, prepared: Prepared) -> Inlined:
+        """`prepared` (one of this object's, kept for good) with its values written in."""
+        found = self._inlined.get(id(prepared))
+        if found is None:
+            found = self._inlined[id(prepared)] = Inlined(prepared)
+        return found
 
     def get(self, kind: str, model: type[Base], *args: Any) -> Prepared:
         key = (kind, model, *args)

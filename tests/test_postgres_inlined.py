@@ -1,12 +1,12 @@
-"""PostgreSQL: a write's money upserts go with COMMIT in one round trip, their values written
-into the SQL text (db/postgres/inlined.py). Each value must come back from the server as it
+"""PostgreSQL: a status change's update and money upserts go with COMMIT in one round trip,
+their values written into the SQL text (db/postgres/inlined.py). Each value must come back from the server as it
 went in, whatever characters an org id holds."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -42,13 +42,15 @@ def test_literals_are_refused_for_what_has_no_unambiguous_text() -> None:
         "NULL", "true", "0", "7", "(-7)", "DATE '2024-02-29'",
     ]  # fmt: skip
     assert literal("o'r\\g") == "E'o''r\\\\g'"
-    for value in ("a\x00b", 1.5, datetime(2026, 1, 1), b"x"):
+    assert literal(datetime(2024, 2, 29, 23, 59, 59, 7, tzinfo=UTC)) == "TIMESTAMPTZ '2024-02-29T23:59:59.000007+00:00'"
+    for value in ("a\x00b", 1.5, datetime(2026, 1, 1), b"x"):  # a naive datetime: in whose time zone?
         with pytest.raises((ValueError, TypeError)):
             literal(value)
 
 
 async def test_every_literal_comes_back_from_the_server_as_it_went_in(postgres_url: str) -> None:
-    values: list[Any] = [*HOSTILE, None, True, -(2**62), 2**62, date(2024, 2, 29)]
+    east = timezone(timedelta(hours=5, minutes=30))
+    values: list[Any] = [*HOSTILE, None, True, -(2**62), 2**62, date(2024, 2, 29), datetime(1999, 12, 31, 23, 0, 0, 1, east)]
     connection = await asyncpg.connect(postgres_url.replace("+asyncpg", ""))
     try:
         for standard_strings, backslash_quote in (("on", "off"), ("off", "on")):  # E'' reads the same under each
@@ -76,7 +78,7 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
 
 @pytest.mark.parametrize("org", ["org_a", HOSTILE[3], HOSTILE[1]])
-async def test_a_payment_sends_its_four_money_rows_with_commit_in_one_round_trip(
+async def test_a_payment_sends_its_update_and_four_money_rows_with_commit_in_one_round_trip(
     postgres_url: str, api: Api, db: Database, round_trips: list[str], org: str
 ) -> None:
     assert db.driver_row_writes
@@ -90,15 +92,32 @@ async def test_a_payment_sends_its_four_money_rows_with_commit_in_one_round_trip
     round_trips.clear()
     paid = await api.ok(PAY, i=invoice["id"])
     assert paid["recordPayment"]["balance"] == "7.50"
-    begin, lock, write, last = round_trips
-    assert (begin, lock.split()[0]) == ("BEGIN", "SELECT") and "UPDATE invoices" in write  # with the counters' CTE
+    begin, lock, last = round_trips
+    assert (begin, lock.split()[0]) == ("BEGIN", "SELECT")
+    assert "UPDATE invoices" in last[: last.index("; INSERT INTO")]  # first, with the counters' CTE
     tables = ["customer_balances", "receivable_days", "receivables", "revenue_months"]  # in a fixed order
-    assert re.findall(r"^INSERT INTO (\w+)|; INSERT INTO (\w+)", last) == [
-        (tables[0], ""),
-        *(("", t) for t in tables[1:]),
-    ]
+    assert re.findall(r"; INSERT INTO (\w+)", last) == tables
     assert last.endswith("; COMMIT")
     await assert_exact(db, org)
+
+
+LOAD = "query($i: ID!) { load(id: $i) { id status updatedAt } }"
+ASSIGN = "mutation($i: ID!) { updateLoadStatus(id: $i, status: ASSIGNED) { id status updatedAt } }"
+
+
+async def test_a_status_change_answers_the_row_as_the_server_stored_it(
+    postgres_url: str, api: Api, db: Database, round_trips: list[str]
+) -> None:
+    """Its update goes with COMMIT, so nothing is returned: the answer is the locked row with the
+    columns it set, which must be what a later read gets, to the microsecond."""
+    load = await create_load(api)
+    round_trips.clear()
+    assigned = (await api.ok(ASSIGN, i=load["id"]))["updateLoadStatus"]
+    assert [sql.split()[0] for sql in round_trips] == ["BEGIN", "SELECT", "WITH"]  # the counters' CTE first
+    assert "UPDATE loads" in round_trips[-1] and round_trips[-1].endswith("; COMMIT")
+    assert assigned == (await api.ok(LOAD, i=load["id"]))["load"] != load
+    assert assigned["status"] == "ASSIGNED" and "." in assigned["updatedAt"]  # microseconds kept
+    await assert_exact(db, "org_a")
 
 
 async def test_a_connection_lost_while_commit_was_on_its_way_is_not_run_again(

@@ -3,13 +3,16 @@ server in one round trip.
 
 asyncpg sends a statement with parameters through the extended protocol: one statement, one
 round trip, ~50 µs of this process's CPU each. The simple protocol takes several statements in
-one message, but no parameters. A write that moves money rows ends with up to four upserts and
-COMMIT (db/row_writes.py); sent as one message they cost one round trip instead of five, and
-run in the order written, so concurrent writers still lock rows in one order (no deadlock).
+one message, but no parameters. A status change ends with its update (the counter upsert a CTE
+of it), up to four money upserts and COMMIT (db/row_writes.py); sent as one message they cost
+one round trip instead of up to six, and run in the order written, so concurrent writers still
+lock rows in one order (no deadlock).
 
-Only values whose text is unambiguous are written in: None, bool, int, date and str (as an
-escape-string literal, E'...', its backslashes doubled and its quotes doubled, which reads the
-same whatever standard_conforming_strings or backslash_quote say); anything else is refused.
+Only values whose text is unambiguous are written in: None, bool, int, date, a datetime with
+its time zone (timestamptz, microseconds and offset included) and str (as an escape-string
+literal, E'...', its backslashes doubled and its quotes doubled, which reads the same whatever
+standard_conforming_strings or backslash_quote say); anything else, a naive datetime included
+(the server would read it in its session's time zone), is refused.
 """
 
 from __future__ import annotations
@@ -37,7 +40,11 @@ def literal(value: Any) -> str:
             raise ValueError("PostgreSQL text cannot hold NUL")
         # Quotes doubled, not backslashed: with backslash_quote=off the server refuses \'.
         return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-    if isinstance(value, date) and not isinstance(value, datetime):
+    if isinstance(value, datetime):
+        if value.utcoffset() is None:
+            raise TypeError("no literal for a datetime without a time zone")
+        return f"TIMESTAMPTZ '{value.isoformat()}'"
+    if isinstance(value, date):
         return f"DATE '{value.isoformat()}'"
     raise TypeError(f"no literal for a {type(value).__name__}")
 
