@@ -50,7 +50,15 @@ def test_literals_are_refused_for_what_has_no_unambiguous_text() -> None:
 
 async def test_every_literal_comes_back_from_the_server_as_it_went_in(postgres_url: str) -> None:
     east = timezone(timedelta(hours=5, minutes=30))
-    values: list[Any] = [*HOSTILE, None, True, -(2**62), 2**62, date(2024, 2, 29), datetime(1999, 12, 31, 23, 0, 0, 1, east)]
+    values: list[Any] = [
+        *HOSTILE,
+        None,
+        True,
+        -(2**62),
+        2**62,
+        date(2024, 2, 29),
+        datetime(1999, 12, 31, 23, 0, 0, 1, east),
+    ]
     connection = await asyncpg.connect(postgres_url.replace("+asyncpg", ""))
     try:
         for standard_strings, backslash_quote in (("on", "off"), ("off", "on")):  # E'' reads the same under each
