@@ -71,7 +71,10 @@ async def prepare(url: str) -> None:
 
 
 def count_queries(url: str, dsn: str, profile: Profile) -> dict[str, Any]:
-    """organizationStats through the floor, Tally, and Tally without its count cache."""
+    """organizationStats through the floor, Tally, and Tally without its count cache. The steady runs
+    at C["read_clients"][1] go in rounds, one of each server per round, so that the VM's drift
+    (the floor's own repeats moved by up to 29 % in earlier runs) reaches every server alike: each
+    of Tally's repeats is also compared with the floor's of its round."""
     member = common.token(ORG, "member")
     with tempfile.NamedTemporaryFile("w", suffix=".json") as bodies:
         with app_servers(("speed-tally", "tally_app", {"BENCH_DATABASE_URL": url})) as (tally,):
@@ -81,38 +84,74 @@ def count_queries(url: str, dsn: str, profile: Profile) -> dict[str, Any]:
         servers = [("floor", "floor_app", {"BENCH_FLOOR_BODIES": bodies.name}),
                    ("tally", "tally_app", {"BENCH_DATABASE_URL": url}),
                    ("uncached", "uncached_app", {"BENCH_DATABASE_URL": url})]  # fmt: skip
-        out: dict[str, Any] = {}
         with app_servers(*((f"speed-{v}", f, env) for v, f, env in servers)) as up:
-            for (variant, _, _), server in zip(servers, up, strict=True):
-                out[variant] = reads_of(variant, server, body(STATS, org=ORG), answer, member, dsn, profile)
-    return out
+            reads = {v: Reads(v, server, body(STATS, org=ORG), answer, member, dsn, profile)
+                     for (v, _, _), server in zip(servers, up, strict=True)}  # fmt: skip
+            for each in reads.values():
+                each.warm()
+            for _ in range(C["repeats"]):
+                for each in reads.values():
+                    each.steady()
+            for each in reads.values():
+                each.most()
+    floor = reads["floor"].rates
+    return {variant: each.figures(floor) for variant, each in reads.items()}
 
 
-def reads_of(
-    variant: str, server: ServerUrl, request: str, answer: str, bearer: str, dsn: str, profile: Profile
-) -> dict[str, Any]:
-    one, many, most = C["read_clients"]
+class Reads:
+    """One server's count-query runs: one client, the steady repeats, the most clients."""
 
-    def at(clients: int) -> common.Cell:
-        return closed_loop(
-            [Stream(server, clients, [request], answer)], variant, "organizationStats", profile, clients, bearer
-        )
+    def __init__(
+        self, variant: str, server: ServerUrl, request: str, answer: str, bearer: str, dsn: str, profile: Profile
+    ) -> None:
+        self.variant, self.server, self.request, self.answer, self.bearer = variant, server, request, answer, bearer
+        self.dsn, self.profile = dsn, profile
+        self.c1: dict[str, Any] = {}
+        self.c100: dict[str, Any] = {}
+        self.runs: list[dict[str, Any]] = []
+        self.sessions = {"c32": 0, "c100": 0}
 
-    figures: dict[str, Any] = {"c1": at(one).row()}
-    sessions = [sessions_now(dsn)]
-    steady = [at(many).row() for _ in range(C["repeats"])]
-    sessions.append(sessions_now(dsn))
-    figures["c100"] = at(most).row()
-    sessions.append(sessions_now(dsn))
-    rates = [row["rps"] for row in steady]
-    median = statistics.median(rates)
-    figures["c32"] = {
-        **min(steady, key=lambda row: abs(row["rps"] - median)),
-        "spread": (max(rates) - min(rates)) / median,
-        "rates": [f"{rate:,.0f}" for rate in rates],
-    }
-    figures["sessions"] = {"c32": sessions[1] - sessions[0], "c100": sessions[2] - sessions[1]}
-    return figures
+    def at(self, clients: int) -> dict[str, Any]:
+        stream = Stream(self.server, clients, [self.request], self.answer)
+        return closed_loop([stream], self.variant, "organizationStats", self.profile, clients, self.bearer).row()
+
+    def warm(self) -> None:
+        self.c1 = self.at(C["read_clients"][0])
+
+    def steady(self) -> None:
+        before = sessions_now(self.dsn)
+        self.runs.append(self.at(C["read_clients"][1]))
+        self.sessions["c32"] += sessions_now(self.dsn) - before
+
+    def most(self) -> None:
+        before = sessions_now(self.dsn)
+        self.c100 = self.at(C["read_clients"][2])
+        self.sessions["c100"] += sessions_now(self.dsn) - before
+
+    @property
+    def rates(self) -> list[float]:
+        return [row["rps"] for row in self.runs]
+
+    def figures(self, floor_rates: list[float]) -> dict[str, Any]:
+        median = statistics.median(self.rates)
+        to_floor = [rate / floor for rate, floor in zip(self.rates, floor_rates, strict=True)]
+        return {
+            "c1": self.c1,
+            "c32": {
+                **min(self.runs, key=lambda row: abs(row["rps"] - median)),
+                "spread": spread(self.rates),
+                "spread_to_floor": spread(to_floor),
+                "rates": [f"{rate:,.0f}" for rate in self.rates],
+                "to_floor": [f"{ratio:.2f}x" for ratio in to_floor],
+            },
+            "c100": self.c100,
+            "sessions": self.sessions,
+        }
+
+
+def spread(values: list[float]) -> float:
+    """(max - min) / median."""
+    return (max(values) - min(values)) / statistics.median(values)
 
 
 def sessions_now(dsn: str) -> int:
