@@ -43,7 +43,7 @@ class RecalculationScheduler:
 
     async def stop(self) -> None:
         if self._task is not None:
-            await finish([self._task])
+            await finish([self._task], grace=10)  # its lease is released as it stops: a write, maybe waiting
 
     async def _loop(self) -> None:
         while True:

@@ -84,7 +84,7 @@ async def subscription(
         await asyncio.wait_for(subscriber.ready.wait(), 10)
         yield subscriber
     finally:
-        await finish([task], at_most=10)
+        await finish([task], at_most=10, grace=5)  # gql closes its socket as it stops
 
 
 async def wait_live_subscribers(base: str, expected: int, timeout: float = 10) -> int:

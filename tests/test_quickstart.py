@@ -21,7 +21,7 @@ import pytest
 from tests.helpers import token
 from tests.server import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a cold install from a clean clone may take minutes
 
 ROOT = Path(__file__).resolve().parent.parent
 # Debian's Python is externally managed (PEP 668): the case the quick start must survive.

@@ -49,3 +49,19 @@ async def test_at_most_bounds_the_wait() -> None:
     deaf = False
     await asyncio.wait_for(finish([ignoring]), 5)
     assert ignoring.cancelled()
+
+
+async def test_a_task_gets_its_grace_to_clean_up_before_it_is_cancelled_again() -> None:
+    cleaned = asyncio.Event()
+
+    async def releases_as_it_stops() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0.3)  # a lease released, a socket closed: cut short by a second cancel
+            cleaned.set()
+
+    task = asyncio.create_task(releases_as_it_stops())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(finish([task], grace=2), 5)
+    assert task.cancelled() and cleaned.is_set()
