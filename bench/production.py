@@ -3,6 +3,7 @@ floor, writes on both databases against raw-driver floors (bench/floors.py); nee
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import tempfile
@@ -88,12 +89,26 @@ def count_queries(url: str, dsn: str, profile: Profile) -> dict[str, Any]:
                      for (v, _, _), server in zip(servers, up, strict=True)}  # fmt: skip
             for each in reads.values():
                 each.warm()
+            probes = []
             for _ in range(C["repeats"]):
+                probes.append(cpu_probe())
                 for each in reads.values():
                     each.steady()
             for each in reads.values():
                 each.most()
-    return {variant: each.figures() for variant, each in reads.items()}
+    figures: dict[str, Any] = {variant: each.figures() for variant, each in reads.items()}
+    figures["probe"] = {"ms": [f"{p * 1e3:.0f}" for p in probes], "spread": spread(probes)}
+    return figures
+
+
+def cpu_probe() -> float:
+    """CPU seconds of a fixed piece of Python work (hashing, a dict), in this process with the servers idle:
+    the same instructions every time, so what moves between repeats is the machine's speed."""
+    started, digest, tally = time.process_time(), b"", dict.fromkeys(range(1000), 0)
+    for i in range(100_000):
+        digest = hashlib.sha256(digest).digest()
+        tally[i % 1000] += i
+    return time.process_time() - started
 
 
 class Reads:
