@@ -1,4 +1,4 @@
-"""Reads of orgs' stats after commits, shared by the writers that wait for them."""
+"""Reads of orgs' stats, shared by the callers that wait for them."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from db.aggregates import StatsSnapshot
 
 
 class SharedReads:
-    """Reads of orgs' stats after commits, shared by the writers that wait for them.
+    """Reads of orgs' stats, shared by the callers that wait for them.
 
-    Every write reads its org's sums after its commit, to publish them. With no
-    read of the org in flight, the writer reads at once (the common case: no
-    task, no waiting). Otherwise it joins the next read of its org, which starts
-    when the one in flight ends: every writer's read starts after its commit,
-    and writers of one hot org that commit together share one read (and one
-    event) instead of making one each.
+    Each caller gets a read that started after it asked. With no read of the org
+    in flight, the caller reads at once (the common case: no task, no waiting).
+    Otherwise it joins the next read of its org, which starts when the one in
+    flight ends. So a count query still reflects every commit before it arrived,
+    and a writer's read (for its event) starts after its commit; but 32 clients
+    polling one org's counts, or writers of one hot org committing together,
+    share one read (and one event) instead of making one each.
     """
 
     def __init__(self, read: Callable[[str], Awaitable[StatsSnapshot]]) -> None:

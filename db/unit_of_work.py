@@ -8,8 +8,8 @@ to the after-commit hooks (publishing). A rolled-back transaction hands nothing.
 
 `Database` only composes the parts that do each job: the writer's turn and the
 writes in flight (`db/writers.py`), retries (`db/retries.py`), after-commit
-hooks (`db/after_commit.py`), reads after commit shared by writers
-(`db/shared_reads.py`) and the count queries' reads (`db/stats_reader.py`).
+hooks (`db/after_commit.py`), and the stats reads (`db/stats_reader.py`), shared by
+callers of one org who ask together (`db/shared_reads.py`).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class Database:
             sqlite_fast_paths=sqlite_fast_paths,
             postgres_read_pool=postgres_read_pool,
         )
-        self._reads_after_commit = SharedReads(self.read_stats)
+        self._stats_reads = SharedReads(self.stats.read)
         # On SQLite the driver path needs the one-trip adapter (db/sqlite/driver.py): the plain one
         # resets a connection going back to the pool with an await, outside SQLAlchemy's greenlet.
         on_driver = driver_row_writes and (sqlite_fast_paths or self.engine.dialect.name != "sqlite")
@@ -99,8 +99,10 @@ class Database:
         return self._retries.count
 
     async def read_stats(self, org_id: str) -> StatsSnapshot:
-        """One org's committed stats: the one statement of every count query."""
-        return await self.stats.read(org_id)
+        """One org's committed stats, read by one statement that starts after this call: the
+        count queries' read, and each write's after its commit. Callers of one org asking while
+        its read is in flight share the next one (db/shared_reads.py)."""
+        return await self._stats_reads.read(org_id)
 
     async def read_rows(self, statement: Executable, parameters: dict[str, Any]) -> list[Any]:
         """Every row of one read statement, by the count read's fast path where there is one."""
@@ -168,7 +170,7 @@ class Database:
         with self.writers.one():
             result, reread = await commit()
             # The sums as committed (or later) of each changed org someone hears of; concurrent writers share reads.
-            snapshots = [await self._reads_after_commit.read(org_id) for org_id in self.after_commit.want(reread)]
+            snapshots = [await self.read_stats(org_id) for org_id in self.after_commit.want(reread)]
             await self.after_commit.run(snapshots)
             return result, snapshots
 

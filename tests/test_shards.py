@@ -75,8 +75,8 @@ async def test_concurrent_sharded_writes_share_reads_that_start_after_their_comm
     api, db = sharded
     await api.ok(CREATE)
     _, before = await stored(db, "org_a")
-    reads = Counted(db.read_stats)
-    db._reads_after_commit = SharedReads(reads)
+    reads = Counted(db.stats.read)
+    db._stats_reads = SharedReads(reads)
     db.after_commit.wanted = lambda _org_id: True  # as when a subscriber listens
     results = await asyncio.gather(
         *(
@@ -89,6 +89,24 @@ async def test_concurrent_sharded_writes_share_reads_that_start_after_their_comm
     assert after == before + 30 and max(versions) == after
     if db.engine.dialect.name == "postgresql":  # SQLite commits one at a time; each read is instant
         assert reads.calls < 30  # writers that committed together shared a read
+
+
+async def test_concurrent_count_queries_share_reads_and_each_sees_what_was_committed_before_it(
+    sharded: tuple[Api, Database],
+) -> None:
+    """32 clients polling one org's counts: those that ask while its read is in flight share the next."""
+    api, db = sharded
+    reads = Counted(db.stats.read)
+    db._stats_reads = SharedReads(reads)
+    query = '{ organizationStats(orgId: "org_a") { version loads { open } } }'
+    for expected in (1, 2):
+        await api.ok(CREATE)  # committed before the queries below are sent
+        reads.calls = 0
+        answers = await asyncio.gather(*(api.ok(query) for _ in range(32)))
+        assert {a["organizationStats"]["version"] for a in answers} == {expected}
+        assert {a["organizationStats"]["loads"]["open"] for a in answers} == {expected}
+        if db.engine.dialect.name == "postgresql":  # SQLite's read is inline: nothing is in flight
+            assert 1 <= reads.calls < 32
 
 
 async def test_a_shared_read_starts_after_each_of_its_callers() -> None:
