@@ -310,7 +310,8 @@ def _writes_over_http(server: Any, profile: dict[str, Any], http: Profile, url: 
     """Each write with and without the aggregates in rounds of two adjacent windows (which goes first
     alternates). The ratio is the median of the rounds' ratios of server CPU per request: this
     machine's speed moves by up to 30 % within a minute, which two windows seconds apart share."""
-    ids = {status: run_async(_invoice_ids(url, status)) for status in ("PENDING_PAYMENT", "PAID")}
+    needed = 4 * http.mutation_rounds * profile["pool"]  # per round: two runs, each a warm-up and a window
+    ids = {status: run_async(_invoice_ids(url, status, needed)) for status in ("PENDING_PAYMENT", "PAID")}
     out: dict[str, Any] = {}
     for name, (template, fields, status) in HTTP_WRITES.items():
         pool, size, cells = ids[status], profile["pool"], {True: [], False: []}
@@ -356,12 +357,12 @@ def _pooled(cells: list[Cell]) -> dict[str, Any]:
     }
 
 
-async def _invoice_ids(url: str, status: str) -> list[int]:
+async def _invoice_ids(url: str, status: str, count: int) -> list[int]:
     async with database(url) as db:
         rows = await db.read(
             lambda s: s.execute(
-                text("SELECT id FROM invoices WHERE org_id = :org AND status = :s ORDER BY id DESC LIMIT 4000"),
-                {"org": ORG, "s": status},
+                text("SELECT id FROM invoices WHERE org_id = :org AND status = :s ORDER BY id DESC LIMIT :n"),
+                {"org": ORG, "s": status, "n": count},
             )
         )
         return [row[0] for row in rows]
