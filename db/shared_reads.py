@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 
 from db.aggregates import StatsSnapshot
@@ -38,9 +39,10 @@ class SharedReads:
         return await asyncio.shield(future)  # one waiter's cancellation is not the others'
 
     def _hand_over(self, org_id: str) -> None:
-        """A read ended: serve the writers that queued during it, or stop."""
+        """A read ended: serve the callers that queued during it, or stop. The shared read runs in
+        a context of its own: it is no caller's statement (TALLY_QUERY_STATS counts per request)."""
         if org_id in self._next:
-            asyncio.get_running_loop().create_task(self._serve(org_id))
+            asyncio.get_running_loop().create_task(self._serve(org_id), context=contextvars.Context())
         else:
             self._reading.discard(org_id)
 
@@ -48,7 +50,11 @@ class SharedReads:
         future = self._next.pop(org_id)
         try:
             future.set_result(await self._read(org_id))
+        except asyncio.CancelledError:
+            future.cancel()  # its waiters are told, not left waiting
+            raise
         except Exception as error:
             future.set_exception(error)
+            future.exception()  # retrieved here too: every waiter may have gone
         finally:
             self._hand_over(org_id)

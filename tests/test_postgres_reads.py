@@ -57,7 +57,7 @@ CONNECTED = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
 async def load_of(db: Database, readers: int, writers: int, rounds: int) -> None:
     async def read() -> None:
         for _ in range(rounds):
-            await db.read_stats(ORG)
+            await db.stats.read(ORG)
 
     async def write() -> None:
         for _ in range(rounds // 10):
@@ -74,12 +74,12 @@ async def test_a_steady_load_opens_no_sessions(db: Database) -> None:
     assert await server_side(db, CONNECTED) <= TRANSACTION_POOL + READ_POOL
     await asyncio.sleep(0.5)
     assert await server_side(db, SESSIONS) == before
-    stats = await db.read_stats(ORG)
+    stats = await db.stats.read(ORG)
     assert stats.counts["loads_open"] == 1 + 8 * (20 // 10 + 100 // 10)
 
 
 async def test_a_read_survives_the_server_dropping_its_connections(db: Database) -> None:
-    assert (await db.read_stats(ORG)).version == 1
+    assert (await db.stats.read(ORG)).version == 1
     name = db.url.rsplit("/", 1)[1]
     connection = await asyncpg.connect(f"{PG_SERVER}/postgres")
     try:
@@ -90,17 +90,17 @@ async def test_a_read_survives_the_server_dropping_its_connections(db: Database)
         await connection.close()
     assert dropped >= 1
     for _ in range(2 * READ_POOL):  # every slot meets its dead connection once
-        assert (await db.read_stats(ORG)).version == 1
+        assert (await db.stats.read(ORG)).version == 1
 
 
 async def test_a_cancelled_read_leaves_its_slot_usable(db: Database) -> None:
     for _ in range(5):
-        task = asyncio.create_task(db.read_stats(ORG))
+        task = asyncio.create_task(db.stats.read(ORG))
         await asyncio.sleep(0)  # under way: waiting for PostgreSQL's answer or for its connection
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    reads = await asyncio.gather(*(db.read_stats(ORG) for _ in range(4 * READ_POOL)))
+    reads = await asyncio.gather(*(db.stats.read(ORG) for _ in range(4 * READ_POOL)))
     assert {stats.version for stats in reads} == {1}
 
 
