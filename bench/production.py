@@ -132,14 +132,17 @@ class Reads:
         self.c1 = self.at(C["read_clients"][0])
 
     def steady(self) -> None:
-        before = sessions_now(self.dsn)
-        self.runs.append(self.at(C["read_clients"][1]))
-        self.sessions["c32"] += sessions_now(self.dsn) - before
+        self.runs.append(self.counting_sessions("c32", C["read_clients"][1]))
 
     def most(self) -> None:
+        self.c100 = self.counting_sessions("c100", C["read_clients"][2])
+
+    def counting_sessions(self, key: str, clients: int) -> dict[str, Any]:
+        """A run at `clients`; the PostgreSQL sessions opened meanwhile are added to `sessions[key]`."""
         before = sessions_now(self.dsn)
-        self.c100 = self.at(C["read_clients"][2])
-        self.sessions["c100"] += sessions_now(self.dsn) - before
+        row = self.at(clients)
+        self.sessions[key] += sessions_now(self.dsn) - before
+        return row
 
     @property
     def rates(self) -> list[float]:

@@ -297,7 +297,7 @@ class _Transaction(_Sent):
             if self._compose:
                 params.update(organization_values(org.org_id) if org else {}, **(additions[0] if additions else {}))
                 prepared = s.write(write, tuple(columns), with_org=org is not None, with_counters=bool(additions))
-                money = [(s.add_to_rows[table].sql, s.inlined_rows[table].sql(row)) for table, row in rows]
+                money = [(s.add_to_rows[table].sql, s.inlined(s.add_to_rows[table]).sql(row)) for table, row in rows]
                 if isinstance(write, Update):
                     # Its Lock began the transaction. The update, the money upserts and COMMIT go in
                     # one message (db/postgres/inlined.py), in this order; the row it wrote is the
@@ -469,16 +469,14 @@ class _Statements:
         self.ensure_organization = Prepared(ENSURE_ORGANIZATION[dialect], dialect)
         self.add_counters = Prepared(ADD_COUNTERS[dialect], dialect)
         self.add_to_rows = {table: Prepared(statement, dialect) for table, statement in ADD_TO_ROWS[dialect].items()}
-        if dialect == "postgresql":
-            self.inlined_rows = {table: Inlined(prepared) for table, prepared in self.add_to_rows.items()}
         self._prepared: dict[tuple[Any, ...], Prepared] = {}
-        self._inlined: dict[int, Inlined] = {}
+        self._inlined: dict[str, Inlined] = {}
 
     def inlined(self, prepared: Prepared) -> Inlined:
-        """`prepared` (one of this object's, kept for good) with its values written in."""
-        found = self._inlined.get(id(prepared))
+        """`prepared` (PostgreSQL's) with its values written in; made once per statement."""
+        found = self._inlined.get(prepared.sql)
         if found is None:
-            found = self._inlined[id(prepared)] = Inlined(prepared)
+            found = self._inlined[prepared.sql] = Inlined(prepared)
         return found
 
     def get(self, kind: str, model: type[Base], *args: Any) -> Prepared:
