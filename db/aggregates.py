@@ -20,7 +20,7 @@ import functools
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -230,8 +230,28 @@ class StatsSnapshot:
         )
 
     @classmethod
+    def summed(cls, org_id: str, rows: Sequence[Mapping[str, Any]]) -> StatsSnapshot:
+        """From the org's shard rows (`STATS_ROWS_QUERY`): what `STATS_QUERY` answers for them."""
+        if len(rows) == 1:
+            return cls.from_mapping(rows[0])
+        if not rows:
+            return cls.empty(org_id)
+        return cls(
+            org_id=org_id,
+            counts={c: sum(int(row[c]) for row in rows) for c in SUMS},
+            version=sum(int(row["version"]) for row in rows),
+            updated_at=_latest(row["updated_at"] for row in rows),
+            last_recalculated_at=_latest(row["last_recalculated_at"] for row in rows),
+        )
+
+    @classmethod
     def empty(cls, org_id: str) -> StatsSnapshot:
         return cls(org_id, dict.fromkeys(SUMS, 0), 0, None, None)
+
+
+def _latest(stamps: Iterable[datetime | None]) -> datetime | None:
+    """max() as SQL's: of the values that are not null."""
+    return max((stamp for stamp in stamps if stamp is not None), default=None)
 
 
 Pending = dict[str, Counter[Any]]  # an org's deltas: by stats column, or (table, key, column)
@@ -698,6 +718,12 @@ def _build_stats_query() -> Select[Any]:
 # The org's stats in one statement: the sums over its shard rows. Built once (it is
 # on every read's path); execute it with {"org_id": ...}.
 STATS_QUERY = _build_stats_query()
+# The same read as the org's shard rows, summed by the reader (`StatsSnapshot.summed`): PostgreSQL's
+# sum() of a bigint goes through numeric, and 18 of them cost its server ~20 µs a read, more
+# than returning the rows (an org has one per TALLY_STATS_SHARDS, one by default).
+STATS_ROWS_QUERY = select(
+    *(_table().c[c] for c in ("org_id", *SUMS, "version", "updated_at", "last_recalculated_at"))
+).where(_table().c.org_id == bindparam("org_id"))
 
 
 @event.listens_for(AggregateSession, "after_rollback")

@@ -4,7 +4,9 @@ A count query reads one org's aggregate (`STATS_QUERY`: one indexed row per
 shard) and nothing else, so what it costs is everything around that statement.
 
 - PostgreSQL with its fast paths (the default): the statement goes straight
-  through asyncpg on a small pool of its own (`db/postgres/reads.py`).
+  through asyncpg on a small pool of its own (`db/postgres/reads.py`), as
+  `STATS_ROWS_QUERY`: the shard rows themselves, summed in Python, which costs
+  PostgreSQL ~20 µs less a read than its sum() over numeric.
 - PostgreSQL without them: one round trip in autocommit instead of BEGIN,
   SELECT, ROLLBACK. Recounts run in its own server process, through the session.
 - SQLite with its fast paths (the default): the statement runs inline on the

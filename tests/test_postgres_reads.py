@@ -9,10 +9,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from sqlalchemy import text
 
 from db import loads
 from db.organizations import create_organization
 from db.postgres.reads import Slots
+from db.queries import get_stats
 from db.unit_of_work import Database
 from tests.databases import PG_SERVER, Databases, make_databases
 
@@ -76,6 +78,32 @@ async def test_a_steady_load_opens_no_sessions(db: Database) -> None:
     assert await server_side(db, SESSIONS) == before
     stats = await db.stats.read(ORG)
     assert stats.counts["loads_open"] == 1 + 8 * (20 // 10 + 100 // 10)
+
+
+async def test_the_shard_rows_summed_are_what_the_summing_statement_answers(db: Database) -> None:
+    """The fast path reads the org's shard rows and sums them itself (STATS_ROWS_QUERY); the
+    other paths read STATS_QUERY, which sums them in SQL. Both answer the same snapshot."""
+    one_row = await db.stats.read(ORG)
+    assert one_row == await db.read(lambda s: get_stats(s, ORG))
+    async with db.engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO organization_stats (org_id, shard, version, corrections, updated_at, "
+                "last_recalculated_at, loads_open, invoices_paid, money_invoiced, money_collected, "
+                "loads_assigned) VALUES "
+                "(:org, 1, 5, 0, '2030-01-02T03:04:05.123456+00:00', NULL, 2, 3, 1000, 400, 0), "
+                "(:org, 2, 7, 1, '2020-01-01T00:00:00+00:00', '2031-05-06T00:00:00+00:00', -1, 0, 5, 5, 4)"
+            ),
+            {"org": ORG},
+        )
+    summed = await db.stats.read(ORG)
+    assert summed == await db.read(lambda s: get_stats(s, ORG))
+    assert summed.version == one_row.version + 12
+    assert summed.counts["loads_open"] == one_row.counts["loads_open"] + 1
+    assert summed.counts["money_invoiced"] == 1005 and summed.counts["loads_assigned"] == 4
+    assert summed.updated_at is not None and summed.updated_at.year == 2030
+    assert summed.last_recalculated_at is not None and summed.last_recalculated_at.year == 2031
+    assert await db.stats.read("org_nobody") == await db.read(lambda s: get_stats(s, "org_nobody"))
 
 
 async def test_a_read_survives_the_server_dropping_its_connections(db: Database) -> None:

@@ -6,8 +6,9 @@ cache, greenlet hops, result rows), 188 µs through asyncpg's Pool (its release
 is a task and a timeout), 138 µs here. Here is a fixed set of connections in a
 queue, each used by one read at a time: a steady load opens no PostgreSQL
 sessions, and a read is one round trip (asyncpg prepares the statement once per
-connection). A connection that failed, or whose read was cancelled, is dropped;
-its slot reconnects on its next use."""
+connection; a count read is the org's shard rows, summed by `StatsSnapshot.summed`).
+A connection that failed, or whose read was cancelled, is dropped; its slot
+reconnects on its next use."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any, Generic, TypeVar
 import asyncpg
 from sqlalchemy.engine import URL
 
-from db.aggregates import STATS_QUERY, StatsSnapshot
+from db.aggregates import STATS_ROWS_QUERY, StatsSnapshot
 from db.engine import count_statement
 from db.prepared import Prepared
 
@@ -32,7 +33,7 @@ LOST_CONNECTION = (
     asyncpg.InternalClientError,  # the server's goodbye arrived while idle: the protocol is out of step
     OSError,
 )
-_STATS = Prepared(STATS_QUERY, "postgresql")
+_STATS = Prepared(STATS_ROWS_QUERY, "postgresql")
 T = TypeVar("T")
 
 
@@ -82,14 +83,13 @@ class PostgresStatsReads:
         self._slots: Slots[asyncpg.Connection | None] = Slots([None] * size)  # each connected on first use
 
     async def read(self, org_id: str) -> StatsSnapshot:
-        (row,) = await self._fetch(_STATS, {"org_id": org_id}, one=True) or [None]
-        return StatsSnapshot.from_mapping(row) if row is not None else StatsSnapshot.empty(org_id)
+        return StatsSnapshot.summed(org_id, await self._fetch(_STATS, {"org_id": org_id}))
 
     async def rows(self, statement: Prepared, parameters: dict[str, Any]) -> list[Any]:
         """Every row of `statement` (prepared for PostgreSQL, with `returns`)."""
-        return [statement.row(row) for row in await self._fetch(statement, parameters, one=False)]
+        return [statement.row(row) for row in await self._fetch(statement, parameters)]
 
-    async def _fetch(self, statement: Prepared, parameters: dict[str, Any], *, one: bool) -> list[Any]:
+    async def _fetch(self, statement: Prepared, parameters: dict[str, Any]) -> list[Any]:
         params = statement.values(parameters)
         connection = await self._slots.get()
         try:
@@ -97,11 +97,7 @@ class PostgresStatsReads:
                 if connection is None or connection.is_closed():
                     connection = await asyncpg.connect(self._dsn, server_settings=READ_ONLY)
                 try:
-                    if one:
-                        row = await connection.fetchrow(statement.sql, *params)
-                        rows = [] if row is None else [row]
-                    else:
-                        rows = await connection.fetch(statement.sql, *params)
+                    rows = await connection.fetch(statement.sql, *params)
                     break
                 except LOST_CONNECTION:  # the server dropped it (a restart, a terminated backend)
                     connection.terminate()
