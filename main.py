@@ -53,12 +53,12 @@ def verifier_of(settings: Settings) -> TokenVerifier:
 
 
 def tune_gc(young_threshold: int) -> None:
-    """Python's cyclic GC for a server: a request allocates a few hundred objects that refcounting
-    frees, yet every 700 allocations the GC walks the young ones, and now and then every object
-    alive, most of them the modules, schema and app built at startup. So, once per process, those
-    are frozen out of every collection, and the youngest generation waits for `young_threshold`
-    allocations. Count queries at 32 clients on PostgreSQL: ~10 % less CPU each with the count
-    cache, ~18 % without (docs/benchmarks-production.md). 0 keeps Python's defaults."""
+    """Python's cyclic GC for a server. A request's objects are mostly freed by reference
+    counting, yet every 700 net allocations the GC walks the young ones, and now and then every
+    object alive, most of them the modules, schema and app built at startup. So, once per
+    process, those are frozen out of every collection, and the youngest generation waits for
+    `young_threshold`. Count queries at 32 clients on PostgreSQL: ~10 % less CPU each with the
+    count cache, ~16 % without (README, *The GC*). 0 leaves the GC as it is."""
     if young_threshold <= 0:
         return
     if gc.get_freeze_count() == 0:  # not again: an app started anew (tests) would freeze its predecessor's cycles

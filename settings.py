@@ -34,8 +34,8 @@ class Settings(BaseSettings):
     db_read_pool_size: int = 4
     stats_shards: int = 1
     log_level: str = "INFO"
-    # Python's cyclic GC: its youngest generation collected every this many allocations, not 700,
-    # and what is alive at startup frozen out of every collection (main.tune_gc); 0: Python's own.
+    # Python's cyclic GC: its youngest generation collected every this many net allocations, not 700,
+    # and what is alive at startup frozen out of every collection (main.tune_gc); 0 leaves it as it is.
     gc_young_threshold: int = 20_000
     access_log: bool = False  # uvicorn's line per request (at INFO); a load balancer's log costs this process nothing
     dev_login: bool = False  # TALLY_DEV_LOGIN=1: the dashboard's one-click sign-in (SQLite only)
