@@ -33,7 +33,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy import func, select, text
 
 from bench.servers import write_without_aggregate
-from db.aggregates import STATS_QUERY
+from db.aggregates import STATS_QUERY, STATS_ROWS_QUERY
 from db.models import Load
 from db.recalculation import drift_report
 from db.unit_of_work import Database
@@ -611,13 +611,15 @@ async def database(url: str, **options: Any) -> AsyncIterator[Database]:
 
 
 async def plans(url: str, org_id: str) -> list[dict[str, Any]]:
-    """The plans of Tally's count statement (STATS_QUERY) and of the naive resolver's GROUP BY for one org:
-    SQLite's EXPLAIN QUERY PLAN, PostgreSQL's EXPLAIN (ANALYZE, BUFFERS)."""
+    """The plans of Tally's count statement and of the naive resolver's GROUP BY for one org: SQLite's
+    STATS_QUERY by EXPLAIN QUERY PLAN, PostgreSQL's STATS_ROWS_QUERY (its fast path's, db/postgres/reads.py)
+    by EXPLAIN (ANALYZE, BUFFERS)."""
     naive = select(Load.status, func.count()).where(Load.org_id == org_id).group_by(Load.status)
-    statements = {"Tally (STATS_QUERY)": STATS_QUERY.params(org_id=org_id), "naive": naive}
+    sqlite = url.startswith("sqlite")
+    tally = ("Tally (STATS_QUERY)", STATS_QUERY) if sqlite else ("Tally (STATS_ROWS_QUERY)", STATS_ROWS_QUERY)
+    statements = {tally[0]: tally[1].params(org_id=org_id), "naive": naive}
     out = []
     async with database(url) as db, db.engine.connect() as conn:
-        sqlite = conn.dialect.name == "sqlite"
         for what, statement in statements.items():
             compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
             sql = " ".join(str(compiled).split())

@@ -236,13 +236,9 @@ class StatsSnapshot:
             return cls.from_mapping(rows[0])
         if not rows:
             return cls.empty(org_id)
-        return cls(
-            org_id=org_id,
-            counts={c: sum(int(row[c]) for row in rows) for c in SUMS},
-            version=sum(int(row["version"]) for row in rows),
-            updated_at=_latest(row["updated_at"] for row in rows),
-            last_recalculated_at=_latest(row["last_recalculated_at"] for row in rows),
-        )
+        totals = {c: sum(row[c] for row in rows) for c in (*SUMS, "version")}
+        latest = {c: _latest(row[c] for row in rows) for c in ("updated_at", "last_recalculated_at")}
+        return cls.from_mapping({"org_id": org_id, **totals, **latest})
 
     @classmethod
     def empty(cls, org_id: str) -> StatsSnapshot:
