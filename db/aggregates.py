@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import random
 import re
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -82,11 +81,16 @@ COUNTERS: tuple[str, ...] = counter_names(GROUPS)
 SUMS: tuple[str, ...] = (*COUNTERS, *MONEY_TOTALS)  # the org's stats row: every column summed over its shards
 
 
+Key = Callable[[Any], tuple[Any, ...]]
+_STATS_ROW: tuple[tuple[None, Key], ...] = ((None, lambda row: ()),)
+
+
 @dataclass(frozen=True)
 class Summed:
     """One aggregate, declared: over the rows of `source` that `where` admits, the sums of what
-    `amounts(row)` gives (column -> value), kept in the row of `table` (None: the org's stats
-    row) keyed by the row's org and `key(row)`. `reads`: the columns of `source` these read.
+    `amounts(row)` gives (column -> value), kept in each (table, key) of `kept`: in the row of
+    `table` (None: the org's stats row) keyed by the row's org and `key(row)`. `reads`: the
+    columns of `source` these read.
 
     Every write moves each one by the difference between what the row gave before and after
     (`count_inserted`, `count_changed`, the session's flush hooks), in the writer's transaction."""
@@ -95,8 +99,14 @@ class Summed:
     reads: tuple[str, ...]
     amounts: Callable[[Any], Mapping[str, int]]
     where: Callable[[Any], bool] = field(default=lambda row: True)
-    table: Table | None = None
-    key: Callable[[Any], tuple[Any, ...]] = field(default=lambda row: ())
+    kept: tuple[tuple[str | None, Key], ...] = _STATS_ROW
+
+    @classmethod
+    def keyed(
+        cls, source: type[Base], reads: tuple[str, ...], amounts: Any, where: Any, *kept: tuple[Any, Key]
+    ) -> Summed:
+        """Kept in rows of tables (models) keyed by `key(row)`: each of `kept` is (model, key)."""
+        return cls(source, reads, amounts, where, tuple((model.__tablename__, key) for model, key in kept))
 
 
 def _counted(group: CounterGroup, source: type[Base]) -> Summed:
@@ -135,7 +145,7 @@ AGGREGATES = (
         where=_is_finalized,
     ),
     # Revenue by month of invoice date, over finalized invoices.
-    Summed(
+    Summed.keyed(
         Invoice,
         (*_MONEY_READS, "invoice_date"),
         lambda i: {
@@ -144,35 +154,19 @@ AGGREGATES = (
             "paid_count": int((i.paid_cents or 0) > 0),
             "collected": i.paid_cents or 0,
         },
-        where=_is_finalized,
-        table=cast(Table, RevenueMonth.__table__),
-        key=lambda i: (month_of(i.invoice_date),),
+        _is_finalized,
+        (RevenueMonth, lambda i: (month_of(i.invoice_date),)),
     ),
-    # Receivables: open balances per (customer, invoice date), and the same summed per date (the
+    # Receivables: open balances per (customer, invoice date), and the same sums per date (the
     # org's aging) and per customer (its ranking); customer 0 stands for no customer.
-    Summed(
+    Summed.keyed(
         Invoice,
         (*_MONEY_READS, "invoice_date", "customer_id"),
         _owed,
-        where=_has_open_balance,
-        table=cast(Table, Receivable.__table__),
-        key=lambda i: (i.customer_id or 0, i.invoice_date),
-    ),
-    Summed(
-        Invoice,
-        (*_MONEY_READS, "invoice_date"),
-        _owed,
-        where=_has_open_balance,
-        table=cast(Table, ReceivableDay.__table__),
-        key=lambda i: (i.invoice_date,),
-    ),
-    Summed(
-        Invoice,
-        (*_MONEY_READS, "customer_id"),
-        _owed,
-        where=_has_open_balance,
-        table=cast(Table, CustomerBalance.__table__),
-        key=lambda i: (i.customer_id or 0,),
+        _has_open_balance,
+        (Receivable, lambda i: (i.customer_id or 0, i.invoice_date)),
+        (ReceivableDay, lambda i: (i.invoice_date,)),
+        (CustomerBalance, lambda i: (i.customer_id or 0,)),
     ),
 )
 BY_SOURCE: dict[type[Base], tuple[Summed, ...]] = {
@@ -182,11 +176,10 @@ READS: dict[type[Base], tuple[str, ...]] = {
     model: tuple(dict.fromkeys(column for a in aggregates for column in a.reads))
     for model, aggregates in BY_SOURCE.items()
 }
-COUNTED_TABLES = {
-    *(group.table for group in GROUPS),
-    *(cast(Table, a.table).name for a in AGGREGATES if a.table is not None),
-    OrganizationStats.__tablename__,
+_KEYED: dict[str, Table] = {
+    table: cast(Table, Base.metadata.tables[table]) for a in AGGREGATES for table, _ in a.kept if table is not None
 }
+COUNTED_TABLES = {*(group.table for group in GROUPS), *_KEYED, OrganizationStats.__tablename__}
 
 # Keys in Session.info and execution options.
 PENDING = "tally.pending_deltas"
@@ -250,7 +243,11 @@ def _latest(stamps: Iterable[datetime | None]) -> datetime | None:
     return max((stamp for stamp in stamps if stamp is not None), default=None)
 
 
-Pending = dict[str, Counter[Any]]  # an org's deltas: by stats column, or (table, key, column)
+# A transaction's deltas, per org: per row they move (None: the org's stats row; else a keyed
+# aggregate's (table, key)), per column.
+Target = tuple[str, tuple[Any, ...]] | None
+Deltas = dict[Target, dict[str, int]]
+Pending = dict[str, Deltas]
 COUNTED = "tally.counted"  # execution option of a statement whose counter deltas are already pending
 _flushing: ContextVar[bool] = ContextVar("tally_flushing", default=False)
 SOURCE_TABLES = sorted({group.table for group in GROUPS})  # the tables whose rows are counted
@@ -393,24 +390,30 @@ def count_inserted(pending: Pending, model: type[Base], row: Any) -> None:
 
 def count_changed(pending: Pending, model: type[Base], old: Any, new: Any) -> None:
     """Add a changed row of `model`, from its locked state `old` to `new`, to the pending deltas.
-    An aggregate that keeps the row under the same key gets only the differences of its amounts
-    (a payment moves 5 sums, not 26)."""
+    A row kept under the same key gets only the differences of its amounts (a payment moves 5
+    sums, not 26)."""
     aggregates = BY_SOURCE.get(model)
     if not aggregates:
         return
     deltas = _deltas(pending, old.org_id)
     for aggregate in aggregates:
-        was, now = aggregate.where(old), aggregate.where(new)
-        if was and now and (key := aggregate.key(old)) == aggregate.key(new):
-            moved = dict(aggregate.amounts(new))
-            for column, value in aggregate.amounts(old).items():  # a counter's column follows the value
+        was = aggregate.amounts(old) if aggregate.where(old) else None
+        now = aggregate.amounts(new) if aggregate.where(new) else None
+        if was is not None and now is not None:
+            moved = dict(now)
+            for column, value in was.items():  # a counter's column follows the value
                 moved[column] = moved.get(column, 0) - value
-            _add(deltas, aggregate, key, moved, +1)
+            for table, key in aggregate.kept:
+                if (old_key := key(old)) == key(new):
+                    _add(deltas, table, old_key, moved, +1)
+                else:
+                    _add(deltas, table, old_key, was, -1)
+                    _add(deltas, table, key(new), now, +1)
             continue
-        if was:
-            _add(deltas, aggregate, aggregate.key(old), aggregate.amounts(old), -1)
-        if now:
-            _add(deltas, aggregate, aggregate.key(new), aggregate.amounts(new), +1)
+        for amounts, row, sign in ((was, old, -1), (now, new, +1)):
+            if amounts is not None:
+                for table, key in aggregate.kept:
+                    _add(deltas, table, key(row), amounts, sign)
 
 
 def _contribute(pending: Pending, model: type[Base], row: Any, sign: int) -> None:
@@ -421,24 +424,33 @@ def _contribute(pending: Pending, model: type[Base], row: Any, sign: int) -> Non
     deltas = _deltas(pending, row.org_id)
     for aggregate in aggregates:
         if aggregate.where(row):
-            _add(deltas, aggregate, aggregate.key(row), aggregate.amounts(row), sign)
+            amounts = aggregate.amounts(row)
+            for table, key in aggregate.kept:
+                _add(deltas, table, key(row), amounts, sign)
 
 
-def _deltas(pending: Pending, org_id: str) -> Counter[Any]:
+def _deltas(pending: Pending, org_id: str) -> Deltas:
     deltas = pending.get(org_id)
     if deltas is None:
-        deltas = pending[org_id] = Counter()
+        deltas = pending[org_id] = {}
     return deltas
 
 
-def _add(deltas: Counter[Any], aggregate: Summed, key: tuple[Any, ...], amounts: Mapping[str, int], sign: int) -> None:
-    """Move `deltas` by `sign` times `amounts`. A delta is keyed by its stats column, or by
-    (table, key, column) for the keyed aggregates; a zero amount moves nothing."""
-    table = None if aggregate.table is None else aggregate.table.name
+def _add(deltas: Deltas, table: str | None, key: tuple[Any, ...], amounts: Mapping[str, int], sign: int) -> None:
+    """Move `deltas` by `sign` times `amounts`, in the row of `table` keyed `key` (None: the
+    stats row); a zero amount moves nothing."""
+    target = None if table is None else (table, key)
+    moved = deltas.get(target)
+    if moved is None:
+        moved = deltas[target] = {}
     for column, value in amounts.items():
         if value:
-            delta_key = column if table is None else (table, key, column)
-            deltas[delta_key] = deltas.get(delta_key, 0) + sign * value  # not Counter's `+=`: its __missing__ is Python
+            moved[column] = moved.get(column, 0) + sign * value
+
+
+def moves(deltas: Deltas) -> bool:
+    """Whether an org's `deltas` move any value (they may all cancel out)."""
+    return any(any(moved.values()) for moved in deltas.values())
 
 
 async def update_counted(session: AsyncSession, model: type[Base], row: Row[Any], values: dict[str, Any]) -> Row[Any]:
@@ -533,31 +545,26 @@ def counter_additions(pending: Pending, shards: int) -> list[dict[str, Any]]:
     now = utcnow()
     for org_id in sorted(pending):  # a fixed order: concurrent writers never deadlock here
         deltas = pending[org_id]
-        if any(deltas.values()):
-            delta = {key: d for key, d in deltas.items() if d and isinstance(key, str)}
+        if moves(deltas):
             # Spread over the org's shards, writers of one hot org rarely wait on one row.
             shard = random.randrange(shards) if shards > 1 else 0
-            additions.append({"org_id": org_id, "shard": shard, "now": now, **_NO_SUMS, **delta})
+            additions.append({"org_id": org_id, "shard": shard, "now": now, **_NO_SUMS, **deltas.get(None, {})})
     return additions
 
 
 def row_additions(pending: Pending) -> list[tuple[str, dict[str, Any]]]:
     """The keyed aggregates' upserts (table, parameters of `ADD_TO_ROWS[dialect][table]`), one
     per row whose sums move, in a fixed order (no deadlock between writers)."""
-    rows: dict[tuple[str, str, tuple[Any, ...]], dict[str, int]] = {}
-    for org_id, deltas in pending.items():
-        for key, d in deltas.items():
-            if d and not isinstance(key, str):
-                table, row_key, column = key
-                moved = rows.get(row := (table, org_id, row_key))
-                if moved is None:
-                    moved = rows[row] = {}
-                moved[column] = d
-    additions = []
-    for (table, org_id, row_key), moved in sorted(rows.items()):  # a table's keys are alike: they compare
-        key = dict(zip(_KEY_COLUMNS[table], row_key, strict=True))
-        additions.append((table, {"org_id": org_id, **key, **_NO_ROW_SUMS[table], **moved}))
-    return additions
+    rows = sorted(
+        (target[0], org_id, target[1], moved)
+        for org_id, deltas in pending.items()
+        for target, moved in deltas.items()
+        if target is not None and any(moved.values())
+    )  # a table's keys are alike: they compare; (table, org, key) is unique, so `moved` is never compared
+    return [
+        (table, {"org_id": org_id, **dict(zip(_KEY_COLUMNS[table], key, strict=True)), **_NO_ROW_SUMS[table], **moved})
+        for table, org_id, key, moved in rows
+    ]
 
 
 def correction(
@@ -590,8 +597,11 @@ def correction(
     row = yield _CORRECT[dialect][bool(corrected)], params
     if row is None:
         return None
-    moved: Pending = {org_id: Counter({(table, key, column): d for table, key, column, d in rows})}
-    for table, params in row_additions(moved):
+    moved: Deltas = {}
+    for table, key, column, d in rows:
+        sums = moved.setdefault((table, key), {})
+        sums[column] = sums.get(column, 0) + d
+    for table, params in row_additions({org_id: moved}):
         yield ADD_TO_ROWS[dialect][table], params
     return StatsSnapshot.from_row(row)
 
@@ -672,7 +682,6 @@ def _build_row_add_statement(insert: Any, table: Table) -> Any:
     return stmt.on_conflict_do_update(index_elements=list(table.primary_key.columns), set_=sums)
 
 
-_KEYED = {cast(Table, a.table).name: cast(Table, a.table) for a in AGGREGATES if a.table is not None}
 _KEY_COLUMNS = {name: [c.key for c in t.primary_key.columns if c.key != "org_id"] for name, t in _KEYED.items()}
 _SUM_COLUMNS = {name: [c.key for c in t.c if not c.primary_key] for name, t in _KEYED.items()}
 _NO_ROW_SUMS = {name: dict.fromkeys(columns, 0) for name, columns in _SUM_COLUMNS.items()}

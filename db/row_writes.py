@@ -34,7 +34,6 @@ counted table, as the engine's guard does.
 from __future__ import annotations
 
 import sqlite3
-from collections import Counter
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -48,11 +47,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from db.aggregates import (
     ADD_COUNTERS,
     ADD_TO_ROWS,
+    Pending,
     count_changed,
     count_inserted,
     counted_table_written,
     counter_additions,
     insert_counted,
+    moves,
     row_additions,
     update_counted,
     with_defaults,
@@ -249,7 +250,7 @@ class _Transaction(_Sent):
     def __init__(self, statements: _Statements, shards: int) -> None:
         self._statements = statements
         self._shards = shards
-        self._pending: dict[str, Counter[str]] = {}
+        self._pending: Pending = {}
         self._locked: list[tuple[type[Base], Any]] = []  # what `Lock` answered: an Update starts from one
         self._compose = statements.dialect == "postgresql"
 
@@ -348,7 +349,7 @@ class _Transaction(_Sent):
 
     @property
     def changed_orgs(self) -> list[str]:
-        return [org_id for org_id, delta in self._pending.items() if any(delta.values())]
+        return [org_id for org_id, deltas in self._pending.items() if moves(deltas)]
 
 
 class _ScriptTransaction(_Sent):

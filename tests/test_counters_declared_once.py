@@ -104,7 +104,7 @@ DRY_RUN = textwrap.dedent(
     print(json.dumps({
         "counters": list(COUNTERS),
         "columns": list(OrganizationStats.__table__.c.keys()),
-        "deltas": sorted(deltas["org_a"]),
+        "deltas": sorted(deltas["org_a"][None]),
         "missing_before_migration": before,
         "missing_after_migration": after,
         "on_hold": loads.on_hold,
