@@ -103,9 +103,14 @@ class Summed:
 
     @classmethod
     def keyed(
-        cls, source: type[Base], reads: tuple[str, ...], amounts: Any, where: Any, *kept: tuple[Any, Key]
+        cls,
+        source: type[Base],
+        reads: tuple[str, ...],
+        amounts: Callable[[Any], Mapping[str, int]],
+        where: Callable[[Any], bool],
+        *kept: tuple[type[Base], Key],
     ) -> Summed:
-        """Kept in rows of tables (models) keyed by `key(row)`: each of `kept` is (model, key)."""
+        """Kept in rows of keyed tables: each of `kept` is (the table's model, `key(row)`)."""
         return cls(source, reads, amounts, where, tuple((model.__tablename__, key) for model, key in kept))
 
 
