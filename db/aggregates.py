@@ -1,4 +1,4 @@
-"""The aggregates: the only code that writes `organization_stats`, `revenue_months` and `receivables`.
+"""The aggregates: the only code that writes `organization_stats` and the keyed money tables.
 
 Each aggregate is declared once (`AGGREGATES`: which rows, what is summed, keyed
 how). Every session of the app is an `AggregateSession`. Its hooks turn each
@@ -443,7 +443,8 @@ def _deltas(pending: Pending, org_id: str) -> Deltas:
 
 def _add(deltas: Deltas, table: str | None, key: tuple[Any, ...], amounts: Mapping[str, int], sign: int) -> None:
     """Move `deltas` by `sign` times `amounts`, in the row of `table` keyed `key` (None: the
-    stats row); a zero amount moves nothing."""
+    stats row); a zero amount moves nothing. Sums that cancel out stay as 0: `moves` and
+    `row_additions` skip them."""
     target = None if table is None else (table, key)
     moved = deltas.get(target)
     if moved is None:
