@@ -14,6 +14,7 @@ callers of one org who ask together (`db/shared_reads.py`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -180,10 +181,23 @@ class Database:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 async with self._writer_turn:  # from BEGIN to COMMIT (or ROLLBACK), no longer
-                    return await commit()
+                    committed = await commit()
             except DBAPIError as error:
                 await self._retries.again(error, attempt)
+                continue
+            await self._restart_long_log()
+            return committed
         raise AssertionError("unreachable")
+
+    async def _restart_long_log(self) -> None:
+        """Start SQLite's log over once the checkpoint thread finds it too long (db/sqlite/checkpoints.py):
+        in the writers' turn, so no writer of this process is in the way, on a thread of the executor."""
+        checkpoints = self._checkpoints
+        if checkpoints is None or not checkpoints.log_too_long:
+            return
+        async with self._writer_turn:
+            if checkpoints.log_too_long:  # not done by a writer that had the turn first
+                await asyncio.to_thread(checkpoints.restart)
 
     async def _commit(self, work: WriteWork[T]) -> tuple[T, list[str]]:
         """`work` in a committed write transaction; with the orgs whose stats it changed."""
