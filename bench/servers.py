@@ -77,12 +77,12 @@ _uncounted: dict[int, _UncountedRowWrites] = {}
 
 
 async def write_without_aggregate(db: Database, plan: Callable[[], Plan]) -> Any:
-    """`Database.write_row` on the driver without the aggregate: same engine, pool, inline connection, writer's turn,
-    statements and commit; no delta computed, no counter upsert, no read after commit, no publish."""
+    """`Database.write_row` without the aggregate: the same path (writers in flight, writer's turn, retries), engine,
+    pool, inline connection, statements and commit; no delta computed, so no counter or money upsert, no org
+    changed, no read after commit, no publish."""
     if (writes := _uncounted.get(id(db))) is None:
         writes = _uncounted[id(db)] = _UncountedRowWrites(db.engine, 1, db._inline_writes)
-    async with db._writer_turn:
-        row, _ = await writes.run(plan())
+    row, _ = await db._with_snapshots(lambda: db._retried(lambda: writes.run(plan())))
     return row
 
 
