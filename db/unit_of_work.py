@@ -15,6 +15,7 @@ callers of one org who ask together (`db/shared_reads.py`).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -38,6 +39,7 @@ from db.work import ReadWork, Script, WriteWork
 from db.writers import WritersInFlight, writer_turn
 
 T = TypeVar("T")
+log = logging.getLogger("tally.db")
 Commit = Callable[[], Awaitable[tuple[T, list[str]]]]  # a committed write: its result, the orgs it changed
 
 
@@ -180,24 +182,31 @@ class Database:
         process's writers' turn, run again after a retryable failure."""
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                async with self._writer_turn:  # from BEGIN to COMMIT (or ROLLBACK), no longer
+                async with self._writer_turn:  # from BEGIN to COMMIT (or ROLLBACK), and a log restart
                     committed = await commit()
+                    await self._restart_long_log()
             except DBAPIError as error:
                 await self._retries.again(error, attempt)
                 continue
-            await self._restart_long_log()
             return committed
         raise AssertionError("unreachable")
 
     async def _restart_long_log(self) -> None:
         """Start SQLite's log over once the checkpoint thread finds it too long (db/sqlite/checkpoints.py):
-        in the writers' turn, so no writer of this process is in the way, on a thread of the executor."""
+        after a commit, still in the writers' turn, so no writer of this process is in the way; on a
+        thread of the executor, so the event loop goes on meanwhile. A cancel waits for it (a thread
+        cannot stop midway, and the turn must cover it)."""
         checkpoints = self._checkpoints
         if checkpoints is None or not checkpoints.log_too_long:
             return
-        async with self._writer_turn:
-            if checkpoints.log_too_long:  # not done by a writer that had the turn first
-                await asyncio.to_thread(checkpoints.restart)
+        restart = asyncio.ensure_future(asyncio.to_thread(checkpoints.restart))
+        try:
+            await asyncio.shield(restart)
+        except asyncio.CancelledError:
+            await asyncio.wait([restart])
+            raise
+        except Exception:  # e.g. the executor shut down: the write has committed all the same
+            log.exception("WAL restart failed")
 
     async def _commit(self, work: WriteWork[T]) -> tuple[T, list[str]]:
         """`work` in a committed write transaction; with the orgs whose stats it changed."""

@@ -12,15 +12,16 @@ A copied log starts over from its beginning only if a writer begins while every
 frame in it has been copied, and under a steady stream of writes that never
 happens: new frames arrive while the thread copies. The log then grows without
 end (16 MB a second at ~2,000 payments a second), and every write to it extends
-the file: the kernel allocates and zeroes new blocks (30-40 µs of a payment's ~520
-µs of server CPU). So once the log is past RESTART_BYTES, the thread
-says so (`log_too_long`) and the next writer of this process to commit runs
-`restart` in the writers' turn (`Database`): a RESTART checkpoint copies the few
-frames written since, and the log starts over at the next write, into blocks the
-file already has. It holds the writers of this process back while it runs (~2-3
-ms here), at most once per CHECKPOINT_SECONDS. It never waits: with a reader in
-the log, or another process writing, SQLite answers busy, and it is tried again
-once the thread has checkpointed again.
+the file: the kernel allocates and zeroes new blocks (~38 µs of a payment's ~520
+µs of server CPU in one perf probe). So once the log is past RESTART_BYTES, the
+thread says so (`log_too_long`), and the next write of this process to commit
+runs `restart` before it gives up the writers' turn (`Database`): a RESTART
+checkpoint copies the frames written since the thread's last copy, and the log
+starts over at the next write, into blocks the file already has. The writers of
+this process wait for it (3.2 ms at p50 here, fsyncs included), about once per
+CHECKPOINT_SECONDS while writes keep the log that long. It never waits for a
+lock: with a reader in the log, or another process writing, SQLite copies what it
+can and answers busy, and it is tried again once the thread has copied again.
 
 If this thread is not running (a process that made its engine without it),
 SQLite still checkpoints when the last connection to the file closes.
