@@ -195,7 +195,8 @@ class Database:
         """Start SQLite's log over once the checkpoint thread finds it too long (db/sqlite/checkpoints.py):
         after a commit, still in the writers' turn, so no writer of this process is in the way; on a
         thread of the executor, so the event loop goes on meanwhile. A cancel waits for it (a thread
-        cannot stop midway, and the turn must cover it)."""
+        cannot stop midway, and the turn should cover it; a second cancel does not wait, and then
+        SQLite's own lock keeps a writer that begins meanwhile waiting)."""
         checkpoints = self._checkpoints
         if checkpoints is None or not checkpoints.log_too_long:
             return

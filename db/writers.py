@@ -10,7 +10,8 @@ from typing import Any
 
 
 def writer_turn(dialect: str) -> contextlib.AbstractAsyncContextManager[Any]:
-    """Held from BEGIN to COMMIT (or ROLLBACK) of each write transaction.
+    """Held from BEGIN to COMMIT (or ROLLBACK) of each write transaction, and, after a COMMIT
+    that finds SQLite's log too long, while the log is restarted (db/sqlite/checkpoints.py).
 
     SQLite has one writer at a time. Writers of this process queue here, in
     order, instead of in SQLite's busy handler, which sleeps in growing steps
