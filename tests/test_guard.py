@@ -311,7 +311,7 @@ DRIVER_MODULES = {
     "db/sqlite/inline_writes.py": "runs BEGIN IMMEDIATE only, and hands its connection to db/row_writes.py's runner",
     "db/unit_of_work.py": "makes the inline writer, for db/row_writes.py's runner only",
     "db/sqlite_follower.py": "read-only: PRAGMA query_only",
-    "db/sqlite/checkpoints.py": "runs PRAGMA wal_checkpoint only: copies committed pages, changes no row",
+    "db/sqlite/checkpoints.py": "PRAGMA wal_checkpoint (and page_size) only: copies committed pages, changes no row",
     "db/sqlite/page_size.py": "main.py vacuum: VACUUM and pragmas, with the file to itself; rewrites pages, changes no row",
     "db/postgres/reads.py": "read-only: default_transaction_read_only",
 }
