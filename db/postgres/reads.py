@@ -25,7 +25,14 @@ from db.engine import count_statement
 from db.prepared import Prepared
 
 MAX_ATTEMPTS = 3
-READ_ONLY = {"default_transaction_read_only": "on"}  # these connections only ever read
+SESSION = {
+    "default_transaction_read_only": "on",  # these connections only ever read
+    # Their statements are a fixed few, each keyed by org: one plan per connection serves every
+    # call. Left to choose, PostgreSQL planned the aging statement anew at every call (its
+    # generic plan's estimate came out higher): 0.66-0.71 ms a read against 0.39-0.41 with the
+    # plan kept (1M invoices); the count and revenue reads kept theirs either way (PostgreSQL 12+).
+    "plan_cache_mode": "force_generic_plan",
+}
 LOST_CONNECTION = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
@@ -95,7 +102,7 @@ class PostgresStatsReads:
         try:
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 if connection is None or connection.is_closed():
-                    connection = await asyncpg.connect(self._dsn, server_settings=READ_ONLY)
+                    connection = await asyncpg.connect(self._dsn, server_settings=SESSION)
                 try:
                     rows = await connection.fetch(statement.sql, *params)
                     break
