@@ -1,5 +1,5 @@
-"""The money aggregates' reads and writes on SQLite, and over HTTP on PostgreSQL too (docs/benchmarks-money.md, whose
-Method section tells how)."""
+"""The money aggregates' reads and writes on SQLite and on PostgreSQL, and the issue's targets on each
+(docs/benchmarks-money.md, whose Method section tells how)."""
 
 from __future__ import annotations
 

@@ -86,8 +86,8 @@ def _aging_statement(dialect: str) -> Any:
     """The org's total and its first customers (by balance, then name, no customer last), in one
     statement whose cost grows with customers and the last 90 days, not with invoices or history.
 
-    Each recent bucket is one range sum over rows clustered by their key (org, customer, date):
-    no row is tested against every bucket. Balances over 90 days old are what is left of a
+    On SQLite each recent bucket is one range sum over rows clustered by their key (org, customer,
+    date): no row is tested against every bucket. Balances over 90 days old are what is left of a
     balance once the three recent buckets are taken out: the org's outstanding (its stats row)
     or the customer's balance (its ranking row). Dates are compared with `since_*` (asOf - 30,
     60, 90 days, bound by the caller).

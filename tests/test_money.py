@@ -195,6 +195,58 @@ async def test_receivables_aging_cuts_the_first_customers_through_ties_in_order(
     await assert_exact(db, "org_a")
 
 
+async def test_receivables_aging_agrees_with_a_recount_whatever_the_as_of_and_first(api: Api, db: Database) -> None:
+    """Every bucket of the org and of each first customer, against one worked out here from the open
+    balances, for asOf dates that put the invoices on every side of each edge (before all of them:
+    every balance current; after all: every one over 90 days) and cuts of every size. A customer
+    whose balance is all older than 90 days has nothing to sum in the recent buckets: it must be
+    listed all the same (PostgreSQL's statement sums them in a LATERAL join, SQLite's by range)."""
+    base = date(2026, 3, 31)
+    customers = {}
+    for name in ("Acme", "Old", "Part"):
+        made = await api.ok('mutation($n: String!) { createCustomer(orgId: "org_a", name: $n) { id } }', n=name)
+        customers[name] = made["createCustomer"]["id"]
+    # (customer, days before `base`, amount, paid): each bucket's edges, only-old balances, dates after
+    # `base`, a partial payment, and one paid in full (no longer owed)
+    owed = [("Acme", 30, "10", None), ("Acme", 31, "20", None), ("Acme", 60, "30", None), ("Acme", 61, "40", None),
+            ("Acme", 90, "50", None), ("Acme", 91, "60", None), ("Old", 120, "300", None), ("Old", 400, "7", None),
+            (None, -5, "70", None), (None, 45, "1.50", None), ("Part", 10, "90", "89.99"),
+            ("Part", 200, "15", None), ("Part", 0, "25", "25")]  # fmt: skip
+    balances = []  # (customer name or None, invoice date, cents still owed)
+    for customer, days, amount, paid in owed:
+        invoice = await priced_invoice(api, amount, **({"customerId": customers[customer]} if customer else {}))
+        day = base - timedelta(days=days)
+        await api.ok(MOVE, id=invoice["id"], s="BILLED", d=day.isoformat())
+        if paid:
+            await api.ok(PAY, id=invoice["id"], a=paid)
+        left = parse_cents(amount, "amount") - (parse_cents(paid, "amount") if paid else 0)
+        if left:
+            balances.append((customer, day, left))
+
+    def buckets(rows: list[tuple[date, int]], as_of: date) -> dict[str, str]:
+        sums = [0, 0, 0, 0]
+        for day, cents in rows:
+            age = (as_of - day).days
+            sums[0 if age <= 30 else 1 if age <= 60 else 2 if age <= 90 else 3] += cents
+        names = ("current", "days31to60", "days61to90", "over90")
+        return {**{k: format_cents(v) for k, v in zip(names, sums, strict=True)}, "total": format_cents(sum(sums))}
+
+    by_customer: dict[str | None, list[tuple[date, int]]] = {}
+    for customer, day, cents in balances:
+        by_customer.setdefault(customer, []).append((day, cents))
+    ranked = sorted(by_customer, key=lambda c: (-sum(cents for _, cents in by_customer[c]), c is None, c or ""))
+    for as_of in (base, base - timedelta(days=45), date(2024, 2, 29), date(2020, 1, 1), date(2030, 1, 1)):
+        for first in (0, 1, 2, 20, 500):
+            aging = (await api.ok(AGING, o="org_a", d=as_of.isoformat(), n=first))["receivablesAging"]
+            assert aging["buckets"] == buckets([(day, cents) for _, day, cents in balances], as_of), as_of
+            listed = [
+                (c["customer"] and c["customer"]["name"], c["invoices"], c["buckets"]) for c in aging["customers"]
+            ]
+            expected = [(c, len(by_customer[c]), buckets(by_customer[c], as_of)) for c in ranked[:first]]
+            assert listed == expected, (as_of, first)
+    await assert_exact(db, "org_a")
+
+
 async def test_money_queries_are_one_statement_that_never_reads_invoices(
     api: Api, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -121,6 +121,8 @@ async def test_every_read_connection_keeps_one_plan_per_statement(db: Database) 
         for connection in connections:
             assert connection is not None
             assert await connection.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+            if connection.get_server_version().major < 14:  # pg_prepared_statements counts plans from 14
+                continue
             plans = await connection.fetch(
                 "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE 'WITH first_customers%'"
             )
