@@ -86,16 +86,16 @@ def _aging_statement(dialect: str) -> Any:
     """The org's total and its first customers (by balance, then name, no customer last), in one
     statement whose cost grows with customers and the last 90 days, not with invoices or history.
 
-    On SQLite each recent bucket is one range sum over rows clustered by their key (org, customer,
-    date): no row is tested against every bucket. Balances over 90 days old are what is left of a
-    balance once the three recent buckets are taken out: the org's outstanding (its stats row)
-    or the customer's balance (its ranking row). Dates are compared with `since_*` (asOf - 30,
-    60, 90 days, bound by the caller).
+    Balances over 90 days old are what is left of a balance once the three recent buckets are
+    taken out: the org's outstanding (its stats row) or the customer's balance (its ranking row).
+    Dates are compared with `since_*` (asOf - 30, 60, 90 days, bound by the caller).
 
-    On PostgreSQL the three buckets of the org and of each customer are one range scan of the last
-    90 days, each bucket a FILTER of it (the customers' joined LATERAL): 0.30-0.32 ms a read against
-    0.38-0.41 for three range sums (1M invoices, the plan kept). SQLite has no LATERAL, and there three
-    range sums were the fastest form tried (docs/benchmarks-money.md)."""
+    On SQLite each recent bucket is one range sum over rows clustered by their key (org, customer,
+    date): no row is tested against every bucket. On PostgreSQL the three buckets of the org and
+    of each customer are one range scan of the last 90 days, each bucket a FILTER of it (the
+    customers' joined LATERAL): 0.30-0.32 ms a read against 0.38-0.41 for three range sums (1M
+    invoices, the plan kept). SQLite has no LATERAL, and there three range sums were the fastest
+    form tried (docs/benchmarks-money.md)."""
     org: Any = bindparam("org_id")
     since: dict[int, Any] = {days: bindparam(f"since_{days}") for days in (30, 60, 90)}
     bounds = ((since[30], None), (since[60], since[30]), (since[90], since[60]))  # current, 31-60, 61-90
