@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from types import SimpleNamespace as Row
 from typing import Any
 
 import httpx
 import pytest
 import strawberry
+from graphql import GraphQLID, GraphQLInt, GraphQLString
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -16,7 +18,8 @@ from strawberry.extensions import FieldExtension
 from api.permissions import Authenticated
 from api.root import DIRECT
 from edge import direct_operations
-from edge.direct_operations import DirectOperations
+from edge.direct_operations import DirectOperations, Selected
+from edge.renderers import renderer
 from edge.view import TallyGraphQL
 from settings import Settings
 from tests.helpers import Api, assert_exact, create_invoice, create_load, served_in_process, stored, token
@@ -287,3 +290,100 @@ async def test_known_documents_are_bounded(direct: tuple[Api, TallyGraphQL], mon
         await api.ok(document)
     assert list(operations_of(view).known) == documents[1:]
     del load
+
+
+BUCKETS = selections(["current", "days31to60", "days61to90", "over90", "total", "__typename"])
+AGING_SELECTION = st.lists(
+    st.one_of(
+        selections(["orgId", "asOf", "__typename"]),
+        BUCKETS.map(lambda b: f"buckets {{ {b} }}"),
+        st.tuples(selections(["invoices", "__typename"]), selections(["id", "name", "__typename"]), BUCKETS).map(
+            lambda parts: f"customers {{ {parts[0]} customer {{ {parts[1]} }} z_buckets: buckets {{ {parts[2]} }} }}"
+        ),
+    ),
+    min_size=1,
+    max_size=3,
+).map(" ".join)
+MOVE = "mutation($id: ID!, $d: Date) { updateInvoiceStatus(id: $id, status: BILLED, invoiceDate: $d) { id } }"
+
+
+async def owing(api: Api) -> None:
+    """Once per database: invoices billed in 2026 to a named customer and to none."""
+    if (await api.ok('query { organizationStats(orgId: "org_a") { money { invoiced } } }'))["organizationStats"][
+        "money"
+    ]["invoiced"] != "0.00":
+        return
+    acme = (await api.ok('mutation { createCustomer(orgId: "org_a", name: "Acme") { id } }'))["createCustomer"]["id"]
+    for customer, day, amount in ((acme, "2026-03-20", "10.50"), (acme, "2026-01-05", "7"), (None, "2026-02-01", "3")):
+        load = await create_load(api, **({"customerId": customer} if customer else {}))
+        invoice = await create_invoice(api, load["id"])
+        await api.ok(
+            "mutation($id: ID!, $a: Money!) { setInvoiceAmount(id: $id, amount: $a) { id } }",
+            id=invoice["id"],
+            a=amount,
+        )
+        await api.ok(MOVE, id=invoice["id"], d=day)
+
+
+REVENUE_SELECTION = selections(["month", "invoicedCount", "invoiced", "paidCount", "collected", "__typename"])
+
+
+@pytest.mark.slow
+@hypothesis_settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(aging=AGING_SELECTION, revenue=REVENUE_SELECTION, alias=st.booleans())
+async def test_money_reads_served_directly_equal_graphqls_answer(
+    direct: tuple[Api, TallyGraphQL], ordinary: tuple[Api, TallyGraphQL], aging: str, revenue: str, alias: bool
+) -> None:
+    """Receivables aging (a customer with a name, invoices with none: a null customer) and revenue
+    by month, served directly, are GraphQL's answers byte for byte."""
+    api, view = direct
+    root = "a: " if alias else ""
+    queries = [
+        f'query($o: ID!) {{ {root}receivablesAging(orgId: $o, asOf: "2026-03-31", first: 5) {{ {aging} }} }}',
+        f'query($o: ID!) {{ {root}revenueByMonth(orgId: $o, from: "2026-01", to: "2026-04") {{ {revenue} }} }}',
+    ]
+    await owing(api)
+    for _ in range(2):  # the first answer teaches the direct path each document
+        for query in queries:
+            served = await post(api, query, o="org_a")
+            assert served.json().get("data"), served.text
+            expected = await post(ordinary[0], query, o="org_a")
+            assert (served.status_code, served.text) == (expected.status_code, expected.text)
+    assert set(queries) <= operations_of(view).known.keys()
+
+
+def test_a_rendered_value_is_what_its_type_serializes_and_null_only_where_allowed() -> None:
+    """The generated renderer (edge/renderers.py) keeps values of the exact type as they are, gives any
+    other to the type's serializer, and refuses null where the type does: as the executor would."""
+    item = (Selected("n", "n", GraphQLInt.serialize),)
+    fields = (
+        Selected("count", "count", GraphQLInt.serialize),
+        Selected("id", "id", GraphQLID.serialize),
+        Selected("label", "label", GraphQLString.serialize, nullable=True),
+        Selected("kind", None, lambda _parent: "Thing"),
+        Selected("previous", "from", GraphQLString.serialize),  # not an identifier Python allows: read by getattr
+        Selected("child", "child", dict, nullable=True, fields=item),
+        Selected("items", "items", dict, fields=item, many=True),
+        Selected("tags", "tags", GraphQLString.serialize, many=True),
+    )
+    render = renderer(fields)
+
+    def row(**changes: Any) -> Any:
+        values = {"count": 3, "id": 7, "label": None, "from": "x", "child": None, "items": [Row(n=True)], "tags": ["a"]}
+        return Row(**{**values, **changes})
+
+    assert render(row()) == {
+        "count": 3, "id": "7", "label": None, "kind": "Thing", "previous": "x", "child": None,
+        "items": [{"n": 1}], "tags": ["a"],
+    }  # fmt: skip
+    rendered = render(row(count=2.0, label=5, child=Row(n=-(2**31))))
+    assert (rendered["count"], rendered["label"], rendered["child"]) == (2, "5", {"n": -(2**31)})
+    for bad, message in [
+        (row(count=None), "Cannot return null for non-nullable field count"),
+        (row(items=[Row(n=1), None]), "Cannot return null for a non-null item of items"),
+        (row(tags=None), "Cannot return null for non-nullable field tags"),
+        (row(count=2**31), "Int cannot represent non 32-bit signed integer value"),
+        (row(items=[Row(n="1.5")]), "Int cannot represent non-integer value"),
+    ]:
+        with pytest.raises(Exception, match=message):
+            render(bad)
