@@ -48,12 +48,21 @@ class Prepared:
              bind.type.dialect_impl(dialect_).bind_processor(dialect_))
             for bind in binds
         ]  # fmt: skip
-        # The caller's values taken in one C call, then the literals put in and the processors run.
+        # The caller's values taken in one C call and processed once per name (a name may recur: the
+        # aging statement binds each of its dates three times), then the literals, processed here, put in.
         names = [name for name, _, _ in self._order if name is not None]
         self._take: Any = operator.itemgetter(*names) if names else lambda _parameters: ()
         self._one = len(names) == 1  # itemgetter answers one value bare, not in a tuple
-        self._literals = [(k, literal) for k, (name, literal, _) in enumerate(self._order) if name is None]
-        self._processed = [(k, process) for k, (_, _, process) in enumerate(self._order) if process is not None]
+        # (the positions among the caller's values of a name that has a processor, the processor)
+        self._processed: list[tuple[list[int], Any]] = []
+        for name, process in {name: process for name, _, process in self._order if name is not None}.items():
+            if process is not None:
+                self._processed.append(([k for k, other in enumerate(names) if other == name], process))
+        self._literals = [
+            (k, literal if process is None or literal is None else process(literal))
+            for k, (name, literal, process) in enumerate(self._order)
+            if name is None
+        ]
         self.row_type: Any = None
         if returns is not None:
             columns = returns.c if isinstance(returns, Table) else returns
@@ -69,11 +78,13 @@ class Prepared:
         if not self._literals and not self._processed:
             return cast(tuple[Any, ...], taken)
         values = list(taken)
+        for positions, process in self._processed:
+            if (value := values[positions[0]]) is not None:
+                value = process(value)
+                for k in positions:
+                    values[k] = value
         for k, literal in self._literals:  # in order of position
             values.insert(k, literal)
-        for k, process in self._processed:
-            if values[k] is not None:
-                values[k] = process(values[k])
         return tuple(values)
 
     def row(self, values: Sequence[Any] | None) -> Any:
