@@ -48,8 +48,12 @@ from graphql import (
 )
 from strawberry import Schema
 from strawberry.permission import BasePermission, PermissionExtension
+from strawberry.relay import GlobalID
+from strawberry.scalars import is_scalar
 from strawberry.types import ExecutionResult
 from strawberry.types.arguments import convert_arguments
+from strawberry.types.base import StrawberryMaybe, StrawberryOptional
+from strawberry.types.enum import StrawberryEnumDefinition, has_enum_definition
 from strawberry.types.field import StrawberryField
 
 from api.extensions import ObserveOperation, outcome_of, to_client_error
@@ -85,6 +89,7 @@ class Plan:
     info_parameter: str
     selected: tuple[Selected, ...]
     render: Render  # an object's selected fields, as a dict (renderer(selected))
+    plain_arguments: dict[str, str] | None  # GraphQL name -> Python name, if each reaches the resolver as coerced
     many: bool = False  # the field returns a list of objects
 
     @property
@@ -163,12 +168,15 @@ class DirectOperations:
         resolver = plan.field.base_resolver
         assert resolver is not None
         try:
-            kwargs = convert_arguments(
-                arguments,
-                plan.field.arguments,
-                scalar_registry=self.schema.schema_converter.scalar_registry,
-                config=self.schema.config,
-            )
+            if plan.plain_arguments is None:
+                kwargs = convert_arguments(
+                    arguments,
+                    plan.field.arguments,
+                    scalar_registry=self.schema.schema_converter.scalar_registry,
+                    config=self.schema.config,
+                )
+            else:
+                kwargs = {plan.plain_arguments[name]: value for name, value in arguments.items()}
             for permission in plan.permissions:
                 allowed = permission.has_permission(None, info, **kwargs)
                 if not (await allowed if inspect.isawaitable(allowed) else allowed):
@@ -220,7 +228,25 @@ class DirectOperations:
         if selected is None:
             return None
         permissions = tuple(permission() for permission in field.permission_classes)
-        return Plan(operation, node, definition, field, permissions, info.name, selected, renderer(selected), many)
+        render, plain = renderer(selected), self._plain_arguments(field)
+        return Plan(operation, node, definition, field, permissions, info.name, selected, render, plain, many)
+
+    def _plain_arguments(self, field: StrawberryField) -> dict[str, str] | None:
+        """Each argument's GraphQL name and Python name, if every one is a scalar or an enum (maybe
+        optional): values that Strawberry's conversion hands on as graphql-core coerced them (14 µs
+        of an aging read's, for three arguments). None for anything else: an input object, a list,
+        a GlobalID, a Maybe."""
+        names = {}
+        for argument in field.arguments:
+            type_ = argument.type
+            if isinstance(type_, StrawberryOptional) and not isinstance(type_, StrawberryMaybe):
+                type_ = type_.of_type
+            scalar = is_scalar(type_, self.schema.schema_converter.scalar_registry) and type_ is not GlobalID
+            enum = isinstance(type_, StrawberryEnumDefinition) or has_enum_definition(type_)
+            if not (scalar or enum) or argument.python_name is None:
+                return None
+            names[self.schema.config.name_converter.from_argument(argument)] = argument.python_name
+        return names
 
     def _selected(self, parent: GraphQLObjectType, selections: Any) -> tuple[Selected, ...] | None:
         """The fields selected of `parent`, if each is a stored value selected plainly; else None.

@@ -9,12 +9,14 @@ from typing import Any
 import httpx
 import pytest
 import strawberry
-from graphql import GraphQLID, GraphQLInt, GraphQLString
+from graphql import GraphQLID, GraphQLInt, GraphQLString, get_argument_values
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from strawberry.extensions import FieldExtension
+from strawberry.types.arguments import convert_arguments
 
+from api import root as api_root
 from api.permissions import Authenticated
 from api.root import DIRECT
 from edge import direct_operations
@@ -387,3 +389,28 @@ def test_a_rendered_value_is_what_its_type_serializes_and_null_only_where_allowe
     ]:
         with pytest.raises(Exception, match=message):
             render(bad)
+
+
+@pytest.mark.parametrize(
+    ("document", "plain"),
+    [
+        ('query { receivablesAging(orgId: "org_a", asOf: "2026-03-31", first: 5) { orgId } }', True),
+        ('query { receivablesAging(orgId: "org_a") { orgId } }', True),
+        ('query { revenueByMonth(orgId: "org_a", from: "2026-01", to: "2026-02") { month } }', True),
+        ('mutation { updateLoadStatus(id: "1", status: ASSIGNED) { id } }', True),
+        ('mutation { recordPayment(invoiceId: "1", amount: "1.50") { id } }', True),
+        ('mutation { createLoad(input: {orgId: "org_a", loadNumber: "L1"}) { id } }', False),
+    ],
+)
+def test_plain_arguments_reach_the_resolver_as_strawberrys_conversion_hands_them_on(document: str, plain: bool) -> None:
+    """Scalar and enum arguments skip Strawberry's conversion (it would change nothing); an input object does not."""
+    schema = api_root.schema
+    plan = DirectOperations(schema)._plan(document, None)
+    assert plan is not None
+    arguments = get_argument_values(plan.definition, plan.node, {})
+    converted = convert_arguments(
+        arguments, plan.field.arguments, scalar_registry=schema.schema_converter.scalar_registry, config=schema.config
+    )
+    assert (plan.plain_arguments is not None) == plain
+    if plan.plain_arguments is not None:
+        assert {plan.plain_arguments[name]: value for name, value in arguments.items()} == converted

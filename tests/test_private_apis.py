@@ -15,6 +15,7 @@ import inspect
 import threading
 import typing
 from collections.abc import AsyncGenerator, Callable
+from datetime import date
 from typing import Any
 
 import aiosqlite
@@ -34,9 +35,10 @@ from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler, Operation
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
-from strawberry.types.arguments import convert_arguments
+from strawberry.types.arguments import convert_argument, convert_arguments
 
 from api.root import schema as tally_schema
+from db.counters import LoadStatus
 
 STRAWBERRY = "strawberry-graphql"
 GRAPHQL_CORE = "graphql-core"
@@ -368,3 +370,19 @@ def test_strawberry_keeps_what_the_direct_path_reads() -> None:
         "strawberry.types.arguments.convert_arguments",
         DIRECT_OPERATIONS,
     )
+    for name, value in (("receivablesAging", date(2026, 3, 31)), ("updateLoadStatus", LoadStatus.OPEN)):
+        arguments = {argument.python_name: argument for argument in fields_of(name)}
+        kind = "as_of" if name == "receivablesAging" else "status"
+        expect(
+            convert_argument(value, arguments[kind].type, tally_schema.schema_converter.scalar_registry,
+                             tally_schema.config) is value,
+            STRAWBERRY,
+            "convert_argument (a scalar's or an enum's value handed on as it is)",
+            DIRECT_OPERATIONS + ": its plain arguments skip the conversion",
+        )  # fmt: skip
+
+
+def fields_of(name: str) -> list[Any]:
+    field = tally_schema.get_field_for_type(name, "Query" if name == "receivablesAging" else "Mutation")
+    assert field is not None
+    return list(field.arguments)
