@@ -13,7 +13,8 @@ more CPU than its database work. A POST whose document
   document parses and passes every validation rule and limit),
 
 is served here, step by step as the executor would: graphql-core coerces the
-variables and the arguments, Strawberry converts them, the field's permission
+variables and the arguments, Strawberry converts them (unless each is a scalar or an
+enum, which it would hand on unchanged), the field's permission
 classes and its resolver run, and each selected value is serialized by its
 GraphQL type. An error is coded as on the ordinary path (`to_client_error`), and
 the operation is reported to the same observer (metrics). Anything else,
@@ -88,9 +89,15 @@ class Plan:
     permissions: tuple[BasePermission, ...]
     info_parameter: str
     selected: tuple[Selected, ...]
-    render: Render  # an object's selected fields, as a dict (renderer(selected))
     plain_arguments: dict[str, str] | None  # GraphQL name -> Python name, if each reaches the resolver as coerced
     many: bool = False  # the field returns a list of objects
+
+    @functools.cached_property
+    def render(self) -> Render:
+        """An object's selected fields, as a dict. Written and compiled when the plan first runs, so
+        only for a document GraphQL has answered without an error (its caller authenticated, its
+        aliases and depth within the limits), not for every document a request carries."""
+        return renderer(self.selected)
 
     @property
     def key(self) -> str:
@@ -228,8 +235,8 @@ class DirectOperations:
         if selected is None:
             return None
         permissions = tuple(permission() for permission in field.permission_classes)
-        render, plain = renderer(selected), self._plain_arguments(field)
-        return Plan(operation, node, definition, field, permissions, info.name, selected, render, plain, many)
+        plain = self._plain_arguments(field)
+        return Plan(operation, node, definition, field, permissions, info.name, selected, plain, many)
 
     def _plain_arguments(self, field: StrawberryField) -> dict[str, str] | None:
         """Each argument's GraphQL name and Python name, if every one is a scalar or an enum (maybe

@@ -380,6 +380,7 @@ def test_a_rendered_value_is_what_its_type_serializes_and_null_only_where_allowe
     }  # fmt: skip
     rendered = render(row(count=2.0, label=5, child=Row(n=-(2**31))))
     assert (rendered["count"], rendered["label"], rendered["child"]) == (2, "5", {"n": -(2**31)})
+    assert type(rendered["count"]) is int and type(render(row())["items"][0]["n"]) is int  # 2.0 and True: as Int
     for bad, message in [
         (row(count=None), "Cannot return null for non-nullable field count"),
         (row(items=[Row(n=1), None]), "Cannot return null for a non-null item of items"),
@@ -414,3 +415,17 @@ def test_plain_arguments_reach_the_resolver_as_strawberrys_conversion_hands_them
     assert (plan.plain_arguments is not None) == plain
     if plan.plain_arguments is not None:
         assert {plan.plain_arguments[name]: value for name, value in arguments.items()} == converted
+
+
+async def test_a_renderer_is_written_only_for_a_document_that_runs_directly(direct: tuple[Api, TallyGraphQL]) -> None:
+    """Planning a document (any request's) writes no code: only a document GraphQL answered without
+    an error (so an authenticated caller's, within the limits) gets its renderer, when it first runs."""
+    api, view = direct
+    query = 'query { organizationStats(orgId: "org_a") { version } }'
+    stranger = await api.client.post("/graphql", json={"query": query}, headers={"Authorization": "Bearer nonsense"})
+    assert stranger.json()["errors"]
+    plan = operations_of(view).plan_of(query, None)
+    assert plan is not None and "render" not in vars(plan)
+    for _ in range(2):  # answered through GraphQL, then directly
+        assert (await post(api, query)).json()["data"]["organizationStats"]["version"] >= 0
+    assert "render" in vars(operations_of(view).plan_of(query, None))
