@@ -49,7 +49,7 @@ class Prepared:
             for bind in binds
         ]  # fmt: skip
         # The caller's values taken in one C call and processed once per name (a name may recur: the
-        # aging statement binds each of its dates three times), then the literals, processed here, put in.
+        # aging statement binds its three dates at ten positions), then the literals, processed here, put in.
         names = [name for name, _, _ in self._order if name is not None]
         self._take: Any = operator.itemgetter(*names) if names else lambda _parameters: ()
         self._one = len(names) == 1  # itemgetter answers one value bare, not in a tuple
