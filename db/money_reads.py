@@ -75,6 +75,10 @@ class Aging(NamedTuple):
 # Constants in the SQL's text, not bound: 20 values per read instead of 32.
 ZERO: Any = literal_column("0")
 ONE: Any = literal_column("1")
+# Every date a Python `date` can hold is on or before it. As the closing bound of the last 90 days it
+# makes PostgreSQL's generic plan read them by index: for an open range (`>= $n`) it guesses a third
+# of the org's days and scanned them all (1,095 for three years; 0.64 -> 0.56 ms a read, 1M invoices).
+LAST_DAY: Any = literal_column("DATE '9999-12-31'")
 
 
 def _integer(sum_: Any) -> Any:
@@ -121,7 +125,8 @@ def _aging_statement(dialect: str) -> Any:
             )
             for (start, end), bucket in zip(bounds, BUCKETS[:3], strict=True)
         ]
-        return select(*buckets).where(table.c.org_id == org, *where, table.c.invoice_date >= since[90])
+        recent_days = (table.c.invoice_date >= since[90], table.c.invoice_date <= LAST_DAY)
+        return select(*buckets).where(table.c.org_id == org, *where, *recent_days)
 
     outstanding = select(_integer(func.sum(STATS.c.money_invoiced - STATS.c.money_collected))).where(
         STATS.c.org_id == org

@@ -4,18 +4,21 @@ and a read that survives a server-side disconnect or its own cancellation."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 from sqlalchemy import text
 
 from db import loads
-from db.money_reads import receivables_aging
+from db.money_reads import _AGING, receivables_aging
 from db.organizations import create_organization
-from db.postgres.reads import Slots
+from db.postgres.reads import SESSION, Slots
+from db.prepared import prepared
 from db.queries import get_stats
 from db.unit_of_work import Database
 from tests.databases import PG_SERVER, Databases, make_databases
@@ -130,6 +133,43 @@ async def test_every_read_connection_keeps_one_plan_per_statement(db: Database) 
     finally:
         for connection in connections:
             slots.put(connection)
+
+
+def _scans(plan: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(relation, node type) of every node of an EXPLAIN (FORMAT JSON) plan that reads a relation."""
+    if "Relation Name" in plan:
+        yield plan["Relation Name"], plan["Node Type"]
+    for child in plan.get("Plans", ()):
+        yield from _scans(child)
+
+
+async def test_the_aging_plan_reads_only_the_orgs_last_90_days(db: Database) -> None:
+    """The plan the read connections keep (generic) reads the org's recent days by index: with an open
+    range it guessed a third of the org's days and scanned them all, so a read grew with history."""
+    dsn = f"{PG_SERVER}/{db.url.rsplit('/', 1)[1]}"
+    writer = await asyncpg.connect(dsn)
+    try:
+        await writer.execute(  # three years of days, as a busy org has
+            "INSERT INTO receivable_days (org_id, invoice_date, invoices, balance) "
+            "SELECT $1, DATE '2024-01-01' + day, 1, 100 FROM generate_series(0, 1094) AS day",
+            ORG,
+        )
+        await writer.execute("ANALYZE receivable_days")
+    finally:
+        await writer.close()
+    connection = await asyncpg.connect(dsn, server_settings=SESSION)  # as a read connection is
+    try:
+        statement = prepared(_AGING["postgresql"], "postgresql")
+        since = {f"since_{days}": date(2026, 12, 31) - timedelta(days=days) for days in (30, 60, 90)}
+        values = statement.values({"org_id": ORG, "first": 20, **since})
+        await connection.execute(f"PREPARE aging AS {statement.sql}")
+        arguments = ", ".join(f"'{value}'" for value in values)
+        explained = await connection.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE aging({arguments})")
+        scans = dict(_scans(json.loads(explained)[0]["Plan"]))
+        assert scans["receivable_days"] != "Seq Scan"
+        assert "$4" in explained  # the generic plan (a parameter, not the date)
+    finally:
+        await connection.close()
 
 
 async def test_a_read_survives_the_server_dropping_its_connections(db: Database) -> None:
