@@ -75,10 +75,11 @@ class Aging(NamedTuple):
 # Constants in the SQL's text, not bound: 20 values per read instead of 32.
 ZERO: Any = literal_column("0")
 ONE: Any = literal_column("1")
-# Every date a Python `date` can hold is on or before it. As the closing bound of the last 90 days it
-# makes PostgreSQL's generic plan read them by index: for an open range (`>= $n`) it guesses a third
-# of the org's days and scanned them all (1,095 for three years; 0.64 -> 0.56 ms a read, 1M invoices).
-LAST_DAY: Any = literal_column("DATE '9999-12-31'")
+# The closing bound of the last 90 days: every date is on or before it (asyncpg stores Python's
+# last date, 9999-12-31, as 'infinity'). With it PostgreSQL's generic plan reads those days by index:
+# for an open range (`>= $n`) it guesses a third of the org's days and scanned them all (1,095 for
+# three years of history; 0.72 -> 0.64 ms a read at 1M invoices, session 21).
+LAST_DAY: Any = literal_column("DATE 'infinity'")
 
 
 def _integer(sum_: Any) -> Any:

@@ -207,11 +207,13 @@ async def test_receivables_aging_agrees_with_a_recount_whatever_the_as_of_and_fi
         made = await api.ok('mutation($n: String!) { createCustomer(orgId: "org_a", name: $n) { id } }', n=name)
         customers[name] = made["createCustomer"]["id"]
     # (customer, days before `base`, amount, paid): each bucket's edges, only-old balances, dates after
-    # `base`, a partial payment, and one paid in full (no longer owed)
+    # `base` (the last one on the last date there is: PostgreSQL's 'infinity' through asyncpg), a partial
+    # payment, and one paid in full (no longer owed)
     owed = [("Acme", 30, "10", None), ("Acme", 31, "20", None), ("Acme", 60, "30", None), ("Acme", 61, "40", None),
             ("Acme", 90, "50", None), ("Acme", 91, "60", None), ("Old", 120, "300", None), ("Old", 400, "7", None),
             (None, -5, "70", None), (None, 45, "1.50", None), ("Part", 10, "90", "89.99"),
-            ("Part", 200, "15", None), ("Part", 0, "25", "25")]  # fmt: skip
+            ("Part", 200, "15", None), ("Part", 0, "25", "25"),
+            (None, (base - date.max).days, "5", None)]  # fmt: skip
     balances = []  # (customer name or None, invoice date, cents still owed)
     for customer, days, amount, paid in owed:
         invoice = await priced_invoice(api, amount, **({"customerId": customers[customer]} if customer else {}))
