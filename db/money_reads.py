@@ -4,7 +4,7 @@ statement over the rows db/aggregates.py keeps, never the invoices."""
 from __future__ import annotations
 
 import re
-from datetime import date, timedelta
+from datetime import date
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import BigInteger, Table, and_, bindparam, func, literal_column, null, select, true, union_all
@@ -170,7 +170,8 @@ async def receivables_aging(db: Database, org_id: str, as_of: date, first: int) 
     """The org's open balances by age on `as_of`, and the first `first` customers with a balance."""
     if not 0 <= first <= MAX_CUSTOMERS:
         raise BadInput(f"first must be between 0 and {MAX_CUSTOMERS}")
-    since = {f"since_{days}": as_of - timedelta(days=days) for days in (30, 60, 90)}
+    # No invoice is dated before the first day there is: the ages' edges stop there.
+    since = {f"since_{days}": date.fromordinal(max(1, as_of.toordinal() - days)) for days in (30, 60, 90)}
     rows = await db.read_rows(_AGING[db.engine.dialect.name], {"org_id": org_id, "first": first, **since})
     total = Aging((0, 0, 0, 0))
     customers: list[Aging] = []

@@ -207,13 +207,13 @@ async def test_receivables_aging_agrees_with_a_recount_whatever_the_as_of_and_fi
         made = await api.ok('mutation($n: String!) { createCustomer(orgId: "org_a", name: $n) { id } }', n=name)
         customers[name] = made["createCustomer"]["id"]
     # (customer, days before `base`, amount, paid): each bucket's edges, only-old balances, dates after
-    # `base` (the last one on the last date there is: PostgreSQL's 'infinity' through asyncpg), a partial
-    # payment, and one paid in full (no longer owed)
+    # `base`, the first and last dates there are (PostgreSQL's '-infinity' and 'infinity' through
+    # asyncpg), a partial payment, and one paid in full (no longer owed)
     owed = [("Acme", 30, "10", None), ("Acme", 31, "20", None), ("Acme", 60, "30", None), ("Acme", 61, "40", None),
             ("Acme", 90, "50", None), ("Acme", 91, "60", None), ("Old", 120, "300", None), ("Old", 400, "7", None),
             (None, -5, "70", None), (None, 45, "1.50", None), ("Part", 10, "90", "89.99"),
             ("Part", 200, "15", None), ("Part", 0, "25", "25"),
-            (None, (base - date.max).days, "5", None)]  # fmt: skip
+            (None, (base - date.max).days, "5", None), ("Old", (base - date.min).days, "3", None)]  # fmt: skip
     balances = []  # (customer name or None, invoice date, cents still owed)
     for customer, days, amount, paid in owed:
         invoice = await priced_invoice(api, amount, **({"customerId": customers[customer]} if customer else {}))
@@ -237,7 +237,15 @@ async def test_receivables_aging_agrees_with_a_recount_whatever_the_as_of_and_fi
     for customer, day, cents in balances:
         by_customer.setdefault(customer, []).append((day, cents))
     ranked = sorted(by_customer, key=lambda c: (-sum(cents for _, cents in by_customer[c]), c is None, c or ""))
-    for as_of in (base, base - timedelta(days=45), date(2024, 2, 29), date(2020, 1, 1), date(2030, 1, 1)):
+    as_of_dates = (
+        base,
+        base - timedelta(days=45),
+        date(2024, 2, 29),
+        date(2020, 1, 1),
+        date(2030, 1, 1),
+        date(1, 2, 1),
+    )
+    for as_of in as_of_dates:  # the last: its edges would be before the first day there is
         for first in (0, 1, 2, 20, 500):
             aging = (await api.ok(AGING, o="org_a", d=as_of.isoformat(), n=first))["receivablesAging"]
             assert aging["buckets"] == buckets([(day, cents) for _, day, cents in balances], as_of), as_of

@@ -58,9 +58,13 @@ async def test_every_literal_comes_back_from_the_server_as_it_went_in(postgres_u
         2**62,
         date(2024, 2, 29),
         datetime(1999, 12, 31, 23, 0, 0, 1, east),
+        date.min,
+        date.max,
     ]
     connection = await asyncpg.connect(postgres_url.replace("+asyncpg", ""))
     try:
+        for day in (date.min, date(2024, 2, 29), date.max):  # the server stores what asyncpg would bind
+            assert await connection.fetchval(f"SELECT {literal(day)}::text = $1::date::text", day), day
         for standard_strings, backslash_quote in (("on", "off"), ("off", "on")):  # E'' reads the same under each
             await connection.execute(f"SET standard_conforming_strings = {standard_strings}")
             await connection.execute(f"SET backslash_quote = {backslash_quote}")

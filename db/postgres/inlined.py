@@ -12,7 +12,8 @@ Only values whose text is unambiguous are written in: None, bool, int, date, a d
 its time zone (timestamptz, microseconds and offset included) and str (as an escape-string
 literal, E'...', its backslashes doubled and its quotes doubled, which reads the same whatever
 standard_conforming_strings or backslash_quote say); anything else, a naive datetime included
-(the server would read it in its session's time zone), is refused.
+(the server would read it in its session's time zone), is refused. A date is written as asyncpg
+binds it: Python's first and last dates as '-infinity' and 'infinity'.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from typing import Any
 from db.prepared import Prepared
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
+# asyncpg binds Python's first and last dates as PostgreSQL's infinities: written in, they must be too,
+# or one date would be two keys of an aggregate's rows (the one bound, the one written in).
+_ENDS = {date.min: "DATE '-infinity'", date.max: "DATE 'infinity'"}
 
 
 def literal(value: Any) -> str:
@@ -45,7 +49,7 @@ def literal(value: Any) -> str:
             raise TypeError("no literal for a datetime without a time zone")
         return f"TIMESTAMPTZ '{value.isoformat()}'"
     if isinstance(value, date):
-        return f"DATE '{value.isoformat()}'"
+        return _ENDS.get(value) or f"DATE '{value.isoformat()}'"
     raise TypeError(f"no literal for a {type(value).__name__}")
 
 
