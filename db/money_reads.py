@@ -163,16 +163,21 @@ def _aging_statement(dialect: str) -> Any:
     )  # fmt: skip
 
 
-_AGING = {dialect: _aging_statement(dialect) for dialect in ("sqlite", "postgresql")}
+AGING = {dialect: _aging_statement(dialect) for dialect in ("sqlite", "postgresql")}
+
+
+def aging_parameters(org_id: str, as_of: date, first: int) -> dict[str, Any]:
+    """What `AGING` binds: the org, the cut, and the ages' edges (asOf - 30, 60, 90 days; no invoice
+    is dated before the first day there is, so they stop there)."""
+    edges = {f"since_{days}": date.fromordinal(max(1, as_of.toordinal() - days)) for days in (30, 60, 90)}
+    return {"org_id": org_id, "first": first, **edges}
 
 
 async def receivables_aging(db: Database, org_id: str, as_of: date, first: int) -> tuple[Aging, list[Aging]]:
     """The org's open balances by age on `as_of`, and the first `first` customers with a balance."""
     if not 0 <= first <= MAX_CUSTOMERS:
         raise BadInput(f"first must be between 0 and {MAX_CUSTOMERS}")
-    # No invoice is dated before the first day there is: the ages' edges stop there.
-    since = {f"since_{days}": date.fromordinal(max(1, as_of.toordinal() - days)) for days in (30, 60, 90)}
-    rows = await db.read_rows(_AGING[db.engine.dialect.name], {"org_id": org_id, "first": first, **since})
+    rows = await db.read_rows(AGING[db.engine.dialect.name], aging_parameters(org_id, as_of, first))
     total = Aging((0, 0, 0, 0))
     customers: list[Aging] = []
     for kind, key, name, invoices, current, days31to60, days61to90, over90 in rows:  # ints, 0 for no sum

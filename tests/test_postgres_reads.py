@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from db import loads
-from db.money_reads import _AGING, receivables_aging
+from db.money_reads import AGING, aging_parameters, receivables_aging
 from db.organizations import create_organization
 from db.postgres.reads import SESSION, Slots
 from db.prepared import prepared
@@ -158,9 +158,8 @@ async def test_the_aging_plan_reads_only_the_orgs_last_90_days(db: Database) -> 
         await writer.close()
     connection = await asyncpg.connect(dsn, server_settings=SESSION)  # as a read connection is
     try:
-        statement = prepared(_AGING["postgresql"], "postgresql")
-        since = {f"since_{days}": date(2026, 12, 31) - timedelta(days=days) for days in (30, 60, 90)}
-        values = statement.values({"org_id": ORG, "first": 20, **since})
+        statement = prepared(AGING["postgresql"], "postgresql")
+        values = statement.values(aging_parameters(ORG, date(2026, 12, 31), 20))
         await connection.execute(f"PREPARE aging AS {statement.sql}")
         arguments = ", ".join(f"'{value}'" for value in values)
         explained = await connection.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE aging({arguments})")
