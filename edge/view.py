@@ -136,8 +136,12 @@ class TallyGraphQL(GraphQL[Context, None]):
         result = await self.direct_operations.execute(call, await self.get_context(request))
         if result is None:
             return None
-        sub_response = await self.get_sub_response(request)
-        return self.create_response(await self.process_result(request, result), sub_response)
+        if result.errors:
+            sub_response = await self.get_sub_response(request)
+            return self.create_response(await self.process_result(request, result), sub_response)
+        # The answer as create_response writes it: a direct resolver sees no sub-response to set.
+        response = Response(self.encode_json({"data": result.data}), media_type=responses.JSON)
+        return responses.with_media_type(response, responses.media_type_for(request.headers.get("accept")))
 
     async def get_sub_response(self, request: Request | WebSocket) -> Response:
         sub_response = await super().get_sub_response(request)
