@@ -14,7 +14,8 @@ more CPU than its database work. A POST whose document
 
 is served here, step by step as the executor would: graphql-core coerces the
 variables and the arguments, Strawberry converts them (unless each is a scalar or an
-enum, which it would hand on unchanged), the field's permission
+enum, which it would hand on unchanged, or an input object with its own `from_input`,
+which builds it as the conversion would), the field's permission
 classes and its resolver run, and each selected value is serialized by its
 GraphQL type. An error is coded as on the ordinary path (`to_client_error`), and
 the operation is reported to the same observer (metrics). Anything else,

@@ -152,6 +152,21 @@ async def test_a_direct_answer_equals_what_graphql_renders_for_the_row(
     await assert_exact(view.db, "org_a")
 
 
+async def test_an_answer_is_written_as_graphql_writes_it_whatever_the_accept(
+    direct: tuple[Api, TallyGraphQL], ordinary: tuple[Api, TallyGraphQL]
+) -> None:
+    """A served answer's status, headers and bytes are the ordinary path's, in either media type."""
+    api, view = direct
+    await create_load(api)
+    query = 'query { organizationStats(orgId: "org_a") { version loads { open total } } }'
+    for accept in (None, "application/json", "application/graphql-response+json", "*/*"):
+        await post(api, query, accept)  # the first answer is GraphQL's own
+        assert query in operations_of(view).known
+        direct_answer, graphql_answer = await post(api, query, accept), await post(ordinary[0], query, accept)
+        assert direct_answer.status_code == graphql_answer.status_code == 200
+        assert (direct_answer.text, direct_answer.headers) == (graphql_answer.text, graphql_answer.headers)
+
+
 async def test_a_refused_mutation_is_answered_as_graphql_answers_it(
     direct: tuple[Api, TallyGraphQL], ordinary: tuple[Api, TallyGraphQL]
 ) -> None:
