@@ -90,9 +90,9 @@ class Plan:
     permissions: tuple[BasePermission, ...]
     info_parameter: str
     selected: tuple[Selected, ...]
-    # GraphQL name -> (Python name, what makes the resolver's value of the coerced one: None, nothing),
-    # if every argument has one
-    plain_arguments: dict[str, tuple[str, Callable[[Any], Any] | None]] | None
+    # GraphQL name -> (Python name, what builds an input object's value; None: a scalar or an enum,
+    # handed on as coerced), if every argument is one of those; None: Strawberry's conversion
+    argument_builders: dict[str, tuple[str, Callable[[Any], Any] | None]] | None
     many: bool = False  # the field returns a list of objects
 
     @functools.cached_property
@@ -195,7 +195,7 @@ class DirectOperations:
 
     def resolver_arguments(self, plan: Plan, arguments: dict[str, Any]) -> dict[str, Any]:
         """The resolver's keyword arguments from graphql-core's coerced ones, as Strawberry's conversion makes them."""
-        if plan.plain_arguments is None:
+        if plan.argument_builders is None:
             return convert_arguments(
                 arguments,
                 plan.field.arguments,
@@ -204,7 +204,7 @@ class DirectOperations:
             )
         kwargs = {}
         for name, value in arguments.items():
-            python_name, build = plan.plain_arguments[name]
+            python_name, build = plan.argument_builders[name]
             kwargs[python_name] = value if build is None or value is None else build(value)
         return kwargs
 
@@ -245,10 +245,10 @@ class DirectOperations:
         if selected is None:
             return None
         permissions = tuple(permission() for permission in field.permission_classes)
-        plain = self._plain_arguments(field)
-        return Plan(operation, node, definition, field, permissions, info.name, selected, plain, many)
+        builders = self._argument_builders(field)
+        return Plan(operation, node, definition, field, permissions, info.name, selected, builders, many)
 
-    def _plain_arguments(self, field: StrawberryField) -> dict[str, tuple[str, Callable[[Any], Any] | None]] | None:
+    def _argument_builders(self, field: StrawberryField) -> dict[str, tuple[str, Callable[[Any], Any] | None]] | None:
         """Each argument's GraphQL name, Python name, and how the resolver's value is made of the
         coerced one, if every argument is a scalar or an enum (maybe optional), which Strawberry's
         conversion hands on as graphql-core coerced it (14 µs of an aging read's, for three
@@ -267,18 +267,19 @@ class DirectOperations:
             if scalar or enum:
                 names[name] = (argument.python_name, None)
             elif has_object_definition(type_) and type_.__strawberry_definition__.from_input is not None:
-                names[name] = (argument.python_name, functools.partial(self._built, type_, name))
+                names[name] = (argument.python_name, self._builder(type_, name))
             else:
                 return None
         return names
 
-    def _built(self, input_type: Any, name: str, value: Mapping[str, Any]) -> Any:
-        """An input object's value, as Strawberry's conversion builds it: by the type's `from_input`."""
+    def _builder(self, input_type: Any, name: str) -> Callable[[Mapping[str, Any]], Any]:
+        """What builds argument `name`'s input object, as Strawberry's conversion does: its type's `from_input`."""
+        from_input = input_type.__strawberry_definition__.from_input
         context = InputContext(
             info=None, config=self.schema.config, scalar_registry=self.schema.schema_converter.scalar_registry,
             path=(name,),
         )  # fmt: skip
-        return input_type.__strawberry_definition__.from_input(input_type, value, context)
+        return lambda value: from_input(input_type, value, context)
 
     def _selected(self, parent: GraphQLObjectType, selections: Any) -> tuple[Selected, ...] | None:
         """The fields selected of `parent`, if each is a stored value selected plainly; else None.

@@ -430,7 +430,7 @@ def test_plain_arguments_reach_the_resolver_as_strawberrys_conversion_hands_them
     converted = convert_arguments(
         arguments, plan.field.arguments, scalar_registry=schema.schema_converter.scalar_registry, config=schema.config
     )
-    assert (plan.plain_arguments is not None) == plain
+    assert (plan.argument_builders is not None) == plain
     assert operations.resolver_arguments(plan, arguments) == converted
 
 
