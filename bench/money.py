@@ -51,11 +51,11 @@ ORG = "org_money"
 CUSTOMERS = 1_000
 PROFILES = {
     "full": {"sizes": [1_000, 100_000, 1_000_000], "reads": 400, "naive_reads": 15, "writes": 2_000,
-             "http": {"warmup": 1.0, "duration": 4.0, "min_samples": 400, "max_duration": 10.0, "rounds": 2,
+             "http": {"warmup": 1.0, "duration": 2.0, "min_samples": 400, "max_duration": 10.0, "rounds": 6,
                       "write_rounds": 8, "write_duration": 2.0},
              "pool": 200},
     "quick": {"sizes": [1_000, 20_000], "reads": 50, "naive_reads": 3, "writes": 100,
-              "http": {"warmup": 0.2, "duration": 0.6, "min_samples": 20, "max_duration": 1.5, "rounds": 1,
+              "http": {"warmup": 0.2, "duration": 0.6, "min_samples": 20, "max_duration": 1.5, "rounds": 2,
                        "write_rounds": 2, "write_duration": 0.6},
               "pool": 40},
 }  # fmt: skip
@@ -303,12 +303,16 @@ def measure_http(url: str, profile: dict[str, Any], writes: bool) -> dict[str, A
     out: dict[str, Any] = {"reads": {}, "writes": {}}
     with app_servers(("money", "naive_app", {"BENCH_DATABASE_URL": url})) as (server,):
         reads: dict[str, list[Cell]] = {name: [] for name in QUERIES}
-        for _ in range(http.mutation_rounds):
-            for name, query in QUERIES.items():
-                body = json.dumps({"query": query})
+        names = list(QUERIES)
+        for round_ in range(http.mutation_rounds):
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:  # who goes first rotates
+                body = json.dumps({"query": QUERIES[name]})
                 stream = Stream(server, 1, [body], post(server + "/graphql", body, bearer))
                 reads[name].append(closed_loop([stream], "tally", name, http, 1, bearer))
         out["reads"] = {name: _pooled(cells) for name, cells in reads.items()}
+        for name, cells in reads.items():  # each round's p50 against organizationStats' of the same round
+            ratios = [c.stats["p50"] / s.stats["p50"] for c, s in zip(cells, reads["organizationStats"], strict=True)]
+            out["reads"][name] |= {"rounds": [f"{r:.2f}x" for r in ratios], "ratio": statistics.median(ratios)}
         if writes:
             out["writes"] = _writes_over_http(server, profile, replace(http, duration=options["write_duration"],
                                               mutation_rounds=options["write_rounds"]), url, bearer)  # fmt: skip
@@ -430,8 +434,9 @@ def _targets(database: str, sizes: list[dict[str, Any]]) -> list[dict[str, Any]]
     naive, writes = sizes[-1]["reads"], sizes[-1]["http"]["writes"]
     size = f"{sizes[-1]['invoices']:,} invoices"
     return [
-        *({"what": f"{database}: {q} p50 within 2x of organizationStats' (cache off, over HTTP), {size}",
-           "ratio": largest[q]["p50"] / largest["organizationStats"]["p50"], "limit": 2.0, "above": False}
+        *({"what": f"{database}: {q} p50 within 2x of organizationStats' (cache off, over HTTP; median of "
+                   f"{len(largest[q]['rounds'])} rounds), {size}",
+           "ratio": largest[q]["ratio"], "limit": 2.0, "above": False}
           for q in ("revenueByMonth", "receivablesAging")),
         *({"what": f"{database}: {q} flat: p50 over HTTP at {size} / at {sizes[0]['invoices']:,}",
            "ratio": largest[q]["p50"] / smallest[q]["p50"], "limit": 1.5, "above": False}
