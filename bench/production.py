@@ -73,9 +73,11 @@ async def prepare(url: str) -> None:
 
 def count_queries(url: str, dsn: str, profile: Profile) -> dict[str, Any]:
     """organizationStats through the floor, Tally, and Tally without its count cache. The runs at one
-    client and the steady runs at C["read_clients"][1] go in rounds, one of each server per round, so
-    that the machine's drift (the floor's own repeats moved by up to 29 % in earlier runs, its p50 at
-    one client from 82 to 129 µs) reaches every server alike; each figure is the median of the rounds'."""
+    client go in rounds, one of each server per round, then the steady runs at C["read_clients"][1] the
+    same way, so that the machine's drift (the floor's own repeats moved by up to 29 % in earlier runs,
+    its p50 at one client from 82 to 129 µs) reaches every server alike, and a server's steady repeats
+    are one round apart (~20 s), with no 1-client run between them; each figure is the median of the
+    rounds'."""
     member = common.token(ORG, "member")
     with tempfile.NamedTemporaryFile("w", suffix=".json") as bodies:
         with app_servers(("speed-tally", "tally_app", {"BENCH_DATABASE_URL": url})) as (tally,):
@@ -90,6 +92,9 @@ def count_queries(url: str, dsn: str, profile: Profile) -> dict[str, Any]:
                      for (v, _, _), server in zip(servers, up, strict=True)}  # fmt: skip
             for each in reads.values():
                 each.warm()
+            for _ in range(C["repeats"]):
+                for each in reads.values():
+                    each.one_client()
             probes = []
             for _ in range(C["repeats"]):
                 probes.append(cpu_probe())
@@ -135,8 +140,10 @@ class Reads:
         self.at(C["read_clients"][0])
         self.at(C["read_clients"][1])
 
-    def steady(self) -> None:
+    def one_client(self) -> None:
         self.c1s.append(self.at(C["read_clients"][0]))
+
+    def steady(self) -> None:
         self.runs.append(self.counting_sessions("c32", C["read_clients"][1]))
 
     def most(self) -> None:
