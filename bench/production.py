@@ -35,6 +35,7 @@ SET_INVOICE = (
 )
 IMPORT = "mutation Import($org: ID!, $s: [ShipmentInput!]!) { importShipments(orgId: $org, shipments: $s) { outcome } }"
 TO_DRAFT = "mutation($ids: [ID!]!) { bulkUpdateInvoiceStatus(ids: $ids, status: DRAFT) { updated } }"
+OVERHEAD_POOLS = (250, 50)  # loads toggled per run of the aggregate's overhead, and per its warm-up
 SESSIONS = "SELECT sessions FROM pg_stat_database WHERE datname = $1"  # asked from another database
 
 
@@ -195,11 +196,14 @@ def sessions_now(dsn: str) -> int:
 
 
 def write_paths(label: str, url: str, profile: Profile) -> dict[str, Any]:
-    """createLoad (floor and Tally), importShipments (both), then status changes on Tally's new rows."""
+    """createLoad (floor and Tally), importShipments (both), then status changes on Tally's new rows, and a
+    load's status change with and without the aggregate (`naive_app`, one client, rounds alternating which
+    goes first)."""
     common.log(f"writes on {label}")
     member, clients, env = common.token(ORG, "member"), C["write_clients"], {"BENCH_DATABASE_URL": url}
-    with app_servers((f"{label}-write-floor", "write_floor_app", env), (f"{label}-writes", "tally_app", env)) as up:
-        floor, tally = up
+    servers = [(f"{label}-write-floor", "write_floor_app", env), (f"{label}-writes", "tally_app", env),
+               (f"{label}-without", "naive_app", env)]  # fmt: skip
+    with app_servers(*servers) as (floor, tally, naive):
 
         def run_at(streams: list[Stream], variant: str, what: str, bearer: str | None, **warm: Any) -> dict[str, Any]:
             return closed_loop(streams, variant, what, profile, clients, bearer, **warm).row()
@@ -213,15 +217,19 @@ def write_paths(label: str, url: str, profile: Profile) -> dict[str, Any]:
             "floor": import_rate(floor, "/importShipments", FLOOR_ORG, None, profile),
             "tally": import_rate(tally, "/graphql", ORG, member, profile),
         }
-        pools = common.Pools(run_async(first_ids(url, ORG, C["pool"] + 100)))
+        overhead_needed = 2 * profile.mutation_rounds * sum(OVERHEAD_POOLS)
+        ids = run_async(first_ids(url, ORG, C["pool"] + 100 + overhead_needed))
+        pools, overhead_pools = common.Pools(ids[: C["pool"] + 100]), common.Pools(ids[C["pool"] + 100 :])
         warm_loads = common.toggles([(tally, clients)], True, pools.take(True, 100))
         loads = run_at(common.toggles([(tally, clients)], True, pools.take(True, C["pool"])), "tally", "updateLoadStatus",
                        member, warmup=warm_loads)  # fmt: skip
         invoices = invoice_streams(tally, url, member)
         update_invoice = run_at(invoices[1], "tally", "updateInvoiceStatus", member, warmup=invoices[0])
-    checks = run_async(common.audit(url, [ORG, FLOOR_ORG], []))
+        # The aggregate's own cost: a load's status change with and without it, one client, no subscriber.
+        changes = common.status_changes([naive], (1,), overhead_pools, profile, member, "aggregate", OVERHEAD_POOLS)
+    checks = run_async(common.audit(url, [ORG, FLOOR_ORG], overhead_pools.without_aggregate, ORG))
     return {"db": label, "create": create, "imports": imports, "update_load": loads,
-            "update_invoice": update_invoice, "checks": checks}  # fmt: skip
+            "update_invoice": update_invoice, "overhead": common.pairs(changes)[0], "checks": checks}  # fmt: skip
 
 
 def import_rate(server: ServerUrl, path: str, org: str, bearer: str | None, profile: Profile) -> dict[str, Any]:
