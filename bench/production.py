@@ -217,6 +217,7 @@ def write_paths(label: str, url: str, profile: Profile) -> dict[str, Any]:
             "floor": import_rate(floor, "/importShipments", FLOOR_ORG, None, profile),
             "tally": import_rate(tally, "/graphql", ORG, member, profile),
         }
+        # More OPEN loads than `prepare` seeded: the rest are those createLoad and the imports just made.
         overhead_needed = 2 * profile.mutation_rounds * sum(OVERHEAD_POOLS)
         ids = run_async(first_ids(url, ORG, C["pool"] + 100 + overhead_needed))
         pools, overhead_pools = common.Pools(ids[: C["pool"] + 100]), common.Pools(ids[C["pool"] + 100 :])
