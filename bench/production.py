@@ -104,6 +104,9 @@ def count_queries(url: str, dsn: str, profile: Profile) -> dict[str, Any]:
             for each in reads.values():
                 each.most()
     figures: dict[str, Any] = {variant: each.figures() for variant, each in reads.items()}
+    for variant in ("tally", "uncached"):  # each repeat against the floor's run of the same round, seconds apart
+        relative = [rate / floor for rate, floor in zip(reads[variant].rates, reads["floor"].rates, strict=True)]
+        figures[variant]["c32"]["against_floor"] = spread(relative)
     figures["probe"] = {"ms": [f"{p * 1e3:.0f}" for p in probes], "spread": spread(probes)}
     return figures
 
