@@ -1,4 +1,4 @@
-"""Tally benchmarks: `uv run python -m bench [--only sqlite,live,recalc,postgres,production,money] [--quick] [--render-only]`.
+"""Tally benchmarks: `uv run python -m bench [--only sqlite,live,recalc,postgres,production,money,then_and_now] [--quick] [--render-only]`.
 
 Each scenario saves its figures as bench/results/<scenario>-<profile>.json, rendered through
 bench/templates/<scenario>.md into docs/ (a quick run: bench/results/quick/).
@@ -16,8 +16,10 @@ import time
 
 from bench.common import RESULTS, ROOT, TEMPLATES, UVICORN_FLAGS, describe, loadavg, log
 
-SCENARIOS = ("sqlite", "live", "recalc", "postgres", "production", "money")
-REPORTS = {name: "benchmarks.md" if name == "sqlite" else f"benchmarks-{name}.md" for name in SCENARIOS}
+SCENARIOS = ("sqlite", "live", "recalc", "postgres", "production", "money", "then_and_now")
+REPORTS = {
+    name: "benchmarks.md" if name == "sqlite" else f"benchmarks-{name.replace('_', '-')}.md" for name in SCENARIOS
+}
 
 parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
 parser.add_argument("--only", default=",".join(REPORTS), help="comma-separated scenarios")
@@ -28,9 +30,13 @@ args = parser.parse_args()
 if unknown := set(chosen := args.only.split(",")) - set(REPORTS):
     parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop the servers, drop databases
-if not args.render_only and {"sqlite", "postgres", "production", "money"} & set(chosen) and not shutil.which("wrk"):
+if (
+    not args.render_only
+    and {"sqlite", "postgres", "production", "money", "then_and_now"} & set(chosen)
+    and not shutil.which("wrk")
+):
     sys.exit(
-        "bench: the sqlite, postgres, production and money scenarios need wrk as their HTTP client: apt-get install wrk"
+        "bench: the sqlite, postgres, production, money and then_and_now scenarios need wrk as their HTTP client: apt-get install wrk"
     )
 profile = "quick" if args.quick else "full"
 RESULTS.mkdir(parents=True, exist_ok=True)
@@ -42,7 +48,7 @@ for name in chosen:
         started = time.monotonic()
         machine = describe(0.0 if args.quick else 60.0)
         log(f"{name} ({profile}) on {machine['CPU']}, {machine['Cores (logical)']}")
-        server = {"server": args.server} if name in ("postgres", "production", "money") else {}
+        server = {"server": args.server} if name in ("postgres", "production", "money", "then_and_now") else {}
         data = scenario.run(scenario.PROFILES[profile], **server)
         machine.update({"Load average at end": loadavg(), **data.pop("machine", {})})
         run = {"machine": list(machine.items()), "seconds": time.monotonic() - started, "server_flags": UVICORN_FLAGS}
