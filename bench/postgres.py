@@ -66,15 +66,18 @@ def shards(n: int) -> str:
 
 
 @contextmanager
-def scratch_database(server: str, prefix: str) -> Iterator[tuple[str, str]]:
-    """A new database (its asyncpg DSN and SQLAlchemy URL), PostgreSQL's and Redis' CPU counted as ours; dropped after."""
+def scratch_database(server: str, prefix: str, count_cpu: bool = True) -> Iterator[tuple[str, str]]:
+    """A new database (its asyncpg DSN and SQLAlchemy URL), PostgreSQL's and Redis' CPU counted as ours unless
+    `count_cpu` is false (a second database of the same run: that CPU is counted once); dropped after."""
     name, admin = f"{prefix}_{uuid.uuid4().hex[:8]}", f"{server}/postgres"
     run_async(sql(admin, f'CREATE DATABASE "{name}"'))
-    ALSO_OURS.append(service_cpu)
+    if count_cpu:
+        ALSO_OURS.append(service_cpu)
     try:
         yield f"{server}/{name}", f"{server.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
     finally:
-        ALSO_OURS.remove(service_cpu)
+        if count_cpu:
+            ALSO_OURS.remove(service_cpu)
         run_async(sql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 

@@ -40,16 +40,25 @@ PROFILES = {
 
 
 def run(profile: dict[str, Any], server: str) -> dict[str, Any]:
-    probes = [cpu_probe()]
+    machine, probes = environment(server), [cpu_probe()]  # first: a missing service fails before the runs
     with checkout(REVISION) as then_root:
         with tempfile.TemporaryDirectory() as tmp:
             sqlite = measure("SQLite", then_root, f"sqlite+aiosqlite:///{tmp}/then.db",
                              f"sqlite+aiosqlite:///{tmp}/now.db", profile)  # fmt: skip
-        with scratch_database(server, "tally_then") as (_, then_url), scratch_database(server, "tally_now") as (_, url):
+        with (
+            scratch_database(server, "tally_then", count_cpu=False) as (_, then_url),
+            scratch_database(server, "tally_now") as (_, url),
+        ):
             postgres = measure("PostgreSQL", then_root, then_url, url, profile)
     probes.append(cpu_probe())
-    return {"c": C, "profile": {k: v for k, v in profile.items() if k != "http"}, "databases": [sqlite, postgres],
-            "probe_ms": [f"{p * 1e3:.0f}" for p in probes], "machine": environment(server)}  # fmt: skip
+    windows = {key: getattr(profile["http"], key) for key in ("warmup", "duration", "min_samples", "max_duration")}
+    return {
+        "c": C,
+        "profile": {key: value for key, value in profile.items() if key != "http"} | windows,
+        "databases": [sqlite, postgres],
+        "probe_ms": [f"{p * 1e3:.0f}" for p in probes],
+        "machine": machine,
+    }
 
 
 @contextmanager
@@ -58,17 +67,23 @@ def checkout(revision: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="tally-then-") as tmp:
         path = Path(tmp) / "tally"
         git = ["git", "-C", str(ROOT), "worktree"]
-        subprocess.run([*git, "add", "--detach", "--force", str(path), revision], check=True, capture_output=True)
+        added = subprocess.run(
+            [*git, "add", "--detach", "--force", str(path), revision], capture_output=True, text=True
+        )
+        if added.returncode != 0:  # a shallow clone lacks the revision
+            raise RuntimeError(f"then_and_now needs {revision} in this clone's history: {added.stderr.strip()}")
         try:
             uv = os.environ.get("UV", "uv")  # `uv run` names itself here
-            subprocess.run([uv, "sync", "--frozen", "--all-extras", "--quiet"], cwd=path, check=True)
+            env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT")}
+            subprocess.run([uv, "sync", "--frozen", "--all-extras", "--quiet"], cwd=path, env=env, check=True)
             yield path
         finally:
             subprocess.run([*git, "remove", "--force", str(path)], check=False, capture_output=True)
+            subprocess.run([*git, "prune"], check=False, capture_output=True)
 
 
 @contextmanager
-def then_server(root: Path, url: str) -> Iterator[ServerUrl]:
+def then_server(root: Path, url: str, label: str) -> Iterator[ServerUrl]:
     """The old code's bench app (its own `bench.servers:tally_app`) on its own database, migrated by it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TALLY_", "VIRTUAL_ENV", "UV_"))}
     env.update({"BENCH_DATABASE_URL": url, "TALLY_DATABASE_URL": url, "PYTHONPATH": str(root)})
@@ -76,7 +91,7 @@ def then_server(root: Path, url: str) -> Iterator[ServerUrl]:
     subprocess.run([python, "main.py", "migrate"], cwd=root, env=env, check=True, capture_output=True)
     command = [python, "-m", "uvicorn", "--factory", "--host", "127.0.0.1", "--port", str(port),
                "bench.servers:tally_app", *common.UVICORN_FLAGS.split()]  # fmt: skip
-    log_path = common.RESULTS / "server-then.log"
+    log_path = common.RESULTS / f"server-{label}-then.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = ServerUrl(f"http://127.0.0.1:{port}", log_path, process, port)
@@ -91,7 +106,11 @@ def then_server(root: Path, url: str) -> Iterator[ServerUrl]:
         yield server
     finally:
         process.terminate()
-        process.wait(timeout=15)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def healthy(server: str) -> bool:
@@ -109,7 +128,7 @@ def measure(label: str, then_root: Path, then_url: str, url: str, profile: dict[
     member, http, pool = common.token(ORG, "member"), profile["http"], profile["pool"]
     cells: dict[str, list[dict[str, Any]]] = {f"{side} {w}": [] for side in ("then", "now") for w in WRITES}
     with (
-        then_server(then_root, then_url) as then,
+        then_server(then_root, then_url, label) as then,
         app_servers((f"{label}-now", "tally_app", {"BENCH_DATABASE_URL": url})) as (now,),
     ):
         sides = {"then": (then, then_url), "now": (now, url)}
