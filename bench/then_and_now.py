@@ -15,19 +15,16 @@ import sqlite3
 import statistics
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench import common
 from bench.common import FULL, QUICK, ROOT, Stream, app_servers, closed_loop, run_async
 from bench.postgres import environment, scratch_database, sql
 from bench.production import CREATE, IMPORT, ORG, SET_INVOICE, TO_DRAFT, body, cpu_probe, prepare
-from tests.server import ServerUrl, free_port
+from tests.server import ServerUrl, running_server
 
 REVISION = "891f815"  # main when issue 16 was filed: its table's "~2.5 ms of CPU per write"
 THIRD = 800 / 2558  # the issue's target against the issue's figure of that code
@@ -87,37 +84,15 @@ def then_server(root: Path, url: str, label: str) -> Iterator[ServerUrl]:
     """The old code's bench app (its own `bench.servers:tally_app`) on its own database, migrated by it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TALLY_", "VIRTUAL_ENV", "UV_"))}
     env.update({"BENCH_DATABASE_URL": url, "TALLY_DATABASE_URL": url, "PYTHONPATH": str(root)})
-    python, port = str(root / ".venv" / "bin" / "python"), free_port()
+    python = str(root / ".venv" / "bin" / "python")
     subprocess.run([python, "main.py", "migrate"], cwd=root, env=env, check=True, capture_output=True)
-    command = [python, "-m", "uvicorn", "--factory", "--host", "127.0.0.1", "--port", str(port),
+    command = [python, "-m", "uvicorn", "--factory", "--host", "127.0.0.1", "--port", "{port}",
                "bench.servers:tally_app", *common.UVICORN_FLAGS.split()]  # fmt: skip
     log_path = common.RESULTS / f"server-{label}-then.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = ServerUrl(f"http://127.0.0.1:{port}", log_path, process, port)
-    try:
-        deadline = time.monotonic() + 90
-        while not healthy(server):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the old server did not start; see {log_path}")
-            time.sleep(0.1)
+    with running_server({}, timeout=90, command=command, base_env=env, log_path=log_path, cwd=root) as server:
         query = f'mutation {{ createOrganization(orgId: "{ORG}", name: "{ORG}") {{ orgId }} }}'
         common.post(server + "/graphql", json.dumps({"query": query}), common.token(ORG, "admin"))
         yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def healthy(server: str) -> bool:
-    try:
-        return httpx.get(f"{server}/healthz", timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def measure(label: str, then_root: Path, then_url: str, url: str, profile: dict[str, Any]) -> dict[str, Any]:

@@ -53,10 +53,11 @@ def running_server(
     command: Sequence[str] = SERVE,
     base_env: Mapping[str, str] | None = None,
     log_path: Path | None = None,
+    cwd: Path = ROOT,
 ) -> Iterator[ServerUrl]:
     """Start a server with these settings; yield its base URL once /healthz answers; stop it.
 
-    `command` may use `{python}` and `{port}`; its environment is `base_env` (default
+    `command` may use `{python}` and `{port}` and runs in `cwd`; its environment is `base_env` (default
     this process's) plus TALLY_HOST, TALLY_PORT and `env`. The URL is a `ServerUrl`:
     its `log_path` names the file holding the server's output (kept after the server
     stops, so it can be read once all is flushed); its `process` is the server's Popen
@@ -69,7 +70,7 @@ def running_server(
         log_path = Path(tempfile.NamedTemporaryFile(prefix=f"tally-{port}-", suffix=".log", delete=False).name)  # noqa: SIM115
     args = [part.format(python=sys.executable, port=port) for part in command]
     with log_path.open("wb") as log:
-        process = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(args, cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     base = ServerUrl(f"http://127.0.0.1:{port}", log_path, process, port)
     try:
         deadline = time.monotonic() + timeout
