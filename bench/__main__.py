@@ -20,6 +20,8 @@ SCENARIOS = ("sqlite", "live", "recalc", "postgres", "production", "money", "the
 REPORTS = {
     name: "benchmarks.md" if name == "sqlite" else f"benchmarks-{name.replace('_', '-')}.md" for name in SCENARIOS
 }
+ON_POSTGRES = ("postgres", "production", "money", "then_and_now")  # each takes --server
+OVER_WRK = ("sqlite", *ON_POSTGRES)  # each drives its servers with wrk
 
 parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
 parser.add_argument("--only", default=",".join(REPORTS), help="comma-separated scenarios")
@@ -30,14 +32,8 @@ args = parser.parse_args()
 if unknown := set(chosen := args.only.split(",")) - set(REPORTS):
     parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop the servers, drop databases
-if (
-    not args.render_only
-    and {"sqlite", "postgres", "production", "money", "then_and_now"} & set(chosen)
-    and not shutil.which("wrk")
-):
-    sys.exit(
-        "bench: the sqlite, postgres, production, money and then_and_now scenarios need wrk as their HTTP client: apt-get install wrk"
-    )
+if not args.render_only and set(OVER_WRK) & set(chosen) and not shutil.which("wrk"):
+    sys.exit(f"bench: the {', '.join(OVER_WRK)} scenarios need wrk as their HTTP client: apt-get install wrk")
 profile = "quick" if args.quick else "full"
 RESULTS.mkdir(parents=True, exist_ok=True)
 ok = True
@@ -48,7 +44,7 @@ for name in chosen:
         started = time.monotonic()
         machine = describe(0.0 if args.quick else 60.0)
         log(f"{name} ({profile}) on {machine['CPU']}, {machine['Cores (logical)']}")
-        server = {"server": args.server} if name in ("postgres", "production", "money", "then_and_now") else {}
+        server = {"server": args.server} if name in ON_POSTGRES else {}
         data = scenario.run(scenario.PROFILES[profile], **server)
         machine.update({"Load average at end": loadavg(), **data.pop("machine", {})})
         run = {"machine": list(machine.items()), "seconds": time.monotonic() - started, "server_flags": UVICORN_FLAGS}

@@ -16,7 +16,7 @@ import statistics
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +137,7 @@ def measure(label: str, then_root: Path, then_url: str, url: str, profile: dict[
                 )
             else:
                 bills = fresh(side, "invoices", "DRAFT")
-                streams, warm = ([Stream(server, C["clients"], [body(SET_INVOICE, id=str(i), status=s)
-                                  for s in ("BILLED", "DRAFT") for i in part])] for part in (bills[100:], bills[:100]))  # fmt: skip
+                streams, warm = (billing_toggles(server, part) for part in (bills[100:], bills[:100]))
             cell = closed_loop(streams, side, write, http, C["clients"], member, warmup=warm)
             cells[f"{side} {write}"].append(cell.row())
 
@@ -155,6 +154,12 @@ def measure(label: str, then_root: Path, then_url: str, url: str, profile: dict[
     }
 
 
+def billing_toggles(server: ServerUrl, invoices: list[int]) -> list[Stream]:
+    """A wrk process moving each invoice DRAFT -> BILLED, then each back."""
+    bodies = [body(SET_INVOICE, id=str(i), status=status) for status in ("BILLED", "DRAFT") for i in invoices]
+    return [Stream(server, C["clients"], bodies)]
+
+
 def summary(then: list[dict[str, Any]], now: list[dict[str, Any]]) -> dict[str, Any]:
     ratios = [n["server_cpu"] / t["server_cpu"] for n, t in zip(now, then, strict=True)]
     return {
@@ -168,6 +173,6 @@ def ids(url: str, table: str, status: str, count: int) -> list[int]:
     """The org's first `count` ids of `table` in `status`, by plain SQL (the two sides' schemas differ)."""
     query = f"SELECT id FROM {table} WHERE org_id = '{ORG}' AND status = '{status}' ORDER BY id LIMIT {count}"
     if url.startswith("sqlite"):
-        with sqlite3.connect(url.split("///", 1)[1]) as connection:
+        with closing(sqlite3.connect(url.split("///", 1)[1])) as connection:
             return [row[0] for row in connection.execute(query)]
     return [row[0] for row in run_async(sql(url.replace("postgresql+asyncpg", "postgresql", 1), query))]
